@@ -1,0 +1,54 @@
+# The two commands that do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+PORT   ?= 9000
+DATA   ?= ./data
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test build compile test-unit test-pure bench bench-quick debug clean system-deps
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+system-deps:
+	@# zlib headers for the CRC in flo_core.frame; redis-server/redis-cli for RESP tests and benches
+	@if [ ! -f /usr/include/zlib.h ] || ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zlib1g-dev redis-server redis-tools) >/dev/null \
+	      || echo "warning: could not install zlib1g-dev/redis-server/redis-tools"; \
+	  else echo "warning: install zlib1g-dev redis-server redis-tools"; fi; \
+	fi
+
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py
+	$(PIP) install -U pip setuptools wheel "Cython>=3.0,<4"
+	$(PIP) install -e ".[test]" --no-build-isolation
+	@touch $(STAMP)
+
+compile: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace -j 2
+
+build: system-deps $(STAMP) compile
+
+run: build
+	@mkdir -p $(DATA)
+	$(VENV)/bin/flo-server --host 127.0.0.1 --port $(PORT) --data-dir $(DATA)
+
+test: build
+	$(PY) -m pytest -q -p no:cacheprovider
+	FLO_PUREPYTHON=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+bench: build
+	$(PY) -m bench
+
+bench-quick: build
+	$(PY) -m bench --quick
+
+debug: system-deps $(STAMP)
+	FLO_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force -j 2
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
+
+clean:
+	rm -rf build $(VENV) flo_core/*.c flo_core/*.so *.egg-info

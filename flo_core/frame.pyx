@@ -1,0 +1,246 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# distutils: libraries = z
+"""Compiled Flo wire v2 codec; same names and behaviour as ``flo_core._pyframe``.
+
+Why Cython here: the reader is touched once per byte and the encoder once per
+answer, so header checks, CRC-32 (zlib's C function) and reassembly run in C
+on (pointer, length) views with one bounds check each.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from libc.string cimport memcpy, memmove
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from flo_core._pyframe import FrameError
+from flo_core.spec import Reason
+
+cdef extern from "zlib.h" nogil:
+    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len)
+
+cdef enum:
+    HEADER = 32
+    VERSION = 2
+cdef uint32_t MAGIC = 0x004F4C46U
+cdef uint64_t TABLE_HASH = 0x2FBA7DD9AE941830ULL
+
+cdef inline uint16_t ld16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>p[0] | (<uint16_t>p[1] << 8)
+
+cdef inline uint32_t ld32(const uint8_t *p) noexcept nogil:
+    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+cdef inline uint64_t ld64(const uint8_t *p) noexcept nogil:
+    return <uint64_t>ld32(p) | (<uint64_t>ld32(p + 4) << 32)
+
+cdef inline void st32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v & 0xFF)
+    p[1] = <uint8_t>((v >> 8) & 0xFF)
+    p[2] = <uint8_t>((v >> 16) & 0xFF)
+    p[3] = <uint8_t>(v >> 24)
+
+cdef inline void st64(uint8_t *p, uint64_t v) noexcept nogil:
+    st32(p, <uint32_t>(v & 0xFFFFFFFFU))
+    st32(p + 4, <uint32_t>(v >> 32))
+
+cdef inline uint32_t frame_crc(const uint8_t *hdr, const uint8_t *data, size_t n) noexcept nogil:
+    cdef unsigned long c = crc32(0, hdr, 16)
+    c = crc32(c, hdr + 20, 12)
+    if n:
+        c = crc32(c, data, <unsigned int>n)
+    return <uint32_t>c
+
+
+cdef class FrameReader:
+    """Reassemble frames from a byte stream: ``feed(data) -> [(id, code, payload)]``.
+
+    ``code`` is the op for requests and the status for replies.
+    """
+
+    cdef bytearray _buf
+    cdef Py_ssize_t _start
+    cdef bint _is_request
+    cdef bint _check_crc
+    cdef uint32_t _max
+
+    def __init__(self, bint is_request=True, max_payload=16 * 1024 * 1024 + 65536, bint check_crc=True):
+        self._buf = bytearray()
+        self._start = 0
+        self._is_request = is_request
+        self._check_crc = check_crc
+        self._max = max_payload
+
+    @property
+    def buffered(self):
+        return PyByteArray_GET_SIZE(self._buf) - self._start
+
+    def feed(self, data):
+        cdef Py_buffer view
+        cdef list out = []
+        cdef Py_ssize_t have = PyByteArray_GET_SIZE(self._buf) - self._start
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if have == 0:
+                # Common case: nothing buffered, parse straight from the input.
+                rest = self._parse(<const uint8_t *>view.buf, view.len, out)
+                if rest < view.len:
+                    self._buf = bytearray((<const char *>view.buf)[rest:view.len])
+                    self._start = 0
+                return out
+            self._buf += (<const char *>view.buf)[:view.len]
+        finally:
+            PyBuffer_Release(&view)
+        cdef Py_ssize_t total = PyByteArray_GET_SIZE(self._buf)
+        cdef const uint8_t *base = <const uint8_t *>PyByteArray_AS_STRING(self._buf)
+        used = self._parse(base + self._start, total - self._start, out)
+        self._start += used
+        if self._start == total:
+            self._buf = bytearray()
+            self._start = 0
+        elif self._start > 65536:
+            del self._buf[:self._start]
+            self._start = 0
+        return out
+
+    cdef Py_ssize_t _parse(self, const uint8_t *p, Py_ssize_t n, list out) except -1:
+        cdef Py_ssize_t pos = 0
+        cdef uint32_t length, code, version
+        cdef const uint8_t *h
+        while n - pos >= HEADER:
+            h = p + pos
+            if ld32(h) != MAGIC:
+                raise FrameError(Reason.MALFORMED, "bad magic")
+            if self._is_request:
+                code = ld16(h + 20)
+                version = h[22]
+            else:
+                version = h[20]
+                code = h[21]
+            if version != VERSION or ld64(h + 24) != TABLE_HASH:
+                raise FrameError(Reason.TABLE_MISMATCH, "protocol version or table hash mismatch")
+            length = ld32(h + 4)
+            if length > self._max:
+                raise FrameError(Reason.FIELD_TOO_LONG, f"frame of {length} bytes exceeds the limit of {self._max}")
+            if n - pos - HEADER < length:
+                break
+            if self._check_crc and frame_crc(h, h + HEADER, length) != ld32(h + 16):
+                raise FrameError(Reason.MALFORMED, "crc mismatch")
+            out.append((ld64(h + 8), code, PyBytes_FromStringAndSize(<const char *>h + HEADER, length)))
+            pos += HEADER + length
+        return pos
+
+
+cdef inline void _write_header(uint8_t *h, uint64_t rid, uint32_t n) noexcept nogil:
+    st32(h, MAGIC)
+    st32(h + 4, n)
+    st64(h + 8, rid)
+    st64(h + 24, TABLE_HASH)
+
+
+def encode_request(uint64_t request_id, uint32_t op, payload, uint32_t flags=0):
+    """One request frame."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+    try:
+        out = PyBytes_FromStringAndSize(NULL, HEADER + view.len)
+        h = <uint8_t *>PyBytes_AS_STRING(out)
+        _write_header(h, request_id, <uint32_t>view.len)
+        h[20] = op & 0xFF; h[21] = op >> 8; h[22] = VERSION; h[23] = flags
+        if view.len:
+            memcpy(h + HEADER, view.buf, view.len)
+        st32(h + 16, frame_crc(h, h + HEADER, view.len))
+        return out
+    finally:
+        PyBuffer_Release(&view)
+
+
+def encode_reply(uint64_t request_id, uint32_t status, data):
+    """One reply frame."""
+    cdef bytearray b = bytearray()
+    append_reply(b, request_id, status, data)
+    return bytes(b)
+
+
+cpdef append_reply(bytearray buf, uint64_t request_id, uint32_t status, data):
+    """Append one reply frame to ``buf`` (the connection's output buffer)."""
+    cdef Py_buffer view
+    cdef Py_ssize_t old = PyByteArray_GET_SIZE(buf)
+    cdef uint8_t *h
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        PyByteArray_Resize(buf, old + HEADER + view.len)
+        h = <uint8_t *>PyByteArray_AS_STRING(buf) + old
+        _write_header(h, request_id, <uint32_t>view.len)
+        h[20] = VERSION; h[21] = status; h[22] = 0; h[23] = 0
+        if view.len:
+            memcpy(h + HEADER, view.buf, view.len)
+        st32(h + 16, frame_crc(h, h + HEADER, view.len))
+    finally:
+        PyBuffer_Release(&view)
+
+
+def split_payload(bytes payload):
+    """``[ns str16][key str16]...`` -> (namespace, key, offset of the rest)."""
+    cdef Py_ssize_t n = len(payload)
+    cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t nslen, klen, pos
+    if n < 4:
+        raise FrameError(Reason.MALFORMED, "payload shorter than namespace and key")
+    nslen = ld16(p)
+    pos = 2 + nslen
+    if pos + 2 > n:
+        raise FrameError(Reason.MALFORMED, "namespace overruns the payload")
+    try:
+        ns = (<const char *>p)[2:pos].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError(Reason.MALFORMED, "namespace is not UTF-8") from None
+    klen = ld16(p + pos)
+    pos += 2
+    if pos + klen > n:
+        raise FrameError(Reason.MALFORMED, "key overruns the payload")
+    return ns, PyBytes_FromStringAndSize(<const char *>p + pos, klen), pos + klen
+
+
+def split_value_options(bytes payload, Py_ssize_t pos):
+    """``[value bytes32][options_len u16][TLV...]`` from ``pos`` -> (value, options)."""
+    cdef Py_ssize_t n = len(payload)
+    cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t vlen, olen
+    if pos < 0 or pos + 4 > n:
+        raise FrameError(Reason.MALFORMED, "missing value length")
+    vlen = ld32(p + pos)
+    pos += 4
+    if pos + vlen > n:
+        raise FrameError(Reason.MALFORMED, "value overruns the payload")
+    value = PyBytes_FromStringAndSize(<const char *>p + pos, vlen)
+    pos += vlen
+    if pos + 2 > n:
+        return value, {}
+    olen = ld16(p + pos)
+    pos += 2
+    if pos + olen > n:
+        raise FrameError(Reason.MALFORMED, "options overrun the payload")
+    return value, _parse_options(p + pos, olen)
+
+
+cdef dict _parse_options(const uint8_t *p, Py_ssize_t n):
+    cdef dict out = {}
+    cdef Py_ssize_t pos = 0, ln
+    while pos + 2 <= n:
+        tag = p[pos]
+        ln = p[pos + 1]
+        pos += 2
+        if pos + ln > n:
+            raise FrameError(Reason.MALFORMED, "option overruns the options block")
+        out[tag] = PyBytes_FromStringAndSize(<const char *>p + pos, ln)
+        pos += ln
+    if pos != n:
+        raise FrameError(Reason.MALFORMED, "truncated option")
+    return out
+
+
+def parse_options(block):
+    """TLV ``[tag u8][len u8][data]``... -> ``{tag: data}`` (last one wins)."""
+    cdef bytes b = bytes(block)
+    return _parse_options(<const uint8_t *>PyBytes_AS_STRING(b), len(b))
