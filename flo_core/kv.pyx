@@ -1,0 +1,243 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+"""Versioned KV store, sans-IO.
+
+One :class:`KVStore` holds every namespace. A key's entry carries its value,
+its version (the LSN of the write that made it, so versions rise strictly and
+replay identically), an absolute expiry time in unix ms (0 = none) and up to
+``MAX_HISTORY`` earlier versions. Time comes in as ``now``; expired keys read
+as absent at once (lazy) and are removed by :meth:`KVStore.expire_some`
+(active), which the server calls from a timer.
+
+Example:
+    >>> s = KVStore()
+    >>> s.set("default", b"k", b"v", 5, 0, 1000)
+    >>> e = s.get("default", b"k", 1000)
+    >>> (e.value, e.version)
+    (b'v', 5)
+"""
+
+from libc.stdint cimport int64_t, uint64_t
+import heapq
+from sortedcontainers import SortedList
+
+DEF_HISTORY = 64
+
+
+cdef class Entry:
+    """A live key: ``value``, ``version``, ``expires_at`` (0 = none), ``written_at``."""
+
+    cdef public bytes value
+    cdef public uint64_t version
+    cdef public int64_t expires_at
+    cdef public int64_t written_at
+    # earlier versions, oldest first: [(version, at_ms, value), ...]; None until a key is overwritten
+    cdef public list history
+
+    def __cinit__(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at):
+        self.value = value
+        self.version = version
+        self.expires_at = expires_at
+        self.written_at = written_at
+        self.history = None
+
+    def __repr__(self):
+        return f"Entry(version={self.version}, expires_at={self.expires_at}, value={self.value[:32]!r})"
+
+
+cdef class Namespace:
+    """The keys of one namespace, with a sorted index for prefix scans."""
+
+    cdef public dict keys
+    cdef public object index  # SortedList of keys
+
+    def __cinit__(self):
+        self.keys = {}
+        self.index = SortedList()
+
+
+cdef inline bint _dead(Entry e, int64_t now):
+    return e.expires_at != 0 and e.expires_at <= now
+
+
+cdef class KVStore:
+    """Every namespace's keys. All methods are deterministic given their arguments."""
+
+    cdef public dict spaces
+    cdef public int history_depth
+    cdef list _ttl_heap  # (expires_at, ns, key): candidates for active expiry
+
+    def __cinit__(self, int history_depth=DEF_HISTORY):
+        self.spaces = {}
+        self.history_depth = history_depth
+        self._ttl_heap = []
+
+    cdef inline Namespace _space(self, str ns, bint create):
+        cdef Namespace sp = self.spaces.get(ns)
+        if sp is None and create:
+            sp = Namespace()
+            self.spaces[ns] = sp
+        return sp
+
+    cpdef Entry get(self, str ns, bytes key, int64_t now):
+        """The live entry of ``key`` or None (expired keys are absent)."""
+        cdef Namespace sp = self.spaces.get(ns)
+        if sp is None:
+            return None
+        cdef Entry e = sp.keys.get(key)
+        if e is None or _dead(e, now):
+            return None
+        return e
+
+    cpdef Entry raw(self, str ns, bytes key):
+        """The entry even if expired (history reads), or None."""
+        cdef Namespace sp = self.spaces.get(ns)
+        if sp is None:
+            return None
+        return sp.keys.get(key)
+
+    cpdef set(self, str ns, bytes key, bytes value, uint64_t version, int64_t expires_at, int64_t now):
+        """Write ``value`` at ``version``; the old value goes to the history."""
+        cdef Namespace sp = self._space(ns, True)
+        cdef Entry old = sp.keys.get(key)
+        cdef Entry e = Entry(value, version, expires_at, now)
+        if old is None:
+            sp.index.add(key)
+        elif not _dead(old, now):
+            hist = old.history
+            if hist is None:
+                hist = []
+            hist.append((old.version, old.written_at, old.value))
+            if len(hist) > self.history_depth:
+                del hist[0]
+            e.history = hist
+        sp.keys[key] = e
+        if expires_at:
+            heapq.heappush(self._ttl_heap, (expires_at, ns, key))
+
+    cpdef bint delete(self, str ns, bytes key, int64_t now):
+        """Remove ``key``; True if it was live."""
+        cdef Namespace sp = self.spaces.get(ns)
+        if sp is None:
+            return False
+        cdef Entry e = sp.keys.pop(key, None)
+        if e is None:
+            return False
+        sp.index.remove(key)
+        return not _dead(e, now)
+
+    cpdef bint set_expiry(self, str ns, bytes key, int64_t expires_at, int64_t now):
+        """Change the TTL without a new version; False if the key is absent."""
+        cdef Entry e = self.get(ns, key, now)
+        if e is None:
+            return False
+        e.expires_at = expires_at
+        if expires_at:
+            heapq.heappush(self._ttl_heap, (expires_at, ns, key))
+        return True
+
+    def scan(self, str ns, bytes prefix, bytes after, int limit, int64_t now):
+        """Up to ``limit`` live key names with ``prefix``, strictly after ``after``.
+
+        Returns ``(names, more)``. Keys are in byte order, so a cursor is just the
+        last name returned: every live key is seen exactly once across pages even
+        while keys are added or removed.
+        """
+        cdef Namespace sp = self.spaces.get(ns)
+        cdef list out = []
+        cdef Entry e
+        if sp is None:
+            return out, False
+        start = after if after > prefix else prefix
+        for k in sp.index.irange(start, None):
+            if not (<bytes>k).startswith(prefix):
+                return out, False
+            if after and k <= after:
+                continue
+            e = sp.keys[k]
+            if _dead(e, now):
+                continue
+            if len(out) == limit:
+                return out, True
+            out.append(k)
+        return out, False
+
+    def count(self, str ns, int64_t now):
+        """Live keys in ``ns``."""
+        cdef Namespace sp = self.spaces.get(ns)
+        if sp is None:
+            return 0
+        cdef Entry e
+        cdef Py_ssize_t n = 0
+        for e in sp.keys.values():
+            if not _dead(e, now):
+                n += 1
+        return n
+
+    def flush(self, str ns):
+        """Drop every key of ``ns``."""
+        self.spaces.pop(ns, None)
+
+    def history(self, str ns, bytes key, int limit, int64_t now):
+        """``[(version, at_ms, value)]`` newest first, the live value included."""
+        cdef Entry e = self.raw(ns, key)
+        if e is None:
+            return []
+        cdef list out = []
+        if not _dead(e, now):
+            out.append((e.version, e.written_at, e.value))
+        if e.history is not None:
+            for item in reversed(e.history):
+                if len(out) >= limit:
+                    break
+                out.append(item)
+        return out[:limit]
+
+    def expire_some(self, int64_t now, int budget=1000):
+        """Remove up to ``budget`` keys whose TTL has passed; returns how many went."""
+        cdef int removed = 0
+        cdef Entry e
+        cdef Namespace sp
+        heap = self._ttl_heap
+        while heap and budget > 0 and heap[0][0] <= now:
+            at, ns, key = heapq.heappop(heap)
+            budget -= 1
+            sp = self.spaces.get(ns)
+            if sp is None:
+                continue
+            e = sp.keys.get(key)
+            # the heap holds stale candidates too: re-check against the entry
+            if e is not None and e.expires_at != 0 and e.expires_at <= now:
+                del sp.keys[key]
+                sp.index.remove(key)
+                removed += 1
+        return removed
+
+    def namespaces(self):
+        return list(self.spaces)
+
+    def dump(self):
+        """Snapshot state: ``{ns: [[key, value, version, expires_at, written_at, history], ...]}``."""
+        cdef Namespace sp
+        cdef Entry e
+        out = {}
+        for ns, sp in self.spaces.items():
+            out[ns] = [[k, e.value, e.version, e.expires_at, e.written_at, e.history or []]
+                       for k, e in sp.keys.items()]
+        return out
+
+    def load(self, state):
+        """Replace the contents with a :meth:`dump`."""
+        cdef Namespace sp
+        cdef Entry e
+        self.spaces = {}
+        self._ttl_heap = []
+        for ns, rows in state.items():
+            sp = self._space(ns, True)
+            for k, value, version, expires_at, written_at, hist in rows:
+                e = Entry(value, version, expires_at, written_at)
+                e.history = [tuple(h) for h in hist] or None
+                sp.keys[k] = e
+                if expires_at:
+                    self._ttl_heap.append((expires_at, ns, k))
+            sp.index = SortedList(sp.keys)
+        heapq.heapify(self._ttl_heap)

@@ -1,0 +1,3 @@
+from flo_server.cli import main
+
+main()

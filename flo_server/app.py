@@ -1,0 +1,159 @@
+"""The server: stores, the write path, listeners, timers and lifecycle.
+
+Example:
+    >>> import asyncio
+    >>> from flo_server import Server, ServerConfig
+    >>> async def main():                                          # doctest: +SKIP
+    ...     srv = Server(ServerConfig(port=9000, data_dir="./data"))
+    ...     await srv.start()
+    ...     await srv.wait_closed()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from flo_core.kv import KVStore
+from flo_server import handlers  # noqa: F401 - registers every handler and applier
+from flo_server.config import ServerConfig
+from flo_server.dispatch import HANDLERS
+from flo_server.handlers.kv import ScanCursors, Txns
+from flo_server.journal import APPLIERS, MemoryJournal
+from flo_server.protocol import FloProtocol
+from flo_server.waiters import Waiters
+
+log = logging.getLogger("flo_server")
+
+TICK_S = 0.05  # timers: active TTL expiry, idle transactions
+
+
+class Server:
+    """One flo-server: every store, the journal, the listener."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.kv = KVStore()
+        self.stores: dict[str, Any] = {"kv": self.kv}
+        self._attach_optional_stores()
+        self.txns = Txns()
+        self.scan_cursors = ScanCursors()
+        self.waiters = Waiters()
+        self.journal: Any = MemoryJournal()
+        self.connections: set[FloProtocol] = set()
+        self.started_at = time.time()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closed = asyncio.Event()
+        self.port = self.config.port
+
+    def _attach_optional_stores(self) -> None:
+        """Stores of the other primitives, each in its own module."""
+        import importlib
+
+        for attr, module, cls in (
+            ("queues", "flo_core.pqueue", "Queues"),
+            ("streams", "flo_core.stream", "Streams"),
+            ("actions", "flo_server.actions", "Actions"),
+        ):
+            try:
+                store = getattr(importlib.import_module(module), cls)()
+            except (ImportError, AttributeError):  # still being built
+                continue
+            setattr(self, attr, store)
+            self.stores[attr] = store
+
+    # --- the write path -------------------------------------------------------------
+
+    def write(self, kind: str, *args: Any) -> Any:
+        """Log a record and apply it; returns what the applier returns (docs/architecture.md §3)."""
+        lsn = self.journal.append(kind, args)
+        return APPLIERS[kind](self, lsn, *args)
+
+    @staticmethod
+    def now() -> int:
+        """Unix time in ms: the only clock the stores see, passed in as ``now``."""
+        return int(time.time() * 1000)
+
+    def info(self) -> dict:
+        return {
+            "version": "0.1.0",
+            "uptime_s": int(time.time() - self.started_at),
+            "connections": len(self.connections),
+            "waiters": len(self.waiters),
+            "last_lsn": self.journal.last_lsn,
+            "fsync": self.config.fsync,
+            "data_dir": self.config.data_dir,
+            "ops": len(HANDLERS),
+        }
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover from the data dir, then listen."""
+        cfg = self.config
+        if cfg.data_dir:
+            os.makedirs(cfg.data_dir, exist_ok=True)
+            try:
+                from flo_server import persistence  # type: ignore[attr-defined]
+            except ImportError:
+                persistence = None
+            if persistence is not None and hasattr(persistence, "open_journal"):
+                self.journal = persistence.open_journal(self, cfg)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: FloProtocol(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.ensure_future(self._ticker()))
+        log.info("flo-server listening on %s:%d (data %s, fsync %s)", cfg.host, self.port, cfg.data_dir, cfg.fsync)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = self.now()
+            self.kv.expire_some(now)
+            self.txns.expire(now)
+
+    async def stop(self) -> None:
+        """Stop listening, close connections, flush the journal."""
+        if self._server is not None:
+            self._server.close()
+        for t in self._tasks:
+            t.cancel()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.journal.close()
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+def serve(config: ServerConfig) -> None:
+    """Run a server until SIGINT/SIGTERM (the ``flo-server`` command)."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+
+    async def main() -> None:
+        srv = Server(config)
+        await srv.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"flo-server ready on {config.host}:{srv.port}", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+        await srv.stop()
+
+    asyncio.run(main())

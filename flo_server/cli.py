@@ -1,0 +1,78 @@
+"""``flo-server``: run the server (default) and operator subcommands.
+
+Example:
+    flo-server --host 127.0.0.1 --port 9000 --data-dir ./data --fsync always
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from flo_server.config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_FSYNC,
+    DEFAULT_HOST,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_PORT,
+    DEFAULT_QUEUE_LEASE_MS,
+    DEFAULT_QUEUE_MAX_DELIVERIES,
+    DEFAULT_SNAPSHOT_BYTES,
+    ServerConfig,
+)
+from flo_core.spec import DEFAULT_MAX_FRAME
+
+
+def _env(name: str, default):
+    v = os.environ.get(name)
+    return type(default)(v) if v is not None and default is not None else (v if v is not None else default)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default=lambda: _env("FLO_HOST", DEFAULT_HOST), show_default=DEFAULT_HOST, help="address to bind")
+@click.option("--port", "-p", type=int, default=lambda: _env("FLO_PORT", DEFAULT_PORT), show_default=DEFAULT_PORT,
+              help="port for Flo wire v2 and RESP (0 = any free port)")
+@click.option("--data-dir", "-d", default=lambda: _env("FLO_DATA_DIR", DEFAULT_DATA_DIR), show_default=DEFAULT_DATA_DIR,
+              help="directory for the log and snapshots")
+@click.option("--no-persist", is_flag=True, help="keep everything in memory only")
+@click.option("--fsync", type=click.Choice(["always", "everysec", "no"]), default=lambda: _env("FLO_FSYNC", DEFAULT_FSYNC),
+              show_default=DEFAULT_FSYNC, help="always: answer writes after fsync; everysec: fsync each second; no: leave it to the OS")
+@click.option("--log-level", "-l", default=lambda: _env("FLO_LOG_LEVEL", "info"), show_default="info",
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--max-frame", type=int, default=DEFAULT_MAX_FRAME, show_default=True, help="largest request payload, bytes")
+@click.option("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, show_default=True)
+@click.option("--queue-lease-ms", type=int, default=DEFAULT_QUEUE_LEASE_MS, show_default=True, help="default dequeue lease")
+@click.option("--queue-max-deliveries", type=int, default=DEFAULT_QUEUE_MAX_DELIVERIES, show_default=True,
+              help="deliveries before a message goes to the DLQ")
+@click.option("--snapshot-bytes", type=int, default=DEFAULT_SNAPSHOT_BYTES, show_default=True,
+              help="take a snapshot after this many log bytes")
+@click.option("--no-executor", is_flag=True, help="do not run the flamepy executor manager in-process")
+@click.pass_context
+def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bool, fsync: str, log_level: str,
+         max_frame: int, max_connections: int, queue_lease_ms: int, queue_max_deliveries: int, snapshot_bytes: int,
+         no_executor: bool) -> None:
+    """Flo server: versioned KV, leased priority queues, streams and actions on one port."""
+    if ctx.invoked_subcommand is not None:
+        return
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from flo_server.app import serve
+
+    serve(ServerConfig(
+        host=host, port=port, data_dir=None if no_persist else data_dir, fsync=fsync, log_level=log_level,
+        max_frame=max_frame, max_connections=max_connections, queue_lease_ms=queue_lease_ms,
+        queue_max_deliveries=queue_max_deliveries, snapshot_bytes=snapshot_bytes, executor=not no_executor,
+    ))
+
+
+def _attach_operator_commands() -> None:
+    try:
+        from flo_server.persistence import check_log_cmd, dump_log_cmd  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    main.add_command(check_log_cmd, "check-log")
+    main.add_command(dump_log_cmd, "dump-log")
+
+
+_attach_operator_commands()

@@ -1,0 +1,36 @@
+"""Server settings: one dataclass, defaults as DEFAULT_* constants, merged from the CLI and FLO_* env."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flo_core.spec import DEFAULT_MAX_FRAME
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9000
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_FSYNC = "everysec"
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_HIGH_WATER = 4 * 1024 * 1024  # bytes of unsent answers before a connection stops being read
+DEFAULT_QUEUE_LEASE_MS = 30_000
+DEFAULT_QUEUE_MAX_DELIVERIES = 5
+DEFAULT_DEDUP_WINDOW_MS = 5 * 60_000
+DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: str | None = DEFAULT_DATA_DIR  # None: memory only, nothing persisted
+    fsync: str = DEFAULT_FSYNC  # always | everysec | no
+    log_level: str = "info"
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    high_water: int = DEFAULT_HIGH_WATER
+    queue_lease_ms: int = DEFAULT_QUEUE_LEASE_MS
+    queue_max_deliveries: int = DEFAULT_QUEUE_MAX_DELIVERIES
+    dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS
+    snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES
+    executor: bool = True  # run the flamepy executor manager in-process
+    extra: dict = field(default_factory=dict)

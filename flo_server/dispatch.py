@@ -1,0 +1,107 @@
+"""The handler table and the checks every request gets once, before any handler.
+
+Handlers register with :func:`handler` (one per op, checked at import). The
+edge calls :func:`dispatch` per frame; it splits the payload, applies the
+generic bounds, runs the handler and turns any exception into a refusal
+through :func:`flo_core.errors.refusal_of` - the server's only translation point.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from flo_core import wire
+from flo_core.errors import Refusal, refusal_body, refusal_of
+from flo_core.spec import DEFAULT_NAMESPACE, MAX_KEY, MAX_NAMESPACE, SPEC, TABLE_OPS, Reason, Status
+
+log = logging.getLogger("flo_server.dispatch")
+
+Handler = Callable[[Any, "Request"], Any]
+HANDLERS: dict[int, Handler] = {}
+
+
+def handler(op: int) -> Callable[[Handler], Handler]:
+    """Register the handler of ``op``; an op gets exactly one."""
+
+    def deco(fn: Handler) -> Handler:
+        if op in HANDLERS and HANDLERS[op] is not fn:
+            raise RuntimeError(f"two handlers for op 0x{op:03x}")
+        if op not in SPEC:
+            raise RuntimeError(f"handler for op 0x{op:03x}, which is not in flo_core.spec")
+        HANDLERS[op] = fn
+        return fn
+
+    return deco
+
+
+class Request:
+    """One parsed request. ``body`` for table ops; ``value``/``opts`` for the others."""
+
+    __slots__ = ("op", "rid", "ns", "key", "body", "value", "opts", "conn", "now")
+
+    def __init__(self, op: int, rid: int, ns: str, key: bytes, conn: Any, now: int) -> None:
+        self.op = op
+        self.rid = rid
+        self.ns = ns
+        self.key = key
+        self.conn = conn
+        self.now = now
+        self.body = b""
+        self.value = b""
+        self.opts: dict[int, bytes] = {}
+
+    @property
+    def name(self) -> str:
+        """The key as text (queue, stream and action names)."""
+        try:
+            return self.key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refusal(Reason.MALFORMED, "name is not UTF-8") from None
+
+
+def parse(op: int, rid: int, payload: bytes, conn: Any, now: int) -> Request:
+    """Split and bound-check a payload; raises Refusal on bad input."""
+    try:
+        ns, key, pos = wire.split_payload(payload)
+        if len(ns) > MAX_NAMESPACE:
+            raise Refusal(Reason.FIELD_TOO_LONG, f"namespace longer than {MAX_NAMESPACE} bytes")
+        if len(key) > MAX_KEY:
+            raise Refusal(Reason.FIELD_TOO_LONG, f"key longer than {MAX_KEY} bytes")
+        req = Request(op, rid, ns or DEFAULT_NAMESPACE, key, conn, now)
+        if op in TABLE_OPS:
+            req.body = payload[pos:]
+        else:
+            req.value, req.opts = wire.split_value_options(payload, pos)
+    except wire.FrameError as e:
+        raise Refusal(e.reason, e.message) from None
+    return req
+
+
+def dispatch(srv: Any, rid: int, op: int, payload: bytes, conn: Any, now: int) -> tuple[int, bytes] | Any:
+    """Run one request: ``(status, data)`` now, or a coroutine that yields it later."""
+    fn = HANDLERS.get(op)
+    if fn is None:
+        return refused(Refusal(Reason.UNKNOWN_OP, f"unknown op 0x{op:03x}"))
+    try:
+        req = parse(op, rid, payload, conn, now)
+        out = fn(srv, req)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
+        return refused(e)
+    if type(out) is bytes:
+        return 0, out
+    return _finish(out)
+
+
+async def _finish(coro: Any) -> tuple[int, bytes]:
+    try:
+        return 0, await coro
+    except Exception as e:  # noqa: BLE001
+        return refused(e)
+
+
+def refused(exc: BaseException) -> tuple[int, bytes]:
+    status, reason, ran, message = refusal_of(exc)
+    if status == Status.INTERNAL_ERROR and not isinstance(exc, Refusal):
+        log.error("internal error", exc_info=exc)
+    return status, refusal_body(reason, ran, message)

@@ -1,0 +1,181 @@
+"""The connection edge: one ``feed()`` per read, one ``transport.write`` per read cycle.
+
+The first bytes of a connection pick the protocol: ``FLO\\0`` is Flo wire v2,
+anything else is RESP (handed to :class:`flo_server.resp.RespSession`).
+
+Answers of a batch that wrote are held until the journal's fsync covers them
+when the server runs with ``fsync=always`` (group commit); a connection's
+answers always leave in the order they were produced. A client that does not
+read its answers is back-pressured: reading pauses at the transport's high-water
+mark and resumes when it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from flo_core import wire
+from flo_core.errors import refusal_body
+from flo_core.spec import MAGIC_BYTES, Ran, Reason
+from flo_server.dispatch import dispatch
+
+log = logging.getLogger("flo_server.protocol")
+
+_append_reply = wire.append_reply
+
+
+class FloProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, srv: Any) -> None:
+        self.srv = srv
+        self.transport: Any = None
+        self.closed = False
+        self.parked: set = set()  # futures of this connection's parked requests
+        self.tasks: set = set()  # coroutines of blocking requests
+        self.out = bytearray()
+        self.held: deque = deque()  # [chunk, ready] waiting for an fsync
+        self.reader: Any = None
+        self.resp: Any = None
+        self._sniff = b""
+        self._paused = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        srv = self.srv
+        if len(srv.connections) >= srv.config.max_connections:
+            log.warning("refusing a connection: %d open", len(srv.connections))
+            self.closed = True
+            transport.close()
+            return
+        srv.connections.add(self)
+        transport.set_write_buffer_limits(high=srv.config.high_water)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.srv.connections.discard(self)
+        for t in list(self.tasks):
+            t.cancel()
+        if self.resp is not None:
+            self.resp.connection_lost()
+
+    def pause_writing(self) -> None:
+        # The peer is not reading its answers: stop reading its requests.
+        self._paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if not self.closed:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.reader is not None:
+            self._flo(data)
+        elif self.resp is not None:
+            self.resp.feed(data)
+        else:
+            self._choose(data)
+
+    # --- protocol choice --------------------------------------------------------------
+
+    def _choose(self, data: bytes) -> None:
+        head = self._sniff + data
+        n = min(len(head), 4)
+        if head[:n] == MAGIC_BYTES[:n]:
+            if n < 4:
+                self._sniff = head  # wait for all four bytes
+                return
+            self.reader = wire.FrameReader(is_request=True, max_payload=self.srv.config.max_frame)
+            self._sniff = b""
+            self._flo(head)
+            return
+        from flo_server.resp import RespSession
+
+        self._sniff = b""
+        self.resp = RespSession(self.srv, self.transport)
+        self.resp.feed(head)
+
+    # --- Flo wire v2 ------------------------------------------------------------------
+
+    def _flo(self, data: bytes) -> None:
+        srv = self.srv
+        try:
+            frames = self.reader.feed(data)
+        except wire.FrameError as e:
+            # The stream cannot be resynchronised: answer with id 0, then close.
+            frames = None
+            bad = e
+        else:
+            bad = None
+        if frames:
+            now = srv.now()
+            out = self.out
+            for rid, op, payload in frames:
+                r = dispatch(srv, rid, op, payload, self, now)
+                if type(r) is tuple:
+                    _append_reply(out, rid, r[0], r[1])
+                else:
+                    self._start(rid, r)
+        if bad is not None:
+            status = 3  # BAD_REQUEST
+            _append_reply(self.out, 0, status, refusal_body(bad.reason, Ran.NO, bad.message))
+            self._flush()
+            self.closed = True
+            self.transport.close()
+            return
+        if self.out:
+            self._flush()
+
+    def _start(self, rid: int, coro: Any) -> None:
+        task = asyncio.ensure_future(self._later(rid, coro))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _later(self, rid: int, coro: Any) -> None:
+        try:
+            status, data = await coro
+        except asyncio.CancelledError:
+            return  # the connection went away
+        if self.closed:
+            return
+        _append_reply(self.out, rid, status, data)
+        self._flush()
+
+    # --- output -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send ``self.out``, or hold it until the pending fsync when the server promised one."""
+        journal = self.srv.journal
+        if not journal.pending_sync and not self.held:
+            self.transport.write(self.out)
+            self.out = bytearray()
+            return
+        entry = [self.out, not journal.pending_sync]
+        self.out = bytearray()
+        self.held.append(entry)
+        if entry[1]:
+            self._drain_held()
+        else:
+            def ready(entry: list = entry) -> None:
+                entry[1] = True
+                self._drain_held()
+
+            journal.call_after_sync(ready)
+
+    def _drain_held(self) -> None:
+        held = self.held
+        while held and held[0][1]:
+            chunk = held.popleft()[0]
+            if not self.closed:
+                self.transport.write(chunk)
+
+
+def refusal_frame(reason: Reason, message: str) -> bytes:
+    """A whole refusal frame with request id 0 (for bytes that are not a request)."""
+    return wire.encode_reply(0, 3, refusal_body(reason, Ran.NO, message))

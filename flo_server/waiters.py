@@ -1,0 +1,117 @@
+"""Parked blocking requests (long polls), woken by writes in arrival order.
+
+A waiter is a future keyed by what it waits on (``("q", ns, name)``,
+``("kv", ns, key)``, ...). A write calls :meth:`Waiters.notify`; the woken
+coroutine then retries its own op, so nothing is ever handed to a waiter whose
+connection closed: it checks ``conn.closed`` before it takes anything.
+
+Example:
+    >>> w = Waiters()                                   # doctest: +SKIP
+    >>> woke = await w.wait([("q", "default", "tasks")], conn, timeout_s=1.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any, Hashable, Iterable
+
+from flo_core.errors import Refusal
+from flo_core.spec import MAX_WAITERS, Reason
+
+
+class Waiters:
+    def __init__(self, limit: int = MAX_WAITERS) -> None:
+        self._by_key: dict[Hashable, OrderedDict[int, asyncio.Future]] = {}
+        self._count = 0
+        self._limit = limit
+        self._ids = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    async def wait(self, keys: Iterable[Hashable], conn: Any, timeout_s: float) -> bool:
+        """Park until one of ``keys`` is notified (True) or ``timeout_s`` passes (False)."""
+        if timeout_s <= 0:
+            return False
+        if conn is not None and getattr(conn, "closed", False):
+            return False
+        if self._count >= self._limit:
+            raise Refusal(Reason.TOO_MANY_WAITERS, "too many blocked requests; retry later")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._ids += 1
+        wid = self._ids
+        keys = list(keys)
+        for k in keys:
+            self._by_key.setdefault(k, OrderedDict())[wid] = fut
+        self._count += 1
+        if conn is not None:
+            conn.parked.add(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return fut.done() and not fut.cancelled()
+        finally:
+            self._count -= 1
+            for k in keys:
+                d = self._by_key.get(k)
+                if d is not None:
+                    d.pop(wid, None)
+                    if not d:
+                        del self._by_key[k]
+            if conn is not None:
+                conn.parked.discard(fut)
+
+    def notify(self, key: Hashable, n: int = 1) -> None:
+        """Wake up to ``n`` waiters of ``key``, oldest first (n <= 0: all)."""
+        d = self._by_key.get(key)
+        if not d:
+            return
+        woken = 0
+        for fut in list(d.values()):
+            if not fut.done():
+                fut.set_result(None)
+                woken += 1
+                if 0 < n <= woken:
+                    break
+
+    def has_waiters(self, key: Hashable) -> bool:
+        return bool(self._by_key.get(key))
+
+    async def poll(
+        self,
+        keys: Iterable[Hashable],
+        conn: Any,
+        timeout_ms: int,
+        attempt: Any,
+        next_due: Any = None,
+    ) -> Any:
+        """Retry ``attempt()`` until it returns non-None or ``timeout_ms`` passes.
+
+        ``attempt`` is called after every wake-up (and at ``next_due()`` - an
+        absolute time in loop seconds or None - for items that fall due by
+        time, like delayed messages or lapsing leases). A waiter whose
+        connection closed takes nothing and passes its wake-up on.
+        """
+        loop = asyncio.get_running_loop()
+        keys = list(keys)
+        deadline = loop.time() + timeout_ms / 1000.0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            wait = remaining
+            if next_due is not None:
+                due = next_due()
+                if due is not None:
+                    wait = max(0.0, min(wait, due - loop.time()) + 0.001)
+            await self.wait(keys, conn, wait)
+            if conn is not None and getattr(conn, "closed", False):
+                for k in keys:  # hand the wake-up to the next waiter
+                    self.notify(k)
+                return None
+            res = attempt()
+            if res is not None:
+                return res
