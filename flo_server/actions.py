@@ -353,8 +353,8 @@ class Actions:
     :meth:`list_actions`, :meth:`list_runs`, :meth:`list_workers`, :meth:`next_due`.
 
     Every change a waiter may care about is queued in :attr:`events`
-    (``("run", ns, run_id)`` finished, ``("ready", ns, action, n)`` n runs became
-    takeable); the server drains them with :meth:`drain_events` and wakes waiters.
+    (``("run", ns, run_id)`` finished, ``("ready", ns, action, n, labelled)`` n runs
+    became takeable); the server drains them with :meth:`drain_events` and wakes waiters.
     """
 
     def __init__(self) -> None:
@@ -387,7 +387,7 @@ class Actions:
             run = self.runs.get(rid)
             if run is not None and run.token == token and run.status == RunStatus.PENDING:
                 self._push_ready(run)
-                self.events.append(("ready", run.ns, run.action, 1))
+                self.events.append(("ready", run.ns, run.action, 1, bool(run.label_sig)))
         leases = self._leases
         while leases and leases[0][0] <= now:
             lease_until, _, token, rid = heapq.heappop(leases)
@@ -427,7 +427,7 @@ class Actions:
             run.ready_at = lease_until
             run.token += 1
             self._push_ready(run)
-            self.events.append(("ready", run.ns, run.action, 1))
+            self.events.append(("ready", run.ns, run.action, 1, bool(run.label_sig)))
 
     def next_due(self) -> int | None:
         """The earliest time a timer becomes due (a blocked await or result
@@ -626,7 +626,7 @@ class Actions:
             self._idem[(ns, name, idempotency_key)] = (run_id, expires)
             heapq.heappush(self._idem_expiry, (expires, ns, name, idempotency_key))
         self._push_ready(run)
-        self.events.append(("ready", ns, name, 1))
+        self.events.append(("ready", ns, name, 1, bool(run.label_sig)))
         return run_id
 
     def select(self, ns: str, names: list[str], labels: dict[str, Any], now: int) -> Run | None:

@@ -1,0 +1,244 @@
+"""``FloClient``: the async client of the Flo SDK page.
+
+Example:
+    >>> import asyncio
+    >>> from flo_client import FloClient
+    >>> async def main():
+    ...     async with FloClient("localhost:9000") as client:
+    ...         await client.kv.put("user:123", b"John Doe")
+    ...         value = await client.kv.get("user:123")
+    ...         print(f"Got: {value.decode()}")
+    >>> asyncio.run(main())                                   # doctest: +SKIP
+    Got: John Doe
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from functools import cached_property
+from typing import Any
+
+from flo_core.body import Writer
+from flo_core.errors import (
+    BadRequestError,
+    ConnectionClosedError,
+    NotConnectedError,
+    RequestTimeoutError,
+    error_from_refusal,
+    parse_refusal_body,
+)
+from flo_core.spec import DEFAULT_NAMESPACE, MAX_BLOCK_MS, Ran, Status
+
+from .connection import Connection
+
+DEFAULT_TIMEOUT_MS = 5000
+DEFAULT_RETRIES = 4  # attempts in all for OVERLOADED / UNAVAILABLE with ran = NO
+_RETRY_STATUSES = (Status.OVERLOADED, Status.UNAVAILABLE)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` (optionally ``flo://``, IPv6 in brackets) -> (host, port)."""
+    ep = endpoint.strip()
+    if "://" in ep:
+        scheme, ep = ep.split("://", 1)
+        if scheme != "flo":
+            raise BadRequestError(f"unsupported scheme {scheme!r}: use host:port or flo://host:port")
+        ep = ep.split("/", 1)[0]
+    if ep.startswith("["):
+        host, _, rest = ep[1:].partition("]")
+        port = rest.lstrip(":") or "9000"
+    else:
+        host, _, port = ep.rpartition(":")
+        if not host:
+            host, port = port, "9000"
+    try:
+        return host or "localhost", int(port)
+    except ValueError:
+        raise BadRequestError(f"bad endpoint {endpoint!r}") from None
+
+
+class FloClient:
+    """An async client: ``client.kv``, ``client.queue``, ``client.stream``, ``client.action``.
+
+    Args:
+        endpoint: ``"host:port"`` of a flo-server.
+        namespace: default namespace of every call (each call can override it).
+        timeout_ms: how long a request may take beyond its own wait (``block_ms``).
+        max_retries: attempts in all when the server says OVERLOADED/UNAVAILABLE and nothing ran.
+
+    One pipelined connection carries every ordinary request (many in flight at
+    once, from any number of coroutines); long polls go on a second one. Both
+    reconnect on the next call after a connection is lost.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = "localhost:9000",
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        max_retries: int = DEFAULT_RETRIES,
+        debug: bool = False,
+    ) -> None:
+        self.endpoint = endpoint
+        self.host, self.port = parse_endpoint(endpoint)
+        self.namespace = namespace or DEFAULT_NAMESPACE
+        self.timeout_ms = timeout_ms
+        self.max_retries = max(1, max_retries)
+        self._conn: Connection | None = None
+        self._blocking: Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._closed = False
+        from .kv import KVAPI
+
+        self.kv = KVAPI(self)
+
+    # The other primitives load on first use.
+    @cached_property
+    def queue(self) -> Any:
+        """``client.queue``: leased priority queues."""
+        from .queue import QueueAPI
+
+        return QueueAPI(self)
+
+    @cached_property
+    def stream(self) -> Any:
+        """``client.stream``: streams and consumer groups."""
+        from .stream import StreamAPI
+
+        return StreamAPI(self)
+
+    @cached_property
+    def action(self) -> Any:
+        """``client.action``: actions and runs."""
+        from .action import ActionAPI
+
+        return ActionAPI(self)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def connect(self) -> "FloClient":
+        """Open the connection (done lazily by the first call too)."""
+        self._closed = False
+        await self._main()
+        return self
+
+    async def close(self) -> None:
+        """Close both connections; outstanding requests fail with ConnectionClosedError."""
+        self._closed = True
+        for c in (self._conn, self._blocking):
+            if c is not None:
+                c.close()
+        self._conn = self._blocking = None
+
+    async def reconnect(self) -> None:
+        await self.close()
+        await self.connect()
+
+    async def __aenter__(self) -> "FloClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    async def _clone(self) -> "FloClient":
+        """A new connected client with the same endpoint, namespace and timeouts (for workers)."""
+        c = FloClient(self.endpoint, namespace=self.namespace, timeout_ms=self.timeout_ms, max_retries=self.max_retries)
+        return await c.connect()
+
+    async def _open(self, attr: str) -> Connection:
+        conn = getattr(self, attr)
+        if conn is not None and not conn.closed:
+            return conn
+        if self._closed:
+            raise NotConnectedError("client is closed")
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            conn = getattr(self, attr)
+            if conn is None or conn.closed:
+                conn = await Connection.open(self.host, self.port, self.timeout_ms / 1000)
+                setattr(self, attr, conn)
+        return conn
+
+    async def _main(self) -> Connection:
+        return await self._open("_conn")
+
+    # --- the one request path ----------------------------------------------------------
+
+    def _payload(self, ns: str | None, key: bytes | str, rest: bytes) -> bytes:
+        nsb = (ns or self.namespace).encode("utf-8")
+        kb = key.encode("utf-8") if isinstance(key, str) else key
+        if len(nsb) > 255:
+            raise BadRequestError("namespace longer than 255 bytes")
+        if len(kb) > 65535:
+            raise BadRequestError("key longer than 65535 bytes")
+        return len(nsb).to_bytes(2, "little") + nsb + len(kb).to_bytes(2, "little") + kb + rest
+
+    async def _call(self, op: int, key: bytes | str, rest: bytes = b"", *, ns: str | None = None,
+                    block_ms: int = 0) -> bytes:
+        """Send one request and return the OK data; a refusal raises its mapped exception."""
+        if not 0 <= block_ms <= MAX_BLOCK_MS:
+            raise BadRequestError(f"block_ms must be 0..{MAX_BLOCK_MS}")
+        payload = self._payload(ns, key, rest)
+        delay = 0.05
+        for attempt in range(self.max_retries):
+            conn = await (self._open("_blocking") if block_ms else self._main())
+            fut = conn.request(op, payload)
+            try:
+                status, data = await asyncio.wait_for(fut, (self.timeout_ms + block_ms) / 1000)
+            except asyncio.TimeoutError:
+                conn.forget(fut)
+                raise RequestTimeoutError(f"no answer within {self.timeout_ms + block_ms} ms") from None
+            except asyncio.CancelledError:
+                conn.forget(fut)
+                raise
+            if status == 0:
+                return data
+            reason, ran, msg = parse_refusal_body(data)
+            if status in _RETRY_STATUSES and ran == Ran.NO and attempt + 1 < self.max_retries:
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+                continue
+            raise error_from_refusal(status, reason, ran, msg)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call_vo(self, op: int, key: bytes | str, value: bytes = b"", opts: dict[int, bytes] | None = None,
+                       *, ns: str | None = None, block_ms: int = 0) -> bytes:
+        """A value+options op (flo-wire-v2 §1.3b)."""
+        rest = Writer().bytes32(value).options(opts or {}).getvalue()
+        return await self._call(op, key, rest, ns=ns, block_ms=block_ms)
+
+    # --- workers -----------------------------------------------------------------------
+
+    def new_stream_worker(self, **kw: Any) -> Any:
+        """A :class:`~flo_client.stream_worker.StreamWorker` on its own connections."""
+        from .stream_worker import StreamWorker
+
+        return StreamWorker(self, **kw)
+
+    def new_action_worker(self, **kw: Any) -> Any:
+        """An :class:`~flo_client.action_worker.ActionWorker` on its own connections."""
+        from .action_worker import ActionWorker
+
+        return ActionWorker(self, **kw)
+
+    async def ping(self) -> None:
+        from flo_core.spec import Op
+
+        await self._call(Op.PING, b"")
+
+    async def server_info(self) -> dict:
+        import msgpack
+
+        from flo_core.spec import Op
+
+        return msgpack.unpackb(await self._call_vo(Op.SERVER_INFO, b""), raw=False)
+
+
+__all__ = ["FloClient", "parse_endpoint", "ConnectionClosedError"]

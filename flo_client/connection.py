@@ -1,0 +1,134 @@
+"""A pipelined Flo wire v2 connection: many requests in flight, answers matched by request id.
+
+Requests written in the same loop iteration leave in one ``transport.write``.
+A lost connection fails every outstanding request with
+:class:`~flo_core.errors.ConnectionClosedError`.
+
+Example:
+    >>> conn = await Connection.open("127.0.0.1", 9000, timeout=5.0)   # doctest: +SKIP
+    >>> status, data = await conn.request(Op.PING, payload)              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from flo_core import wire
+from flo_core.errors import ConnectionClosedError, ProtocolError, error_from_refusal, parse_refusal_body
+
+
+class Connection(asyncio.Protocol):
+    """One TCP connection to a flo-server."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self._reader = wire.FrameReader(is_request=False, max_payload=1 << 31)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._next_id = 0
+        self._wbuf = bytearray()
+        self._flush_scheduled = False
+        self._loop = asyncio.get_event_loop()
+        self._closed_exc: Exception | None = None
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+
+    @classmethod
+    async def open(cls, host: str, port: int, timeout: float) -> "Connection":
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(loop.create_connection(cls, host, port), timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise ConnectionClosedError(f"cannot connect to {host}:{port}: {e or type(e).__name__}") from e
+        return conn
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_exc is not None or self.transport is None
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed_exc = ConnectionClosedError(f"connection lost: {exc}" if exc else "connection closed")
+        self._fail_all(self._closed_exc)
+        self._can_write.set()
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except wire.FrameError as e:
+            self._abort(ProtocolError(f"bad answer frame: {e.message}"))
+            return
+        pending = self._pending
+        for rid, status, body in frames:
+            fut = pending.pop(rid, None)
+            if fut is None:
+                if rid == 0:
+                    # The server could not parse something we sent: it closes the connection.
+                    reason, ran, msg = parse_refusal_body(body)
+                    self._abort(error_from_refusal(status, reason, ran, msg))
+                continue  # an answer nobody waits for any more (timed out)
+            if not fut.done():
+                fut.set_result((status, body))
+
+    # --- requests ------------------------------------------------------------------------
+
+    def request(self, op: int, payload: bytes) -> asyncio.Future:
+        """Queue one request; the future resolves to ``(status, data)``."""
+        if self._closed_exc is not None or self.transport is None:
+            raise self._closed_exc or ConnectionClosedError("not connected")
+        self._next_id += 1
+        rid = self._next_id
+        fut = self._loop.create_future()
+        self._pending[rid] = fut
+        fut.rid = rid  # type: ignore[attr-defined]
+        self._wbuf += wire.encode_request(rid, op, payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return fut
+
+    def forget(self, fut: asyncio.Future) -> None:
+        """Stop waiting for an answer (after a timeout); a late answer is dropped."""
+        self._pending.pop(getattr(fut, "rid", -1), None)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._wbuf and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self._wbuf)
+        self._wbuf = bytearray()
+
+    async def drain(self) -> None:
+        """Wait while the kernel buffer is full (back-pressure for bulk senders)."""
+        await self._can_write.wait()
+
+    def _fail_all(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _abort(self, exc: Exception) -> None:
+        self._closed_exc = exc
+        self._fail_all(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._flush()
+            self.transport.close()
+        if self._closed_exc is None:
+            self._closed_exc = ConnectionClosedError("connection closed")
+        self._fail_all(self._closed_exc)
+

@@ -1,0 +1,639 @@
+"""Action and worker ops (flo-wire-v2 §3.6-3.7, §4.1): handlers, and the ``a.*`` / ``w.*`` records.
+
+The store is :class:`flo_server.actions.Actions` (``srv.actions``). Handlers
+validate and refuse; appliers change the store and wake waiters. Waiter keys:
+``("a", ns, action)`` runs of an action became takeable, ``("ar", ns, run_id)``
+a run finished, ``("w", ns, worker_id)`` a worker was drained (its parked
+awaits are refused at once).
+
+Extensions (docs/protocol-action.md): invoke options RUN_PRIORITY (u8, lower
+value first, default 10) and IDEMPOTENCY_KEY; ACTION_RESULT (wait for a run to
+finish, WAIT_MS); ACTION_CANCEL; answers of ACTION_LIST / ACTION_LIST_RUNS /
+WORKER_INFO (the SDK ignores or never sends those).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flo_core.body import Reader, Writer, opt_str, opt_uint
+from flo_core.errors import Refusal
+from flo_core.spec import MAX_BLOCK_MS, Op, Reason, RunStatus, Tag, WorkerStatus
+from flo_server import actions as A
+from flo_server.actions import Run, Worker
+from flo_server.dispatch import Request, handler
+from flo_server.journal import applier
+
+__all__ = ["status_answer", "assignment_answer"]
+
+DEFAULT_LIST_LIMIT = 100
+
+
+# --- waking waiters ---------------------------------------------------------------
+
+
+def _flush(srv: Any) -> None:
+    """Turn the store's events into wake-ups."""
+    for ev in srv.actions.drain_events():
+        if ev[0] == "ready":
+            _, ns, name, n, labeled = ev
+            # A labelled run may suit only some waiters: wake them all to look.
+            srv.waiters.notify(("a", ns, name), 0 if labeled else n)
+        elif ev[0] == "run":
+            srv.waiters.notify(("ar", ev[1], ev[2]), 0)
+
+
+def _settle(srv: Any, now: int) -> None:
+    srv.actions.settle(now)
+    _flush(srv)
+
+
+# --- appliers: the only code that changes actions, runs and workers ------------------
+
+
+@applier("a.reg")
+def apply_register(
+    srv: Any, lsn: int, now: int, ns: str, name: str, action_type: int, timeout_ms: int, max_retries: int, owner: str
+) -> None:
+    srv.actions.register_action(now, ns, name, action_type, timeout_ms, max_retries, owner)
+    _flush(srv)
+
+
+@applier("a.del")
+def apply_delete(srv: Any, lsn: int, now: int, ns: str, name: str) -> bool:
+    out = srv.actions.delete_action(now, ns, name)
+    _flush(srv)
+    return out
+
+
+@applier("a.inv")
+def apply_invoke(
+    srv: Any, lsn: int, now: int, ns: str, name: str, payload: bytes, labels: str | None, priority: int, key: str | None
+) -> str:
+    run_id = srv.actions.invoke(lsn, now, ns, name, payload, labels, priority, key)
+    _flush(srv)
+    return run_id
+
+
+@applier("a.take")
+def apply_take(srv: Any, lsn: int, now: int, ns: str, worker_id: str, run_id: str) -> Run | None:
+    run = srv.actions.take(now, ns, worker_id, run_id)
+    _flush(srv)
+    return run
+
+
+@applier("a.done")
+def apply_complete(
+    srv: Any, lsn: int, now: int, ns: str, worker_id: str, run_id: str, outcome: str, output: bytes
+) -> bool:
+    out = srv.actions.complete(now, ns, worker_id, run_id, outcome, output)
+    _flush(srv)
+    return out
+
+
+@applier("a.fail")
+def apply_fail(srv: Any, lsn: int, now: int, ns: str, worker_id: str, run_id: str, retry: bool, message: str) -> bool:
+    out = srv.actions.fail(now, ns, worker_id, run_id, retry, message)
+    _flush(srv)
+    return out
+
+
+@applier("a.touch")
+def apply_touch(srv: Any, lsn: int, now: int, ns: str, worker_id: str, run_id: str, extend_ms: int) -> bool:
+    out = srv.actions.touch(now, ns, worker_id, run_id, extend_ms)
+    _flush(srv)
+    return out
+
+
+@applier("a.cancel")
+def apply_cancel(srv: Any, lsn: int, now: int, ns: str, run_id: str) -> bool:
+    out = srv.actions.cancel(now, ns, run_id)
+    _flush(srv)
+    return out
+
+
+@applier("w.reg")
+def apply_worker_register(
+    srv: Any,
+    lsn: int,
+    now: int,
+    ns: str,
+    worker_id: str,
+    worker_type: int,
+    max_concurrency: int,
+    actions: list,
+    metadata: str | None,
+    machine_id: str | None,
+) -> None:
+    srv.actions.register_worker(now, ns, worker_id, worker_type, max_concurrency, list(actions), metadata, machine_id)
+    _flush(srv)
+
+
+@applier("w.hb")
+def apply_heartbeat(srv: Any, lsn: int, now: int, ns: str, worker_id: str, load: int) -> bool:
+    out = srv.actions.heartbeat(now, ns, worker_id, load)
+    _flush(srv)
+    return out
+
+
+@applier("w.dereg")
+def apply_worker_deregister(srv: Any, lsn: int, now: int, ns: str, worker_id: str) -> bool:
+    out = srv.actions.deregister_worker(now, ns, worker_id)
+    _flush(srv)
+    srv.waiters.notify(("w", ns, worker_id), 0)
+    return out
+
+
+@applier("w.drain")
+def apply_worker_drain(srv: Any, lsn: int, now: int, ns: str, worker_id: str) -> bool:
+    out = srv.actions.drain_worker(now, ns, worker_id)
+    _flush(srv)
+    srv.waiters.notify(("w", ns, worker_id), 0)
+    return out
+
+
+# --- field helpers ------------------------------------------------------------------------
+
+
+def _text(raw: bytes, what: str, limit: int, *, empty_ok: bool = False) -> str:
+    if not raw and not empty_ok:
+        raise Refusal(Reason.MALFORMED, f"{what} is empty")
+    if len(raw) > limit:
+        raise Refusal(Reason.FIELD_TOO_LONG, f"{what} is longer than {limit} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refusal(Reason.MALFORMED, f"{what} is not UTF-8") from None
+
+
+def _action_name(raw: bytes) -> str:
+    return _text(raw, "action name", A.MAX_ACTION_NAME)
+
+
+def _worker_id(raw: bytes) -> str:
+    return _text(raw, "worker id", A.MAX_WORKER_ID)
+
+
+def _run_id(raw: bytes) -> str:
+    return _text(raw, "run id", 255)
+
+
+def _wait_ms(opts: dict[int, bytes], tag: int, default: int) -> int:
+    ms = opt_uint(opts, tag, default)
+    assert ms is not None
+    if ms > MAX_BLOCK_MS:
+        raise Refusal(Reason.OUT_OF_RANGE, f"wait of {ms} ms is over {MAX_BLOCK_MS}")
+    return ms
+
+
+def _limit_cursor(value: bytes, opts: dict[int, bytes]) -> tuple[int, bytes]:
+    """``[limit u32][cursor: rest]`` (the SDK's list value), LIMIT / CURSOR options override."""
+    r = Reader(value)
+    limit = r.u32() if r.remaining >= 4 else DEFAULT_LIST_LIMIT
+    cursor = r.rest()
+    limit = opt_uint(opts, Tag.LIMIT, limit) or 0
+    cursor = opts.get(Tag.CURSOR, cursor)
+    if not 1 <= limit <= A.MAX_LIST_LIMIT:
+        raise Refusal(Reason.OUT_OF_RANGE, f"limit must be 1..{A.MAX_LIST_LIMIT}, got {limit}")
+    return limit, cursor
+
+
+# --- answers ------------------------------------------------------------------------------
+
+
+def _status_fields(w: Writer, run: Run, *, with_output: bool = True) -> Writer:
+    output = run.output if with_output and run.status == RunStatus.COMPLETED else None
+    error = run.error.encode("utf-8") if run.error is not None else None
+    worker = run.worker_id.encode("utf-8") if run.worker_id is not None else None
+    return (
+        w.u8(int(run.status))
+        .i64(run.created_at)
+        .opt_i64(run.started_at)
+        .opt_i64(run.completed_at)
+        .u32(run.attempt)
+        .opt_bytes16(output)
+        .opt_bytes16(error)
+        .opt_bytes16(worker)
+    )
+
+
+def status_answer(run: Run) -> bytes:
+    """ACTION_STATUS OK: ``[status u8][created_at i64][opt started i64][opt completed i64]
+    [attempt u32][opt output bytes16][opt error bytes16][opt worker_id bytes16]``."""
+    return _status_fields(Writer(), run).getvalue()
+
+
+def _result_answer(run: Run) -> bytes:
+    """ACTION_RESULT OK: the status layout, then ``opt(outcome str16)``."""
+    return _status_fields(Writer(), run).opt_str16(run.outcome).getvalue()
+
+
+def assignment_answer(run: Run) -> bytes:
+    """ACTION_AWAIT OK: ``[task_id str16][task_type str16][created_at i64][attempt u32][has_caller u8 = 0][payload]``."""
+    return (
+        Writer().str16(run.run_id).str16(run.action).i64(run.created_at).u32(run.attempt).u8(0).raw(run.payload)
+    ).getvalue()
+
+
+def _worker_entry(w: Writer, wk: Worker, now: int) -> Writer:
+    machine = wk.machine_id.encode("utf-8")[:255] if wk.machine_id else None
+    return (
+        w.str16(wk.worker_id)
+        .u8(wk.worker_type)
+        .u8(int(wk.status(now)))
+        .u32(wk.current_load)
+        .u32(wk.max_concurrency)
+        .u64(wk.tasks_completed)
+        .u64(wk.tasks_failed)
+        .i64(wk.registered_at)
+        .i64(wk.last_heartbeat)
+        .opt_bytes8(machine)
+    )
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+@handler(Op.ACTION_REGISTER)
+def action_register(srv: Any, req: Request) -> bytes:
+    """value ``[type u8][timeout_ms u32][max_retries u32][owner str16]`` -> empty. Creates or replaces."""
+    name = _action_name(req.key)
+    r = Reader(req.value)
+    action_type = r.u8()
+    timeout_ms = r.u32()
+    max_retries = r.u32()
+    owner = r.str16() if r.remaining >= 2 else ""
+    if action_type != 0:
+        raise Refusal(Reason.OUT_OF_RANGE, f"action type {action_type} is not served (only 0 = USER)")
+    ns = req.ns
+    if srv.actions.action(ns, name) is None and srv.actions.action_count(ns) >= A.MAX_ACTIONS_PER_NAMESPACE:
+        raise Refusal(Reason.OUT_OF_RANGE, f"namespace already has {A.MAX_ACTIONS_PER_NAMESPACE} actions")
+    srv.write("a.reg", req.now, ns, name, action_type, timeout_ms, max_retries, owner)
+    return b""
+
+
+@handler(Op.ACTION_INVOKE)
+def action_invoke(srv: Any, req: Request) -> bytes:
+    """value ``[has_labels u8][labels str16]?[input: rest]``, options RUN_PRIORITY u8 /
+    IDEMPOTENCY_KEY string -> ``[run_id str16][0x00]``."""
+    name = _action_name(req.key)
+    r = Reader(req.value)
+    labels_sig = None
+    if r.flag():
+        raw = r.bytes16()
+        try:
+            labels = A.parse_labels(raw.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise Refusal(Reason.MALFORMED, f"labels: {e}") from None
+        labels_sig = json.dumps(labels, sort_keys=True, separators=(",", ":")) if labels else None
+    payload = r.rest()
+    if len(payload) > A.MAX_RUN_INPUT:
+        raise Refusal(Reason.FIELD_TOO_LONG, f"input is longer than {A.MAX_RUN_INPUT} bytes")
+    priority = opt_uint(req.opts, Tag.RUN_PRIORITY, A.DEFAULT_RUN_PRIORITY)
+    assert priority is not None
+    if priority > 255:
+        raise Refusal(Reason.OUT_OF_RANGE, "priority must be 0..255")
+    key = opt_str(req.opts, Tag.IDEMPOTENCY_KEY)
+    if key == "":
+        key = None
+    ns, store = req.ns, srv.actions
+    if store.action(ns, name) is None:
+        raise Refusal(Reason.NOT_FOUND, f"action {name!r} is not registered")
+    hit = store.idempotent_hit(ns, name, key, req.now)
+    if hit is not None:  # inside the key's window: the same run, nothing written
+        return Writer().str16(hit).u8(0).getvalue()
+    if store.unfinished >= A.MAX_UNFINISHED_RUNS:
+        raise Refusal(Reason.TOO_MANY_PROPOSALS, "too many unfinished runs; retry later")
+    run_id = srv.write("a.inv", req.now, ns, name, payload, labels_sig, priority, key)
+    return Writer().str16(run_id).u8(0).getvalue()
+
+
+@handler(Op.ACTION_STATUS)
+def action_status(srv: Any, req: Request) -> bytes:
+    """Table op: key = run id, body empty -> the status layout (:func:`status_answer`)."""
+    run_id = _run_id(req.key)
+    _settle(srv, req.now)
+    run = srv.actions.run(req.ns, run_id)
+    if run is None:
+        raise Refusal(Reason.NOT_FOUND, f"no run {run_id!r}")
+    return status_answer(run)
+
+
+@handler(Op.ACTION_RESULT)
+def action_result(srv: Any, req: Request) -> Any:
+    """ext: key = run id, option WAIT_MS (or BLOCK_MS) u32 -> the status layout + opt(outcome str16),
+    once the run has finished or the wait is over (then with its current status)."""
+    run_id = _run_id(req.key)
+    wait_ms = _wait_ms(req.opts, Tag.WAIT_MS, _wait_ms(req.opts, Tag.BLOCK_MS, 0))
+    ns = req.ns
+    _settle(srv, req.now)
+    run = srv.actions.run(ns, run_id)
+    if run is None:
+        raise Refusal(Reason.NOT_FOUND, f"no run {run_id!r}")
+    if run.finished or wait_ms == 0:
+        return _result_answer(run)
+    return _wait_result(srv, req, run_id, wait_ms)
+
+
+async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int) -> bytes:
+    ns = req.ns
+
+    def attempt() -> Run | None:
+        _settle(srv, srv.now())
+        run = srv.actions.run(ns, run_id)
+        return run if run is None or run.finished else None
+
+    await srv.waiters.poll([("ar", ns, run_id)], req.conn, wait_ms, attempt, _next_due(srv))
+    run = srv.actions.run(ns, run_id)
+    if run is None:
+        raise Refusal(Reason.NOT_FOUND, f"run {run_id!r} is no longer kept")
+    return _result_answer(run)
+
+
+def _next_due(srv: Any) -> Any:
+    """The store's next timer as loop time, for :meth:`Waiters.poll`."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def due() -> float | None:
+        at = srv.actions.next_due()
+        return None if at is None else loop.time() + (at - srv.now()) / 1000.0
+
+    return due
+
+
+@handler(Op.ACTION_CANCEL)
+def action_cancel(srv: Any, req: Request) -> bytes:
+    """ext: key = run id -> ``[cancelled u8][status u8]`` (cancelled = 0 when it had already finished)."""
+    run_id = _run_id(req.key)
+    _settle(srv, req.now)
+    run = srv.actions.run(req.ns, run_id)
+    if run is None:
+        raise Refusal(Reason.NOT_FOUND, f"no run {run_id!r}")
+    done = False
+    if not run.finished:
+        done = srv.write("a.cancel", req.now, req.ns, run_id)
+    return Writer().flag(done).u8(int(run.status)).getvalue()
+
+
+@handler(Op.ACTION_LIST)
+def action_list(srv: Any, req: Request) -> bytes:
+    """key = name prefix (or option PREFIX), value ``[limit u32][cursor: rest]`` ->
+    ``[n u16] n x ([name str16][type u8][timeout_ms u32][max_retries u32][owner str16]
+    [created_at i64][updated_at i64][version u32][pending u32][running u32])`` ``opt(str16 next cursor)``."""
+    prefix = _text(req.key, "prefix", A.MAX_ACTION_NAME, empty_ok=True)
+    prefix = opt_str(req.opts, Tag.PREFIX, prefix) or ""
+    limit, cursor = _limit_cursor(req.value, req.opts)
+    after = _text(cursor, "cursor", A.MAX_ACTION_NAME) if cursor else None
+    _settle(srv, req.now)
+    store = srv.actions
+    page, nxt = store.list_actions(req.ns, prefix, after, limit)
+    w = Writer().u16(len(page))
+    for a in page:
+        pending, running = store.counts(a.ns, a.name)
+        w.str16(a.name).u8(a.action_type).u32(a.timeout_ms).u32(a.max_retries).str16(a.owner)
+        w.i64(a.created_at).i64(a.updated_at).u32(a.version).u32(pending).u32(running)
+    return w.opt_str16(nxt).getvalue()
+
+
+@handler(Op.ACTION_LIST_RUNS)
+def action_list_runs(srv: Any, req: Request) -> bytes:
+    """key = action name (empty: every run of the namespace), value ``[limit u32][cursor: rest]``
+    (cursor = 8-byte LE u64 from the last page) -> runs newest first:
+    ``[n u16] n x ([run_id str16][action str16][priority u8] status layout without output,
+    opt(outcome str16))`` ``opt(u64 next cursor)``."""
+    name = _text(req.key, "action name", A.MAX_ACTION_NAME, empty_ok=True) or None
+    limit, cursor = _limit_cursor(req.value, req.opts)
+    if cursor and len(cursor) != 8:
+        raise Refusal(Reason.MALFORMED, "runs cursor must be 8 bytes")
+    before = int.from_bytes(cursor, "little") if cursor else None
+    _settle(srv, req.now)
+    page, nxt = srv.actions.list_runs(req.ns, name, before, limit)
+    w = Writer().u16(len(page))
+    for run in page:
+        w.str16(run.run_id).str16(run.action).u8(run.priority)
+        _status_fields(w, run, with_output=False).opt_str16(run.outcome)
+    return w.opt_u64(nxt).getvalue()
+
+
+@handler(Op.ACTION_DELETE)
+def action_delete(srv: Any, req: Request) -> bytes:
+    """key = action name -> empty. Pending runs are cancelled. Idempotent."""
+    name = _action_name(req.key)
+    if srv.actions.action(req.ns, name) is not None:
+        srv.write("a.del", req.now, req.ns, name)
+    return b""
+
+
+# --- the worker side of runs ---------------------------------------------------------------------
+
+
+@handler(Op.ACTION_AWAIT)
+def action_await(srv: Any, req: Request) -> Any:
+    """key = worker id, value ``[n u32] n x str16 action``, option BLOCK_MS (absent = 30 000,
+    0 = don't wait) -> empty (nothing came) or a task assignment (:func:`assignment_answer`)."""
+    worker_id = _worker_id(req.key)
+    r = Reader(req.value)
+    n = r.u32()
+    if not 1 <= n <= A.MAX_WORKER_ACTIONS:
+        raise Refusal(Reason.OUT_OF_RANGE, f"await names 1..{A.MAX_WORKER_ACTIONS} actions, not {n}")
+    names = list(dict.fromkeys(_action_name(r.bytes16()) for _ in range(n)))
+    block_ms = _wait_ms(req.opts, Tag.BLOCK_MS, A.DEFAULT_AWAIT_BLOCK_MS)
+    ns = req.ns
+
+    def attempt() -> bytes | None:
+        now = srv.now()
+        _settle(srv, now)
+        labels = _admit(srv, ns, worker_id, now)
+        run = srv.actions.select(ns, names, labels, now)
+        if run is None:
+            return None
+        taken = srv.write("a.take", now, ns, worker_id, run.run_id)
+        return assignment_answer(taken) if taken is not None else None
+
+    out = attempt()
+    if out is not None or block_ms == 0:
+        return out or b""
+    return _await_run(srv, req, ns, worker_id, names, block_ms, attempt)
+
+
+def _admit(srv: Any, ns: str, worker_id: str, now: int) -> dict[str, Any]:
+    """Refuse a draining or unhealthy worker; the labels of one that may take work.
+    An await from a worker that never registered is served, without labels."""
+    w = srv.actions.worker(ns, worker_id, now)
+    if w is None:
+        return {}
+    st = w.status(now)
+    if st == WorkerStatus.DRAINING:
+        raise Refusal(Reason.WORKER_DRAINING, f"worker {worker_id!r} is draining")
+    if st == WorkerStatus.UNHEALTHY:
+        raise Refusal(Reason.WORKER_UNHEALTHY, f"worker {worker_id!r} missed its heartbeats; heartbeat first")
+    return w.labels
+
+
+async def _await_run(srv: Any, req: Request, ns: str, worker_id: str, names: list[str], block_ms: int, attempt: Any) -> bytes:
+    keys = [("a", ns, name) for name in names] + [("w", ns, worker_id)]
+    out = await srv.waiters.poll(keys, req.conn, block_ms, attempt, _next_due(srv))
+    return out or b""
+
+
+def _report_target(srv: Any, req: Request, r: Reader) -> tuple[str, str, str]:
+    worker_id = _worker_id(req.key)
+    action = _action_name(r.bytes16())
+    run_id = _run_id(r.bytes16())
+    return worker_id, action, run_id
+
+
+def _check_holder(srv: Any, ns: str, worker_id: str, action: str, run_id: str, now: int) -> None:
+    """NOT_FOUND for an unknown run, STALE_REPORT when this worker no longer holds it."""
+    _settle(srv, now)
+    run = srv.actions.run(ns, run_id)
+    if run is None or run.action != action:
+        raise Refusal(Reason.NOT_FOUND, f"no run {run_id!r} of action {action!r}")
+    if srv.actions.holds(ns, worker_id, run_id, now) is None:
+        why = run.status.name.lower() if run.finished else f"held by {run.worker_id!r}, attempt {run.attempt}"
+        if run.status == RunStatus.PENDING:
+            why = "taken back (lease lapsed or retried)"
+        raise Refusal(Reason.STALE_REPORT, f"worker {worker_id!r} no longer holds run {run_id!r}: {why}")
+
+
+@handler(Op.ACTION_COMPLETE)
+def action_complete(srv: Any, req: Request) -> bytes:
+    """key = worker id, value ``[action str16][task_id str16][outcome str16][result bytes16]`` -> empty."""
+    r = Reader(req.value)
+    worker_id, action, run_id = _report_target(srv, req, r)
+    outcome = _text(r.bytes16(), "outcome", A.MAX_OUTCOME, empty_ok=True) or "success"
+    output = r.bytes16()
+    _check_holder(srv, req.ns, worker_id, action, run_id, req.now)
+    srv.write("a.done", req.now, req.ns, worker_id, run_id, outcome, output)
+    return b""
+
+
+@handler(Op.ACTION_FAIL)
+def action_fail(srv: Any, req: Request) -> bytes:
+    """key = worker id, value ``[action str16][task_id str16][retry u8][message: rest]`` -> empty."""
+    r = Reader(req.value)
+    worker_id, action, run_id = _report_target(srv, req, r)
+    retry = r.flag()
+    message = r.rest()[: A.MAX_ERROR_MESSAGE + 4].decode("utf-8", "replace")
+    _check_holder(srv, req.ns, worker_id, action, run_id, req.now)
+    srv.write("a.fail", req.now, req.ns, worker_id, run_id, retry, message)
+    return b""
+
+
+@handler(Op.ACTION_TOUCH)
+def action_touch(srv: Any, req: Request) -> bytes:
+    """key = worker id, value ``[action str16][task_id str16][extend_ms u32]`` -> empty.
+    The lease becomes now + extend_ms (1..3 600 000)."""
+    r = Reader(req.value)
+    worker_id, action, run_id = _report_target(srv, req, r)
+    extend_ms = r.u32()
+    if not 1 <= extend_ms <= A.MAX_TOUCH_EXTEND_MS:
+        raise Refusal(Reason.OUT_OF_RANGE, f"extend_ms must be 1..{A.MAX_TOUCH_EXTEND_MS}")
+    _check_holder(srv, req.ns, worker_id, action, run_id, req.now)
+    srv.write("a.touch", req.now, req.ns, worker_id, run_id, extend_ms)
+    return b""
+
+
+# --- workers ---------------------------------------------------------------------------------------
+
+
+@handler(Op.WORKER_REGISTER)
+def worker_register(srv: Any, req: Request) -> bytes:
+    """key = worker id, value ``[type u8][max_concurrency u32][n u16] n x ([name str16][kind u8])
+    [has_meta u8][meta str16]? [has_machine u8][machine str16]?`` -> empty. Metadata that is
+    a JSON object gives the worker's labels."""
+    worker_id = _worker_id(req.key)
+    r = Reader(req.value)
+    worker_type = r.u8()
+    if worker_type > 1:
+        raise Refusal(Reason.OUT_OF_RANGE, "worker type must be 0 (action) or 1 (stream)")
+    max_concurrency = r.u32()
+    n = r.u16()
+    if n > A.MAX_WORKER_ACTIONS:
+        raise Refusal(Reason.OUT_OF_RANGE, f"a worker names at most {A.MAX_WORKER_ACTIONS} actions")
+    names = []
+    for _ in range(n):
+        raw = r.bytes16()
+        r.u8()  # kind: mirrors the worker type
+        names.append(_text(raw, "process name", A.MAX_ACTION_NAME * 2))
+    metadata = r.str16() if r.present() else None
+    machine = r.str16() if r.present() else None
+    if machine is not None and len(machine.encode("utf-8")) > A.MAX_MACHINE_ID:
+        raise Refusal(Reason.FIELD_TOO_LONG, f"machine id is longer than {A.MAX_MACHINE_ID} bytes")
+    ns = req.ns
+    if srv.actions.worker(ns, worker_id, req.now) is None and srv.actions.worker_count(ns) >= A.MAX_WORKERS_PER_NAMESPACE:
+        raise Refusal(Reason.OUT_OF_RANGE, f"namespace already has {A.MAX_WORKERS_PER_NAMESPACE} workers")
+    srv.write("w.reg", req.now, ns, worker_id, worker_type, max_concurrency, names, metadata, machine)
+    return b""
+
+
+@handler(Op.WORKER_HEARTBEAT)
+def worker_heartbeat(srv: Any, req: Request) -> bytes:
+    """key = worker id, value ``[current_load u32]`` -> empty; NOT_FOUND for an unknown or
+    forgotten worker (it should register again)."""
+    worker_id = _worker_id(req.key)
+    r = Reader(req.value)
+    load = r.u32() if r.remaining >= 4 else 0
+    _settle(srv, req.now)
+    if srv.actions.worker(req.ns, worker_id, req.now) is None:
+        raise Refusal(Reason.NOT_FOUND, f"worker {worker_id!r} is not registered")
+    srv.write("w.hb", req.now, req.ns, worker_id, load)
+    return b""
+
+
+@handler(Op.WORKER_DEREGISTER)
+def worker_deregister(srv: Any, req: Request) -> bytes:
+    """key = worker id -> empty. Idempotent; runs it holds come back when their leases lapse."""
+    worker_id = _worker_id(req.key)
+    if srv.actions.worker(req.ns, worker_id, req.now) is not None:
+        srv.write("w.dereg", req.now, req.ns, worker_id)
+    return b""
+
+
+@handler(Op.WORKER_DRAIN)
+def worker_drain(srv: Any, req: Request) -> bytes:
+    """key = worker id -> empty. Its awaits are refused WORKER_DRAINING from now on (parked
+    ones at once); runs it holds may still report. Sticky until deregistered."""
+    worker_id = _worker_id(req.key)
+    if srv.actions.worker(req.ns, worker_id, req.now) is None:
+        raise Refusal(Reason.NOT_FOUND, f"worker {worker_id!r} is not registered")
+    srv.write("w.drain", req.now, req.ns, worker_id)
+    return b""
+
+
+@handler(Op.WORKER_LIST)
+def worker_list(srv: Any, req: Request) -> bytes:
+    """Table op: key empty, body ``opt(u32 limit 1..1024)[cursor bytes16]`` -> ``[n u16]`` entries
+    ``opt(bytes16 next cursor)``, in id order (flo-wire-v2 §3.7)."""
+    r = Reader(req.body)
+    limit = r.opt_u32()
+    limit = DEFAULT_LIST_LIMIT if limit is None else limit
+    if not 1 <= limit <= A.MAX_LIST_LIMIT:
+        raise Refusal(Reason.OUT_OF_RANGE, f"limit must be 1..{A.MAX_LIST_LIMIT}")
+    cursor = r.bytes16() if r.remaining >= 2 else b""
+    after = _text(cursor, "cursor", A.MAX_WORKER_ID) if cursor else None
+    _settle(srv, req.now)
+    page, nxt = srv.actions.list_workers(req.ns, after, limit, req.now)
+    w = Writer().u16(len(page))
+    for wk in page:
+        _worker_entry(w, wk, req.now)
+    return w.opt_bytes16(nxt.encode("utf-8") if nxt is not None else None).getvalue()
+
+
+@handler(Op.WORKER_INFO)
+def worker_info(srv: Any, req: Request) -> bytes:
+    """key = worker id -> one WORKER_LIST entry, then ``[n u16] n x str16 action``,
+    ``opt(str16 metadata)``, ``[held u32]`` (runs it holds now)."""
+    worker_id = _worker_id(req.key)
+    _settle(srv, req.now)
+    wk = srv.actions.worker(req.ns, worker_id, req.now)
+    if wk is None:
+        raise Refusal(Reason.NOT_FOUND, f"worker {worker_id!r} is not registered")
+    w = _worker_entry(Writer(), wk, req.now).u16(len(wk.actions))
+    for name in wk.actions:
+        w.str16(name)
+    return w.opt_str16(wk.metadata).u32(len(wk.holding)).getvalue()
+

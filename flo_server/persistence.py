@@ -1,0 +1,722 @@
+"""Durability: the on-disk journal (group commit, fsync policy), snapshots, recovery, operator commands.
+
+Data directory layout::
+
+    DIR/LOCK                               flock'd by the running server
+    DIR/log/NNNNNNNNNNNNNNNNNNNN.seg       the append-only log (flo_core.log), named by first LSN
+    DIR/snap/NNNNNNNNNNNNNNNNNNNN.snap     snapshots, named by the LSN they include
+
+A log record's payload is msgpack ``[kind, args]`` (the ``srv.write`` call);
+replay calls the same applier with the same args (docs/architecture.md §3).
+
+fsync policies:
+
+* ``always``  — the writes of one loop iteration go to the file with one
+  ``write``, then one ``fdatasync`` in a worker thread; answers of those writes
+  are held by the connection edge (``pending_sync`` / ``call_after_sync``)
+  until it is done. An acknowledged write survives kill -9 and power loss.
+* ``everysec`` — same single write per iteration (so kill -9 loses nothing
+  acknowledged), ``fdatasync`` once a second in the background: a power loss
+  risks about a second.
+* ``no`` — write per iteration, the OS decides when to flush.
+
+A snapshot (msgpack of ``{name: store.dump()}`` and its LSN) is taken after
+``snapshot_bytes`` of log and on clean shutdown: temp file + fsync + rename,
+the newest two are kept, segments wholly below the older one are deleted.
+Start-up = newest valid snapshot + replay of the log after it.
+
+Example:
+    >>> from flo_server.persistence import open_journal    # doctest: +SKIP
+    >>> srv.journal = open_journal(srv, srv.config)         # inside a running loop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import logging
+import os
+import struct
+import sys
+import time
+import zlib
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import click
+import msgpack
+
+from flo_core.errors import FloError, Refusal
+from flo_core.log import (
+    DEFAULT_SEGMENT_BYTES,
+    RECORD_HEADER,
+    LogCorruption,
+    LogReader,
+    LogWriter,
+    fsync_dir,
+    list_segments,
+    repair_log,
+)
+from flo_core.spec import Reason
+
+__all__ = [
+    "DiskJournal",
+    "RecoveryError",
+    "Recovery",
+    "open_journal",
+    "recover",
+    "check_log_cmd",
+    "dump_log_cmd",
+    "read_snapshot",
+    "write_snapshot",
+    "list_snapshots",
+]
+
+log = logging.getLogger("flo_server.persistence")
+
+POLICIES = ("always", "everysec", "no")
+RECORD_WRITE = 1  # log record kind: payload is msgpack [kind, args]
+SNAP_MAGIC = b"FLOSNAP1"
+_SNAP_HEAD = struct.Struct("<8sQQI")  # magic, lsn, body length, crc32(body)
+SNAPSHOTS_KEPT = 2
+EVERYSEC_S = 1.0
+MIN_SEGMENT_BYTES = 64 * 1024
+
+
+class RecoveryError(FloError):
+    """Start-up cannot proceed (corrupt log, data dir in use, unknown record kind)."""
+
+
+def log_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, "log")
+
+
+def snap_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, "snap")
+
+
+def segment_bytes_for(snapshot_bytes: int) -> int:
+    """Segments about half the snapshot interval, so a snapshot frees whole segments."""
+    return max(MIN_SEGMENT_BYTES, min(DEFAULT_SEGMENT_BYTES, snapshot_bytes // 2))
+
+
+def pack_record(kind: str, args: tuple | list) -> bytes:
+    return msgpack.packb([kind, args], use_bin_type=True)
+
+
+def unpack_record(payload: bytes) -> tuple[str, list]:
+    kind, args = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    return kind, args
+
+
+# --- snapshots ---------------------------------------------------------------
+
+
+def list_snapshots(data_dir: str) -> list[tuple[int, str]]:
+    """``[(lsn, path)]`` of snapshot files, newest first."""
+    d = snap_dir(data_dir)
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        if ext == ".snap" and len(stem) == 20 and stem.isdigit():
+            out.append((int(stem), os.path.join(d, name)))
+    out.sort(reverse=True)
+    return out
+
+
+def write_snapshot(data_dir: str, lsn: int, body: bytes, keep: int = SNAPSHOTS_KEPT) -> str:
+    """Write ``body`` (msgpack) as the snapshot at ``lsn`` durably; prune to the newest ``keep``.
+
+    Runs in a worker thread: temp file + fsync + rename + directory fsync, so a
+    crash leaves either the old set of snapshots or the new one, never half a file.
+    """
+    d = snap_dir(data_dir)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, f"{lsn:020d}.snap")
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(_SNAP_HEAD.pack(SNAP_MAGIC, lsn, len(body), zlib.crc32(body)))
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(d)
+    for _, old in list_snapshots(data_dir)[keep:]:
+        os.unlink(old)
+    for name in os.listdir(d):
+        if name.endswith(".tmp"):  # left by a crash mid-snapshot
+            os.unlink(os.path.join(d, name))
+    return path
+
+
+def read_snapshot(path: str) -> tuple[int, dict]:
+    """``(lsn, {store name: state})`` of a snapshot file; ``ValueError`` if it is damaged."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < _SNAP_HEAD.size:
+        raise ValueError("shorter than its header")
+    magic, lsn, length, crc = _SNAP_HEAD.unpack_from(data)
+    body = memoryview(data)[_SNAP_HEAD.size:]
+    if magic != SNAP_MAGIC:
+        raise ValueError("bad magic")
+    if len(body) != length:
+        raise ValueError(f"body is {len(body)} bytes, header says {length}")
+    if zlib.crc32(body) != crc:
+        raise ValueError("CRC mismatch")
+    doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    if doc.get("lsn") != lsn or not isinstance(doc.get("stores"), dict):
+        raise ValueError("body does not match its header")
+    return lsn, doc["stores"]
+
+
+def newest_valid_snapshot(data_dir: str) -> tuple[int, dict | None, str | None]:
+    """``(lsn, stores, path)`` of the newest snapshot that reads back intact; ``(0, None, None)`` if none."""
+    for lsn, path in list_snapshots(data_dir):
+        try:
+            got, stores = read_snapshot(path)
+        except (OSError, ValueError, msgpack.UnpackException) as e:
+            log.warning("snapshot %s is unusable (%s); trying an older one", path, e)
+            continue
+        return got, stores, path
+    return 0, None, None
+
+
+# --- recovery ----------------------------------------------------------------
+
+
+@dataclass
+class Recovery:
+    """What start-up found and did."""
+
+    snapshot_lsn: int = 0
+    snapshot_path: str | None = None
+    replayed: int = 0
+    replay_bytes: int = 0
+    last_lsn: int = 0
+    torn: tuple | None = None
+    repaired: tuple | None = None
+    apply_errors: int = 0
+    seconds: float = 0.0
+    kinds: Counter = field(default_factory=Counter)
+
+
+def _corruption_message(data_dir: str, e: LogCorruption) -> str:
+    return (f"{e}. Start-up stopped so no record after it is silently dropped. To cut the log at that point "
+            f"(losing every record from it on) run `flo-server check-log {data_dir} --repair`, "
+            f"or start with --repair-log.")
+
+
+def recover(srv: Any, data_dir: str, *, repair: bool = False) -> Recovery:
+    """Load the newest valid snapshot into ``srv.stores`` and replay the log after it.
+
+    Replays through the same appliers as live writes. Returns a :class:`Recovery`;
+    raises :class:`RecoveryError` on mid-log corruption (unless ``repair``) or a
+    record kind no applier knows.
+    """
+    from flo_server.journal import APPLIERS
+
+    t0 = time.monotonic()
+    rec = Recovery()
+    lsn, stores, path = newest_valid_snapshot(data_dir)
+    if stores is not None:
+        for name, state in stores.items():
+            store = srv.stores.get(name)
+            if store is None:
+                raise RecoveryError(f"snapshot {path} holds store {name!r} which this server does not have")
+            store.load(state)
+        rec.snapshot_lsn, rec.snapshot_path = lsn, path
+    reader = LogReader(log_dir(data_dir), lsn + 1)
+    segs = reader.segments
+    if lsn and segs and segs[0][0] > lsn + 1:
+        log.error("log starts at LSN %d but the snapshot covers only up to %d: records in between are missing",
+                  segs[0][0], lsn)
+    it: Iterator = iter(reader)
+    while True:
+        try:
+            rlsn, rkind, payload = next(it)
+        except StopIteration:
+            break
+        except LogCorruption as e:
+            if not repair:
+                raise RecoveryError(_corruption_message(data_dir, e)) from e
+            removed = repair_log(log_dir(data_dir), e.path, e.offset)
+            log.warning("log repaired: cut %s at offset %d (%s); removed %d later segment(s)",
+                        e.path, e.offset, e.reason, len(removed))
+            rec.repaired = (e.path, e.offset, e.reason)
+            break
+        if rkind != RECORD_WRITE:
+            raise RecoveryError(f"record {rlsn} in {reader.path} has unknown record type {rkind}")
+        kind, args = unpack_record(payload)
+        fn = APPLIERS.get(kind)
+        if fn is None:
+            raise RecoveryError(f"record {rlsn} in {reader.path} has kind {kind!r} which no applier handles "
+                                f"(written by a newer flo-server?)")
+        try:
+            fn(srv, rlsn, *args)
+        except Exception as e:  # noqa: BLE001 - the same refusal happened live; state matches it
+            rec.apply_errors += 1
+            log.debug("replay of record %d (%s) raised %r, as it did live", rlsn, kind, e)
+        rec.replayed += 1
+        rec.replay_bytes += RECORD_HEADER + len(payload)
+        rec.kinds[kind] += 1
+    rec.torn = reader.torn
+    rec.last_lsn = max(reader.last_lsn, lsn)
+    rec.seconds = time.monotonic() - t0
+    return rec
+
+
+# --- the journal -------------------------------------------------------------
+
+
+def _exit_process(exc: BaseException) -> None:
+    """Default reaction to a failed fsync under ``always``: stop at once (as Redis does).
+
+    Acknowledging later writes would be a lie, and a retried fsync can report
+    success for pages the kernel already dropped.
+    """
+    logging.shutdown()
+    os._exit(70)
+
+
+class DiskJournal:
+    """The write path's log on disk: same interface as ``journal.MemoryJournal``.
+
+    ``append(kind, args) -> lsn`` copies the record into the writer's pending
+    buffer and, the first time in a loop iteration, schedules one flush with
+    ``loop.call_soon``; under ``always`` that flush is followed by one
+    ``fdatasync`` in a worker thread. ``pending_sync`` is true while records are
+    not yet durable under ``always``; ``call_after_sync(cb)`` runs ``cb`` once
+    every record appended so far is durable (at once under other policies).
+
+    Example:
+        >>> j = DiskJournal(srv, "./data", policy="always")    # doctest: +SKIP
+        >>> lsn = j.append("kv.set", (now, "default", b"k", b"v", 0))
+        >>> j.call_after_sync(lambda: print("durable", lsn))
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        srv: Any,
+        data_dir: str,
+        *,
+        policy: str = "everysec",
+        snapshot_bytes: int = 64 * 1024 * 1024,
+        segment_bytes: int | None = None,
+        next_lsn: int = 1,
+        snapshot_lsn: int = 0,
+        bytes_since_snapshot: int = 0,
+        repair: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
+        on_fatal: Callable[[BaseException], None] = _exit_process,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"fsync policy must be one of {POLICIES}, not {policy!r}")
+        self.srv = srv
+        self.data_dir = data_dir
+        self.policy = policy
+        self._always = policy == "always"
+        self.snapshot_bytes = snapshot_bytes
+        self.loop = loop or asyncio.get_running_loop()
+        self.on_fatal = on_fatal
+        self.writer = LogWriter(log_dir(data_dir), next_lsn=next_lsn,
+                                segment_bytes=segment_bytes or segment_bytes_for(snapshot_bytes), repair=repair)
+        if self.writer.truncated:
+            p, off, n = self.writer.truncated
+            log.warning("torn log tail: cut %d byte(s) from %s at offset %d (writes never acknowledged as durable)",
+                        n, p, off)
+        self.snapshot_lsn = snapshot_lsn
+        self.bytes_since_snapshot = bytes_since_snapshot
+        self.failed: BaseException | None = None
+        self.closed = False
+        self._flush_scheduled = False
+        self._sync_inflight = False
+        self._snapshot_inflight: asyncio.Future | None = None
+        self._after_sync: deque[tuple[int, Callable[[], None]]] = deque()
+        # Own threads: an fsync must never queue behind other executor work.
+        self._sync_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flo-fsync")
+        self._snap_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flo-snapshot")
+        self._tick: asyncio.TimerHandle | None = None
+        if policy != "always":
+            self._tick = self.loop.call_later(EVERYSEC_S, self._every_second)
+        # counters for stats / bench
+        self.flushes = 0
+        self.syncs = 0
+        self.snapshots = 0
+        self.last_snapshot_seconds = 0.0
+
+    # --- the interface the write path uses -------------------------------------------
+
+    @property
+    def last_lsn(self) -> int:
+        return self.writer.last_lsn
+
+    @property
+    def pending_sync(self) -> bool:
+        """True while records appended under ``always`` are not yet fsynced."""
+        return self._always and self.writer.synced_lsn < self.writer.last_lsn
+
+    def append(self, kind: str, args: tuple | list) -> int:
+        """Log ``(kind, args)``; returns its LSN. Refuses (WRITES_STOPPED) after a disk failure."""
+        if self.failed is not None or self.closed:
+            raise Refusal(Reason.WRITES_STOPPED, f"writes stopped: the log cannot be written ({self.failed or 'closed'})")
+        payload = pack_record(kind, args)
+        try:
+            lsn = self.writer.append(RECORD_WRITE, payload)
+        except ValueError as e:
+            raise Refusal(Reason.FIELD_TOO_LONG, str(e)) from None
+        self.bytes_since_snapshot += RECORD_HEADER + len(payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_now)
+        return lsn
+
+    def call_after_sync(self, cb: Callable[[], None]) -> None:
+        """Run ``cb`` once everything appended so far is durable (now, unless ``always`` has a sync pending)."""
+        if not self.pending_sync:
+            cb()
+            return
+        self._after_sync.append((self.writer.last_lsn, cb))
+
+    # --- group commit --------------------------------------------------------------------
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        if self.closed:
+            return
+        try:
+            if self.writer.flush():
+                self.flushes += 1
+        except OSError as e:
+            self._io_failed("write", e)
+            return
+        if self._always:
+            self._kick_sync()
+        if self.bytes_since_snapshot >= self.snapshot_bytes and self._snapshot_inflight is None:
+            self._start_snapshot()
+
+    def _kick_sync(self) -> None:
+        if self._sync_inflight or self.closed:
+            return
+        w = self.writer
+        if w.synced_lsn >= w.flushed_lsn:
+            self._run_after_sync()
+            return
+        self._sync_inflight = True
+        fut = self.loop.run_in_executor(self._sync_pool, w.sync)
+        fut.add_done_callback(self._sync_done)
+
+    def _sync_done(self, fut: asyncio.Future) -> None:
+        self._sync_inflight = False
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._io_failed("fsync", exc)
+            return
+        self.syncs += 1
+        self._run_after_sync()
+        if self._always and self.writer.synced_lsn < self.writer.flushed_lsn:
+            self._kick_sync()  # what was flushed while this fsync ran
+
+    def _run_after_sync(self) -> None:
+        synced = self.writer.synced_lsn
+        q = self._after_sync
+        while q and q[0][0] <= synced:
+            _, cb = q.popleft()
+            try:
+                cb()
+            except Exception:  # noqa: BLE001 - one connection's bug must not stall the others
+                log.exception("after-sync callback failed")
+
+    def _every_second(self) -> None:
+        self._tick = None
+        if self.closed:
+            return
+        if self.failed is not None and isinstance(self.failed, _WriteFailure):
+            # A failed write left the records pending: retry it.
+            self.failed = None
+            self._flush_now()
+        elif self.failed is None and self.policy == "everysec":
+            self._kick_sync()
+        self._tick = self.loop.call_later(EVERYSEC_S, self._every_second)
+
+    def _io_failed(self, what: str, exc: BaseException) -> None:
+        if self._always or what == "fsync":
+            log.critical("log %s failed: %s; stopping the server (acknowledged writes must be durable)", what, exc)
+            self.failed = exc
+            self.on_fatal(exc)
+            return
+        # everysec / no: keep the records pending, refuse new writes, retry each second (Redis does the same).
+        if self.failed is None:
+            log.error("log write failed: %s; refusing writes until it succeeds again", exc)
+        self.failed = _WriteFailure(str(exc))
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def _snapshot_body(self) -> tuple[int, bytes]:
+        # Called between requests: every appended record has been applied.
+        lsn = self.writer.last_lsn
+        stores = {name: store.dump() for name, store in self.srv.stores.items()}
+        return lsn, msgpack.packb({"lsn": lsn, "stores": stores}, use_bin_type=True)
+
+    def _start_snapshot(self) -> None:
+        t0 = time.monotonic()
+        lsn, body = self._snapshot_body()
+        self.bytes_since_snapshot = 0
+        fut = self.loop.run_in_executor(self._snap_pool, write_snapshot, self.data_dir, lsn, body)
+        self._snapshot_inflight = fut
+        fut.add_done_callback(lambda f: self._snapshot_done(f, lsn, t0))
+
+    def _snapshot_done(self, fut: asyncio.Future, lsn: int, t0: float) -> None:
+        self._snapshot_inflight = None
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            # Not fatal: the log still holds everything; try again after the next interval.
+            log.error("snapshot at LSN %d failed: %s", lsn, exc)
+            return
+        self._after_snapshot(lsn, time.monotonic() - t0)
+
+    def _after_snapshot(self, lsn: int, seconds: float) -> None:
+        self.snapshot_lsn = lsn
+        self.snapshots += 1
+        self.last_snapshot_seconds = seconds
+        kept = list_snapshots(self.data_dir)
+        # Keep the log back to the oldest kept snapshot, so it can stand in if the newest is damaged.
+        floor = min((s for s, _ in kept), default=lsn)
+        removed = self.writer.drop_segments_below(floor + 1) if not self.closed else []
+        log.info("snapshot at LSN %d in %.3fs; %d old segment(s) removed", lsn, seconds, len(removed))
+
+    def snapshot_now(self) -> str | None:
+        """Take a snapshot synchronously (clean shutdown, tests); returns its path or None if nothing changed."""
+        if self.snapshot_lsn == self.writer.last_lsn:
+            return None
+        t0 = time.monotonic()
+        lsn, body = self._snapshot_body()
+        path = write_snapshot(self.data_dir, lsn, body)
+        self.bytes_since_snapshot = 0
+        self._after_snapshot(lsn, time.monotonic() - t0)
+        return path
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        w = self.writer
+        return {
+            "policy": self.policy, "last_lsn": w.last_lsn, "flushed_lsn": w.flushed_lsn, "synced_lsn": w.synced_lsn,
+            "bytes_appended": w.bytes_appended, "flushes": self.flushes, "syncs": self.syncs,
+            "snapshots": self.snapshots, "snapshot_lsn": self.snapshot_lsn,
+            "bytes_since_snapshot": self.bytes_since_snapshot, "last_snapshot_seconds": self.last_snapshot_seconds,
+            "segments": len(w.segments()), "failed": str(self.failed) if self.failed else None,
+        }
+
+    def close(self) -> None:
+        """Clean shutdown: flush, snapshot, fsync, close. Waits for a running fsync/snapshot."""
+        if self.closed:
+            return
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        self._snap_pool.shutdown(wait=True)
+        try:
+            self.writer.flush()
+            if self.failed is None:
+                self.snapshot_now()
+        except Exception:  # noqa: BLE001 - still close the log below
+            log.exception("final flush/snapshot failed")
+        self.closed = True
+        try:
+            self.writer.close()  # flush + fdatasync; waits for an fsync in flight
+        finally:
+            self._sync_pool.shutdown(wait=True)
+            self._run_after_sync()
+            _unlock(self)
+
+
+class _WriteFailure(OSError):
+    """A write error under everysec/no: retried each second."""
+
+
+# --- data dir lock and wiring --------------------------------------------------
+
+
+def _lock_data_dir(data_dir: str) -> int:
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(os.path.join(data_dir, "LOCK"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RecoveryError(f"data dir {data_dir} is in use by another flo-server") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _unlock(journal: DiskJournal) -> None:
+    fd = getattr(journal, "_lock_fd", -1)
+    if fd >= 0:
+        journal._lock_fd = -1
+        os.close(fd)
+
+
+def open_journal(srv: Any, cfg: Any) -> DiskJournal:
+    """Lock the data dir, recover ``srv`` from it and return the journal for new writes.
+
+    Called by ``Server.start()`` inside the running loop. Reads ``cfg.data_dir``,
+    ``cfg.fsync``, ``cfg.snapshot_bytes`` and ``repair_log`` (attribute or
+    ``cfg.extra``). Raises :class:`RecoveryError` when start-up must stop.
+    """
+    data_dir = cfg.data_dir
+    repair = bool(getattr(cfg, "repair_log", False) or (getattr(cfg, "extra", None) or {}).get("repair_log"))
+    lock_fd = _lock_data_dir(data_dir)
+    try:
+        rec = recover(srv, data_dir, repair=repair)
+        journal = DiskJournal(
+            srv, data_dir, policy=cfg.fsync, snapshot_bytes=cfg.snapshot_bytes, next_lsn=rec.last_lsn + 1,
+            snapshot_lsn=rec.snapshot_lsn, bytes_since_snapshot=rec.replay_bytes, repair=repair,
+        )
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    journal._lock_fd = lock_fd
+    log.info("recovered from %s: snapshot at LSN %d, %d record(s) replayed in %.3fs, last LSN %d%s",
+             data_dir, rec.snapshot_lsn, rec.replayed, rec.seconds, journal.last_lsn,
+             f", {rec.apply_errors} replayed record(s) refused as they were live" if rec.apply_errors else "")
+    return journal
+
+
+# --- operator commands ---------------------------------------------------------
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@click.command("check-log")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--repair", is_flag=True, help="cut the log at a corrupt record (every record from it on is lost)")
+def check_log_cmd(data_dir: str, repair: bool) -> None:
+    """Verify the log and snapshots of DATA_DIR and summarise them.
+
+    Exit status 0 when start-up would succeed (a torn tail is only a warning),
+    1 when the log is corrupt in the middle or a record cannot be decoded.
+
+    Example: ``flo-server check-log ./data``
+    """
+    ok = True
+    segs = list_segments(log_dir(data_dir))
+    total = sum(os.path.getsize(p) for _, p in segs)
+    click.echo(f"log: {log_dir(data_dir)}")
+    click.echo(f"  segments: {len(segs)}, {_fmt_bytes(total)}"
+               + (f" ({os.path.basename(segs[0][1])} .. {os.path.basename(segs[-1][1])})" if segs else ""))
+    reader = LogReader(log_dir(data_dir))
+    kinds: Counter = Counter()
+    bad_payloads = 0
+    corruption: LogCorruption | None = None
+    try:
+        for lsn, rkind, payload in reader:
+            try:
+                kind, _ = unpack_record(payload) if rkind == RECORD_WRITE else (f"<type {rkind}>", None)
+                kinds[kind] += 1
+            except Exception as e:  # noqa: BLE001 - reported, not raised
+                bad_payloads += 1
+                click.echo(f"  record {lsn} at {reader.path}:{reader.offset} does not decode: {e}")
+    except LogCorruption as e:
+        corruption = e
+    click.echo(f"  records: {reader.records}" + (f" (LSN {reader.first_lsn} .. {reader.last_lsn})" if reader.records else ""))
+    if kinds:
+        click.echo("  kinds: " + ", ".join(f"{k}={n}" for k, n in sorted(kinds.items())))
+    if reader.torn:
+        p, off, why = reader.torn
+        click.echo(f"  tail: torn at {p} offset {off} ({why}; {os.path.getsize(p) - off} byte(s)); "
+                   "start-up truncates it")
+    elif corruption is None:
+        click.echo("  tail: clean")
+    if bad_payloads:
+        ok = False
+    if corruption is not None:
+        click.echo(f"  CORRUPT: {corruption}")
+        if repair:
+            removed = repair_log(log_dir(data_dir), corruption.path, corruption.offset)
+            click.echo(f"  repaired: cut {corruption.path} at offset {corruption.offset}, "
+                       f"removed {len(removed)} later segment(s)")
+        else:
+            ok = False
+            click.echo("  run again with --repair to cut the log there (records from that point on are lost)")
+    snaps = list_snapshots(data_dir)
+    click.echo(f"snapshots: {snap_dir(data_dir)}")
+    usable = None
+    for lsn, path in snaps:
+        try:
+            _, stores = read_snapshot(path)
+            status = "ok (" + ", ".join(sorted(stores)) + ")"
+            usable = usable if usable is not None else lsn
+        except (OSError, ValueError, msgpack.UnpackException) as e:
+            status = f"UNUSABLE: {e}"
+        click.echo(f"  {os.path.basename(path)}  LSN {lsn}  {_fmt_bytes(os.path.getsize(path))}  {status}")
+    if not snaps:
+        click.echo("  none")
+    if ok:
+        base = usable or 0
+        after = sum(1 for _ in _lsns_after(data_dir, base)) if corruption is None or repair else 0
+        click.echo(f"start-up would load {'snapshot at LSN ' + str(base) if usable else 'no snapshot'} "
+                   f"and replay {after} record(s)")
+        click.echo("OK")
+    else:
+        click.echo("NOT OK")
+    sys.exit(0 if ok else 1)
+
+
+def _lsns_after(data_dir: str, lsn: int) -> Iterator[int]:
+    try:
+        for rlsn, _, _ in LogReader(log_dir(data_dir), lsn + 1):
+            yield rlsn
+    except LogCorruption:
+        return
+
+
+@click.command("dump-log")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--from-lsn", "from_lsn", type=int, default=1, show_default=True, help="first LSN to print")
+@click.option("--limit", type=int, default=0, help="print at most this many records (0 = all)")
+@click.option("--offsets", is_flag=True, help="also print segment file and byte offset of each record")
+def dump_log_cmd(data_dir: str, from_lsn: int, limit: int, offsets: bool) -> None:
+    """Print the records of DATA_DIR's log, one per line: ``LSN KIND ARGS``.
+
+    Example: ``flo-server dump-log ./data --from-lsn 1000 --limit 20``
+    """
+    reader = LogReader(log_dir(data_dir), max(1, from_lsn))
+    n = 0
+    try:
+        for lsn, rkind, payload in reader:
+            if limit and n >= limit:
+                break
+            where = f"\t{os.path.basename(reader.path)}:{reader.offset}" if offsets else ""
+            if rkind == RECORD_WRITE:
+                try:
+                    kind, args = unpack_record(payload)
+                    click.echo(f"{lsn}\t{kind}\t{args!r}{where}")
+                except Exception as e:  # noqa: BLE001 - show it and go on
+                    click.echo(f"{lsn}\t<undecodable: {e}>\t{payload[:64]!r}{where}")
+            else:
+                click.echo(f"{lsn}\t<type {rkind}>\t{payload[:64]!r}{where}")
+            n += 1
+    except LogCorruption as e:
+        click.echo(f"CORRUPT: {e}", err=True)
+        sys.exit(1)
+    if reader.torn:
+        click.echo(f"# torn tail at {reader.torn[0]} offset {reader.torn[1]} ({reader.torn[2]})", err=True)

@@ -1,0 +1,1640 @@
+"""Redis protocol (RESP2/RESP3) on the Flo port: one session per connection, one command table.
+
+The edge (:mod:`flo_server.protocol`) hands a connection whose first bytes are
+not ``FLO\\0`` to :class:`RespSession`. Commands operate on the same stores as
+the Flo protocol and change them through the same write path
+(``srv.write(kind, ...)`` with the KV appliers of :mod:`flo_server.handlers.kv`),
+so a key written by ``redis-cli SET`` reads back byte for byte through
+``flo_client`` and the other way round. See ``docs/resp.md`` for the mapping
+(databases -> namespaces, lists, streams) and the differences from Redis.
+
+The command table is declared once (:data:`COMMANDS`): name, arity (Redis
+convention: ``n`` exact, ``-n`` at least n, name included), flags and key
+positions. Lookup and the arity check happen once in :meth:`RespSession._run`;
+handlers append their reply to the batch's output buffer, or return a
+coroutine for a command that may block (BLPOP, XREAD BLOCK): the session then
+holds later commands of that connection until it finishes, so replies keep
+request order.
+
+Example:
+    $ redis-cli -p 9000 SET greeting hello
+    OK
+    $ redis-cli -p 9000 GET greeting
+    "hello"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import itertools
+import logging
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from flo_core.errors import Refusal, ServerError
+from flo_core.resp import (
+    ErrorReply,
+    RespParser,
+    RespProtocolError,
+    Simple,
+    add_array,
+    add_bulk,
+    add_bulks,
+    add_error,
+    add_int,
+    add_map,
+    add_null,
+    add_null_array,
+    add_ok,
+    add_simple,
+    add_value,
+    parse_int,
+)
+from flo_core.spec import DEFAULT_NAMESPACE, MAX_KEY, MAX_KV_VALUE, Reason
+from flo_server import jsonpath
+from flo_server.handlers import kv as kvh
+from flo_server.handlers.list import MAX_LIST_LEN, lists_of
+
+log = logging.getLogger("flo_server.resp")
+
+__all__ = ["RespSession", "COMMANDS", "RespError", "db_namespace"]
+
+# --- Redis's error wording ---------------------------------------------------------------
+
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+NOT_INT = "ERR value is not an integer or out of range"
+NOT_FLOAT = "ERR value is not a valid float"
+SYNTAX = "ERR syntax error"
+OVERFLOW = "ERR increment or decrement would overflow"
+
+REDIS_VERSION = "7.0.15"  # what we claim in HELLO/INFO: the command surface we follow
+NUM_DATABASES = 16
+MAX_BLOCK_S = 365 * 24 * 3600  # "0 = forever" is waited in chunks of this
+MAX_BACKLOG = 100_000  # commands queued behind a blocking one before reading pauses
+MAX_SCAN_COUNT = 100_000
+MAX_SCAN_CURSORS = 1024  # remembered per connection
+
+
+class RespError(Exception):
+    """A Redis error reply; ``message`` is the whole line (``ERR ...``, ``WRONGTYPE ...``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def db_namespace(db: int) -> str:
+    """SELECT's database number -> Flo namespace: 0 is ``default``, n is ``db<n>``.
+
+    >>> db_namespace(0), db_namespace(3)
+    ('default', 'db3')
+    """
+    return DEFAULT_NAMESPACE if db == 0 else f"db{db}"
+
+
+# --- the command table -----------------------------------------------------------------
+
+Handler = Callable[["RespSession", list, bytearray], "Awaitable[bytearray] | None"]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # lower case, as Redis reports it
+    fn: Handler
+    arity: int
+    flags: tuple[str, ...]
+    first_key: int
+    last_key: int
+    step: int
+    group: str
+    summary: str
+
+
+COMMANDS: dict[bytes, Command] = {}
+
+
+def command(
+    name: str,
+    arity: int,
+    flags: str = "",
+    keys: tuple[int, int, int] = (0, 0, 0),
+    group: str = "generic",
+    summary: str = "",
+) -> Callable[[Handler], Handler]:
+    """Register a command (one entry per name; upper and lower case are both indexed)."""
+
+    def deco(fn: Handler) -> Handler:
+        cmd = Command(name, fn, arity, tuple(flags.split()), keys[0], keys[1], keys[2], group, summary or (fn.__doc__ or "").strip().split("\n")[0])
+        for variant in (name.upper().encode(), name.lower().encode()):
+            if variant in COMMANDS:
+                raise RuntimeError(f"command {name} registered twice")
+            COMMANDS[variant] = cmd
+        return fn
+
+    return deco
+
+
+# --- argument helpers ------------------------------------------------------------------
+
+
+def _int(b: bytes, message: str = NOT_INT) -> int:
+    v = parse_int(b)
+    if v is None:
+        raise RespError(message)
+    return v
+
+
+def _float(b: bytes, message: str = NOT_FLOAT) -> float:
+    try:
+        v = float(b)
+    except ValueError:
+        raise RespError(message) from None
+    if v != v:
+        raise RespError(message)
+    return v
+
+
+def _upper(b: bytes) -> bytes:
+    return b.upper()
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) > MAX_KEY:
+        raise RespError(f"ERR key longer than {MAX_KEY} bytes")
+
+
+def _refusal_message(e: ServerError) -> str:
+    if e.reason == Reason.WRONG_TYPE:
+        return WRONGTYPE
+    if e.reason == Reason.OUT_OF_RANGE and "overflow" in e.message:
+        return OVERFLOW
+    return "ERR " + e.message
+
+
+_GLOB_SPECIAL = re.compile(rb"[*?\[\\]")
+
+
+def glob_matcher(pattern: bytes) -> tuple[bytes, Callable[[bytes], bool] | None]:
+    """Redis glob (``* ? [abc] [^a-z] \\x``) -> (literal prefix, matcher or None when any key matches).
+
+    >>> prefix, match = glob_matcher(b"user:*:name")
+    >>> prefix, match(b"user:1:name"), match(b"user:1:age")
+    (b'user:', True, False)
+    """
+    m = _GLOB_SPECIAL.search(pattern)
+    prefix = pattern if m is None else pattern[: m.start()]
+    if pattern == b"*" or (m is not None and pattern[m.start() :] == b"*" and b"\\" not in prefix):
+        return prefix, None
+    out = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i : i + 1]
+        if c == b"*":
+            out.append(b".*")
+        elif c == b"?":
+            out.append(b".")
+        elif c == b"\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i : i + 1]))
+        elif c == b"[":
+            j = pattern.find(b"]", i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : j]
+                neg = body[:1] == b"^"
+                if neg:
+                    body = body[1:]
+                body = body.replace(b"\\", b"\\\\")
+                out.append(b"[" + (b"^" if neg else b"") + body + b"]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    try:
+        rx = re.compile(b"".join(out) + rb"\Z", re.S)
+    except re.error:
+        rx = re.compile(re.escape(pattern) + rb"\Z")
+    return prefix, lambda k: rx.match(k) is not None
+
+
+_ids = itertools.count(1)
+
+
+# --- the session ---------------------------------------------------------------------------
+
+
+class RespSession:
+    """One RESP connection: ``feed(bytes)`` runs every complete command, one write per call.
+
+    Args:
+        srv: the :class:`flo_server.app.Server` (stores, ``write``, ``now``, ``waiters``).
+        transport: the asyncio transport replies are written to.
+    """
+
+    def __init__(self, srv: Any, transport: Any) -> None:
+        self.srv = srv
+        self.transport = transport
+        self.id = next(_ids)
+        self.db = 0
+        self.ns = DEFAULT_NAMESPACE
+        self.resp3 = False
+        self.name = b""
+        self.lib_name = b""
+        self.lib_ver = b""
+        self.closed = False
+        self.parked: set = set()  # futures of a parked blocking command (flo_server.waiters)
+        self.now = 0
+        self._parser = RespParser()
+        self._blocked: asyncio.Task | None = None
+        self._backlog: deque = deque()
+        self._backlog_error: str | None = None
+        self._paused = False
+        self._close_after = False
+        self._held: deque = deque()
+        self._scans: dict[int, tuple[int, bytes]] = {}
+        self._scan_ids = itertools.count(1)
+        self.lists = lists_of(srv)
+
+    # --- input ------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Run every command completed by ``data``; replies leave in one ``transport.write``."""
+        if self.closed:
+            return
+        error = None
+        try:
+            cmds = self._parser.feed(data)
+        except RespProtocolError as e:
+            cmds, error = e.commands, e.message
+        if self._blocked is not None:
+            # a blocking command is waiting: later commands run after it, in order
+            self._backlog.extend(cmds)
+            if error is not None:
+                self._backlog_error = error
+            if len(self._backlog) > MAX_BACKLOG and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+            return
+        out = bytearray()
+        self._run(cmds, out, error)
+
+    def connection_lost(self) -> None:
+        """The peer went away: stop a blocked command (it takes nothing)."""
+        self.closed = True
+        if self._blocked is not None:
+            self._blocked.cancel()
+            self._blocked = None
+        self._backlog.clear()
+
+    def _run(self, cmds: list, out: bytearray, error: str | None) -> None:
+        self.now = self.srv.now()
+        table = COMMANDS
+        n = len(cmds)
+        i = 0
+        while i < n:
+            argv = cmds[i]
+            i += 1
+            name = argv[0]
+            cmd = table.get(name)
+            if cmd is None:
+                cmd = table.get(name.upper())
+                if cmd is None:
+                    add_error(out, _unknown_command(argv))
+                    continue
+            arity = cmd.arity
+            if (arity > 0 and len(argv) != arity) or len(argv) < -arity:
+                add_error(out, f"ERR wrong number of arguments for '{cmd.name}' command")
+                continue
+            try:
+                r = cmd.fn(self, argv, out)
+            except RespError as e:
+                add_error(out, e.message)
+                continue
+            except ServerError as e:
+                add_error(out, _refusal_message(e))
+                continue
+            except Exception:  # noqa: BLE001 - never crash on client input
+                log.exception("RESP command %r failed", cmd.name)
+                add_error(out, f"ERR internal error in '{cmd.name}'")
+                continue
+            if r is not None:
+                # A blocking command: send what is ready, hold the rest until it answers.
+                self._flush(out)
+                self._backlog.extend(cmds[i:])
+                if error is not None:
+                    self._backlog_error = error
+                task = asyncio.ensure_future(self._finish_blocked(r))
+                self._blocked = task
+                return
+            if self._close_after:
+                break
+        if error is not None and not self._close_after:
+            add_error(out, "ERR " + error)
+            self._close_after = True
+        self._flush(out)
+        if self._close_after:
+            self.closed = True
+            self.transport.close()
+
+    async def _finish_blocked(self, coro: Awaitable[bytearray]) -> None:
+        try:
+            out = await coro
+        except asyncio.CancelledError:
+            return
+        except RespError as e:
+            out = bytearray()
+            add_error(out, e.message)
+        except ServerError as e:
+            out = bytearray()
+            add_error(out, _refusal_message(e))
+        except Exception:  # noqa: BLE001
+            log.exception("blocking RESP command failed")
+            out = bytearray()
+            add_error(out, "ERR internal error")
+        self._blocked = None
+        if self.closed:
+            return
+        cmds = list(self._backlog)
+        self._backlog.clear()
+        error, self._backlog_error = self._backlog_error, None
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        self._run(cmds, out, error)
+
+    # --- output (group commit aware, like FloProtocol._flush) -----------------------------
+
+    def _flush(self, out: bytearray) -> None:
+        if not out:
+            return
+        journal = self.srv.journal
+        if not journal.pending_sync and not self._held:
+            self.transport.write(out)
+            return
+        entry = [bytes(out), not journal.pending_sync]
+        self._held.append(entry)
+        if entry[1]:
+            self._drain_held()
+        else:
+
+            def ready(entry: list = entry) -> None:
+                entry[1] = True
+                self._drain_held()
+
+            journal.call_after_sync(ready)
+        out.clear()
+
+    def _drain_held(self) -> None:
+        held = self._held
+        while held and held[0][1]:
+            chunk = held.popleft()[0]
+            if not self.closed:
+                self.transport.write(chunk)
+
+    # --- helpers for handlers ------------------------------------------------------------
+
+    def key_type(self, key: bytes) -> bytes:
+        if self.srv.kv.get(self.ns, key, self.now) is not None:
+            return b"string"
+        if self.lists.get(self.ns, key) is not None:
+            return b"list"
+        if self.stream(key) is not None:
+            return b"stream"
+        return b"none"
+
+    def other_type(self, key: bytes) -> bool:
+        """True when ``key`` holds a list or a stream (a string command must answer WRONGTYPE)."""
+        return self.lists.get(self.ns, key) is not None or self.stream(key) is not None
+
+    def string_entry(self, key: bytes) -> Any:
+        e = self.srv.kv.get(self.ns, key, self.now)
+        if e is None and self.other_type(key):
+            raise RespError(WRONGTYPE)
+        return e
+
+    def stream(self, key: bytes) -> Any:
+        streams = getattr(self.srv, "streams", None)
+        if streams is None:
+            return None
+        try:
+            name = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return streams.get(self.ns, name)
+
+    def delete_keys(self, keys: list[bytes]) -> int:
+        """DEL/UNLINK: remove keys of any type; returns how many existed."""
+        srv, ns, now = self.srv, self.ns, self.now
+        kv_gone = [k for k in dict.fromkeys(keys) if srv.kv.get(ns, k, now) is not None]
+        count = 0
+        if kv_gone:
+            srv.write("kv.batch", now, ns, [["del", k] for k in kv_gone])
+            count += len(kv_gone)
+        list_gone = [k for k in dict.fromkeys(keys) if self.lists.get(ns, k) is not None]
+        if list_gone:
+            count += srv.write("l.del", ns, list_gone)
+        for k in dict.fromkeys(keys):
+            if self.stream(k) is not None:
+                _delete_stream(self, k)
+                count += 1
+        return count
+
+
+def _unknown_command(argv: list) -> str:
+    args = ""
+    for a in argv[1:]:
+        if len(args) >= 128:
+            break
+        args += "'%s' " % _text(a)[: 128 - len(args)]
+    return "ERR unknown command '%s', with args beginning with: %s" % (_text(argv[0])[:128], args)
+
+
+def _unknown_subcommand(argv: list) -> RespError:
+    return RespError(
+        "ERR unknown subcommand '%s'. Try %s HELP." % (_text(argv[1])[:128], _text(argv[0]).upper())
+    )
+
+
+def _delete_stream(s: RespSession, key: bytes) -> None:
+    """Remove a stream and its groups through the stream store's own record."""
+    s.srv.write("s.delete", s.ns, key.decode("utf-8"))
+    s.srv.waiters.notify(("s", s.ns, key.decode("utf-8")), 0)
+
+
+# ============================================================================================
+# connection and server
+# ============================================================================================
+
+
+@command("ping", -1, "fast", group="connection")
+def cmd_ping(s: RespSession, argv: list, out: bytearray) -> None:
+    """Ping the server."""
+    if len(argv) > 2:
+        raise RespError("ERR wrong number of arguments for 'ping' command")
+    if len(argv) == 2:
+        add_bulk(out, argv[1])
+    else:
+        add_simple(out, b"PONG")
+
+
+@command("echo", 2, "fast", group="connection")
+def cmd_echo(s: RespSession, argv: list, out: bytearray) -> None:
+    """Echo the given string."""
+    add_bulk(out, argv[1])
+
+
+@command("quit", -1, "fast", group="connection")
+def cmd_quit(s: RespSession, argv: list, out: bytearray) -> None:
+    """Close the connection."""
+    add_ok(out)
+    s._close_after = True
+
+
+@command("reset", 1, "fast", group="connection")
+def cmd_reset(s: RespSession, argv: list, out: bytearray) -> None:
+    """Reset the connection: database 0, RESP2, no name."""
+    s.db, s.ns, s.resp3, s.name = 0, DEFAULT_NAMESPACE, False, b""
+    add_simple(out, b"RESET")
+
+
+@command("auth", -2, "fast", group="connection")
+def cmd_auth(s: RespSession, argv: list, out: bytearray) -> None:
+    """Authenticate (flo-server has no password: Redis's answer for that case)."""
+    if len(argv) > 3:
+        raise RespError(SYNTAX)
+    raise RespError(
+        "ERR AUTH <password> called without any password configured for the default user. "
+        "Are you sure your configuration is correct?"
+    )
+
+
+def _hello_map(s: RespSession) -> dict:
+    return {
+        b"server": b"redis",
+        b"version": REDIS_VERSION.encode(),
+        b"proto": 3 if s.resp3 else 2,
+        b"id": s.id,
+        b"mode": b"standalone",
+        b"role": b"master",
+        b"modules": [],
+    }
+
+
+@command("hello", -1, "fast", group="connection")
+def cmd_hello(s: RespSession, argv: list, out: bytearray) -> None:
+    """Handshake: HELLO [protover [AUTH user pass] [SETNAME name]]."""
+    proto = None
+    if len(argv) >= 2:
+        proto = parse_int(argv[1])
+        if proto is None:
+            raise RespError("ERR Protocol version is not an integer or out of range")
+        if proto not in (2, 3):
+            raise RespError("NOPROTO unsupported protocol version")
+    i = 2
+    name = None
+    while i < len(argv):
+        opt = _upper(argv[i])
+        if opt == b"AUTH" and i + 2 < len(argv):
+            cmd_auth(s, [b"AUTH", argv[i + 1], argv[i + 2]], out)
+            i += 3
+        elif opt == b"SETNAME" and i + 1 < len(argv):
+            name = argv[i + 1]
+            _check_client_name(name)
+            i += 2
+        else:
+            raise RespError("ERR Syntax error in HELLO option '%s'" % _text(argv[i]))
+    if proto is not None:
+        s.resp3 = proto == 3
+    if name is not None:
+        s.name = name
+    add_value(out, _hello_map(s), s.resp3)
+
+
+@command("select", 2, "fast", group="connection")
+def cmd_select(s: RespSession, argv: list, out: bytearray) -> None:
+    """Change the database: db n is the Flo namespace ``default`` (n=0) or ``db<n>``."""
+    db = parse_int(argv[1])
+    if db is None:
+        raise RespError(NOT_INT)
+    if not 0 <= db < NUM_DATABASES:
+        raise RespError("ERR DB index is out of range")
+    s.db, s.ns = db, db_namespace(db)
+    add_ok(out)
+
+
+@command("use", 2, "fast", group="connection")
+def cmd_use(s: RespSession, argv: list, out: bytearray) -> None:
+    """Flo extension: switch to a namespace by name (USE orders)."""
+    try:
+        ns = argv[1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RespError("ERR namespace must be UTF-8") from None
+    if not 0 < len(argv[1]) <= 255:
+        raise RespError("ERR namespace must be 1..255 bytes")
+    s.ns = ns
+    s.db = int(ns[2:]) if ns.startswith("db") and ns[2:].isdigit() and int(ns[2:]) < NUM_DATABASES else (
+        0 if ns == DEFAULT_NAMESPACE else -1)
+    add_ok(out)
+
+
+def _check_client_name(name: bytes) -> None:
+    if any(c <= 32 or c > 126 for c in name):
+        raise RespError("ERR Client names cannot contain spaces, newlines or special characters.")
+
+
+def _client_info(s: RespSession) -> bytes:
+    peer = s.transport.get_extra_info("peername") if s.transport is not None else None
+    addr = f"{peer[0]}:{peer[1]}" if peer else "?"
+    return (
+        f"id={s.id} addr={addr} laddr=? fd=-1 name={_text(s.name)} age=0 idle=0 flags=N db={max(s.db, 0)} "
+        f"sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 "
+        f"omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp={3 if s.resp3 else 2} "
+        f"lib-name={_text(s.lib_name)} lib-ver={_text(s.lib_ver)}\n"
+    ).encode()
+
+
+@command("client", -2, "", group="connection")
+def cmd_client(s: RespSession, argv: list, out: bytearray) -> None:
+    """CLIENT SETNAME|GETNAME|ID|INFO|LIST|SETINFO|NO-EVICT|NO-TOUCH|REPLY."""
+    sub = _upper(argv[1])
+    if sub == b"SETNAME" and len(argv) == 3:
+        _check_client_name(argv[2])
+        s.name = argv[2]
+        add_ok(out)
+    elif sub == b"GETNAME" and len(argv) == 2:
+        if s.name:
+            add_bulk(out, s.name)
+        else:
+            add_null(out, s.resp3)
+    elif sub == b"ID" and len(argv) == 2:
+        add_int(out, s.id)
+    elif sub == b"INFO" and len(argv) == 2:
+        add_bulk(out, _client_info(s))
+    elif sub == b"LIST":
+        add_bulk(out, _client_info(s))
+    elif sub == b"SETINFO" and len(argv) == 4:
+        attr = _upper(argv[2])
+        if attr == b"LIB-NAME":
+            _check_client_name(argv[3])
+            s.lib_name = argv[3]
+        elif attr == b"LIB-VER":
+            s.lib_ver = argv[3]
+        else:
+            raise RespError("ERR Unrecognized option '%s'" % _text(argv[2]))
+        add_ok(out)
+    elif sub in (b"NO-EVICT", b"NO-TOUCH") and len(argv) == 3:
+        add_ok(out)
+    elif sub in (b"SETNAME", b"GETNAME", b"ID", b"INFO", b"SETINFO", b"NO-EVICT", b"NO-TOUCH"):
+        raise RespError(f"ERR wrong number of arguments for 'client|{_text(argv[1]).lower()}' command")
+    else:
+        raise _unknown_subcommand(argv)
+
+
+def _command_info(c: Command) -> list:
+    return [
+        c.name.encode(),
+        c.arity,
+        [Simple(f.encode()) for f in c.flags],
+        c.first_key,
+        c.last_key,
+        c.step,
+        [Simple(b"@" + c.group.encode())],
+        [],
+        [],
+        [],
+    ]
+
+
+def _unique_commands() -> list[Command]:
+    seen: dict[str, Command] = {}
+    for c in COMMANDS.values():
+        seen.setdefault(c.name, c)
+    return sorted(seen.values(), key=lambda c: c.name)
+
+
+@command("command", -1, "", group="server")
+def cmd_command(s: RespSession, argv: list, out: bytearray) -> None:
+    """COMMAND [COUNT|DOCS|INFO|LIST|GETKEYS]: the table as redis-cli and redis-py read it."""
+    if len(argv) == 1:
+        add_value(out, [_command_info(c) for c in _unique_commands()], s.resp3)
+        return
+    sub = _upper(argv[1])
+    if sub == b"COUNT":
+        add_int(out, len(_unique_commands()))
+    elif sub == b"LIST":
+        add_value(out, [c.name.encode() for c in _unique_commands()], s.resp3)
+    elif sub == b"INFO":
+        names = argv[2:] or [c.name.encode() for c in _unique_commands()]
+        add_value(out, [_command_info(COMMANDS[n.lower()]) if n.lower() in COMMANDS else None for n in names], s.resp3)
+    elif sub == b"DOCS":
+        wanted = [c for c in _unique_commands()] if len(argv) == 2 else [
+            COMMANDS[n.lower()] for n in argv[2:] if n.lower() in COMMANDS
+        ]
+        docs = {
+            c.name.encode(): {b"summary": c.summary.encode(), b"since": b"1.0.0", b"group": c.group.encode(),
+                              b"complexity": b"O(1)", b"arguments": []}
+            for c in wanted
+        }
+        add_value(out, docs, s.resp3)
+    elif sub == b"GETKEYS" and len(argv) >= 3:
+        c = COMMANDS.get(argv[2].lower())
+        if c is None:
+            raise RespError("ERR Invalid command specified")
+        args = argv[2:]
+        if c.first_key == 0:
+            raise RespError("ERR The command has no key arguments")
+        last = c.last_key if c.last_key >= 0 else len(args) + c.last_key
+        add_value(out, [args[i] for i in range(c.first_key, last + 1, c.step or 1) if i < len(args)], s.resp3)
+    else:
+        raise _unknown_subcommand(argv)
+
+
+def _config_values(s: RespSession) -> dict[bytes, bytes]:
+    cfg = s.srv.config
+    fsync = getattr(cfg, "fsync", "everysec")
+    return {
+        b"save": b"",
+        b"appendonly": b"no" if getattr(cfg, "data_dir", None) is None else b"yes",
+        b"appendfsync": {"always": b"always", "no": b"no"}.get(fsync, b"everysec"),
+        b"databases": str(NUM_DATABASES).encode(),
+        b"maxmemory": b"0",
+        b"maxmemory-policy": b"noeviction",
+        b"port": str(getattr(s.srv, "port", 9000)).encode(),
+        b"bind": str(getattr(cfg, "host", "")).encode(),
+        b"timeout": b"0",
+        b"proto-max-bulk-len": str(16 * 1024 * 1024).encode(),
+        b"maxclients": str(getattr(cfg, "max_connections", 10000)).encode(),
+        b"dir": str(getattr(cfg, "data_dir", "") or "").encode(),
+    }
+
+
+@command("config", -2, "", group="server")
+def cmd_config(s: RespSession, argv: list, out: bytearray) -> None:
+    """CONFIG GET pattern... (read only: SET answers an error, RESETSTAT is a no-op)."""
+    sub = _upper(argv[1])
+    if sub == b"GET" and len(argv) >= 3:
+        values = _config_values(s)
+        found: dict[bytes, bytes] = {}
+        for pat in argv[2:]:
+            pat = pat.lower()
+            for k, v in values.items():
+                if fnmatch.fnmatchcase(k.decode(), pat.decode("utf-8", "replace")):
+                    found[k] = v
+        add_value(out, found, s.resp3)
+    elif sub == b"SET" and len(argv) >= 4:
+        raise RespError("ERR CONFIG SET is not supported by flo-server; use its command line options")
+    elif sub == b"RESETSTAT" and len(argv) == 2:
+        add_ok(out)
+    elif sub in (b"GET", b"SET", b"RESETSTAT"):
+        raise RespError(f"ERR wrong number of arguments for 'config|{_text(argv[1]).lower()}' command")
+    else:
+        raise _unknown_subcommand(argv)
+
+
+@command("info", -1, "", group="server")
+def cmd_info(s: RespSession, argv: list, out: bytearray) -> None:
+    """INFO [section]: Redis-style text; keyspace lists the first 16 databases."""
+    srv = s.srv
+    info = srv.info() if hasattr(srv, "info") else {}
+    sections = {
+        "server": [
+            ("redis_version", REDIS_VERSION),
+            ("redis_mode", "standalone"),
+            ("flo_version", info.get("version", "")),
+            ("os", "Linux"),
+            ("tcp_port", getattr(srv, "port", 0)),
+            ("uptime_in_seconds", info.get("uptime_s", 0)),
+        ],
+        "clients": [("connected_clients", info.get("connections", 0)), ("blocked_clients", info.get("waiters", 0))],
+        "persistence": [("loading", 0), ("aof_enabled", 1 if getattr(srv.config, "data_dir", None) else 0),
+                        ("flo_fsync", info.get("fsync", "")), ("flo_last_lsn", info.get("last_lsn", 0))],
+        "replication": [("role", "master"), ("connected_slaves", 0)],
+    }
+    keyspace = []
+    for db in range(NUM_DATABASES):
+        n = _dbsize(s, db_namespace(db))
+        if n:
+            keyspace.append((f"db{db}", f"keys={n},expires=0,avg_ttl=0"))
+    sections["keyspace"] = keyspace
+    wanted = {a.decode("utf-8", "replace").lower() for a in argv[1:]}
+    if not wanted or wanted & {"all", "everything", "default"}:
+        wanted = set(sections)
+    lines = []
+    for name, rows in sections.items():
+        if name not in wanted:
+            continue
+        lines.append(f"# {name.capitalize()}")
+        lines.extend(f"{k}:{v}" for k, v in rows)
+        lines.append("")
+    add_bulk(out, "\r\n".join(lines).encode())
+
+
+def _dbsize(s: RespSession, ns: str) -> int:
+    srv = s.srv
+    n = srv.kv.count(ns, s.now) + s.lists.count(ns)
+    streams = getattr(srv, "streams", None)
+    if streams is not None:
+        n += len(streams.names(ns))
+    return n
+
+
+@command("dbsize", 1, "readonly fast", group="server")
+def cmd_dbsize(s: RespSession, argv: list, out: bytearray) -> None:
+    """Number of keys (strings, lists and streams) in the selected database."""
+    add_int(out, _dbsize(s, s.ns))
+
+
+def _flush_ns(s: RespSession, ns: str) -> None:
+    srv = s.srv
+    srv.write("kv.flush", s.now, ns)
+    if s.lists.count(ns):
+        srv.write("l.flush", ns)
+    streams = getattr(srv, "streams", None)
+    if streams is not None:
+        for name in list(streams.names(ns)):
+            _delete_stream(s, name.encode())
+
+
+@command("flushdb", -1, "write", group="server")
+def cmd_flushdb(s: RespSession, argv: list, out: bytearray) -> None:
+    """Delete every key of the selected database (namespace)."""
+    if len(argv) > 2 or (len(argv) == 2 and _upper(argv[1]) not in (b"ASYNC", b"SYNC")):
+        raise RespError(SYNTAX)
+    _flush_ns(s, s.ns)
+    add_ok(out)
+
+
+@command("flushall", -1, "write", group="server")
+def cmd_flushall(s: RespSession, argv: list, out: bytearray) -> None:
+    """Delete every key of every namespace."""
+    if len(argv) > 2 or (len(argv) == 2 and _upper(argv[1]) not in (b"ASYNC", b"SYNC")):
+        raise RespError(SYNTAX)
+    srv = s.srv
+    spaces = set(srv.kv.namespaces()) | set(s.lists.spaces)
+    streams = getattr(srv, "streams", None)
+    if streams is not None:
+        spaces |= set(streams.namespaces())
+    saved = s.ns
+    for ns in spaces:
+        s.ns = ns
+        _flush_ns(s, ns)
+    s.ns = saved
+    add_ok(out)
+
+
+@command("time", 1, "fast", group="server")
+def cmd_time(s: RespSession, argv: list, out: bytearray) -> None:
+    """Server time: [seconds, microseconds]."""
+    now = s.srv.now()
+    add_value(out, [str(now // 1000).encode(), str((now % 1000) * 1000).encode()], s.resp3)
+
+
+# ============================================================================================
+# keys and strings (the Flo KV store, through the KV appliers)
+# ============================================================================================
+
+
+@command("get", 2, "readonly fast", (1, 1, 1), "string")
+def cmd_get(s: RespSession, argv: list, out: bytearray) -> None:
+    """Get the value of a key."""
+    e = s.srv.kv.get(s.ns, argv[1], s.now)
+    if e is not None:
+        add_bulk(out, e.value)
+    elif s.other_type(argv[1]):
+        raise RespError(WRONGTYPE)
+    else:
+        add_null(out, s.resp3)
+
+
+def _expiry_arg(s: RespSession, unit: bytes, arg: bytes, cmd: str) -> int:
+    """EX/PX/EXAT/PXAT argument -> absolute expiry in unix ms."""
+    v = _int(arg)
+    if v <= 0:
+        raise RespError(f"ERR invalid expire time in '{cmd}' command")
+    if unit == b"EX":
+        ms = v * 1000
+        at = s.now + ms
+    elif unit == b"PX":
+        at = s.now + v
+    elif unit == b"EXAT":
+        at = v * 1000
+    else:
+        at = v
+    if at > (1 << 62) or (unit in (b"EX", b"EXAT") and v > (1 << 62) // 1000):
+        raise RespError(f"ERR invalid expire time in '{cmd}' command")
+    return at
+
+
+def _write_string(s: RespSession, key: bytes, value: bytes, expires_at: int | None, keep_ttl: bool = False) -> None:
+    """The one string write: the KV put helper (same applier as Flo KV_PUT); a list/stream there is replaced."""
+    if len(value) > MAX_KV_VALUE:
+        raise RespError(f"ERR string exceeds maximum allowed size ({MAX_KV_VALUE} bytes)")
+    _check_key(key)
+    if s.lists.get(s.ns, key) is not None:
+        s.srv.write("l.del", s.ns, [key])
+    if s.stream(key) is not None:
+        _delete_stream(s, key)
+    if expires_at is not None and expires_at <= s.now:
+        # an absolute time in the past: Redis stores nothing and deletes the key
+        if s.srv.kv.get(s.ns, key, s.now) is not None:
+            s.srv.write("kv.del", s.now, s.ns, key)
+        return
+    ttl_ms = expires_at - s.now if expires_at is not None else None
+    kvh.put(s.srv, s.ns, key, value, s.now, ttl_ms, keep_ttl=keep_ttl)
+
+
+@command("set", -3, "write", (1, 1, 1), "string")
+def cmd_set(s: RespSession, argv: list, out: bytearray) -> None:
+    """SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ts|KEEPTTL]."""
+    key, value = argv[1], argv[2]
+    if len(argv) == 3:  # the hot path
+        if len(value) <= MAX_KV_VALUE and len(key) <= MAX_KEY and not s.other_type(key):
+            kvh.put(s.srv, s.ns, key, value, s.now)
+        else:
+            _write_string(s, key, value, None)
+        add_ok(out)
+        return
+    nx = xx = get = keepttl = False
+    expires_at = None
+    i = 3
+    while i < len(argv):
+        opt = _upper(argv[i])
+        if opt == b"NX" and not xx:
+            nx = True
+        elif opt == b"XX" and not nx:
+            xx = True
+        elif opt == b"GET":
+            get = True
+        elif opt == b"KEEPTTL" and expires_at is None:
+            keepttl = True
+        elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and expires_at is None and not keepttl and i + 1 < len(argv):
+            expires_at = _expiry_arg(s, opt, argv[i + 1], "set")
+            i += 1
+        else:
+            raise RespError(SYNTAX)
+        i += 1
+    old = s.string_entry(key) if get else s.srv.kv.get(s.ns, key, s.now)
+    exists = old is not None or (not get and s.other_type(key))
+    if (nx and exists) or (xx and not exists):
+        if get:
+            add_bulk(out, old.value) if old is not None else add_null(out, s.resp3)
+        else:
+            add_null(out, s.resp3)
+        return
+    _write_string(s, key, value, expires_at, keep_ttl=keepttl)
+    if get:
+        add_bulk(out, old.value) if old is not None else add_null(out, s.resp3)
+    else:
+        add_ok(out)
+
+
+@command("setnx", 3, "write fast", (1, 1, 1), "string")
+def cmd_setnx(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set the value only if the key does not exist."""
+    if s.key_type(argv[1]) != b"none":
+        add_int(out, 0)
+        return
+    _write_string(s, argv[1], argv[2], None)
+    add_int(out, 1)
+
+
+@command("setex", 4, "write", (1, 1, 1), "string")
+def cmd_setex(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set the value and an expiry in seconds."""
+    _write_string(s, argv[1], argv[3], _expiry_arg(s, b"EX", argv[2], "setex"))
+    add_ok(out)
+
+
+@command("psetex", 4, "write", (1, 1, 1), "string")
+def cmd_psetex(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set the value and an expiry in milliseconds."""
+    _write_string(s, argv[1], argv[3], _expiry_arg(s, b"PX", argv[2], "psetex"))
+    add_ok(out)
+
+
+@command("getset", 3, "write fast", (1, 1, 1), "string")
+def cmd_getset(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set a value and return the old one (clears the TTL)."""
+    old = s.string_entry(argv[1])
+    _write_string(s, argv[1], argv[2], None)
+    add_bulk(out, old.value) if old is not None else add_null(out, s.resp3)
+
+
+@command("getdel", 2, "write fast", (1, 1, 1), "string")
+def cmd_getdel(s: RespSession, argv: list, out: bytearray) -> None:
+    """Return the value and delete the key."""
+    old = s.string_entry(argv[1])
+    if old is None:
+        add_null(out, s.resp3)
+        return
+    s.srv.write("kv.del", s.now, s.ns, argv[1])
+    add_bulk(out, old.value)
+
+
+@command("getex", -2, "write fast", (1, 1, 1), "string")
+def cmd_getex(s: RespSession, argv: list, out: bytearray) -> None:
+    """GETEX key [EX|PX|EXAT|PXAT t|PERSIST]: get and change the expiry."""
+    old = s.string_entry(argv[1])
+    expires_at = None
+    persist = False
+    if len(argv) == 3 and _upper(argv[2]) == b"PERSIST":
+        persist = True
+    elif len(argv) == 4 and _upper(argv[2]) in (b"EX", b"PX", b"EXAT", b"PXAT"):
+        expires_at = _expiry_arg(s, _upper(argv[2]), argv[3], "getex")
+    elif len(argv) != 2:
+        raise RespError(SYNTAX)
+    if old is None:
+        add_null(out, s.resp3)
+        return
+    if persist and old.expires_at:
+        s.srv.write("kv.exp", s.now, s.ns, argv[1], 0)
+    elif expires_at is not None:
+        if expires_at <= s.now:
+            s.srv.write("kv.del", s.now, s.ns, argv[1])
+        else:
+            s.srv.write("kv.exp", s.now, s.ns, argv[1], expires_at)
+    add_bulk(out, old.value)
+
+
+@command("mget", -2, "readonly fast", (1, -1, 1), "string")
+def cmd_mget(s: RespSession, argv: list, out: bytearray) -> None:
+    """Values of several keys (nil for missing keys and non-strings)."""
+    get, ns, now = s.srv.kv.get, s.ns, s.now
+    add_array(out, len(argv) - 1)
+    for key in argv[1:]:
+        e = get(ns, key, now)
+        if e is None:
+            add_null(out, s.resp3)
+        else:
+            add_bulk(out, e.value)
+
+
+def _mset_ops(s: RespSession, argv: list) -> list:
+    if len(argv) % 2 != 1:
+        raise RespError(f"ERR wrong number of arguments for '{_text(argv[0]).lower()}' command")
+    ops = {}
+    for i in range(1, len(argv), 2):
+        key, value = argv[i], argv[i + 1]
+        _check_key(key)
+        if len(value) > MAX_KV_VALUE:
+            raise RespError(f"ERR string exceeds maximum allowed size ({MAX_KV_VALUE} bytes)")
+        ops[key] = ["set", key, value, 0]
+    return list(ops.values())
+
+
+def _mset_write(s: RespSession, ops: list) -> None:
+    """Every key at one version (one ``kv.batch`` record, the KV transaction applier)."""
+    stale_lists = [op[1] for op in ops if s.lists.get(s.ns, op[1]) is not None]
+    if stale_lists:
+        s.srv.write("l.del", s.ns, stale_lists)
+    for op in ops:
+        if s.stream(op[1]) is not None:
+            _delete_stream(s, op[1])
+    s.srv.write("kv.batch", s.now, s.ns, ops)
+
+
+@command("mset", -3, "write", (1, -1, 2), "string")
+def cmd_mset(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set several keys atomically."""
+    _mset_write(s, _mset_ops(s, argv))
+    add_ok(out)
+
+
+@command("msetnx", -3, "write", (1, -1, 2), "string")
+def cmd_msetnx(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set several keys only if none of them exists."""
+    ops = _mset_ops(s, argv)
+    if any(s.key_type(op[1]) != b"none" for op in ops):
+        add_int(out, 0)
+        return
+    _mset_write(s, ops)
+    add_int(out, 1)
+
+
+@command("del", -2, "write", (1, -1, 1), "keyspace")
+def cmd_del(s: RespSession, argv: list, out: bytearray) -> None:
+    """Delete keys of any type; answers how many existed."""
+    add_int(out, s.delete_keys(argv[1:]))
+
+
+@command("unlink", -2, "write fast", (1, -1, 1), "keyspace")
+def cmd_unlink(s: RespSession, argv: list, out: bytearray) -> None:
+    """Same as DEL (deletion is O(1) per key here)."""
+    add_int(out, s.delete_keys(argv[1:]))
+
+
+@command("exists", -2, "readonly fast", (1, -1, 1), "keyspace")
+def cmd_exists(s: RespSession, argv: list, out: bytearray) -> None:
+    """How many of the keys exist (a key named twice counts twice)."""
+    add_int(out, sum(1 for k in argv[1:] if s.key_type(k) != b"none"))
+
+
+def _incr(s: RespSession, key: bytes, delta: int, out: bytearray) -> None:
+    if s.other_type(key):
+        raise RespError(WRONGTYPE)
+    _check_key(key)
+    try:
+        _, n = kvh.incr(s.srv, s.ns, key, delta, s.now)
+    except Refusal as e:
+        if e.reason == Reason.WRONG_TYPE:
+            raise RespError(NOT_INT) from None
+        raise
+    add_int(out, n)
+
+
+@command("incr", 2, "write fast", (1, 1, 1), "string")
+def cmd_incr(s: RespSession, argv: list, out: bytearray) -> None:
+    """Add 1 to a counter (decimal text, shared with Flo's kv incr)."""
+    _incr(s, argv[1], 1, out)
+
+
+@command("decr", 2, "write fast", (1, 1, 1), "string")
+def cmd_decr(s: RespSession, argv: list, out: bytearray) -> None:
+    """Subtract 1 from a counter."""
+    _incr(s, argv[1], -1, out)
+
+
+@command("incrby", 3, "write fast", (1, 1, 1), "string")
+def cmd_incrby(s: RespSession, argv: list, out: bytearray) -> None:
+    """Add an integer to a counter."""
+    _incr(s, argv[1], _int(argv[2]), out)
+
+
+@command("decrby", 3, "write fast", (1, 1, 1), "string")
+def cmd_decrby(s: RespSession, argv: list, out: bytearray) -> None:
+    """Subtract an integer from a counter."""
+    d = _int(argv[2])
+    if d == -(1 << 63):
+        raise RespError("ERR decrement would overflow")
+    _incr(s, argv[1], -d, out)
+
+
+@command("append", 3, "write fast", (1, 1, 1), "string")
+def cmd_append(s: RespSession, argv: list, out: bytearray) -> None:
+    """Append to a string (created when missing); answers the new length."""
+    old = s.string_entry(argv[1])
+    value = (old.value if old is not None else b"") + argv[2]
+    if len(value) > MAX_KV_VALUE:
+        raise RespError(f"ERR string exceeds maximum allowed size ({MAX_KV_VALUE} bytes)")
+    _check_key(argv[1])
+    kvh.put(s.srv, s.ns, argv[1], value, s.now, keep_ttl=True)
+    add_int(out, len(value))
+
+
+@command("strlen", 2, "readonly fast", (1, 1, 1), "string")
+def cmd_strlen(s: RespSession, argv: list, out: bytearray) -> None:
+    """Length of a string (0 when missing)."""
+    e = s.string_entry(argv[1])
+    add_int(out, len(e.value) if e is not None else 0)
+
+
+def _expire(s: RespSession, argv: list, out: bytearray, unit: bytes, cmd: str) -> None:
+    key = argv[1]
+    v = _int(argv[2])
+    flags = {_upper(a) for a in argv[3:]}
+    if not flags <= {b"NX", b"XX", b"GT", b"LT"}:
+        raise RespError("ERR Unsupported option " + _text(next(iter(flags - {b"NX", b"XX", b"GT", b"LT"}))))
+    if b"NX" in flags and flags & {b"XX", b"GT", b"LT"}:
+        raise RespError("ERR NX and XX, GT or LT options at the same time are not compatible")
+    if b"GT" in flags and b"LT" in flags:
+        raise RespError("ERR GT and LT options at the same time are not compatible")
+    scale = 1000 if unit in (b"EX", b"EXAT") else 1
+    if abs(v) > (1 << 62) // scale:
+        raise RespError(f"ERR invalid expire time in '{cmd}' command")
+    at = v * scale if unit in (b"EXAT", b"PXAT") else s.now + v * scale
+    e = s.srv.kv.get(s.ns, key, s.now)
+    if e is None:
+        if s.other_type(key):
+            raise RespError("ERR flo-server keeps TTLs on strings only; this key holds a list or stream")
+        add_int(out, 0)
+        return
+    cur = e.expires_at  # 0 = persistent (infinite)
+    if (b"NX" in flags and cur) or (b"XX" in flags and not cur):
+        add_int(out, 0)
+        return
+    if b"GT" in flags and (not cur or at <= cur):
+        add_int(out, 0)
+        return
+    if b"LT" in flags and cur and at >= cur:
+        add_int(out, 0)
+        return
+    if at <= s.now:
+        s.srv.write("kv.del", s.now, s.ns, key)
+    else:
+        s.srv.write("kv.exp", s.now, s.ns, key, at)
+    add_int(out, 1)
+
+
+@command("expire", -3, "write fast", (1, 1, 1), "keyspace")
+def cmd_expire(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set a key's time to live in seconds."""
+    _expire(s, argv, out, b"EX", "expire")
+
+
+@command("pexpire", -3, "write fast", (1, 1, 1), "keyspace")
+def cmd_pexpire(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set a key's time to live in milliseconds."""
+    _expire(s, argv, out, b"PX", "pexpire")
+
+
+@command("expireat", -3, "write fast", (1, 1, 1), "keyspace")
+def cmd_expireat(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set a key's expiry as a unix time in seconds."""
+    _expire(s, argv, out, b"EXAT", "expireat")
+
+
+@command("pexpireat", -3, "write fast", (1, 1, 1), "keyspace")
+def cmd_pexpireat(s: RespSession, argv: list, out: bytearray) -> None:
+    """Set a key's expiry as a unix time in milliseconds."""
+    _expire(s, argv, out, b"PXAT", "pexpireat")
+
+
+def _ttl(s: RespSession, key: bytes) -> int:
+    """Remaining ms, -1 without expiry, -2 when missing."""
+    e = s.srv.kv.get(s.ns, key, s.now)
+    if e is None:
+        return -1 if s.other_type(key) else -2
+    if not e.expires_at:
+        return -1
+    return max(e.expires_at - s.now, 0)
+
+
+@command("ttl", 2, "readonly fast", (1, 1, 1), "keyspace")
+def cmd_ttl(s: RespSession, argv: list, out: bytearray) -> None:
+    """Time to live in seconds (-1 none, -2 missing)."""
+    t = _ttl(s, argv[1])
+    add_int(out, t if t < 0 else (t + 500) // 1000)
+
+
+@command("pttl", 2, "readonly fast", (1, 1, 1), "keyspace")
+def cmd_pttl(s: RespSession, argv: list, out: bytearray) -> None:
+    """Time to live in milliseconds (-1 none, -2 missing)."""
+    add_int(out, _ttl(s, argv[1]))
+
+
+@command("expiretime", 2, "readonly fast", (1, 1, 1), "keyspace")
+def cmd_expiretime(s: RespSession, argv: list, out: bytearray) -> None:
+    """Absolute expiry in unix seconds (-1 none, -2 missing)."""
+    e = s.srv.kv.get(s.ns, argv[1], s.now)
+    add_int(out, -2 if e is None and not s.other_type(argv[1]) else (e.expires_at // 1000 if e and e.expires_at else -1))
+
+
+@command("persist", 2, "write fast", (1, 1, 1), "keyspace")
+def cmd_persist(s: RespSession, argv: list, out: bytearray) -> None:
+    """Remove a key's expiry: 1 if it had one."""
+    e = s.srv.kv.get(s.ns, argv[1], s.now)
+    if e is None or not e.expires_at:
+        add_int(out, 0)
+        return
+    s.srv.write("kv.exp", s.now, s.ns, argv[1], 0)
+    add_int(out, 1)
+
+
+@command("type", 2, "readonly fast", (1, 1, 1), "keyspace")
+def cmd_type(s: RespSession, argv: list, out: bytearray) -> None:
+    """string, list, stream or none."""
+    add_simple(out, s.key_type(argv[1]))
+
+
+def _all_keys(s: RespSession, prefix: bytes, after: bytes, limit: int, kinds: tuple) -> tuple[list, bytes | None]:
+    """Key names of every type in byte order after ``after``; (names, last name or None when done)."""
+    srv, ns = s.srv, s.ns
+    names: list[bytes] = []
+    if "string" in kinds:
+        names, more = srv.kv.scan(ns, prefix, after, limit, s.now)
+        if not more:
+            names = list(names)
+    others: list[bytes] = []
+    if "list" in kinds:
+        others += [k for k in s.lists.keys(ns) if k.startswith(prefix) and k > after]
+    streams = getattr(srv, "streams", None)
+    if streams is not None and "stream" in kinds:
+        for name in streams.names(ns):
+            k = name.encode()
+            if k.startswith(prefix) and k > after:
+                others.append(k)
+    merged = sorted(set(names) | set(others))
+    if len(merged) > limit:
+        merged = merged[:limit]
+        return merged, merged[-1]
+    if "string" in kinds and len(names) >= limit:
+        return merged, merged[-1] if merged else None
+    return merged, None
+
+
+@command("keys", 2, "readonly", group="keyspace")
+def cmd_keys(s: RespSession, argv: list, out: bytearray) -> None:
+    """Every key matching a glob pattern."""
+    prefix, match = glob_matcher(argv[1])
+    found: list[bytes] = []
+    after = b""
+    while True:
+        names, last = _all_keys(s, prefix, after, 10_000, ("string", "list", "stream"))
+        found += [k for k in names if match is None or match(k)]
+        if last is None:
+            break
+        after = last
+    add_bulks(out, found, s.resp3)
+
+
+@command("scan", -2, "readonly", group="keyspace")
+def cmd_scan(s: RespSession, argv: list, out: bytearray) -> None:
+    """SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]: every key present throughout is returned once."""
+    cursor = parse_int(argv[1])
+    if cursor is None or cursor < 0:
+        raise RespError("ERR invalid cursor")
+    pattern, count, kinds = b"*", 10, ("string", "list", "stream")
+    i = 2
+    while i < len(argv):
+        opt = _upper(argv[i])
+        if i + 1 >= len(argv):
+            raise RespError(SYNTAX)
+        if opt == b"MATCH":
+            pattern = argv[i + 1]
+        elif opt == b"COUNT":
+            count = _int(argv[i + 1])
+            if count < 1:
+                raise RespError(SYNTAX)
+            count = min(count, MAX_SCAN_COUNT)
+        elif opt == b"TYPE":
+            kinds = (_text(argv[i + 1]).lower(),)
+        else:
+            raise RespError(SYNTAX)
+        i += 2
+    after = b""
+    if cursor:
+        state = s._scans.pop(cursor, None)
+        if state is None or state[0] != hash(s.ns):
+            raise RespError("ERR invalid cursor")
+        after = state[1]
+    prefix, match = glob_matcher(pattern)
+    names, last = _all_keys(s, prefix, after, count, kinds)
+    nxt = 0
+    if last is not None:
+        nxt = next(s._scan_ids)
+        if len(s._scans) >= MAX_SCAN_CURSORS:
+            s._scans.pop(next(iter(s._scans)))
+        s._scans[nxt] = (hash(s.ns), last)
+    keys = [k for k in names if match is None or match(k)]
+    add_array(out, 2)
+    add_bulk(out, str(nxt).encode())
+    add_bulks(out, keys, s.resp3)
+
+
+@command("randomkey", 1, "readonly", group="keyspace")
+def cmd_randomkey(s: RespSession, argv: list, out: bytearray) -> None:
+    """A key of the database (the first in byte order), or nil."""
+    names, _ = _all_keys(s, b"", b"", 1, ("string", "list", "stream"))
+    add_bulk(out, names[0]) if names else add_null(out, s.resp3)
+
+
+# --- JSON (RedisJSON's commands on the KV store, same documents as Flo's kv.json_*) ---------------
+
+
+def _json_path(arg: bytes | None) -> tuple[list, bool]:
+    """RedisJSON path -> (Flo path, whether it is a ``$`` JSONPath that answers an array of matches)."""
+    text = "$" if arg is None else _text(arg)
+    if text in (".", "$"):
+        return [], text == "$"
+    return jsonpath.parse_path(text), text.startswith("$")
+
+
+def _json_doc(s: RespSession, key: bytes) -> Any:
+    e = s.string_entry(key)
+    if e is None:
+        return None, None
+    try:
+        return e, jsonpath.loads(e.value)
+    except ServerError:
+        raise RespError(WRONGTYPE) from None
+
+
+@command("json.get", -2, "readonly", (1, 1, 1), "json")
+def cmd_json_get(s: RespSession, argv: list, out: bytearray) -> None:
+    """JSON.GET key [path]: the JSON text at path (``$`` paths answer an array of matches)."""
+    paths = [a for a in argv[2:] if _upper(a) not in (b"INDENT", b"NEWLINE", b"SPACE")]
+    e, doc = _json_doc(s, argv[1])
+    if e is None:
+        add_null(out, s.resp3)
+        return
+    if not paths:
+        add_bulk(out, e.value)  # the stored bytes, exactly what Flo's kv get returns
+        return
+    path, dollar = _json_path(paths[0])
+    try:
+        value = jsonpath.get_at(doc, path)
+    except jsonpath.Missing:
+        if dollar:
+            add_bulk(out, b"[]")
+            return
+        raise RespError(f"ERR Path '{_text(paths[0])}' does not exist") from None
+    add_bulk(out, jsonpath.dumps([value] if dollar else value))
+
+
+@command("json.set", -4, "write", (1, 1, 1), "json")
+def cmd_json_set(s: RespSession, argv: list, out: bytearray) -> None:
+    """JSON.SET key path json [NX|XX]."""
+    key, raw = argv[1], argv[3]
+    cond = _upper(argv[4]) if len(argv) == 5 else None
+    if len(argv) > 5 or cond not in (None, b"NX", b"XX"):
+        raise RespError(SYNTAX)
+    path, _ = _json_path(argv[2])
+    try:
+        value = jsonpath.loads(raw)
+    except ServerError:
+        raise RespError("ERR expected value") from None
+    e, doc = _json_doc(s, key)
+    if not path:
+        if (cond == b"NX" and e is not None) or (cond == b"XX" and e is None):
+            add_null(out, s.resp3)
+            return
+        _write_string(s, key, raw, None)
+        add_ok(out)
+        return
+    if e is None:
+        raise RespError("ERR new objects must be created at the root")
+    try:
+        jsonpath.get_at(doc, path)
+        present = True
+    except jsonpath.Missing:
+        present = False
+    if (cond == b"NX" and present) or (cond == b"XX" and not present):
+        add_null(out, s.resp3)
+        return
+    try:
+        new = jsonpath.dumps(jsonpath.set_at(doc, path, value))
+    except jsonpath.Missing:
+        add_null(out, s.resp3)
+        return
+    kvh.put(s.srv, s.ns, key, new, s.now, keep_ttl=True)
+    add_ok(out)
+
+
+@command("json.del", -2, "write", (1, 1, 1), "json")
+def cmd_json_del(s: RespSession, argv: list, out: bytearray) -> None:
+    """JSON.DEL key [path]: how many values were deleted."""
+    if len(argv) > 3:
+        raise RespError(SYNTAX)
+    e, doc = _json_doc(s, argv[1])
+    if e is None:
+        add_int(out, 0)
+        return
+    path, _ = _json_path(argv[2] if len(argv) == 3 else None)
+    if not path:
+        s.srv.write("kv.del", s.now, s.ns, argv[1])
+        add_int(out, 1)
+        return
+    if not jsonpath.del_at(doc, path):
+        add_int(out, 0)
+        return
+    kvh.put(s.srv, s.ns, argv[1], jsonpath.dumps(doc), s.now, keep_ttl=True)
+    add_int(out, 1)
+
+
+@command("json.forget", -2, "write", (1, 1, 1), "json")
+def cmd_json_forget(s: RespSession, argv: list, out: bytearray) -> None:
+    """Alias of JSON.DEL."""
+    cmd_json_del(s, argv, out)
+
+
+@command("json.type", -2, "readonly", (1, 1, 1), "json")
+def cmd_json_type(s: RespSession, argv: list, out: bytearray) -> None:
+    """JSON.TYPE key [path]: object, array, string, integer, number, boolean or null."""
+    e, doc = _json_doc(s, argv[1])
+    if e is None:
+        add_null(out, s.resp3)
+        return
+    path, _ = _json_path(argv[2] if len(argv) > 2 else None)
+    try:
+        v = jsonpath.get_at(doc, path)
+    except jsonpath.Missing:
+        add_null(out, s.resp3)
+        return
+    name = ("null" if v is None else "boolean" if isinstance(v, bool) else "integer" if isinstance(v, int)
+            else "number" if isinstance(v, float) else "string" if isinstance(v, str)
+            else "array" if isinstance(v, list) else "object")
+    add_simple(out, name.encode())
+
+
+# ============================================================================================
+# lists (flo_server.handlers.list: a deque per key, records l.*)
+# ============================================================================================
+
+
+def _list_or_wrongtype(s: RespSession, key: bytes) -> Any:
+    d = s.lists.get(s.ns, key)
+    if d is None and (s.srv.kv.get(s.ns, key, s.now) is not None or s.stream(key) is not None):
+        raise RespError(WRONGTYPE)
+    return d
+
+
+def _push(s: RespSession, argv: list, out: bytearray, left: bool, only_existing: bool) -> None:
+    key = argv[1]
+    d = _list_or_wrongtype(s, key)
+    if only_existing and d is None:
+        add_int(out, 0)
+        return
+    _check_key(key)
+    values = argv[2:]
+    if (len(d) if d is not None else 0) + len(values) > MAX_LIST_LEN:
+        raise RespError(f"ERR list would exceed {MAX_LIST_LEN} elements")
+    add_int(out, s.srv.write("l.push", s.ns, key, values, left))
+
+
+@command("lpush", -3, "write fast", (1, 1, 1), "list")
+def cmd_lpush(s: RespSession, argv: list, out: bytearray) -> None:
+    """Prepend elements (LPUSH k a b c leaves c b a)."""
+    _push(s, argv, out, True, False)
+
+
+@command("rpush", -3, "write fast", (1, 1, 1), "list")
+def cmd_rpush(s: RespSession, argv: list, out: bytearray) -> None:
+    """Append elements."""
+    _push(s, argv, out, False, False)
+
+
+@command("lpushx", -3, "write fast", (1, 1, 1), "list")
+def cmd_lpushx(s: RespSession, argv: list, out: bytearray) -> None:
+    """Prepend only when the list exists."""
+    _push(s, argv, out, True, True)
+
+
+@command("rpushx", -3, "write fast", (1, 1, 1), "list")
+def cmd_rpushx(s: RespSession, argv: list, out: bytearray) -> None:
+    """Append only when the list exists."""
+    _push(s, argv, out, False, True)
+
+
+def _pop(s: RespSession, argv: list, out: bytearray, left: bool) -> None:
+    if len(argv) > 3:
+        raise RespError(SYNTAX)
+    count = None
+    if len(argv) == 3:
+        count = parse_int(argv[2])
+        if count is None or count < 0:
+            raise RespError("ERR value is out of range, must be positive")
+    d = _list_or_wrongtype(s, argv[1])
+    if d is None:
+        if count is None:
+            add_null(out, s.resp3)
+        else:
+            add_null_array(out, s.resp3)
+        return
+    if count is None:
+        add_bulk(out, s.srv.write("l.pop", s.ns, argv[1], 1, left)[0])
+    elif count == 0:
+        add_array(out, 0)
+    else:
+        add_bulks(out, s.srv.write("l.pop", s.ns, argv[1], count, left), s.resp3)
+
+
+@command("lpop", -2, "write fast", (1, 1, 1), "list")
+def cmd_lpop(s: RespSession, argv: list, out: bytearray) -> None:
+    """Remove and return the first element(s): LPOP key [count]."""
+    _pop(s, argv, out, True)
+
+
+@command("rpop", -2, "write fast", (1, 1, 1), "list")
+def cmd_rpop(s: RespSession, argv: list, out: bytearray) -> None:
+    """Remove and return the last element(s): RPOP key [count]."""
+    _pop(s, argv, out, False)
+
+
+@command("llen", 2, "readonly fast", (1, 1, 1), "list")
+def cmd_llen(s: RespSession, argv: list, out: bytearray) -> None:
+    """Length of a list (0 when missing)."""
+    d = _list_or_wrongtype(s, argv[1])
+    add_int(out, len(d) if d is not None else 0)
+
+
+@command("lrange", 4, "readonly", (1, 1, 1), "list")
+def cmd_lrange(s: RespSession, argv: list, out: bytearray) -> None:
+    """Elements from start to stop (inclusive; negative counts from the end)."""
+    start, stop = _int(argv[2]), _int(argv[3])
+    _list_or_wrongtype(s, argv[1])
+    add_bulks(out, s.lists.range(s.ns, argv[1], start, stop), s.resp3)
+
+
+@command("lindex", 3, "readonly", (1, 1, 1), "list")
+def cmd_lindex(s: RespSession, argv: list, out: bytearray) -> None:
+    """The element at an index."""
+    i = _int(argv[2])
+    d = _list_or_wrongtype(s, argv[1])
+    if d is None or not -len(d) <= i < len(d):
+        add_null(out, s.resp3)
+    else:
+        add_bulk(out, d[i])
+
+
+def _timeout_s(arg: bytes) -> float:
+    try:
+        t = float(arg)
+    except ValueError:
+        raise RespError("ERR timeout is not a float or out of range") from None
+    if t != t or t in (float("inf"), float("-inf")):
+        raise RespError("ERR timeout is not a float or out of range")
+    if t < 0:
+        raise RespError("ERR timeout is negative")
+    return t
+
+
+def _bpop(s: RespSession, argv: list, out: bytearray, left: bool) -> Any:
+    keys = argv[1:-1]
+    timeout = _timeout_s(argv[-1])
+    for key in keys:
+        if _list_or_wrongtype(s, key) is not None:
+            v = s.srv.write("l.pop", s.ns, key, 1, left)
+            add_array(out, 2)
+            add_bulk(out, key)
+            add_bulk(out, v[0])
+            return None
+    return _bpop_wait(s, keys, timeout, left)
+
+
+async def _bpop_wait(s: RespSession, keys: list, timeout: float, left: bool) -> bytearray:
+    srv, ns = s.srv, s.ns
+    lists = s.lists
+
+    def attempt() -> Any:
+        if s.closed:
+            return None
+        for key in keys:
+            if lists.get(ns, key) is not None:
+                return key, srv.write("l.pop", ns, key, 1, left)[0]
+        return None
+
+    forever = timeout == 0
+    remaining_ms = int(timeout * 1000) if not forever else MAX_BLOCK_S * 1000
+    while True:
+        got = await srv.waiters.poll([("l", ns, k) for k in keys], s, max(remaining_ms, 1), attempt)
+        if got is not None or not forever or s.closed:
+            break
+    out = bytearray()
+    if got is None:
+        add_null_array(out, s.resp3)
+    else:
+        add_array(out, 2)
+        add_bulk(out, got[0])
+        add_bulk(out, got[1])
+    return out
+
+
+@command("blpop", -3, "write blocking", (1, -2, 1), "list")
+def cmd_blpop(s: RespSession, argv: list, out: bytearray) -> Any:
+    """BLPOP key [key ...] timeout: pop the first element of the first non-empty list, waiting up to timeout s."""
+    return _bpop(s, argv, out, True)
+
+
+@command("brpop", -3, "write blocking", (1, -2, 1), "list")
+def cmd_brpop(s: RespSession, argv: list, out: bytearray) -> Any:
+    """BRPOP key [key ...] timeout: like BLPOP from the tail."""
+    return _bpop(s, argv, out, False)
+

@@ -1,0 +1,133 @@
+"""Shared fixtures: a real ``flo-server`` subprocess per test, on a free port, with a temp data dir.
+
+``server`` yields its endpoint ``"127.0.0.1:PORT"``; ``server_proc`` is the
+handle (``.endpoint``, ``.port``, ``.data_dir``, ``.restart()``, ``.kill()``,
+``.stop()``, ``.start(*extra_args)``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"flo-server ready on ([\d.]+):(\d+)")
+
+
+class ServerProc:
+    """A flo-server subprocess we started (and stop, by pid)."""
+
+    def __init__(self, data_dir: Path, *args: str, fsync: str = "everysec") -> None:
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.fsync = fsync
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.output: deque[str] = deque(maxlen=400)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, *extra: str, timeout: float = 20.0) -> "ServerProc":
+        if extra:
+            self.args = list(extra)
+        # Reuse the same port across restarts so clients can reconnect to one endpoint.
+        cmd = [sys.executable, "-m", "flo_server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), "--fsync", self.fsync, "--no-executor", *self.args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        ready = threading.Event()
+
+        def pump(proc: subprocess.Popen = self.proc) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.output.append(line.rstrip())
+                m = READY.search(line)
+                if m:
+                    self.port = int(m.group(2))
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout) or self.proc.poll() is not None:
+            out = "\n".join(self.output)
+            self.stop()
+            raise RuntimeError(f"flo-server did not start:\n{out}")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return p.returncode if p else None
+        p.send_signal(signal.SIGTERM)
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return p.wait(timeout)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown work at all."""
+        p = self.proc
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+    def restart(self, kill: bool = False) -> "ServerProc":
+        self.kill() if kill else self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return "\n".join(self.output)
+
+
+@pytest.fixture
+def server_proc(tmp_path: Path):
+    sp = ServerProc(tmp_path / "data").start()
+    try:
+        yield sp
+    finally:
+        sp.stop()
+
+
+@pytest.fixture
+def server(server_proc: ServerProc) -> str:
+    return server_proc.endpoint
+
+
+@pytest.fixture
+def make_server(tmp_path: Path):
+    """Factory for servers with other options: ``make_server("--fsync", "always")``."""
+    started: list[ServerProc] = []
+
+    def make(*args: str, fsync: str = "everysec", data_dir: Path | None = None) -> ServerProc:
+        sp = ServerProc(data_dir or tmp_path / f"data{len(started)}", *args, fsync=fsync).start()
+        started.append(sp)
+        return sp
+
+    yield make
+    for sp in started:
+        sp.stop()
+
+
+def wait_until(pred, timeout: float = 5.0, interval: float = 0.01):
+    """Poll ``pred`` until truthy (returns it) or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
