@@ -16,40 +16,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from flo_core._pyframe import FrameError
 from flo_core.spec import Reason
 
-cdef extern from "zlib.h" nogil:
-    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len)
-
-cdef enum:
-    HEADER = 32
-    VERSION = 2
-cdef uint32_t MAGIC = 0x004F4C46U
-cdef uint64_t TABLE_HASH = 0x2FBA7DD9AE941830ULL
-
-cdef inline uint16_t ld16(const uint8_t *p) noexcept nogil:
-    return <uint16_t>p[0] | (<uint16_t>p[1] << 8)
-
-cdef inline uint32_t ld32(const uint8_t *p) noexcept nogil:
-    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-cdef inline uint64_t ld64(const uint8_t *p) noexcept nogil:
-    return <uint64_t>ld32(p) | (<uint64_t>ld32(p + 4) << 32)
-
-cdef inline void st32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v & 0xFF)
-    p[1] = <uint8_t>((v >> 8) & 0xFF)
-    p[2] = <uint8_t>((v >> 16) & 0xFF)
-    p[3] = <uint8_t>(v >> 24)
-
-cdef inline void st64(uint8_t *p, uint64_t v) noexcept nogil:
-    st32(p, <uint32_t>(v & 0xFFFFFFFFU))
-    st32(p + 4, <uint32_t>(v >> 32))
-
-cdef inline uint32_t frame_crc(const uint8_t *hdr, const uint8_t *data, size_t n) noexcept nogil:
-    cdef unsigned long c = crc32(0, hdr, 16)
-    c = crc32(c, hdr + 20, 12)
-    if n:
-        c = crc32(c, data, <unsigned int>n)
-    return <uint32_t>c
+from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
 
 
 cdef class FrameReader:
@@ -57,12 +24,6 @@ cdef class FrameReader:
 
     ``code`` is the op for requests and the status for replies.
     """
-
-    cdef bytearray _buf
-    cdef Py_ssize_t _start
-    cdef bint _is_request
-    cdef bint _check_crc
-    cdef uint32_t _max
 
     def __init__(self, bint is_request=True, max_payload=16 * 1024 * 1024 + 65536, bint check_crc=True):
         self._buf = bytearray()
@@ -117,7 +78,7 @@ cdef class FrameReader:
             else:
                 version = h[20]
                 code = h[21]
-            if version != VERSION or ld64(h + 24) != TABLE_HASH:
+            if version != VERSION or ld64(h + 24) != table_hash():
                 raise FrameError(Reason.TABLE_MISMATCH, "protocol version or table hash mismatch")
             length = ld32(h + 4)
             if length > self._max:
@@ -126,16 +87,20 @@ cdef class FrameReader:
                 break
             if self._check_crc and frame_crc(h, h + HEADER, length) != ld32(h + 16):
                 raise FrameError(Reason.MALFORMED, "crc mismatch")
-            out.append((ld64(h + 8), code, PyBytes_FromStringAndSize(<const char *>h + HEADER, length)))
             pos += HEADER + length
+            self._on_frame(ld64(h + 8), code, h + HEADER, length, out)
         return pos
+
+    cdef int _on_frame(self, uint64_t rid, uint32_t code, const uint8_t *payload, uint32_t n, list out) except -1:
+        out.append((rid, code, PyBytes_FromStringAndSize(<const char *>payload, n)))
+        return 0
 
 
 cdef inline void _write_header(uint8_t *h, uint64_t rid, uint32_t n) noexcept nogil:
     st32(h, MAGIC)
     st32(h + 4, n)
     st64(h + 8, rid)
-    st64(h + 24, TABLE_HASH)
+    st64(h + 24, table_hash())
 
 
 def encode_request(uint64_t request_id, uint32_t op, payload, uint32_t flags=0):

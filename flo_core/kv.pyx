@@ -26,12 +26,7 @@ DEF_HISTORY = 64
 cdef class Entry:
     """A live key: ``value``, ``version``, ``expires_at`` (0 = none), ``written_at``."""
 
-    cdef public bytes value
-    cdef public uint64_t version
-    cdef public int64_t expires_at
-    cdef public int64_t written_at
-    # earlier versions, oldest first: [(version, at_ms, value), ...]; None until a key is overwritten
-    cdef public list history
+    # history: earlier versions, oldest first: [(version, at_ms, value), ...]; None until overwritten
 
     def __cinit__(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at):
         self.value = value
@@ -47,8 +42,7 @@ cdef class Entry:
 cdef class Namespace:
     """The keys of one namespace, with a sorted index for prefix scans."""
 
-    cdef public dict keys
-    cdef public object index  # SortedList of keys
+    # keys: {key: Entry}; index: SortedList of the keys
 
     def __cinit__(self):
         self.keys = {}
@@ -62,16 +56,14 @@ cdef inline bint _dead(Entry e, int64_t now):
 cdef class KVStore:
     """Every namespace's keys. All methods are deterministic given their arguments."""
 
-    cdef public dict spaces
-    cdef public int history_depth
-    cdef list _ttl_heap  # (expires_at, ns, key): candidates for active expiry
+    # _ttl_heap: (expires_at, ns, key) candidates for active expiry (stale ones are skipped)
 
     def __cinit__(self, int history_depth=DEF_HISTORY):
         self.spaces = {}
         self.history_depth = history_depth
         self._ttl_heap = []
 
-    cdef inline Namespace _space(self, str ns, bint create):
+    cdef Namespace _space(self, str ns, bint create):
         cdef Namespace sp = self.spaces.get(ns)
         if sp is None and create:
             sp = Namespace()

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from typing import Any
 
 from flo_core import wire
 from flo_core.errors import refusal_body
-from flo_core.spec import MAGIC_BYTES, Ran, Reason
+from flo_core.spec import MAGIC_BYTES, Ran, Status
 from flo_server.dispatch import dispatch
 
 log = logging.getLogger("flo_server.protocol")
@@ -42,6 +43,8 @@ class FloProtocol(asyncio.Protocol):
         self.resp: Any = None
         self._sniff = b""
         self._paused = False
+        self._now = 0
+        self.core = False
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -91,7 +94,7 @@ class FloProtocol(asyncio.Protocol):
             if n < 4:
                 self._sniff = head  # wait for all four bytes
                 return
-            self.reader = wire.FrameReader(is_request=True, max_payload=self.srv.config.max_frame)
+            self.reader = make_reader(self)
             self._sniff = b""
             self._flo(head)
             return
@@ -104,33 +107,40 @@ class FloProtocol(asyncio.Protocol):
     # --- Flo wire v2 ------------------------------------------------------------------
 
     def _flo(self, data: bytes) -> None:
-        srv = self.srv
+        now = self._now = self.srv.now()
         try:
-            frames = self.reader.feed(data)
+            if self.core:
+                self.reader.run(data, now)
+                out, deferred = self.reader.out, self.reader.deferred
+                if deferred:
+                    self.reader.deferred = []
+                    for rid, coro in deferred:
+                        self._start(rid, coro)
+                if out:
+                    self.out += out
+                    self.reader.out = bytearray()
+            else:
+                for rid, op, payload in self.reader.feed(data):
+                    r = dispatch(self.srv, rid, op, payload, self, now)
+                    if type(r) is tuple:
+                        _append_reply(self.out, rid, r[0], r[1])
+                    else:
+                        self._start(rid, r)
         except wire.FrameError as e:
-            # The stream cannot be resynchronised: answer with id 0, then close.
-            frames = None
-            bad = e
-        else:
-            bad = None
-        if frames:
-            now = srv.now()
-            out = self.out
-            for rid, op, payload in frames:
-                r = dispatch(srv, rid, op, payload, self, now)
-                if type(r) is tuple:
-                    _append_reply(out, rid, r[0], r[1])
-                else:
-                    self._start(rid, r)
-        if bad is not None:
-            status = 3  # BAD_REQUEST
-            _append_reply(self.out, 0, status, refusal_body(bad.reason, Ran.NO, bad.message))
+            # The stream cannot be resynchronised: answer what ran, then a refusal with id 0, then close.
+            if self.core:
+                self.out += self.reader.out
+            _append_reply(self.out, 0, Status.BAD_REQUEST, refusal_body(e.reason, Ran.NO, e.message))
             self._flush()
             self.closed = True
             self.transport.close()
             return
         if self.out:
             self._flush()
+
+    def _slow(self, rid: int, op: int, payload: bytes) -> Any:
+        """Every request the C fast path does not finish: the Python dispatcher."""
+        return dispatch(self.srv, rid, op, payload, self, self._now)
 
     def _start(self, rid: int, coro: Any) -> None:
         task = asyncio.ensure_future(self._later(rid, coro))
@@ -176,6 +186,12 @@ class FloProtocol(asyncio.Protocol):
                 self.transport.write(chunk)
 
 
-def refusal_frame(reason: Reason, message: str) -> bytes:
-    """A whole refusal frame with request id 0 (for bytes that are not a request)."""
-    return wire.encode_reply(0, 3, refusal_body(reason, Ran.NO, message))
+def make_reader(proto: FloProtocol) -> Any:
+    """The compiled request loop (C fast path for plain GET/PUT) or, without it, the plain frame reader."""
+    cfg = proto.srv.config
+    if wire.COMPILED and not os.environ.get("FLO_NO_FASTPATH"):
+        from flo_core.core import ServerCore  # type: ignore[import-not-found]
+
+        proto.core = True
+        return ServerCore(proto.srv, proto._slow, cfg.max_frame)
+    return wire.FrameReader(is_request=True, max_payload=cfg.max_frame)

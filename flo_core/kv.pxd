@@ -1,0 +1,27 @@
+from libc.stdint cimport int64_t, uint64_t
+
+
+cdef class Entry:
+    cdef public bytes value
+    cdef public uint64_t version
+    cdef public int64_t expires_at
+    cdef public int64_t written_at
+    cdef public list history
+
+
+cdef class Namespace:
+    cdef public dict keys
+    cdef public object index
+
+
+cdef class KVStore:
+    cdef public dict spaces
+    cdef public int history_depth
+    cdef list _ttl_heap
+
+    cdef Namespace _space(self, str ns, bint create)
+    cpdef Entry get(self, str ns, bytes key, int64_t now)
+    cpdef Entry raw(self, str ns, bytes key)
+    cpdef set(self, str ns, bytes key, bytes value, uint64_t version, int64_t expires_at, int64_t now)
+    cpdef bint delete(self, str ns, bytes key, int64_t now)
+    cpdef bint set_expiry(self, str ns, bytes key, int64_t expires_at, int64_t now)
