@@ -32,4 +32,6 @@ def extensions():
     return cythonize(exts, compiler_directives=directives, quiet=True)
 
 
-setup(ext_modules=extensions())
+# `make` installs the package editable with FLO_NO_EXT=1 and then builds the extensions in place
+# once (`setup.py build_ext --inplace`), instead of compiling them twice.
+setup(ext_modules=[] if os.environ.get("FLO_NO_EXT") else extensions())
