@@ -259,7 +259,8 @@ class QueueAPI:
         """Add a message; returns its seq (rising per queue).
 
         Example:
-            >>> seq = await client.queue.enqueue("tasks", payload, EnqueueOptions(priority=10, delay_ms=60000))  # doctest: +SKIP
+            >>> opts = EnqueueOptions(priority=10, delay_ms=60000)
+            >>> seq = await client.queue.enqueue("tasks", payload, opts)  # doctest: +SKIP
         """
         o = options or EnqueueOptions()
         if isinstance(payload, str):
@@ -322,7 +323,8 @@ class QueueAPI:
         return _count(await self._client._call_vo(Op.QUEUE_FAIL, queue, value, opts, ns=o.namespace))
 
     async def touch(self, queue: str, seqs: Iterable[int], options: TouchOptions | None = None) -> list[int]:
-        """Extend leases (to now + ``lease_ms``, default the dequeue's lease length); returns the seqs still leased and extended.
+        """Extend leases (to now + ``lease_ms``, default the dequeue's lease length);
+        returns the seqs still leased and extended.
         A seq missing from the answer lost its lease (lapsed, acked or nacked)."""
         seqs, value = _seqs(seqs)
         if not seqs:

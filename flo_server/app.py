@@ -55,8 +55,10 @@ class Server:
         """Stores of the other primitives, each in its own module."""
         import importlib
 
+        from flo_core.pqueue import Queues
+
+        self.queues = self.stores["queues"] = Queues(max_deliveries=self.config.queue_max_deliveries)
         for attr, module, cls in (
-            ("queues", "flo_core.pqueue", "Queues"),
             ("streams", "flo_core.stream", "Streams"),
             ("actions", "flo_server.actions", "Actions"),
         ):
@@ -110,7 +112,17 @@ class Server:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.ensure_future(self._ticker()))
+        if cfg.executor:
+            self._start_executor()
         log.info("flo-server listening on %s:%d (data %s, fsync %s)", cfg.host, self.port, cfg.data_dir, cfg.fsync)
+
+    def _start_executor(self) -> None:
+        """The flamepy executor manager, in-process, as a client of this server (``--no-executor`` disables)."""
+        from flamepy.executor import run_embedded_executor
+
+        host = self.config.host if self.config.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        self._executor_stop = asyncio.Event()
+        self._executor_task = asyncio.ensure_future(run_embedded_executor(f"{host}:{self.port}", self._executor_stop))
 
     async def _ticker(self) -> None:
         while True:
@@ -123,6 +135,12 @@ class Server:
         """Stop listening, close connections, flush the journal."""
         if self._server is not None:
             self._server.close()
+        if getattr(self, "_executor_task", None) is not None:
+            self._executor_stop.set()  # stops its service instances (SIGTERM, then a grace period)
+            try:
+                await asyncio.wait_for(self._executor_task, 10)
+            except Exception as e:  # noqa: BLE001 - shutdown goes on regardless
+                log.warning("executor manager did not stop cleanly: %s", e)
         for t in self._tasks:
             t.cancel()
         for conn in list(self.connections):

@@ -267,7 +267,7 @@ class RespSession:
 
     def feed(self, data: bytes) -> None:
         """Run every command completed by ``data``; replies leave in one ``transport.write``."""
-        if self.closed:
+        if self.closed or self._close_after:
             return
         error = None
         try:
@@ -341,6 +341,11 @@ class RespSession:
             self._close_after = True
         self._flush(out)
         if self._close_after:
+            self._close_when_sent()
+
+    def _close_when_sent(self) -> None:
+        """QUIT / protocol error: close once every reply (possibly held for an fsync) is written."""
+        if not self._held:
             self.closed = True
             self.transport.close()
 
@@ -398,6 +403,8 @@ class RespSession:
             chunk = held.popleft()[0]
             if not self.closed:
                 self.transport.write(chunk)
+        if self._close_after and not held and not self.closed:
+            self._close_when_sent()
 
     # --- helpers for handlers ------------------------------------------------------------
 
@@ -1638,3 +1645,547 @@ def cmd_brpop(s: RespSession, argv: list, out: bytearray) -> Any:
     """BRPOP key [key ...] timeout: like BLPOP from the tail."""
     return _bpop(s, argv, out, False)
 
+# ============================================================================================
+# streams (the Flo stream store through its s.* records; Redis ids ms-seq are StreamIDs)
+# ============================================================================================
+
+U64_MAX = (1 << 64) - 1
+MAX_STREAM_COUNT = 100_000  # entries per XRANGE/XREAD answer when COUNT is absent or larger
+
+
+def _stream_name(key: bytes) -> str:
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RespError("ERR flo-server stream keys must be UTF-8") from None
+
+
+def _parse_id(arg: bytes, missing_seq: int = 0, what: str = "") -> tuple[int, int]:
+    """``ms-seq`` / ``ms`` / ``-`` / ``+`` -> (ms, seq)."""
+    if arg == b"-":
+        return 0, 0
+    if arg == b"+":
+        return U64_MAX, U64_MAX
+    ms_b, dash, seq_b = arg.partition(b"-")
+    try:
+        ms = int(ms_b)
+        seq = int(seq_b) if dash else missing_seq
+    except ValueError:
+        raise RespError("ERR Invalid stream ID specified as stream command argument") from None
+    if not (0 <= ms <= U64_MAX and 0 <= seq <= U64_MAX) or not ms_b.isdigit() or (dash and not seq_b.isdigit()):
+        raise RespError("ERR Invalid stream ID specified as stream command argument")
+    return ms, seq
+
+
+def _fmt_id(ts: int, seq: int) -> bytes:
+    return b"%d-%d" % (ts, seq)
+
+
+def _fields_of(payload: bytes, headers: dict | None) -> list[bytes]:
+    """A Flo record as Redis fields: ``payload`` (when non-empty or alone) then the headers."""
+    out: list[bytes] = []
+    if payload or not headers:
+        out += [b"payload", payload]
+    if headers:
+        for k, v in headers.items():
+            out += [k.encode("utf-8"), v.encode("utf-8")]
+    return out
+
+
+def _entry(stream: Any, ordinal: int) -> list:
+    ts, seq, payload, headers = stream.record(ordinal)
+    return [_fmt_id(ts, seq), _fields_of(payload, headers)]
+
+
+def _stream_or_wrongtype(s: RespSession, key: bytes) -> Any:
+    st = s.stream(key)
+    if st is None and (s.srv.kv.get(s.ns, key, s.now) is not None or s.lists.get(s.ns, key) is not None):
+        raise RespError(WRONGTYPE)
+    return st
+
+
+def _trim_count(st: Any, strategy: bytes, arg: bytes) -> int:
+    if strategy == b"MAXLEN":
+        n = _int(arg)
+        if n < 0:
+            raise RespError("ERR The MAXLEN argument must be >= 0.")
+        return st.trim_count_max_len(n)
+    ts, seq = _parse_id(arg)
+    return st.trim_count_before(ts, seq)
+
+
+def _trim_args(argv: list, i: int) -> tuple[bytes, bytes, int]:
+    """[MAXLEN|MINID [=|~] threshold [LIMIT n]] at argv[i] -> (strategy, threshold, next index)."""
+    strategy = _upper(argv[i])
+    i += 1
+    if i < len(argv) and argv[i] in (b"=", b"~"):
+        i += 1
+    if i >= len(argv):
+        raise RespError(SYNTAX)
+    threshold = argv[i]
+    i += 1
+    if i + 1 < len(argv) and _upper(argv[i]) == b"LIMIT":
+        _int(argv[i + 1])
+        i += 2
+    return strategy, threshold, i
+
+
+@command("xadd", -5, "write fast", (1, 1, 1), "stream")
+def cmd_xadd(s: RespSession, argv: list, out: bytearray) -> None:
+    """XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] n] <*|id> field value [field value ...]."""
+    key = argv[1]
+    i = 2
+    nomk = False
+    trim = None
+    while True:
+        opt = _upper(argv[i])
+        if opt == b"NOMKSTREAM":
+            nomk = True
+            i += 1
+        elif opt in (b"MAXLEN", b"MINID"):
+            strategy, threshold, i = _trim_args(argv, i)
+            trim = (strategy, threshold)
+        else:
+            break
+        if i >= len(argv):
+            raise RespError(SYNTAX)
+    id_arg = argv[i]
+    fields = argv[i + 1 :]
+    if not fields or len(fields) % 2:
+        raise RespError("ERR wrong number of arguments for 'xadd' command")
+    st = _stream_or_wrongtype(s, key)
+    if st is None and nomk:
+        add_null(out, s.resp3)
+        return
+    name = _stream_name(key)
+    payload = b""
+    headers = []
+    for j in range(0, len(fields), 2):
+        f, v = fields[j], fields[j + 1]
+        if f == b"payload" and not payload:
+            payload = v
+            continue
+        try:
+            headers.append([f.decode("utf-8"), v.decode("utf-8")])
+        except UnicodeDecodeError:
+            raise RespError("ERR flo-server stream fields other than 'payload' must be UTF-8") from None
+    if len(payload) > MAX_KV_VALUE:
+        raise RespError(f"ERR stream entry exceeds {MAX_KV_VALUE} bytes")
+    now = s.now
+    last = st.last_id if st is not None else (0, 0)
+    if id_arg == b"*":
+        ts, seq = st.next_id(now) if st is not None else ((now, 0) if now > 0 else (0, 1))
+    else:
+        ms_b, dash, seq_b = id_arg.partition(b"-")
+        if dash and seq_b == b"*":
+            ts = _parse_id(ms_b)[0]
+            seq = last[1] + 1 if ts == last[0] else (0 if ts else 1)
+            if ts < last[0]:
+                raise RespError("ERR The ID specified in XADD is equal or smaller than the target stream top item")
+        else:
+            ts, seq = _parse_id(id_arg)
+        if (ts, seq) == (0, 0):
+            raise RespError("ERR The ID specified in XADD must be greater than 0-0")
+        if (ts, seq) <= tuple(last):
+            raise RespError("ERR The ID specified in XADD is equal or smaller than the target stream top item")
+    s.srv.write("s.append", now, s.ns, name, ts, seq, [[payload, headers or None]])
+    if trim is not None:
+        st = s.stream(key)
+        k = _trim_count(st, trim[0], trim[1])
+        if k:
+            s.srv.write("s.trim", s.ns, name, k)
+    s.srv.waiters.notify(("s", s.ns, name), 0)
+    add_bulk(out, _fmt_id(ts, seq))
+
+
+@command("xlen", 2, "readonly fast", (1, 1, 1), "stream")
+def cmd_xlen(s: RespSession, argv: list, out: bytearray) -> None:
+    """Number of entries in a stream."""
+    st = _stream_or_wrongtype(s, argv[1])
+    if st is None:
+        add_int(out, 0)
+        return
+    add_int(out, st.end_ord - st.visible_ord(s.now))
+
+
+def _range(s: RespSession, st: Any, lo: tuple, hi: tuple, count: int, reverse: bool) -> list:
+    start = max(st.lower_bound(*lo), st.visible_ord(s.now))
+    end = st.upper_bound(*hi)
+    if end <= start:
+        return []
+    if reverse:
+        ords = range(end - 1, max(start, end - count) - 1, -1)
+    else:
+        ords = range(start, min(end, start + count))
+    return [_entry(st, o) for o in ords]
+
+
+def _range_cmd(s: RespSession, argv: list, out: bytearray, reverse: bool) -> None:
+    if len(argv) not in (4, 6):
+        raise RespError(SYNTAX)
+    a, b = (argv[3], argv[2]) if reverse else (argv[2], argv[3])
+    lo = _exclusive_start(a)
+    hi = _exclusive_end(b)
+    count = MAX_STREAM_COUNT
+    if len(argv) == 6:
+        if _upper(argv[4]) != b"COUNT":
+            raise RespError(SYNTAX)
+        count = max(0, min(_int(argv[5]), MAX_STREAM_COUNT))
+    st = _stream_or_wrongtype(s, argv[1])
+    if st is None or count == 0 or lo is None or hi is None:
+        add_array(out, 0)
+        return
+    add_value(out, _range(s, st, lo, hi, count, reverse), s.resp3)
+
+
+def _exclusive_start(arg: bytes) -> tuple | None:
+    if arg.startswith(b"("):
+        ts, seq = _parse_id(arg[1:])
+        if seq == U64_MAX:
+            return None if ts == U64_MAX else (ts + 1, 0)
+        return ts, seq + 1
+    return _parse_id(arg, 0)
+
+
+def _exclusive_end(arg: bytes) -> tuple | None:
+    if arg.startswith(b"("):
+        ts, seq = _parse_id(arg[1:], U64_MAX)
+        if seq == 0:
+            return None if ts == 0 else (ts - 1, U64_MAX)
+        return ts, seq - 1
+    return _parse_id(arg, U64_MAX)
+
+
+@command("xrange", -4, "readonly", (1, 1, 1), "stream")
+def cmd_xrange(s: RespSession, argv: list, out: bytearray) -> None:
+    """XRANGE key start end [COUNT n]."""
+    _range_cmd(s, argv, out, False)
+
+
+@command("xrevrange", -4, "readonly", (1, 1, 1), "stream")
+def cmd_xrevrange(s: RespSession, argv: list, out: bytearray) -> None:
+    """XREVRANGE key end start [COUNT n]."""
+    _range_cmd(s, argv, out, True)
+
+
+def _read_opts(argv: list, i: int, group: bool) -> tuple[int, int | None, bool, list, list]:
+    count = MAX_STREAM_COUNT
+    block = None
+    noack = False
+    while i < len(argv):
+        opt = _upper(argv[i])
+        if opt == b"COUNT" and i + 1 < len(argv):
+            count = max(1, min(_int(argv[i + 1]), MAX_STREAM_COUNT))
+            i += 2
+        elif opt == b"BLOCK" and i + 1 < len(argv):
+            block = _int(argv[i + 1], "ERR timeout is not an integer or out of range")
+            if block < 0:
+                raise RespError("ERR timeout is negative")
+            i += 2
+        elif opt == b"NOACK" and group:
+            noack = True
+            i += 1
+        elif opt == b"STREAMS":
+            rest = argv[i + 1 :]
+            if not rest or len(rest) % 2:
+                raise RespError(
+                    "ERR Unbalanced '%s' list of streams: for each stream key an ID or '%s' must be specified."
+                    % ("xreadgroup" if group else "xread", ">" if group else "$")
+                )
+            half = len(rest) // 2
+            return count, block, noack, rest[:half], rest[half:]
+        else:
+            raise RespError(SYNTAX)
+    raise RespError(SYNTAX)
+
+
+def _reply_streams(s: RespSession, found: list) -> bytearray:
+    """[[key, entries], ...] -> an array (RESP2) or a map (RESP3), nil when nothing."""
+    out = bytearray()
+    if not found:
+        add_null_array(out, s.resp3)
+    elif s.resp3:
+        add_value(out, {k: v for k, v in found}, True)
+    else:
+        add_value(out, [[k, v] for k, v in found], False)
+    return out
+
+
+@command("xread", -4, "readonly blocking", (0, 0, 0), "stream")
+def cmd_xread(s: RespSession, argv: list, out: bytearray) -> Any:
+    """XREAD [COUNT n] [BLOCK ms] STREAMS key... id... ($ = only entries added after the call)."""
+    count, block, _, keys, ids = _read_opts(argv, 1, False)
+    starts = []
+    for key, id_arg in zip(keys, ids):
+        st = _stream_or_wrongtype(s, key)
+        if id_arg == b"$":
+            starts.append(st.last_id if st is not None else (0, 0))
+        else:
+            starts.append(_parse_id(id_arg, 0))
+
+    def attempt() -> list:
+        found = []
+        for key, after in zip(keys, starts):
+            st = s.stream(key)
+            if st is None:
+                continue
+            ts, seq = after
+            lo = (ts, seq + 1) if seq < U64_MAX else (ts + 1, 0)
+            entries = _range(s, st, lo, (U64_MAX, U64_MAX), count, False)
+            if entries:
+                found.append([key, entries])
+        return found
+
+    found = attempt()
+    if found or block is None:
+        out += _reply_streams(s, found)
+        return None
+    return _block_streams(s, keys, block, attempt)
+
+
+async def _block_streams(s: RespSession, keys: list, block_ms: int, attempt: Callable[[], list]) -> bytearray:
+    srv = s.srv
+    forever = block_ms == 0
+    wkeys = [("s", s.ns, _stream_name(k)) for k in keys]
+
+    def try_once() -> list | None:
+        if s.closed:
+            return None
+        s.now = srv.now()
+        return attempt() or None
+
+    while True:
+        found = await srv.waiters.poll(wkeys, s, MAX_BLOCK_S * 1000 if forever else block_ms, try_once)
+        if found is not None or not forever or s.closed:
+            break
+    return _reply_streams(s, found or [])
+
+
+def _group_of(s: RespSession, key: bytes, group: bytes) -> tuple[Any, Any]:
+    st = _stream_or_wrongtype(s, key)
+    g = st.group(_text(group)) if st is not None else None
+    if g is None:
+        raise RespError(
+            "NOGROUP No such key '%s' or consumer group '%s' in XREADGROUP with GROUP option" % (_text(key), _text(group))
+        )
+    return st, g
+
+
+@command("xgroup", -2, "write", (2, 2, 1), "stream")
+def cmd_xgroup(s: RespSession, argv: list, out: bytearray) -> None:
+    """XGROUP CREATE key group <id|$> [MKSTREAM] | DESTROY key group | CREATECONSUMER | DELCONSUMER."""
+    sub = _upper(argv[1])
+    if sub == b"CREATE" and len(argv) >= 5:
+        key, group, id_arg = argv[2], argv[3], argv[4]
+        mk = any(_upper(a) == b"MKSTREAM" for a in argv[5:])
+        st = _stream_or_wrongtype(s, key)
+        if st is None and not mk:
+            raise RespError("ERR The XGROUP subcommand requires the key to exist. "
+                            "Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically.")
+        if st is not None and st.group(_text(group)) is not None:
+            raise RespError("BUSYGROUP Consumer Group name already exists")
+        start: Any = "$" if id_arg == b"$" else None
+        if start is None:
+            ts, seq = _parse_id(id_arg)
+            start = None if (ts, seq) == (0, 0) else ([ts, seq + 1] if seq < U64_MAX else [ts + 1, 0])
+        # Redis groups never redeliver on their own: no ack timeout, no delivery limit.
+        s.srv.write("s.gcreate", s.now, s.ns, _stream_name(key), _text(group), start, 0, 0)
+        add_ok(out)
+    elif sub == b"DESTROY" and len(argv) == 4:
+        st = _stream_or_wrongtype(s, argv[2])
+        if st is None:
+            raise RespError("ERR The XGROUP subcommand requires the key to exist.")
+        add_int(out, 1 if s.srv.write("s.gdelete", s.ns, _stream_name(argv[2]), _text(argv[3])) else 0)
+    elif sub == b"CREATECONSUMER" and len(argv) == 5:
+        _group_of(s, argv[2], argv[3])
+        add_int(out, 1 if s.srv.write("s.join", s.now, s.ns, _stream_name(argv[2]), _text(argv[3]), _text(argv[4])) else 0)
+    elif sub == b"DELCONSUMER" and len(argv) == 5:
+        _, g = _group_of(s, argv[2], argv[3])
+        pending = sum(1 for p in g.pending(_text(argv[4]), 0, MAX_STREAM_COUNT, s.now))
+        s.srv.write("s.leave", s.ns, _stream_name(argv[2]), _text(argv[3]), _text(argv[4]))
+        add_int(out, pending)
+    else:
+        raise _unknown_subcommand(argv)
+
+
+@command("xreadgroup", -7, "write blocking", (0, 0, 0), "stream")
+def cmd_xreadgroup(s: RespSession, argv: list, out: bytearray) -> Any:
+    """XREADGROUP GROUP g consumer [COUNT n] [BLOCK ms] [NOACK] STREAMS key... id... (> = new entries)."""
+    if _upper(argv[1]) != b"GROUP":
+        raise RespError(SYNTAX)
+    group, consumer = _text(argv[2]), _text(argv[3])
+    count, block, noack, keys, ids = _read_opts(argv, 4, True)
+    for key in keys:
+        _group_of(s, key, argv[2])
+
+    def attempt() -> list:
+        found = []
+        for key, id_arg in zip(keys, ids):
+            st = s.stream(key)
+            if st is None:
+                continue
+            name = _stream_name(key)
+            if id_arg == b">":
+                g = st.group(group)
+                if g is None or not g.has_deliverable(st, s.now):
+                    continue
+                ords = s.srv.write("s.gread", s.now, s.ns, name, group, consumer, count)
+                if ords:
+                    entries = [_entry(st, o) for o in ords]
+                    if noack:
+                        s.srv.write("s.ack", s.ns, name, group, [_parse_id(e[0]) for e in entries])
+                    found.append([key, entries])
+            else:
+                ts, seq = _parse_id(id_arg)
+                g = st.group(group)
+                from flo_core.stream import id_int
+
+                rows = g.pending(consumer, id_int(ts, seq) + 1, count, s.now) if g is not None else []
+                entries = []
+                for r in rows:
+                    o = st.lower_bound(r[0], r[1])
+                    if o < st.end_ord and tuple(st.id_at(o)) == (r[0], r[1]):
+                        entries.append(_entry(st, o))
+                    else:
+                        entries.append([_fmt_id(r[0], r[1]), None])
+                found.append([key, entries])
+        return found
+
+    found = attempt()
+    if found or block is None or any(i != b">" for i in ids):
+        out += _reply_streams(s, found)
+        return None
+    return _block_streams(s, keys, block, attempt)
+
+
+@command("xack", -4, "write fast", (1, 1, 1), "stream")
+def cmd_xack(s: RespSession, argv: list, out: bytearray) -> None:
+    """XACK key group id...: how many entries left the pending list."""
+    ids = [list(_parse_id(a)) for a in argv[3:]]
+    st = _stream_or_wrongtype(s, argv[1])
+    if st is None or st.group(_text(argv[2])) is None:
+        add_int(out, 0)
+        return
+    add_int(out, s.srv.write("s.ack", s.ns, _stream_name(argv[1]), _text(argv[2]), ids))
+
+
+@command("xpending", -3, "readonly", (1, 1, 1), "stream")
+def cmd_xpending(s: RespSession, argv: list, out: bytearray) -> None:
+    """XPENDING key group [[IDLE ms] start end count [consumer]]."""
+    from flo_core.stream import id_int
+
+    st, g = _group_of(s, argv[1], argv[2])
+    if len(argv) == 3:
+        rows = g.pending(None, 0, MAX_STREAM_COUNT, s.now)
+        if not rows:
+            add_value(out, [0, None, None, None], s.resp3)
+            return
+        per: dict[str, int] = {}
+        for r in rows:
+            per[r[3]] = per.get(r[3], 0) + 1
+        add_value(out, [len(rows), _fmt_id(rows[0][0], rows[0][1]), _fmt_id(rows[-1][0], rows[-1][1]),
+                        [[c.encode(), str(n).encode()] for c, n in per.items()]], s.resp3)
+        return
+    i = 3
+    min_idle = 0
+    if _upper(argv[i]) == b"IDLE":
+        min_idle = _int(argv[i + 1])
+        i += 2
+    if len(argv) - i not in (3, 4):
+        raise RespError(SYNTAX)
+    lo, hi = _exclusive_start(argv[i]), _exclusive_end(argv[i + 1])
+    count = max(0, min(_int(argv[i + 2]), MAX_STREAM_COUNT))
+    consumer = _text(argv[i + 3]) if len(argv) - i == 4 else None
+    res = []
+    if lo is not None and hi is not None:
+        for r in g.pending(consumer, id_int(*lo), MAX_STREAM_COUNT, s.now):
+            if len(res) >= count or (r[0], r[1]) > hi:
+                break
+            if r[4] >= min_idle:
+                res.append([_fmt_id(r[0], r[1]), r[3].encode(), r[4], r[2]])
+    add_value(out, res, s.resp3)
+
+
+def _claim(s: RespSession, key: bytes, group: bytes, consumer: bytes, min_idle: int, start: tuple, count: int) -> tuple:
+    st, _ = _group_of(s, key, group)
+    # Flo's claim with min_idle 0 takes only the caller's own entries; Redis takes any: ask for >= 1 ms.
+    ords, nxt = s.srv.write("s.claim", s.now, s.ns, _stream_name(key), _text(group), _text(consumer),
+                            max(min_idle, 1), list(start), count)
+    return st, ords, nxt
+
+
+@command("xautoclaim", -6, "write", (1, 1, 1), "stream")
+def cmd_xautoclaim(s: RespSession, argv: list, out: bytearray) -> None:
+    """XAUTOCLAIM key group consumer min-idle start [COUNT n] [JUSTID]."""
+    min_idle = _int(argv[4])
+    start = _parse_id(argv[5])
+    count, justid = 100, False
+    i = 6
+    while i < len(argv):
+        opt = _upper(argv[i])
+        if opt == b"COUNT" and i + 1 < len(argv):
+            count = _int(argv[i + 1])
+            if not 1 <= count <= MAX_STREAM_COUNT:
+                raise RespError("ERR COUNT must be > 0")
+            i += 2
+        elif opt == b"JUSTID":
+            justid = True
+            i += 1
+        else:
+            raise RespError(SYNTAX)
+    st, ords, nxt = _claim(s, argv[1], argv[2], argv[3], min_idle, start, count)
+    from flo_core.stream import id_split
+
+    cursor = b"0-0" if nxt is None or nxt == (U64_MAX << 64 | U64_MAX) else _fmt_id(*id_split(nxt))
+    entries = [st.id_at(o) for o in ords] if justid else [_entry(st, o) for o in ords]
+    if justid:
+        entries = [_fmt_id(*e) for e in entries]
+    add_value(out, [cursor, entries, []], s.resp3)
+
+
+@command("xclaim", -6, "write fast", (1, 1, 1), "stream")
+def cmd_xclaim(s: RespSession, argv: list, out: bytearray) -> None:
+    """XCLAIM key group consumer min-idle id... [JUSTID]: take the listed pending entries."""
+    from flo_core.stream import id_int
+
+    min_idle = _int(argv[4])
+    ids, justid = [], False
+    for a in argv[5:]:
+        if _upper(a) == b"JUSTID":
+            justid = True
+        elif _upper(a) in (b"FORCE", b"IDLE", b"TIME", b"RETRYCOUNT", b"LASTID"):
+            raise RespError("ERR flo-server supports XCLAIM ... [JUSTID] only")
+        else:
+            ids.append(_parse_id(a))
+    st, g = _group_of(s, argv[1], argv[2])
+    got = []
+    for ts, seq in ids:
+        rows = g.pending(None, id_int(ts, seq), 1, s.now)
+        if not rows or (rows[0][0], rows[0][1]) != (ts, seq) or rows[0][4] < min_idle:
+            continue
+        _, ords, _ = _claim(s, argv[1], argv[2], argv[3], min_idle, (ts, seq), 1)
+        for o in ords:
+            got.append(_fmt_id(*st.id_at(o)) if justid else _entry(st, o))
+    add_value(out, got, s.resp3)
+
+
+@command("xtrim", -4, "write", (1, 1, 1), "stream")
+def cmd_xtrim(s: RespSession, argv: list, out: bytearray) -> None:
+    """XTRIM key MAXLEN|MINID [=|~] threshold [LIMIT n]: how many entries went."""
+    if _upper(argv[2]) not in (b"MAXLEN", b"MINID"):
+        raise RespError(SYNTAX)
+    strategy, threshold, i = _trim_args(argv, 2)
+    if i != len(argv):
+        raise RespError(SYNTAX)
+    st = _stream_or_wrongtype(s, argv[1])
+    if st is None:
+        add_int(out, 0)
+        return
+    k = _trim_count(st, strategy, threshold)
+    add_int(out, s.srv.write("s.trim", s.ns, _stream_name(argv[1]), k) if k else 0)
+
+
+@command("xdel", -3, "write fast", (1, 1, 1), "stream")
+def cmd_xdel(s: RespSession, argv: list, out: bytearray) -> None:
+    """XDEL key id...: the Flo stream store removes entries from the front only (XTRIM)."""
+    raise RespError("ERR XDEL is not supported: flo-server streams are append-only logs; use XTRIM")

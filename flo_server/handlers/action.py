@@ -14,7 +14,9 @@ WORKER_INFO (the SDK ignores or never sends those).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 from flo_core.body import Reader, Writer, opt_str, opt_uint
@@ -29,12 +31,14 @@ __all__ = ["status_answer", "assignment_answer"]
 
 DEFAULT_LIST_LIMIT = 100
 
+log = logging.getLogger("flo_server.action")
+
 
 # --- waking waiters ---------------------------------------------------------------
 
 
 def _flush(srv: Any) -> None:
-    """Turn the store's events into wake-ups."""
+    """Turn the store's events into wake-ups, and keep the timer armed for the next due time."""
     for ev in srv.actions.drain_events():
         if ev[0] == "ready":
             _, ns, name, n, labeled = ev
@@ -42,6 +46,35 @@ def _flush(srv: Any) -> None:
             srv.waiters.notify(("a", ns, name), 0 if labeled else n)
         elif ev[0] == "run":
             srv.waiters.notify(("ar", ev[1], ev[2]), 0)
+    _arm_timer(srv)
+
+
+def _arm_timer(srv: Any) -> None:
+    """One timer per server fires at the store's next due time (a retry's backoff
+    ends, a lease lapses) and settles it, which wakes exactly the waiters that
+    care. Without it a parked await would only notice at the end of its wait."""
+    due = srv.actions.next_due()
+    if due is None:
+        return
+    armed = getattr(srv, "_action_timer", None)
+    if armed is not None and armed[0] <= due and not armed[1].cancelled():
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # replay before the loop runs: the first request settles
+        return
+    if armed is not None:
+        armed[1].cancel()
+    delay = max(due - srv.now(), 0) / 1000.0 + 0.001
+    srv._action_timer = (due, loop.call_later(delay, _on_timer, srv))
+
+
+def _on_timer(srv: Any) -> None:
+    srv._action_timer = None
+    try:
+        _settle(srv, srv.now())
+    except Exception:  # noqa: BLE001 - a timer must never take the loop down
+        log.exception("action timer failed")
 
 
 def _settle(srv: Any, now: int) -> None:
@@ -344,24 +377,11 @@ async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int) -> byt
         run = srv.actions.run(ns, run_id)
         return run if run is None or run.finished else None
 
-    await srv.waiters.poll([("ar", ns, run_id)], req.conn, wait_ms, attempt, _next_due(srv))
+    await srv.waiters.poll([("ar", ns, run_id)], req.conn, wait_ms, attempt)
     run = srv.actions.run(ns, run_id)
     if run is None:
         raise Refusal(Reason.NOT_FOUND, f"run {run_id!r} is no longer kept")
     return _result_answer(run)
-
-
-def _next_due(srv: Any) -> Any:
-    """The store's next timer as loop time, for :meth:`Waiters.poll`."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-
-    def due() -> float | None:
-        at = srv.actions.next_due()
-        return None if at is None else loop.time() + (at - srv.now()) / 1000.0
-
-    return due
 
 
 @handler(Op.ACTION_CANCEL)
@@ -475,7 +495,7 @@ def _admit(srv: Any, ns: str, worker_id: str, now: int) -> dict[str, Any]:
 
 async def _await_run(srv: Any, req: Request, ns: str, worker_id: str, names: list[str], block_ms: int, attempt: Any) -> bytes:
     keys = [("a", ns, name) for name in names] + [("w", ns, worker_id)]
-    out = await srv.waiters.poll(keys, req.conn, block_ms, attempt, _next_due(srv))
+    out = await srv.waiters.poll(keys, req.conn, block_ms, attempt)
     return out or b""
 
 

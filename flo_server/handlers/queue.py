@@ -22,6 +22,7 @@ nothing and passes its wake-up on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 import weakref
 from typing import Any
@@ -73,7 +74,7 @@ def apply_enqueue(
     q = srv.queues.get_or_create(ns, name)
     seq = q.enqueue(payload, priority, now, delay_ms, dedup_key, dedup_window_ms)
     if delay_ms == 0:
-        srv.waiters.notify(_key(ns, name), 1)
+        _wake_next(srv, ns, name)
     return seq
 
 
@@ -96,7 +97,7 @@ def apply_nack(srv: Any, lsn: int, now: int, ns: str, name: str, seqs: list, del
         return 0
     n = q.nack(seqs, now, delay_ms, to_dlq)
     if n and not to_dlq and delay_ms == 0:
-        srv.waiters.notify(_key(ns, name), 1)
+        _wake_next(srv, ns, name)
     return n
 
 
@@ -113,7 +114,7 @@ def apply_requeue(srv: Any, lsn: int, now: int, ns: str, name: str, seqs: list) 
         return 0
     n = q.dlq_requeue(seqs, now)
     if n:
-        srv.waiters.notify(_key(ns, name), 1)
+        _wake_next(srv, ns, name)
     return n
 
 
@@ -177,6 +178,13 @@ def _lease_ms(srv: Any, req: Request) -> int:
     return _bounded(req.opts, Tag.LEASE_MS, default, 1, MAX_LEASE_MS, "lease_ms")
 
 
+def _clock(q: Any, now: int) -> int:
+    """The time a record carries: never behind the queue's clock, so the record
+    replays at exactly the time it was applied live (reads may have advanced
+    the queue past ``now`` if the wall clock stepped back)."""
+    return now if q is None or q.clock <= now else q.clock
+
+
 def _count_answer(n: int) -> bytes:
     return struct.pack("<I", n)
 
@@ -210,7 +218,7 @@ def queue_enqueue(srv: Any, req: Request) -> bytes:
                 return _U64.pack(first)  # a duplicate inside the window: nothing added, nothing logged
         if q.is_full():
             raise Refusal(Reason.SHARD_BUSY, f"queue {name!r} is full ({q.max_messages} messages)")
-    seq = srv.write("q.enq", req.now, req.ns, name, payload, priority, delay_ms, dedup_key, window)
+    seq = srv.write("q.enq", _clock(q, req.now), req.ns, name, payload, priority, delay_ms, dedup_key, window)
     if delay_ms:
         _kick(srv, req.ns, name)  # parked dequeuers must wake when it falls due
     return _U64.pack(seq)
@@ -224,10 +232,10 @@ def _take(srv: Any, ns: str, name: str, count: int, lease_ms: int, now: int) -> 
     q = srv.queues.get(ns, name)
     if q is None or not q.has_ready(now):
         return None
-    msgs = srv.write("q.deq", now, ns, name, count, lease_ms)
+    msgs = srv.write("q.deq", _clock(q, now), ns, name, count, lease_ms)
     data = encode_messages(msgs)  # encode at once: the Message objects are live views
     if q.has_ready(now):
-        srv.waiters.notify(_key(ns, name), 1)  # pass the rest on to the next in line
+        _wake_next(srv, ns, name)  # pass the rest on to the next in line
     _kick(srv, ns, name)  # new lease deadlines
     return data if msgs else None
 
@@ -242,10 +250,9 @@ def queue_dequeue(srv: Any, req: Request) -> Any:
     lease_ms = _lease_ms(srv, req)
     if count == 0:
         return encode_messages([])
-    ns, key = req.ns, _key(req.ns, name)
     # A newcomer that may wait queues behind the parked ones (arrival order).
-    if not (block_ms and srv.waiters.has_waiters(key)):
-        data = _take(srv, ns, name, count, lease_ms, req.now)
+    if not (block_ms and _line(srv, req.ns, name, create=False)):
+        data = _take(srv, req.ns, name, count, lease_ms, req.now)
         if data is not None:
             return data
         if not block_ms:
@@ -253,33 +260,73 @@ def queue_dequeue(srv: Any, req: Request) -> Any:
     return _wait_dequeue(srv, req, name, count, lease_ms, block_ms)
 
 
+# The line of parked dequeues of one queue. Each waiter parks in srv.waiters
+# under its own ticket key, and a wake-up goes to the oldest ticket not yet
+# woken, so a waiter that wakes, finds nothing (someone else was quicker) and
+# parks again keeps its place: the line is served strictly in arrival order.
+_lines: "weakref.WeakKeyDictionary[Any, dict[tuple, dict[int, bool]]]" = weakref.WeakKeyDictionary()
+_tickets = itertools.count(1)
+
+
+def _line(srv: Any, ns: str, name: str, create: bool = True) -> dict[int, bool] | None:
+    """ticket -> woken, oldest first (dicts keep insertion order)."""
+    lines = _lines.get(srv)
+    if lines is None:
+        if not create:
+            return None
+        lines = _lines[srv] = {}
+    line = lines.get(_key(ns, name))
+    if line is None and create:
+        line = lines[_key(ns, name)] = {}
+    return line
+
+
+def _wake_next(srv: Any, ns: str, name: str) -> None:
+    """Wake the oldest parked dequeue of the queue that is not awake already."""
+    line = _line(srv, ns, name, create=False)
+    if not line:
+        return
+    for ticket, woken in line.items():
+        if not woken:
+            line[ticket] = True
+            srv.waiters.notify(_key(ns, name) + (ticket,), 1)
+            return
+
+
 async def _wait_dequeue(srv: Any, req: Request, name: str, count: int, lease_ms: int, block_ms: int) -> bytes:
-    ns, key, conn = req.ns, _key(req.ns, name), req.conn
+    ns, conn = req.ns, req.conn
     loop = asyncio.get_running_loop()
     deadline = loop.time() + block_ms / 1000.0
-    q = srv.queues.get(ns, name)
-    if q is not None and q.has_ready(srv.now()):
-        srv.waiters.notify(key, 1)  # messages wait for the line: make sure its head is awake
-    while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return encode_messages([])
-        _kick(srv, ns, name, force=True)
-        try:
-            woke = await srv.waiters.wait([key], conn, remaining)
-        except asyncio.CancelledError:
-            # The connection went away; a wake-up it may have received goes on.
-            srv.waiters.notify(key, 1)
-            raise
-        if conn is not None and getattr(conn, "closed", False):
-            if woke:
-                srv.waiters.notify(key, 1)  # hand the wake-up to the next in line
-            return encode_messages([])
-        if not woke and loop.time() < deadline:
-            continue
-        data = _take(srv, ns, name, count, lease_ms, srv.now())
-        if data is not None:
-            return data
+    line = _line(srv, ns, name)
+    assert line is not None
+    ticket = next(_tickets)
+    line[ticket] = False
+    try:
+        q = srv.queues.get(ns, name)
+        if q is not None and q.has_ready(srv.now()):
+            _wake_next(srv, ns, name)  # messages wait for the line: make sure its head is awake
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return encode_messages([])
+            line[ticket] = False
+            _kick(srv, ns, name)
+            woke = await srv.waiters.wait([_key(ns, name) + (ticket,)], conn, remaining)
+            if conn is not None and getattr(conn, "closed", False):
+                return encode_messages([])  # never hand anything to a closed connection
+            if not woke and loop.time() < deadline:
+                continue
+            data = _take(srv, ns, name, count, lease_ms, srv.now())
+            if data is not None:
+                return data
+    finally:
+        del line[ticket]
+        if not line:
+            _lines.get(srv, {}).pop(_key(ns, name), None)
+        # Whatever wake-up this waiter held (closed, cancelled, timed out) goes on.
+        q = srv.queues.get(ns, name)
+        if line and q is not None and q.has_ready(srv.now()):
+            _wake_next(srv, ns, name)
 
 
 # --- timers: wake the line when a delay falls due or a lease lapses ---------------------
@@ -289,11 +336,9 @@ _timers: "weakref.WeakKeyDictionary[Any, dict[tuple, tuple[float, asyncio.TimerH
 )
 
 
-def _kick(srv: Any, ns: str, name: str, force: bool = False) -> None:
-    """Arm (or pull earlier) the queue's wake-up timer while someone waits on it
-    (``force``: the caller is about to park)."""
-    key = _key(ns, name)
-    if not force and not srv.waiters.has_waiters(key):
+def _kick(srv: Any, ns: str, name: str) -> None:
+    """Arm (or pull earlier) the queue's wake-up timer while its line is not empty."""
+    if not _line(srv, ns, name, create=False):
         return
     q = srv.queues.get(ns, name)
     if q is None:
@@ -306,6 +351,7 @@ def _kick(srv: Any, ns: str, name: str, force: bool = False) -> None:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # replay: nobody waits
         return
+    key = _key(ns, name)
     at = loop.time() + max(0, due - now) / 1000.0 + 0.001
     timers = _timers.setdefault(srv, {})
     current = timers.get(key)
@@ -317,13 +363,12 @@ def _kick(srv: Any, ns: str, name: str, force: bool = False) -> None:
 
 
 def _fire(srv: Any, ns: str, name: str) -> None:
-    key = _key(ns, name)
-    _timers.get(srv, {}).pop(key, None)
+    _timers.get(srv, {}).pop(_key(ns, name), None)
     q = srv.queues.get(ns, name)
     if q is None:
         return
     if q.has_ready(srv.now()):
-        srv.waiters.notify(key, 1)
+        _wake_next(srv, ns, name)
     _kick(srv, ns, name)  # the next due time, if anyone still waits
 
 
@@ -342,7 +387,7 @@ def queue_ack(srv: Any, req: Request) -> bytes:
     seqs = _seqs(req.value)
     if q is None or not seqs:
         return _count_answer(0)
-    return _count_answer(srv.write("q.ack", req.now, req.ns, name, seqs))
+    return _count_answer(srv.write("q.ack", _clock(q, req.now), req.ns, name, seqs))
 
 
 @handler(Op.QUEUE_FAIL)
@@ -354,21 +399,22 @@ def queue_nack(srv: Any, req: Request) -> bytes:
     to_dlq = _flag(req.opts, Tag.TO_DLQ)
     if q is None or not seqs:
         return _count_answer(0)
-    n = srv.write("q.nack", req.now, req.ns, name, seqs, delay_ms, to_dlq)
+    n = srv.write("q.nack", _clock(q, req.now), req.ns, name, seqs, delay_ms, to_dlq)
     _kick(srv, req.ns, name)
     return _count_answer(n)
 
 
 @handler(Op.QUEUE_TOUCH)
 def queue_touch(srv: Any, req: Request) -> bytes:
-    """ext. value = seqs; LEASE_MS u32 (default: the dequeue's lease length) -> [n u32] n x [seq u64]: the leases extended."""
+    """ext. value = seqs; LEASE_MS u32 (default: the dequeue's lease length)
+    -> [n u32] n x [seq u64]: the leases extended."""
     name, q = _known(srv, req)
     seqs = _seqs(req.value)
     # absent: each lease is extended by the length it was dequeued with
     lease_ms = _bounded(req.opts, Tag.LEASE_MS, 0, 1, MAX_LEASE_MS, "lease_ms") if Tag.LEASE_MS in req.opts else 0
     touched: list[int] = []
     if q is not None and seqs:
-        touched = srv.write("q.touch", req.now, req.ns, name, seqs, lease_ms)
+        touched = srv.write("q.touch", _clock(q, req.now), req.ns, name, seqs, lease_ms)
     return struct.pack(f"<I{len(touched)}Q", len(touched), *touched)
 
 
@@ -412,7 +458,7 @@ def queue_dlq_requeue(srv: Any, req: Request) -> bytes:
     seqs = _seqs(req.value)
     if q is None or not seqs:
         return _count_answer(0)
-    return _count_answer(srv.write("q.requeue", req.now, req.ns, name, seqs))
+    return _count_answer(srv.write("q.requeue", _clock(q, req.now), req.ns, name, seqs))
 
 
 @handler(Op.QUEUE_DLQ_DELETE)
@@ -422,7 +468,7 @@ def queue_dlq_delete(srv: Any, req: Request) -> bytes:
     seqs = _seqs(req.value)
     if q is None or not seqs:
         return _count_answer(0)
-    return _count_answer(srv.write("q.dlqdel", req.now, req.ns, name, seqs))
+    return _count_answer(srv.write("q.dlqdel", _clock(q, req.now), req.ns, name, seqs))
 
 
 @handler(Op.QUEUE_DLQ_PURGE)
@@ -431,7 +477,7 @@ def queue_dlq_purge(srv: Any, req: Request) -> bytes:
     name, q = _known(srv, req)
     if q is None or not q.stats(req.now)["dlq"]:
         return _count_answer(0)
-    return _count_answer(srv.write("q.dlqpurge", req.now, req.ns, name))
+    return _count_answer(srv.write("q.dlqpurge", _clock(q, req.now), req.ns, name))
 
 
 @handler(Op.QUEUE_PURGE)
@@ -440,7 +486,7 @@ def queue_purge(srv: Any, req: Request) -> bytes:
     name, q = _known(srv, req)
     if q is None or len(q) == 0:
         return _count_answer(0)
-    return _count_answer(srv.write("q.purge", req.now, req.ns, name))
+    return _count_answer(srv.write("q.purge", _clock(q, req.now), req.ns, name))
 
 
 # --- stats / list ----------------------------------------------------------------------------

@@ -1,0 +1,517 @@
+"""The benchmark harness: the grid, the paired runs, the results directory.
+
+One run of :func:`run_bench`:
+
+1. refuses a debug build of flo_core (unless told otherwise) and records the
+   environment block;
+2. starts flo-server, the ceiling (:mod:`bench.ceiling`) and redis-server on
+   127.0.0.1, pinned to core 0, with each load generator pinned to core 1;
+3. for every cell of the grid runs each server in turn - alternating the
+   order between repetitions - and takes medians; ratios are computed per
+   repetition (pairwise, same run) and their median reported;
+4. writes ``results.jsonl`` (environment, every run, every summary),
+   ``summary.md`` and PNG plots into ``bench/results/<date>/`` and prints the
+   table.
+
+Every load is bounded by a request count and a time cap, every process it
+starts is stopped by its pid, and nothing here asserts a performance
+threshold: the report says which targets are met.
+
+Example::
+
+    python -m bench --quick          # about half a minute
+    python -m bench --only 'kv\\.get' --reps 5
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from flo_core.spec import Reason, Status
+from flo_core.wire import FrameReader, encode_request
+
+from . import report
+from .environment import debug_build_reasons, environment
+from .redis_runner import ensure_redis, info_memory, redis_benchmark, resp_call, speaks_resp
+from .servers import HOST, REPO, Fleet, ServerProc, cpu_layout
+from .workloads import WORKLOADS
+
+FLO, REDIS, CEILING = "flo-server", "redis", "ceiling"
+RESULTS = REPO / "bench" / "results"
+
+
+# --- the grid -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One comparison point: a workload at one load shape, run against several servers."""
+
+    group: str  # kv | resp | durability | stream | queue
+    workload: str
+    proto: str  # how flo-server is driven: flo (our load generator) | resp (redis-benchmark)
+    conns: int
+    window: int
+    value_size: int
+    fsync: str | None = None  # durability cells: always | everysec | no
+    servers: tuple[str, ...] = (FLO, REDIS)
+
+    @property
+    def id(self) -> str:
+        s = f"{self.group}/{self.workload}/{self.proto}/c{self.conns}/k{self.window}/v{self.value_size}"
+        return s + (f"/fsync-{self.fsync}" if self.fsync else "")
+
+    @property
+    def label(self) -> str:
+        size = f"{self.value_size}B" if self.value_size < 1024 else f"{self.value_size // 1024}KiB"
+        extra = f" fsync={self.fsync}" if self.fsync else ""
+        return f"{self.workload} {self.proto} K={self.window} c={self.conns} {size}{extra}"
+
+
+@dataclass
+class Budget:
+    """Count and time bounds of one load, by its shape."""
+
+    total_k16: int
+    total_k1: int
+    total_c1: int
+    total_durable: int
+    max_seconds: float
+    memory_keys: int
+    reps: int
+
+
+FULL = Budget(total_k16=600_000, total_k1=150_000, total_c1=20_000, total_durable=50_000, max_seconds=4.0,
+              memory_keys=1_000_000, reps=3)
+QUICK = Budget(total_k16=15_000, total_k1=4_000, total_c1=1_500, total_durable=1_500, max_seconds=1.5,
+               memory_keys=20_000, reps=1)
+
+AOF_OF_FSYNC = {"always": "always", "everysec": "everysec", "no": "off"}
+
+
+def grid(quick: bool) -> list[Cell]:
+    """Every cell of the grid (the issue's list); ``quick`` keeps a few that cover each group."""
+    cells: list[Cell] = []
+    if quick:
+        for wl in ("kv.set", "kv.get", "kv.incr"):
+            for k in (1, 16):
+                cells.append(Cell("kv", wl, "flo", 50, k, 100, servers=(FLO, CEILING, REDIS)))
+        cells.append(Cell("kv", "kv.get", "flo", 1, 1, 100, servers=(FLO, CEILING, REDIS)))
+        for wl in ("kv.set", "kv.get"):
+            cells.append(Cell("resp", wl, "resp", 50, 16, 100))
+        cells.append(Cell("stream", "stream.append", "flo", 50, 16, 100))
+        cells.append(Cell("queue", "queue.cycle", "flo", 50, 16, 100))
+        cells.append(Cell("durability", "kv.set", "flo", 50, 1, 100, fsync="always"))
+        return cells
+    for wl in ("kv.set", "kv.get", "kv.incr"):
+        sizes = (100, 4096) if WORKLOADS[wl].uses_value else (100,)
+        for conns in (50, 1):
+            for k in (1, 16):
+                for size in sizes:
+                    cells.append(Cell("kv", wl, "flo", conns, k, size, servers=(FLO, CEILING, REDIS)))
+                    cells.append(Cell("resp", wl, "resp", conns, k, size))
+    for wl in ("stream.append", "queue.enqueue", "queue.cycle"):
+        for k in (1, 16):
+            cells.append(Cell(wl.split(".")[0], wl, "flo", 50, k, 100))
+    for fsync in ("always", "everysec", "no"):
+        for conns in (50, 1):
+            cells.append(Cell("durability", "kv.set", "flo", conns, 1, 100, fsync=fsync))
+    return cells
+
+
+def total_for(cell: Cell, b: Budget) -> int:
+    if cell.group == "durability":
+        return b.total_durable if cell.conns > 1 else max(b.total_durable // 10, 200)
+    per_op = 3 if WORKLOADS[cell.workload].chain is not None else 1  # a queue cycle is three requests
+    if cell.conns == 1:
+        return b.total_c1 * (4 if cell.window > 1 else 1) // per_op
+    return (b.total_k16 if cell.window > 1 else b.total_k1) // per_op
+
+
+# --- probes ---------------------------------------------------------------------------
+
+
+def flo_supports(port: int, workload: str) -> tuple[bool, str]:
+    """Send one request of ``workload``; unsupported when the server refuses it as UNKNOWN_OP."""
+    w = WORKLOADS[workload]
+    key = w.fixed_key or (w.key_prefix + b"probe")
+    op, payload = w.flo(key, b"v" * 8)  # type: ignore[misc]
+    reader = FrameReader(is_request=False)
+    try:
+        with socket.create_connection((HOST, port), timeout=3) as s:
+            s.sendall(encode_request(1, op, payload))
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                data = s.recv(65536)
+                if not data:
+                    return False, "connection closed on the first request"
+                for _rid, status, body in reader.feed(data):
+                    reason = int.from_bytes(body[:2], "little") if status != Status.OK and len(body) >= 2 else 0
+                    if reason == Reason.UNKNOWN_OP:
+                        return False, "op not served yet (UNKNOWN_OP)"
+                    return True, ""
+    except OSError as e:
+        return False, f"probe failed: {e}"
+    return False, "no answer to the probe"
+
+
+# --- the run ------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    reps: int | None = None
+    out: Path | None = None
+    only: str | None = None
+    install: bool = True
+    allow_debug: bool = False
+    plots: bool = True
+    flo: bool = True
+    memory: bool = True
+    max_seconds: float | None = None
+
+
+@dataclass
+class Run:
+    opts: Options
+    budget: Budget
+    outdir: Path
+    fleet: Fleet
+    jsonl: "object"
+    progress: "Progress"
+    notes: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    supported: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
+
+    def emit(self, rec: dict) -> None:
+        self.records.append(rec)
+        self.jsonl.write(json.dumps(rec, default=_json_default) + "\n")  # type: ignore[attr-defined]
+        self.jsonl.flush()  # type: ignore[attr-defined]
+
+    def note(self, msg: str) -> None:
+        if msg not in self.notes:
+            self.notes.append(msg)
+            self.progress.message(f"note: {msg}")
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+class Progress:
+    """A one-line progress bar on a terminal, one line per step otherwise."""
+
+    def __init__(self, total: int, stream=sys.stderr) -> None:  # type: ignore[no-untyped-def]
+        self.total = max(total, 1)
+        self.done = 0
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.t0 = time.monotonic()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * 30)
+        line = f"[{bar:<30}] {self.done:>3}/{self.total} {time.monotonic() - self.t0:5.0f}s  {what}"
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line[:160])
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, msg: str) -> None:
+        self.stream.write(("\r\x1b[K" if self.tty else "") + msg + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _loadgen(run: Run, port: int, proto: str, workload: str, conns: int, window: int, value_size: int,
+             total: int, max_seconds: float, extra: tuple[str, ...] = ()) -> dict:
+    argv = run.fleet.load_cpu + [run.fleet.python, "-m", "bench.loadgen", "--port", str(port), "--proto", proto,
+                                 "--workload", workload, "-c", str(conns), "-k", str(window), "-n", str(total),
+                                 "--max-seconds", str(max_seconds), "-d", str(value_size), *extra]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=max_seconds + 90, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"errors": 1, "error_sample": "load generator did not finish", "ops_s": 0.0, "completed": 0}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"errors": 1, "error_sample": (out.stderr or out.stdout).strip()[-400:], "ops_s": 0.0, "completed": 0}
+    res = json.loads(lines[-1])
+    res["tool"] = "loadgen"
+    return res
+
+
+def measure(run: Run, cell: Cell, server: str, sp: ServerProc) -> dict:
+    """One bounded load of ``cell`` against one running server."""
+    b = run.budget
+    total = total_for(cell, b)
+    if cell.proto == "resp":
+        w = WORKLOADS[cell.workload]
+        # redis-benchmark has a count but no time bound: a short calibration run sizes the count so the
+        # measured run takes about max_seconds (a subprocess timeout stays as the hard stop).
+        kw = dict(conns=cell.conns, pipeline=cell.window, value_size=cell.value_size, keyspace=100_000,
+                  prefix=run.fleet.load_cpu)
+        cal_n = max(min(total, 1000), total // 20)
+        cal = redis_benchmark(sp.port, w.redis_benchmark, total=cal_n, max_seconds=b.max_seconds * 3, **kw)
+        if cal.get("errors") or not cal.get("ops_s"):
+            return cal
+        total = max(cal_n, min(total, int(cal["ops_s"] * b.max_seconds)))
+        cpu0 = sp.cpu_seconds()
+        res = redis_benchmark(sp.port, w.redis_benchmark, total=total, max_seconds=b.max_seconds * 3, **kw)
+        cpu = sp.cpu_seconds() - cpu0
+        el = res.get("elapsed_s") or 0
+        res["server_cpu_pct"] = round(100 * cpu / el, 1) if el else None
+        return res
+    # The load generator reads the server's CPU time over exactly its timed phase.
+    proto = "resp" if server == REDIS else "flo"
+    return _loadgen(run, sp.port, proto, cell.workload, cell.conns, cell.window, cell.value_size, total,
+                    b.max_seconds, extra=("--server-pid", str(sp.pid)))
+
+
+def run_cell(run: Run, cell: Cell, servers: dict[str, ServerProc | None]) -> None:
+    """All repetitions of one cell, servers alternating, every run one JSON line."""
+    present = []
+    for name in cell.servers:
+        sp = servers.get(name)
+        if sp is None:
+            continue
+        if name == FLO:
+            key = (cell.proto, cell.workload)
+            if key not in run.supported:
+                if cell.proto == "resp":
+                    ok = speaks_resp(sp.port)
+                    run.supported[key] = (ok, "" if ok else "flo-server does not answer RESP yet")
+                else:
+                    run.supported[key] = flo_supports(sp.port, cell.workload)
+            ok, why = run.supported[key]
+            if not ok:
+                run.note(f"{cell.workload} over {cell.proto}: {why}; flo-server column left empty")
+                continue
+        present.append(name)
+    for rep in range(run.budget.reps):
+        order = present if rep % 2 == 0 else list(reversed(present))
+        for name in order:
+            sp = servers[name]
+            res = measure(run, cell, name, sp)  # type: ignore[arg-type]
+            rec = {"type": "run", "cell": cell.id, **_cell_fields(cell), "server": name, "rep": rep, **res}
+            run.emit(rec)
+            if res.get("errors"):
+                run.note(f"{name} {cell.label}: {res['errors']} errors, e.g. {res.get('error_sample', '')!r}")
+            run.progress.step(f"{cell.label:<40} {name:<10} {res.get('ops_s', 0):>11,.0f} ops/s")
+
+
+def _cell_fields(cell: Cell) -> dict:
+    d = asdict(cell)
+    d.pop("servers")
+    return d
+
+
+def summarize(records: list[dict], cells: list[Cell]) -> list[dict]:
+    """Medians per (cell, server) and pairwise ratios (per repetition, then the median)."""
+    out = []
+    for cell in cells:
+        runs = [r for r in records if r.get("type") == "run" and r["cell"] == cell.id]
+        if not runs:
+            continue
+        row: dict = {"type": "summary", "cell": cell.id, "label": cell.label, **_cell_fields(cell), "servers": {}}
+        by_rep: dict[int, dict[str, float]] = {}
+        for name in cell.servers:
+            mine = [r for r in runs if r["server"] == name and r.get("completed")]
+            if not mine:
+                continue
+            row["servers"][name] = {
+                "ops_s": _median([r["ops_s"] for r in mine]),
+                "p50_us": _median([r.get("p50_us") for r in mine]),
+                "p99_us": _median([r.get("p99_us") for r in mine]),
+                "server_cpu_pct": _median([r.get("server_cpu_pct") for r in mine]),
+                "loadgen_cpu_pct": _median([r.get("loadgen_cpu_pct") for r in mine]),
+                "errors": sum(r.get("errors", 0) for r in mine),
+                "reps": len(mine),
+                "tool": mine[0].get("tool", ""),
+            }
+            for r in mine:
+                by_rep.setdefault(r["rep"], {})[name] = r["ops_s"]
+        ratios = {}
+        for other in (REDIS, CEILING):
+            per = [v[FLO] / v[other] for v in by_rep.values() if v.get(FLO) and v.get(other)]
+            if per:
+                ratios[f"{FLO}/{other}"] = round(statistics.median(per), 3)
+        row["ratios"] = ratios
+        out.append(row)
+    return out
+
+
+def _median(vals: list) -> float | None:  # type: ignore[type-arg]
+    vals = [v for v in vals if isinstance(v, (int, float)) and not math.isnan(v)]
+    return round(statistics.median(vals), 1) if vals else None
+
+
+# --- memory -----------------------------------------------------------------------
+
+
+def measure_memory(run: Run, fleet: Fleet) -> None:
+    """Resident bytes per key after loading N keys (16-byte keys, 100-byte values), fresh servers."""
+    n = run.budget.memory_keys
+    starters: list[tuple[str, Callable[[], ServerProc]]] = []
+    if run.opts.flo:
+        starters.append((FLO, lambda: fleet.start_flo(fsync="no", label="flo-server-memory")))
+    starters.append((CEILING, fleet.start_ceiling))
+    if shutil.which("redis-server"):
+        starters.append((REDIS, lambda: fleet.start_redis("off", label="redis-memory")))
+    for name, start in starters:
+        try:
+            sp = start()
+        except Exception as e:  # noqa: BLE001 - a server that cannot start is reported, not fatal
+            run.note(f"memory: {name} did not start: {str(e).splitlines()[0]}")
+            continue
+        try:
+            if name != REDIS and not flo_supports(sp.port, "kv.set")[0]:
+                run.note(f"memory: {name} does not serve KV_PUT yet")
+                continue
+            info0 = info_memory(sp.port) if name == REDIS else {}
+            rss0 = sp.rss_bytes()
+            proto = "resp" if name == REDIS else "flo"
+            res = _loadgen(run, sp.port, proto, "kv.set", 4, 64, 100, n, 600.0,
+                           extra=("--sequential", "--key-width", "12"))
+            if name == REDIS:
+                resp_call(sp.port, b"PING")
+            rss1 = sp.rss_bytes()
+            rec = {"type": "memory", "server": name, "keys": res.get("completed", 0), "key_bytes": 16,
+                   "value_bytes": 100, "rss_before": rss0, "rss_after": rss1, "errors": res.get("errors", 0),
+                   "load_ops_s": res.get("ops_s")}
+            done = max(res.get("completed", 0), 1)
+            rec["rss_bytes_per_key"] = round((rss1 - rss0) / done, 1)
+            if name == REDIS:
+                info1 = info_memory(sp.port)
+                rec["used_memory_before"] = info0.get("used_memory")
+                rec["used_memory_after"] = info1.get("used_memory")
+                rec["used_memory_bytes_per_key"] = round((info1["used_memory"] - info0["used_memory"]) / done, 1)
+            run.emit(rec)
+            run.progress.step(f"memory {name:<10} {rec['rss_bytes_per_key']:>8.1f} B/key resident ({done:,} keys)")
+        finally:
+            fleet.stop(sp)
+
+
+# --- entry point ------------------------------------------------------------------
+
+
+def run_bench(opts: Options) -> Path:
+    """Run the grid and write the results directory; returns its path."""
+    reasons = debug_build_reasons()
+    if reasons and not opts.allow_debug:
+        raise SystemExit("refusing to benchmark a debug build of flo_core:\n  " + "\n  ".join(reasons)
+                         + "\nrebuild with `make compile` (without FLO_DEBUG), or pass --allow-debug for a smoke run")
+    # SIGTERM unwinds like Ctrl-C, so every server we started is still stopped by its pid.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    budget = QUICK if opts.quick else FULL
+    if opts.reps or opts.max_seconds:
+        budget = Budget(**{**asdict(budget), **({"reps": opts.reps} if opts.reps else {}),
+                           **({"max_seconds": opts.max_seconds} if opts.max_seconds else {})})
+    cells = grid(opts.quick)
+    if opts.only:
+        pat = re.compile(opts.only)
+        cells = [c for c in cells if pat.search(c.id)]
+    outdir = opts.out or RESULTS / datetime.now().strftime("%Y-%m-%d_%H%M%S")
+    outdir.mkdir(parents=True, exist_ok=True)
+    redis_problem = ensure_redis(opts.install, log=lambda m: print(m, file=sys.stderr))
+    env = environment()
+    env.update(mode="quick" if opts.quick else "full", budget=asdict(budget), debug_reasons=reasons,
+               started_at=datetime.now().isoformat(timespec="seconds"),
+               pinning=" / ".join(" ".join(p) or "none" for p in cpu_layout()))
+    steps = sum(len(c.servers) for c in cells) * budget.reps + (3 if opts.memory else 0)
+    progress = Progress(steps)
+    t_start = time.monotonic()
+    with open(outdir / "results.jsonl", "w") as jsonl, Fleet(outdir / "run") as fleet:
+        run = Run(opts, budget, outdir, fleet, jsonl, progress)
+        run.emit({"type": "env", **env})
+        if redis_problem:
+            run.note(f"redis column left empty: {redis_problem}")
+        load = os.getloadavg()[0]
+        if load > 0.5:
+            run.note(f"the machine was not idle at the start (load average {load:.2f}): other processes share the "
+                     "cores, so treat these numbers as noisy and compare only ratios from this run")
+        if reasons:
+            run.note("DEBUG BUILD: these numbers are not comparable (" + "; ".join(reasons) + ")")
+        try:
+            _run_grid(run, fleet, cells, redis_problem is None)
+            if opts.memory and not opts.only:
+                measure_memory(run, fleet)
+        finally:
+            fleet.stop_all()
+            progress.close()
+        summary = summarize(run.records, cells)
+        for row in summary:
+            run.emit(row)
+        run.emit({"type": "servers", "started": [{"name": n, "pid": p, "port": port} for n, p, port in fleet.history],
+                  "all_stopped": not fleet.procs})
+        run.emit({"type": "done", "seconds": round(time.monotonic() - t_start, 1), "notes": run.notes,
+                  "loadavg_end": os.getloadavg()})
+    report.write(outdir, env, summary, [r for r in run.records if r["type"] == "memory"], run.notes,
+                 plots=opts.plots)
+    print((outdir / "summary.md").read_text())
+    print(f"results: {outdir}", file=sys.stderr)
+    return outdir
+
+
+def _run_grid(run: Run, fleet: Fleet, cells: list[Cell], have_redis: bool) -> None:
+    """Normal cells share one set of servers; each durability mode gets its own pair."""
+    normal = [c for c in cells if c.fsync is None]
+    durable: dict[str, list[Cell]] = {}
+    for c in cells:
+        if c.fsync:
+            durable.setdefault(c.fsync, []).append(c)
+    if normal:
+        servers = _start(run, fleet, {c2 for c in normal for c2 in c.servers}, None, have_redis)
+        for cell in normal:
+            run_cell(run, cell, servers)
+        for sp in servers.values():
+            if sp is not None:
+                fleet.stop(sp)
+    for mode, group in durable.items():
+        servers = _start(run, fleet, {FLO, REDIS}, mode, have_redis)
+        for cell in group:
+            run_cell(run, cell, servers)
+        for sp in servers.values():
+            if sp is not None:
+                fleet.stop(sp)
+
+
+def _start(run: Run, fleet: Fleet, names: set[str], fsync: str | None, have_redis: bool) -> dict[str, ServerProc | None]:
+    servers: dict[str, ServerProc | None] = {}
+    for name in sorted(names):
+        try:
+            if name == FLO:
+                # Plain cells run flo-server as a user gets it (its default fsync policy).
+                servers[name] = fleet.start_flo(fsync=fsync) if run.opts.flo else None
+            elif name == REDIS:
+                servers[name] = fleet.start_redis(AOF_OF_FSYNC[fsync or "no"]) if have_redis else None
+            elif name == CEILING:
+                servers[name] = fleet.start_ceiling()
+        except Exception as e:  # noqa: BLE001 - reported in the notes; the other columns still run
+            servers[name] = None
+            run.note(f"{name} did not start{f' (fsync={fsync})' if fsync else ''}: {str(e).strip().splitlines()[0]}")
+    if not run.opts.flo:
+        run.note("flo-server skipped (--no-flo)")
+    return servers

@@ -1,0 +1,558 @@
+"""Closed-loop load generator: N connections x K requests in flight, bounded by count and time.
+
+Run it as its own process so it can be pinned to the other core::
+
+    taskset -c 1 python -m bench.loadgen --port 9000 --proto flo --workload kv.set -c 50 -k 16 -n 200000
+
+Requests are pre-encoded into a pool of frames (Flo wire v2 frames built with
+:func:`flo_core.wire.encode_request`, or RESP commands), so the generator spends
+as little CPU as possible per request: it is the server we want to saturate.
+Every connection keeps K requests in flight; replies are matched FIFO per
+connection, the Flo request id of every reply is checked, and the latency of
+every request is recorded. A non-OK status, a wrong id or a RESP ``-ERR`` is
+counted as an error (the harness reports errors; it never hides them).
+
+Prints one JSON line: ``ops_s``, ``p50_us``, ``p99_us``, ... and the CPU seconds
+this process used (a generator near 100 % CPU is the limit, not the server).
+
+Example (in-process)::
+
+    >>> import asyncio, uvloop  # doctest: +SKIP
+    >>> res = uvloop.run(run(LoadSpec(port=9000, workload="kv.get", conns=1, window=1, total=1000)))
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+
+from flo_core.spec import Status
+from flo_core.wire import FrameError, FrameReader, encode_request
+
+from .workloads import WORKLOADS, Workload, kv_put, resp_command
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class LoadSpec:
+    port: int
+    workload: str = "kv.set"
+    proto: str = "flo"  # flo | resp
+    host: str = "127.0.0.1"
+    conns: int = 50
+    window: int = 1
+    total: int = 200_000
+    max_seconds: float = 30.0
+    value_size: int = 100
+    keyspace: int = 100_000
+    pool: int = 8192
+    seed: int = 1
+    #: Keys ``prefix + i`` for i in [0, total) in order, each sent once (loading data for the memory test).
+    sequential: bool = False
+    key_width: int = 0  # zero-pad sequential key numbers to this many digits
+    #: Read this process's CPU time from /proc over exactly the timed phase (the server's cost per op).
+    server_pid: int = 0
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (0.0 when it cannot be read)."""
+    if pid <= 0:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+# --- request pools ----------------------------------------------------------------
+
+
+def _keys(w: Workload, spec: LoadSpec, n: int, start: int = 0) -> list[bytes]:
+    if w.fixed_key is not None:
+        return [w.fixed_key] * n
+    if spec.sequential:
+        return [w.key_prefix + str(i).zfill(spec.key_width).encode() for i in range(start, start + n)]
+    rnd = random.Random(spec.seed)
+    return [w.key_prefix + b"%d" % rnd.randrange(spec.keyspace) for _ in range(n)]
+
+
+def build_frames(w: Workload, proto: str, keys: list[bytes], value: bytes, first_rid: int = 1) -> tuple[list[bytes], list[int]]:
+    """Pre-encode one request per key; Flo request ids are ``first_rid, first_rid+1, ...``."""
+    frames: list[bytes] = []
+    rids: list[int] = []
+    if proto == "flo":
+        if w.flo is None:
+            raise SystemExit(f"workload {w.name} has no Flo wire form")
+        rid = first_rid
+        for k in keys:
+            op, payload = w.flo(k, value)
+            frames.append(encode_request(rid, op, payload))
+            rids.append(rid)
+            rid += 1
+    else:
+        if w.resp is None:
+            raise SystemExit(f"workload {w.name} has no RESP form")
+        for k in keys:
+            frames.append(resp_command(w.resp(k, value)))
+            rids.append(0)
+    return frames, rids
+
+
+# --- the closed loop --------------------------------------------------------------
+
+
+class _State:
+    __slots__ = ("completed", "errors", "statuses", "error_sample", "lat", "stop", "server_cpu")
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.errors = 0
+        self.statuses: Counter[int] = Counter()
+        self.error_sample = ""
+        self.lat: list[int] = []
+        self.stop = False
+        self.server_cpu = 0.0
+
+
+class FloLoad(asyncio.Protocol):
+    """One connection: K in flight, FIFO matching, request-id check."""
+
+    def __init__(self, st: _State, window: int, frames: list[bytes], rids: list[int], offset: int, budget: int) -> None:
+        self.st = st
+        self.window = window
+        self.frames = frames
+        self.rids = rids
+        self.np = len(frames)
+        self.idx = offset % self.np
+        self.budget = budget
+        self.inflight: deque[tuple[int, int]] = deque()  # (send ns, request id)
+        self.transport: asyncio.Transport | None = None
+        self.done = asyncio.get_running_loop().create_future()
+        self.reader = FrameReader(is_request=False, check_crc=False)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def start(self) -> None:
+        self._send(self.window)
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _send(self, k: int) -> None:
+        if self.st.stop:
+            k = 0
+        k = min(k, self.budget)
+        if k <= 0:
+            if not self.inflight:
+                self._finish()
+            return
+        self.budget -= k
+        now = time.perf_counter_ns()
+        fr, rids, np_, i = self.frames, self.rids, self.np, self.idx
+        infl = self.inflight
+        out = []
+        for _ in range(k):
+            out.append(fr[i])
+            infl.append((now, rids[i]))
+            i += 1
+            if i == np_:
+                i = 0
+        self.idx = i
+        self.transport.write(b"".join(out) if k > 1 else out[0])  # type: ignore[union-attr]
+
+    def _error(self, what: str) -> None:
+        self.st.errors += 1
+        if not self.st.error_sample:
+            self.st.error_sample = what
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self.reader.feed(data)
+        except FrameError as e:
+            self._error(f"bad reply frame: {e.message}")
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        if not replies:
+            return
+        now = time.perf_counter_ns()
+        lat = self.st.lat
+        infl = self.inflight
+        for rid, status, body in replies:
+            if not infl:
+                self._error("reply without a request")
+                continue
+            t0, expected = infl.popleft()
+            if rid != expected:
+                self._error(f"reply id {rid}, expected {expected}")
+            elif status != 0:
+                self.st.statuses[status] += 1
+                self.st.errors += 1
+                if not self.st.error_sample:
+                    self.st.error_sample = _describe_refusal(status, body)
+            lat.append(now - t0)
+        self.st.completed += len(replies)
+        self._send(len(replies))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inflight:
+            self._error(f"connection lost with {len(self.inflight)} requests in flight")
+        self._finish()
+
+
+class RespLoad(FloLoad):
+    """Same closed loop, RESP2 replies (+OK, $bulk, $-1, :int, -ERR, *array)."""
+
+    def __init__(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*a, **kw)
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        n = len(buf)
+        pos = 0
+        got = 0
+        find = buf.find
+        while pos < n:
+            e = find(b"\r\n", pos)
+            if e < 0:
+                break
+            t = buf[pos]
+            if t == 36:  # '$' bulk string
+                ln = int(buf[pos + 1 : e])
+                if ln >= 0:
+                    end = e + 2 + ln + 2
+                    if end > n:
+                        break
+                    pos = end
+                else:
+                    pos = e + 2
+            else:
+                if t == 45:  # '-' error
+                    self._error(buf[pos + 1 : e].decode("utf-8", "replace"))
+                pos = e + 2
+            got += 1
+        self.buf = buf[pos:] if pos < n else b""
+        if got:
+            now = time.perf_counter_ns()
+            lat = self.st.lat
+            infl = self.inflight
+            for _ in range(got):
+                lat.append(now - infl.popleft()[0])
+            self.st.completed += got
+            self._send(got)
+
+
+class ChainLoad(asyncio.Protocol):
+    """Chained workloads (enqueue -> dequeue -> ack): K cycles in flight per connection.
+
+    Each reply feeds the workload's next step; one completed cycle is one op,
+    and its latency runs from the first request to the last reply.
+    """
+
+    def __init__(self, st: _State, window: int, w: Workload, key: bytes, value: bytes, budget: int,
+                 proto: str) -> None:
+        self.st = st
+        self.window = window
+        self.chain = w.chain
+        self.key = key
+        self.value = value
+        self.budget = budget
+        self.resp = proto == "resp"
+        self.rid = 0
+        self.inflight: deque[tuple[int, int, int]] = deque()  # (cycle start ns, request id, step)
+        self.transport: asyncio.Transport | None = None
+        self.done = asyncio.get_running_loop().create_future()
+        self.reader = FrameReader(is_request=False, check_crc=False)
+        self.buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def start(self) -> None:
+        out: list[bytes] = []
+        self._new_cycles(self.window, out, time.perf_counter_ns())
+        self._flush(out)
+
+    def _encode(self, step: int, prev: bytes, t0: int, out: list[bytes]) -> bool:
+        try:
+            req = (self.chain.resp if self.resp else self.chain.flo)(step, self.key, self.value, prev)  # type: ignore[union-attr]
+        except LookupError as e:
+            self._error(str(e))  # type: ignore[arg-type]
+            return False
+        if req is None:
+            return False
+        self.rid += 1
+        out.append(resp_command(req) if self.resp else encode_request(self.rid, req[0], req[1]))  # type: ignore[arg-type]
+        self.inflight.append((t0, self.rid if not self.resp else 0, step))
+        return True
+
+    def _new_cycles(self, k: int, out: list[bytes], now: int) -> None:
+        if self.st.stop:
+            k = 0
+        k = min(k, self.budget)
+        self.budget -= k
+        for _ in range(k):
+            self._encode(0, b"", now, out)
+
+    def _flush(self, out: list[bytes]) -> None:
+        if out:
+            self.transport.write(b"".join(out))  # type: ignore[union-attr]
+        elif not self.inflight and not self.done.done():
+            self.done.set_result(None)
+
+    def _replies(self, data: bytes) -> list[tuple[int, bool, bytes]]:
+        """(request id, ok, body) per reply; RESP replies carry id 0."""
+        if not self.resp:
+            return [(rid, status == 0, body) for rid, status, body in self.reader.feed(data)]
+        buf = self.buf + data if self.buf else data
+        out, pos, n = [], 0, len(buf)
+        while pos < n:
+            e = buf.find(b"\r\n", pos)
+            if e < 0:
+                break
+            t = buf[pos]
+            if t == 36:  # '$'
+                ln = int(buf[pos + 1 : e])
+                if ln < 0:
+                    out.append((0, True, b""))
+                    pos = e + 2
+                    continue
+                if e + 2 + ln + 2 > n:
+                    break
+                out.append((0, True, buf[e + 2 : e + 2 + ln]))
+                pos = e + 2 + ln + 2
+            else:
+                out.append((0, t != 45, buf[pos + 1 : e]))
+                pos = e + 2
+        self.buf = buf[pos:]
+        return out
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self._replies(data)
+        except FrameError as e:
+            self._error(f"bad reply frame: {e.message}")  # type: ignore[arg-type]
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        now = time.perf_counter_ns()
+        out: list[bytes] = []
+        finished = 0
+        for rid, ok, body in replies:
+            t0, expected, step = self.inflight.popleft()
+            if rid != expected or not ok:
+                why = f"reply id {rid}, expected {expected}" if rid != expected else body[:200].decode("utf-8", "replace")
+                self._error(f"step {step}: {why}")
+                finished += 1  # the cycle is abandoned; start another one
+                continue
+            if not self._encode(step + 1, body, t0, out):
+                self.st.lat.append(now - t0)
+                self.st.completed += 1
+                finished += 1
+        if finished:
+            self._new_cycles(finished, out, now)
+        self._flush(out)
+
+    _error = FloLoad._error
+    _finish = FloLoad._finish
+    connection_lost = FloLoad.connection_lost
+
+
+def _describe_refusal(status: int, body: bytes) -> str:
+    try:
+        name = Status(status).name
+    except ValueError:
+        name = str(status)
+    reason = int.from_bytes(body[:2], "little") if len(body) >= 2 else -1
+    msg = body[3:].decode("utf-8", "replace") if len(body) > 3 else ""
+    return f"status {name} reason {reason}: {msg}"[:300]
+
+
+def pct(sorted_vals: list[int], p: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    i = min(len(sorted_vals) - 1, int(round(p / 100.0 * (len(sorted_vals) - 1))))
+    return float(sorted_vals[i])
+
+
+async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: int, window: int, total: int,
+                 max_seconds: float, exact: bool) -> tuple[_State, float, float]:
+    """Run one closed loop; ``exact`` gives each connection its own slice of the pool, sent once."""
+    loop = asyncio.get_running_loop()
+    st = _State()
+    cls = RespLoad if spec.proto == "resp" else FloLoad
+    w = WORKLOADS[spec.workload]
+    clients: list[FloLoad] = []
+    per = total // conns
+    for c in range(conns):
+        budget = per + (1 if c < total % conns else 0)
+        if w.chain is not None and not exact:
+            key = w.fixed_key or w.key_prefix + b"%d" % c
+            _, proto = await asyncio.wait_for(loop.create_connection(
+                lambda b=budget, key=key: ChainLoad(st, window, w, key, b"v" * spec.value_size, b, spec.proto),
+                spec.host, spec.port), timeout=10)
+            clients.append(proto)  # type: ignore[arg-type]
+            continue
+        if exact:
+            lo = c * per + min(c, total % conns)
+            fr, rd, off = frames[lo : lo + budget], rids[lo : lo + budget], 0
+        else:
+            fr, rd, off = frames, rids, c * 97
+        if budget <= 0 or not fr:
+            continue
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(lambda fr=fr, rd=rd, off=off, b=budget: cls(st, window, fr, rd, off, b),
+                                   spec.host, spec.port), timeout=10)
+        clients.append(proto)  # type: ignore[arg-type]
+    cpu0 = proc_cpu_seconds(spec.server_pid)
+    t0 = time.perf_counter()  # every connection is open before the clock starts
+    for cl in clients:
+        cl.start()
+    done = asyncio.gather(*(cl.done for cl in clients))
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout=max_seconds)
+    except asyncio.TimeoutError:
+        st.stop = True  # stop sending; let the requests in flight come back
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout=5)
+        except asyncio.TimeoutError:
+            st.errors += 1
+            st.error_sample = st.error_sample or "replies still missing 5 s after the time limit"
+    elapsed = time.perf_counter() - t0
+    st.server_cpu = proc_cpu_seconds(spec.server_pid) - cpu0
+    for cl in clients:
+        cl.transport.close()  # type: ignore[union-attr]
+    return st, elapsed, t0
+
+
+async def run(spec: LoadSpec) -> dict:
+    """Run one bounded load and return its result record."""
+    if spec.host not in LOOPBACK:
+        raise SystemExit("loopback only")
+    w = WORKLOADS[spec.workload]
+    value = b"v" * spec.value_size
+    prefill_s = 0.0
+    if spec.sequential:
+        # Data loading: keys 0..total-1 once each, built in chunks to bound memory.
+        st_all = _State()
+        elapsed = 0.0
+        chunk = 100_000
+        for start in range(0, spec.total, chunk):
+            keys = _keys(w, spec, min(chunk, spec.total - start), start)
+            frames, rids = build_frames(w, spec.proto, keys, value)
+            st, el, _ = await _phase(spec, frames, rids, spec.conns, spec.window, len(frames),
+                                     max(1.0, spec.max_seconds - elapsed), exact=True)
+            elapsed += el
+            st_all.completed += st.completed
+            st_all.errors += st.errors
+            st_all.statuses.update(st.statuses)
+            st_all.error_sample = st_all.error_sample or st.error_sample
+            st_all.lat.extend(st.lat)
+            st_all.server_cpu += st.server_cpu
+            if elapsed >= spec.max_seconds or st.stop:
+                st_all.stop = True
+                break
+        st = st_all
+    else:
+        keys = _keys(w, spec, spec.pool)
+        if w.chain is not None:
+            keys = []  # chained workloads build each request from the previous reply
+        if w.prefill:
+            # Reads must find their key: one SET per distinct pool key, untimed.
+            t = time.perf_counter()
+            setw = WORKLOADS["kv.set"]
+            uniq = sorted(set(keys))
+            if spec.proto == "flo":
+                pf = [encode_request(i + 1, *kv_put(k, value)) for i, k in enumerate(uniq)]
+                prid = list(range(1, len(uniq) + 1))
+            else:
+                pf, prid = build_frames(setw, "resp", uniq, value)
+            pre, _, _ = await _phase(spec, pf, prid, 1, 64, len(pf), 60.0, exact=True)
+            if pre.errors:
+                raise SystemExit(f"prefill failed: {pre.error_sample}")
+            prefill_s = time.perf_counter() - t
+        frames, rids = build_frames(w, spec.proto, keys, value) if keys else ([], [])
+        st, elapsed, _ = await _phase(spec, frames, rids, spec.conns, spec.window, spec.total, spec.max_seconds,
+                                      exact=False)
+    lat = sorted(st.lat)
+    return {
+        **{k: v for k, v in asdict(spec).items() if k not in ("host", "seed", "pool", "server_pid")},
+        "completed": st.completed,
+        "errors": st.errors,
+        "error_statuses": {Status(s).name if s in Status._value2member_map_ else str(s): n
+                           for s, n in st.statuses.items()},
+        "error_sample": st.error_sample,
+        "elapsed_s": round(elapsed, 4),
+        "ops_s": round(st.completed / elapsed, 1) if elapsed > 0 else 0.0,
+        "p50_us": round(pct(lat, 50) / 1000, 1),
+        "p90_us": round(pct(lat, 90) / 1000, 1),
+        "p99_us": round(pct(lat, 99) / 1000, 1),
+        "p999_us": round(pct(lat, 99.9) / 1000, 1),
+        "mean_us": round(sum(lat) / len(lat) / 1000, 1) if lat else float("nan"),
+        "prefill_s": round(prefill_s, 3),
+        "server_cpu_pct": round(100 * st.server_cpu / elapsed, 1) if spec.server_pid and elapsed > 0 else None,
+        "timed_out": st.stop,
+    }
+
+
+def run_sync(spec: LoadSpec) -> dict:
+    """Run :func:`run` on a fresh uvloop loop and add this process's CPU time to the result."""
+    import uvloop
+
+    c0 = os.times()
+    res = uvloop.run(run(spec))
+    c1 = os.times()
+    cpu = (c1.user + c1.system) - (c0.user + c0.system)
+    res["loadgen_cpu_s"] = round(cpu, 3)
+    res["loadgen_cpu_pct"] = round(100.0 * cpu / res["elapsed_s"], 1) if res["elapsed_s"] else 0.0
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--proto", choices=["flo", "resp"], default="flo")
+    ap.add_argument("--workload", "-w", choices=sorted(WORKLOADS), default="kv.set")
+    ap.add_argument("--conns", "-c", type=int, default=50)
+    ap.add_argument("--window", "-k", type=int, default=1, help="requests in flight per connection")
+    ap.add_argument("--total", "-n", type=int, default=200_000)
+    ap.add_argument("--max-seconds", type=float, default=30.0)
+    ap.add_argument("--value-size", "-d", type=int, default=100)
+    ap.add_argument("--keyspace", "-r", type=int, default=100_000)
+    ap.add_argument("--pool", type=int, default=8192)
+    ap.add_argument("--sequential", action="store_true", help="send keys 0..n-1 once each (data loading)")
+    ap.add_argument("--key-width", type=int, default=0)
+    ap.add_argument("--server-pid", type=int, default=0, help="report this pid's CPU %% over the timed phase")
+    a = ap.parse_args(argv)
+    if a.host not in LOOPBACK:
+        ap.error("loopback only: the load generator never targets another machine")
+    for name, lo, hi in (("conns", 1, 10_000), ("window", 1, 4096), ("total", 1, 100_000_000),
+                         ("value_size", 0, 16 * 1024 * 1024), ("pool", 1, 1_000_000)):
+        if not lo <= getattr(a, name) <= hi:
+            ap.error(f"--{name.replace('_', '-')} must be in [{lo}, {hi}]")
+    if not 0 < a.max_seconds <= 3600:
+        ap.error("--max-seconds must be in (0, 3600]")
+    spec = LoadSpec(port=a.port, workload=a.workload, proto=a.proto, host=a.host, conns=a.conns, window=a.window,
+                    total=a.total, max_seconds=a.max_seconds, value_size=a.value_size, keyspace=a.keyspace,
+                    pool=a.pool, sequential=a.sequential, key_width=a.key_width,
+                    server_pid=a.server_pid)
+    print(json.dumps(run_sync(spec)), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Turn a run's summaries into ``summary.md`` and PNG plots, and judge the targets.
+
+The targets come from ``perf-anchors.md`` (the issue lists them); each is
+reported as met / not met / not measured with the numbers it was judged on.
+Nothing here fails a run: the report is for people.
+
+Example::
+
+    write(outdir, env, summary_rows, memory_records, notes)   # summary.md + *.png
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+FLO, REDIS, CEILING = "flo-server", "redis", "ceiling"
+SERVERS = (FLO, REDIS, CEILING)
+COLORS = {FLO: "#1f77b4", REDIS: "#d62728", CEILING: "#7f7f7f"}
+
+
+@dataclass
+class Verdict:
+    target: str
+    measured: str
+    status: str  # met | not met | not measured
+
+
+def _find(rows: list[dict], **want: object) -> list[dict]:
+    return [r for r in rows if all(r.get(k) == v for k, v in want.items())]
+
+
+def _ratio_target(rows: list[dict], name: str, ratio: str, goal: float, workloads: tuple[str, ...],
+                  **shape: object) -> Verdict:
+    parts, vals = [], []
+    for wl in workloads:
+        for r in _find(rows, workload=wl, **shape):
+            v = r["ratios"].get(ratio)
+            if v is not None:
+                vals.append(v)
+                parts.append(f"{wl} {v:.2f}x")
+    if not vals:
+        return Verdict(name, "-", "not measured")
+    return Verdict(name, ", ".join(parts), "met" if min(vals) >= goal else "not met")
+
+
+def _latency_target(rows: list[dict], name: str, goal_us: float, **shape: object) -> Verdict:
+    parts, vals = [], []
+    for wl in ("kv.set", "kv.get"):
+        for r in _find(rows, workload=wl, **shape):
+            s = r["servers"].get(FLO)
+            if s and s.get("p50_us") is not None:
+                vals.append(s["p50_us"])
+                parts.append(f"{wl} p50 {s['p50_us']:.0f} µs")
+    if not vals:
+        return Verdict(name, "-", "not measured")
+    return Verdict(name, ", ".join(parts), "met" if max(vals) <= goal_us else "not met")
+
+
+def _memory_target(memory: list[dict]) -> Verdict:
+    name = "memory per key ≤ 2× Redis (1M keys, 16 B keys, 100 B values)"
+    flo = next((m for m in memory if m["server"] == FLO and m.get("keys")), None)
+    red = next((m for m in memory if m["server"] == REDIS and m.get("keys")), None)
+    if not flo or not red:
+        return Verdict(name, "-", "not measured")
+    ref = red.get("used_memory_bytes_per_key") or red["rss_bytes_per_key"]
+    ratio = flo["rss_bytes_per_key"] / ref if ref else math.inf
+    return Verdict(name, f"{flo['rss_bytes_per_key']:.0f} B/key vs Redis {ref:.0f} B/key (INFO used_memory) = "
+                         f"{ratio:.2f}x ({flo['keys']:,} keys)", "met" if ratio <= 2.0 else "not met")
+
+
+def verdicts(rows: list[dict], memory: list[dict]) -> list[Verdict]:
+    """Every target of the issue, judged on this run's medians."""
+    k16 = dict(group="kv", proto="flo", conns=50, window=16, value_size=100)
+    k1 = dict(group="kv", proto="flo", conns=50, window=1, value_size=100)
+    setget = ("kv.set", "kv.get")
+    return [
+        _ratio_target(rows, "KV K=16 ≥ 0.7× the ceiling", f"{FLO}/{CEILING}", 0.7, setget, **k16),
+        _ratio_target(rows, "KV K=16 ≥ 1.0× Redis (SET/GET P16)", f"{FLO}/{REDIS}", 1.0, setget, **k16),
+        _ratio_target(rows, "KV K=1 within 10 % of Redis", f"{FLO}/{REDIS}", 0.9, setget, **k1),
+        _latency_target(rows, "1-connection p50 ≤ 80 µs", 80.0, group="kv", proto="flo", conns=1, window=1,
+                        value_size=100),
+        _ratio_target(rows, "RESP P16 ≥ 0.5× Redis", f"{FLO}/{REDIS}", 0.5, setget, group="resp", conns=50,
+                      window=16, value_size=100),
+        _ratio_target(rows, "stream append P16 ≥ 0.5× Redis XADD", f"{FLO}/{REDIS}", 0.5, ("stream.append",),
+                      conns=50, window=16),
+        _ratio_target(rows, "durable always ≥ 1.0× Redis AOF always", f"{FLO}/{REDIS}", 1.0, ("kv.set",),
+                      group="durability", fsync="always", conns=50),
+        _memory_target(memory),
+        Verdict("flamepy ≥ 10,000 tasks/s", "-", "not measured"),
+    ]
+
+
+# --- markdown ------------------------------------------------------------------------
+
+
+def _fmt_ops(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def _fmt_lat(s: dict | None) -> str:
+    if not s or s.get("p50_us") is None:
+        return "-"
+    p99 = s.get("p99_us")
+    return f"{s['p50_us']:,.0f} / {p99:,.0f}" if p99 is not None else f"{s['p50_us']:,.0f}"
+
+
+def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str]) -> str:
+    out = [f"# flo-server benchmark ({env.get('mode', '?')})", ""]
+    sha = env.get("git_sha", "?")[:12] + (" (dirty)" if env.get("git_dirty") else "")
+    out += [
+        f"git {sha} · Python {env.get('python')} · Cython {env.get('cython')} · uvloop {env.get('uvloop')} · "
+        f"{env.get('cpu')} × {env.get('cpu_count')} · {env.get('redis_server', '')}",
+        f"started {env.get('started_at')} · pinning (server / load) {env.get('pinning')} · "
+        f"{env.get('budget', {}).get('reps')} repetitions, medians; ratios are medians of per-repetition ratios",
+        "",
+    ]
+    if env.get("debug_build"):
+        out += ["**DEBUG BUILD - not comparable.**", ""]
+    out += ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    for v in verdicts(rows, memory):
+        mark = {"met": "✅ met", "not met": "❌ not met"}.get(v.status, "– not measured")
+        out.append(f"| {v.target} | {v.measured} | {mark} |")
+    out.append("")
+    titles = {"kv": "KV over Flo wire v2 (Redis over RESP, same load generator)",
+              "resp": "KV over RESP (redis-benchmark against both)",
+              "stream": "Streams (Redis XADD)", "queue": "Queues: enqueue, and enqueue -> dequeue -> ack cycles (Redis LPUSH; LPUSH -> RPOPLPUSH -> LREM)",
+              "durability": "Durability: flo-server fsync vs Redis AOF (SET, K=1)"}
+    for group, title in titles.items():
+        mine = [r for r in rows if r["group"] == group]
+        if not mine:
+            continue
+        has_ceiling = any(CEILING in r["servers"] for r in mine)
+        head = ["workload", "K", "conns", "value"] + (["fsync"] if group == "durability" else [])
+        head += ["flo ops/s", "redis ops/s"] + (["ceiling ops/s"] if has_ceiling else [])
+        head += ["flo/redis"] + (["flo/ceiling"] if has_ceiling else [])
+        head += ["flo p50/p99 µs", "redis p50/p99 µs"] + (["ceiling p50/p99 µs"] if has_ceiling else [])
+        head += ["flo CPU %"]
+        out += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in mine:
+            s = r["servers"]
+            size = f"{r['value_size']} B" if r["value_size"] < 1024 else f"{r['value_size'] // 1024} KiB"
+            cells = [r["workload"], str(r["window"]), str(r["conns"]), size] + ([r["fsync"]] if group == "durability" else [])
+            cells += [_fmt_ops((s.get(FLO) or {}).get("ops_s")), _fmt_ops((s.get(REDIS) or {}).get("ops_s"))]
+            if has_ceiling:
+                cells.append(_fmt_ops((s.get(CEILING) or {}).get("ops_s")))
+            rr = r["ratios"].get(f"{FLO}/{REDIS}")
+            cells.append("-" if rr is None else f"{rr:.2f}")
+            if has_ceiling:
+                rc = r["ratios"].get(f"{FLO}/{CEILING}")
+                cells.append("-" if rc is None else f"{rc:.2f}")
+            cells += [_fmt_lat(s.get(FLO)), _fmt_lat(s.get(REDIS))] + ([_fmt_lat(s.get(CEILING))] if has_ceiling else [])
+            cpu = (s.get(FLO) or {}).get("server_cpu_pct")
+            cells.append("-" if cpu is None else f"{cpu:.0f}")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    if memory:
+        out += ["## Memory (fresh servers, sequential 16-byte keys, 100-byte values)", "",
+                "| server | keys | resident B/key | INFO used_memory B/key |", "|---|---|---|---|"]
+        for m in memory:
+            um = m.get("used_memory_bytes_per_key")
+            out.append(f"| {m['server']} | {m['keys']:,} | {m['rss_bytes_per_key']:,.1f} | "
+                       f"{'-' if um is None else f'{um:,.1f}'} |")
+        out.append("")
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(out)
+
+
+# --- plots ---------------------------------------------------------------------------
+
+
+def plot_group(rows: list[dict], group: str, path: Path) -> bool:
+    """Throughput and p50/p99 per cell, flo-server beside Redis beside the ceiling."""
+    mine = [r for r in rows if r["group"] == group and r["servers"]]
+    if not mine:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s for s in SERVERS if any(s in r["servers"] for r in mine)]
+    labels = [_short(r) for r in mine]
+    x = list(range(len(mine)))
+    width = 0.8 / len(names)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.9 * len(mine) + 3), 8), sharex=True)
+    for i, name in enumerate(names):
+        xs = [p + (i - (len(names) - 1) / 2) * width for p in x]
+        ops = [(r["servers"].get(name) or {}).get("ops_s") or 0 for r in mine]
+        ax1.bar(xs, ops, width, label=name, color=COLORS[name])
+        p50 = [(r["servers"].get(name) or {}).get("p50_us") or 0 for r in mine]
+        p99 = [(r["servers"].get(name) or {}).get("p99_us") or 0 for r in mine]
+        ax2.bar(xs, p50, width, color=COLORS[name], label=f"{name} p50")
+        ax2.scatter(xs, p99, color=COLORS[name], marker="_", s=200, linewidths=2, label=f"{name} p99")
+    ax1.set_ylabel("ops/s (median)")
+    ax1.set_title(f"{group}: throughput")
+    ax1.legend()
+    ax2.set_ylabel("latency µs (bar p50, tick p99)")
+    ax2.set_yscale("log")
+    ax2.set_title(f"{group}: latency")
+    ax2.set_xticks(x)
+    ax2.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _short(r: dict) -> str:
+    size = f"{r['value_size']}B" if r["value_size"] < 1024 else f"{r['value_size'] // 1024}K"
+    s = f"{r['workload']} K{r['window']} c{r['conns']} {size}"
+    return s + (f" {r['fsync']}" if r.get("fsync") else "")
+
+
+def plot_memory(memory: list[dict], path: Path) -> bool:
+    if not memory:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = [m["server"] for m in memory]
+    ax.bar(names, [m["rss_bytes_per_key"] for m in memory], color=[COLORS.get(n, "#333") for n in names],
+           label="resident")
+    um = [(m["server"], m["used_memory_bytes_per_key"]) for m in memory if m.get("used_memory_bytes_per_key")]
+    if um:
+        ax.scatter([n for n, _ in um], [v for _, v in um], color="black", marker="_", s=300, label="INFO used_memory")
+    ax.set_ylabel("bytes per key")
+    ax.set_title(f"memory per key ({memory[0]['keys']:,} keys, 16 B keys, 100 B values)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(outdir: Path, env: dict, rows: list[dict], memory: list[dict], notes: list[str], plots: bool = True) -> None:
+    md = markdown(env, rows, memory, notes)
+    images: list[str] = []
+    if plots:
+        for group in ("kv", "resp", "stream", "queue", "durability"):
+            if plot_group(rows, group, outdir / f"{group}.png"):
+                images.append(f"{group}.png")
+        if plot_memory(memory, outdir / "memory.png"):
+            images.append("memory.png")
+    if images:
+        md += "\n## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in images) + "\n"
+    (outdir / "summary.md").write_text(md)
+

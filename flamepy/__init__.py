@@ -1,0 +1,32 @@
+"""flamepy on Flo: Flame's Python API (service layer, core client, object cache) backed by a flo-server.
+
+Quick start (see ``docs/flamepy.md``)::
+
+    from flamepy.service import Session
+    with Session("echo-app", ctx=[]) as session:
+        print(session.invoke("hello"))
+"""
+
+from . import core, service, util
+from .core import (DEFAULT_FLAME_CACHE_ENDPOINT, DEFAULT_FLAME_CONF, DEFAULT_FLAME_ENDPOINT, FLAME_INSTANCE_ENDPOINT,
+                   Application, ApplicationAttributes, ApplicationContext, ApplicationID, ApplicationSchema,
+                   ApplicationState, CommonData, Connection, Event, FlameContext, FlameError, FlameErrorCode,
+                   FlameService, Message, ObjectRef, ResourceRequirement, Session, SessionAttributes, SessionContext,
+                   SessionID, SessionState, Shim, Task, TaskContext, TaskID, TaskInformer, TaskInput, TaskOutput,
+                   TaskState, TaskWatcher, close_session, connect, create_session, get_application, get_object,
+                   get_session, list_applications, list_sessions, open_session, put_object, register_application,
+                   run, unregister_application, update_object)
+
+__version__ = "0.6.0"
+
+__all__ = [
+    "core", "service", "util", "__version__",
+    "DEFAULT_FLAME_CACHE_ENDPOINT", "DEFAULT_FLAME_CONF", "DEFAULT_FLAME_ENDPOINT", "FLAME_INSTANCE_ENDPOINT",
+    "Application", "ApplicationAttributes", "ApplicationContext", "ApplicationID", "ApplicationSchema",
+    "ApplicationState", "CommonData", "Connection", "Event", "FlameContext", "FlameError", "FlameErrorCode",
+    "FlameService", "Message", "ObjectRef", "ResourceRequirement", "Session", "SessionAttributes", "SessionContext",
+    "SessionID", "SessionState", "Shim", "Task", "TaskContext", "TaskID", "TaskInformer", "TaskInput",
+    "TaskOutput", "TaskState", "TaskWatcher", "close_session", "connect", "create_session", "get_application",
+    "get_object", "get_session", "list_applications", "list_sessions", "open_session", "put_object",
+    "register_application", "run", "unregister_application", "update_object",
+]

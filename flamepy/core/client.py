@@ -1,0 +1,382 @@
+"""flamepy.core's synchronous client API: connections, applications, sessions, tasks.
+
+Every call hops onto the private I/O loop (:mod:`._runtime`) where one
+pipelined flo_client connection per endpoint does the work. Task results come
+back through a per-process reply queue (one blocking dequeue returns many
+completion notices), so waiting costs no polling and scales with batches.
+
+Example::
+
+    import flamepy
+    ssn = flamepy.create_session("echo-app")
+    futures = [ssn.run(b"x") for _ in range(100)]
+    print([f.result() for f in futures][:3])
+    ssn.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import uuid
+from dataclasses import is_dataclass
+from typing import Any, Iterator, Optional, Sequence, Union
+
+from . import _runtime, ops
+from . import records as R
+from ._store import Store
+from .config import FlameContext, normalize_endpoint
+from .types import (Application, ApplicationAttributes, Event, FlameError, FlameErrorCode, ResourceRequirement,
+                    SessionAttributes, SessionState, Task, TaskState)
+
+__all__ = ["Connection", "Session", "TaskWatcher", "connect", "connection",
+           "register_application", "unregister_application", "update_application", "get_application",
+           "list_applications", "create_session", "open_session", "get_session", "list_sessions",
+           "close_session"]
+
+_APP_KEYS = set(ApplicationAttributes.__dataclass_fields__)
+# A fallback check of outstanding tasks when no notice came for this long (a lost notice must not hang a client).
+_REPLY_IDLE_CHECK_MS = 5000
+
+
+class Connection:
+    """A connection to a flo-server serving flamepy (``connect("127.0.0.1:9000")``)."""
+
+    def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
+        self.endpoint = normalize_endpoint(endpoint)
+        self._store = Store(self.endpoint)
+        _runtime.run(self._store.connect(timeout))
+        self.client_id = uuid.uuid4().hex
+        self._reply_queue = R.q_reply(self.client_id)
+        self._waiters: dict[tuple[str, int], concurrent.futures.Future] = {}
+        self._early: dict[tuple[str, int], list] = {}
+        self._reply_task: Optional[asyncio.Task] = None
+        self._closed = False
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def _call(self, coro):
+        if self._closed:
+            coro.close()
+            raise FlameError(FlameErrorCode.INVALID_STATE, "connection is closed")
+        return _runtime.run(coro)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _runtime.run(self._store.close())
+
+    # -- applications -----------------------------------------------------------------------------------------
+
+    def register_application(self, name: str, attrs: Union[ApplicationAttributes, dict]) -> None:
+        self._call(ops.register_application(self._store, name, _attrs_dict(attrs)))
+
+    def update_application(self, name: str, attrs: Union[ApplicationAttributes, dict]) -> None:
+        self._call(ops.update_application(self._store, name, _attrs_dict(attrs)))
+
+    def unregister_application(self, name: str) -> None:
+        self._call(ops.unregister_application(self._store, name))
+
+    def get_application(self, name: str) -> Optional[Application]:
+        rec = self._call(ops.get_application(self._store, name))
+        return R.app_from_record(rec) if rec else None
+
+    def list_applications(self) -> list[Application]:
+        return [R.app_from_record(r) for r in self._call(ops.list_applications(self._store))]
+
+    # -- sessions ---------------------------------------------------------------------------------------------
+
+    def create_session(self, attrs: SessionAttributes, priority: int = 0) -> "Session":
+        rec = self._call(ops.create_session(self._store, attrs.application, attrs.common_data, attrs.id,
+                                            attrs.min_instances, attrs.max_instances, attrs.batch_size, priority,
+                                            ResourceRequirement.coerce(attrs.resreq)))
+        return Session(self, rec, {c: 0 for c in R.COUNTERS})
+
+    def open_session(self, session_id: str, spec: Optional[SessionAttributes] = None) -> "Session":
+        spec_dict = None
+        if spec is not None:
+            spec_dict = {"application": spec.application, "common_data": spec.common_data,
+                         "min_instances": spec.min_instances, "max_instances": spec.max_instances,
+                         "batch_size": spec.batch_size, "resreq": ResourceRequirement.coerce(spec.resreq)}
+        rec = self._call(ops.open_session(self._store, session_id, spec_dict))
+        return Session(self, rec, None)
+
+    def get_session(self, session_id: str) -> "Session":
+        rec, counters = self._call(ops.get_session(self._store, session_id))
+        return Session(self, rec, counters)
+
+    def list_sessions(self) -> list["Session"]:
+        return [Session(self, rec, c) for rec, c in self._call(ops.list_sessions(self._store))]
+
+    def close_session(self, session_id: str) -> "Session":
+        rec = self._call(ops.close_session(self._store, session_id))
+        return Session(self, rec, None)
+
+    # -- task results -----------------------------------------------------------------------------------------
+
+    def _submit(self, session_id: str, inputs: Sequence[Optional[bytes]]) -> list[concurrent.futures.Future]:
+        return self._call(self._submit_async(session_id, inputs))
+
+    async def _submit_async(self, sid: str, inputs) -> list[concurrent.futures.Future]:
+        ids = await ops.create_tasks(self._store, sid, inputs, self._reply_queue)
+        futures = []
+        for tid in ids:
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            fut.task_id = str(tid)  # type: ignore[attr-defined]
+            fut.set_running_or_notify_cancel()
+            early = self._early.pop((sid, tid), None)
+            if early is not None:
+                self._resolve(fut, early)
+            else:
+                self._waiters[(sid, tid)] = fut
+            futures.append(fut)
+        if self._waiters and (self._reply_task is None or self._reply_task.done()):
+            self._reply_task = asyncio.get_running_loop().create_task(self._reply_loop())
+        return futures
+
+    async def _reply_loop(self) -> None:
+        idle_since = time.monotonic()
+        while self._waiters and not self._closed:
+            try:
+                msgs = await self._store.dequeue(self._reply_queue, 1024, block_ms=1000)
+            except Exception as exc:  # the connection broke: fail what waits, loudly
+                self._fail_all(FlameError(FlameErrorCode.INTERNAL, f"lost connection to flo-server: {exc}"))
+                return
+            if not msgs:
+                if (time.monotonic() - idle_since) * 1000 >= _REPLY_IDLE_CHECK_MS:
+                    await self._check_outstanding()
+                    idle_since = time.monotonic()
+                continue
+            idle_since = time.monotonic()
+            for _, payload in msgs:
+                notice = R.unpack(payload)
+                key = (notice[0], notice[1])
+                fut = self._waiters.pop(key, None)
+                if fut is None:
+                    if len(self._early) < 100_000:
+                        self._early[key] = notice
+                elif notice[4]:  # output was chunked: fetch it from the task record
+                    asyncio.get_running_loop().create_task(self._resolve_from_record(fut, key))
+                else:
+                    self._resolve(fut, notice)
+            await self._store.ack(self._reply_queue, [seq for seq, _ in msgs])
+
+    async def _check_outstanding(self) -> None:
+        keys = list(self._waiters)[:4096]
+        vals = await self._store.mget([R.k_task(s, t) for s, t in keys])
+        for key, v in zip(keys, vals):
+            if v is None:
+                continue
+            rec = R.unpack(v[0])
+            if rec["state"] in (2, 3, 4) and key in self._waiters:
+                await self._resolve_from_record(self._waiters.pop(key), key)
+
+    async def _resolve_from_record(self, fut, key) -> None:
+        try:
+            task = await ops.load_task(self._store, *key)
+            if task.state == TaskState.SUCCEED:
+                fut.set_result(task.output)
+            else:
+                rec, _ = await ops.get_task_record(self._store, *key)
+                fut.set_exception(FlameError(FlameErrorCode.INTERNAL, R.failure_message(rec)))
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    @staticmethod
+    def _resolve(fut: concurrent.futures.Future, notice: list) -> None:
+        _, _, state, out_ref, _, message = notice
+        if state == int(TaskState.SUCCEED):
+            fut.set_result(out_ref[1] if out_ref else None)
+        else:
+            fut.set_exception(FlameError(FlameErrorCode.INTERNAL, message or "Task failed without error message"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+
+def _attrs_dict(attrs: Union[ApplicationAttributes, dict]) -> dict:
+    if is_dataclass(attrs):
+        out = {f: getattr(attrs, f) for f in _APP_KEYS}
+        return out
+    if not isinstance(attrs, dict):
+        raise TypeError("attrs must be ApplicationAttributes or dict")
+    unknown = set(attrs) - _APP_KEYS
+    if unknown:
+        raise TypeError(f"unknown application attribute(s): {', '.join(sorted(unknown))}")
+    return dict(attrs)
+
+
+class Session:
+    """A snapshot of a Flame session plus the task operations on it."""
+
+    def __init__(self, connection: Connection, rec: dict, counters: Optional[dict]) -> None:
+        self.connection = connection
+        self.id: str = rec["id"]
+        self.application: str = rec["app"]
+        self.state = SessionState(rec["state"])
+        self.creation_time: int = rec["ctime"]
+        self.completion_time: Optional[int] = rec.get("dtime")
+        counters = counters or {}
+        self.pending = counters.get("pending", 0)
+        self.running = counters.get("running", 0)
+        self.succeed = counters.get("succeed", 0)
+        self.failed = counters.get("failed", 0)
+        self.cancelled = counters.get("cancelled", 0)
+        self.events: list[Event] = R.events_of(rec)
+        self.resreq = ResourceRequirement.from_list(rec.get("resreq"))
+        self.priority: int = rec.get("priority", 0)
+        self.min_instances: int = rec.get("min", 0)
+        self.max_instances: Optional[int] = rec.get("max")
+        self._common_data: Optional[bytes] = rec.get("common_data")
+
+    def common_data(self) -> Optional[bytes]:
+        return self._common_data
+
+    def create_task(self, input: Optional[bytes]) -> Task:
+        conn = self.connection
+        tid = conn._call(ops.create_tasks(conn.store, self.id, [input], None))[0]
+        return Task(id=str(tid), session_id=self.id, state=TaskState.PENDING,
+                    creation_time=int(time.time() * 1000), input=input)
+
+    def get_task(self, task_id) -> Task:
+        return self.connection._call(ops.load_task(self.connection.store, self.id, task_id))
+
+    def list_tasks(self) -> Iterator[Task]:
+        store = self.connection.store
+        keys = self.connection._call(store.scan(f"task/{self.id}/"))
+        keys.sort(key=lambda k: int(k.rsplit("/", 1)[1]))
+        for key in keys:
+            yield self.get_task(key.rsplit("/", 1)[1])
+
+    def watch_task(self, task_id, timeout: Optional[float] = None) -> "TaskWatcher":
+        return TaskWatcher(self, str(task_id), timeout)
+
+    def run(self, input: Optional[bytes]) -> concurrent.futures.Future:
+        """Create one task now; the Future gets its output bytes (or None) or a FlameError."""
+        return self.connection._submit(self.id, [input])[0]
+
+    def run_many(self, inputs: Sequence[Optional[bytes]]) -> list[concurrent.futures.Future]:
+        """Create many tasks in one pipelined burst (the fast path for batches)."""
+        return self.connection._submit(self.id, list(inputs)) if inputs else []
+
+    def invoke(self, input: Optional[bytes]) -> Optional[bytes]:
+        return self.run(input).result()
+
+    def close(self) -> None:
+        self.connection.close_session(self.id)
+        self.state = SessionState.CLOSED
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, application={self.application!r}, state={self.state.name})"
+
+
+class TaskWatcher:
+    """Iterator over a task's state changes; ends after a terminal state."""
+
+    def __init__(self, session: Session, task_id: str, timeout: Optional[float]) -> None:
+        self._session = session
+        self._task_id = task_id
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._last_state: Optional[int] = None
+        self._done = False
+
+    def __iter__(self) -> "TaskWatcher":
+        return self
+
+    def __next__(self) -> Task:
+        if self._done:
+            raise StopIteration
+        store = self._session.connection.store
+        key = R.k_task(self._session.id, self._task_id)
+        while True:
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                raise TimeoutError(f"timeout watching task {self._task_id}")
+            got = self._session.connection._call(store.get(key))
+            if got is None:
+                raise FlameError(FlameErrorCode.INTERNAL, f"failed to watch task: task <{self._task_id}> not found")
+            state = R.unpack(got[0])["state"]
+            if state != self._last_state:
+                self._last_state = state
+                task = self._session.get_task(self._task_id)
+                if task.is_completed():
+                    self._done = True
+                return task
+            # Block until the record changes (bounded so the timeout is honoured between waits).
+            self._session.connection._call(store.get(key, block_ms=1000, change=True))
+
+
+# -- the process-wide default connection ----------------------------------------------------------------------
+
+_default: Optional[Connection] = None
+_default_lock = threading.Lock()
+
+
+def connect(addr: str, tls_config: Any = None) -> Connection:
+    """Open a new connection (the module-level functions use their own default one)."""
+    if not addr:
+        raise FlameError(FlameErrorCode.INVALID_CONFIG, "address is empty")
+    return Connection(addr)
+
+
+def connection() -> Connection:
+    """The lazily created default connection, from ``~/.flame/flame.yaml`` and ``FLAME_ENDPOINT``."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = Connection(FlameContext.load().endpoint)
+        return _default
+
+
+def register_application(name: str, attrs: Union[ApplicationAttributes, dict]) -> None:
+    connection().register_application(name, attrs)
+
+
+def update_application(name: str, attrs: Union[ApplicationAttributes, dict]) -> None:
+    connection().update_application(name, attrs)
+
+
+def unregister_application(name: str) -> None:
+    connection().unregister_application(name)
+
+
+def get_application(name: str) -> Optional[Application]:
+    return connection().get_application(name)
+
+
+def list_applications() -> list[Application]:
+    return connection().list_applications()
+
+
+def create_session(application: str, common_data: Optional[bytes] = None, session_id: Optional[str] = None,
+                   min_instances: int = 0, max_instances: Optional[int] = None, batch_size: int = 1,
+                   resreq: Union[ResourceRequirement, dict, str, None] = None) -> Session:
+    return connection().create_session(SessionAttributes(application=application, id=session_id,
+                                                         common_data=common_data, min_instances=min_instances,
+                                                         max_instances=max_instances, batch_size=batch_size,
+                                                         resreq=ResourceRequirement.coerce(resreq)))
+
+
+def open_session(session_id: str, spec: Optional[SessionAttributes] = None) -> Session:
+    return connection().open_session(session_id, spec)
+
+
+def get_session(session_id: str) -> Session:
+    return connection().get_session(session_id)
+
+
+def list_sessions() -> list[Session]:
+    return connection().list_sessions()
+
+
+def close_session(session_id: str) -> Session:
+    return connection().close_session(session_id)

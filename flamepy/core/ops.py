@@ -1,0 +1,390 @@
+"""The Flame semantics as async functions over a :class:`Store`.
+
+Shared by the client API (run on the private loop), the service runtime and
+the executor manager, so every state change is written in one place.
+Ordering rule for task completion: record → counters → notice, so a client
+that wakes on the notice already sees the final counters (close checks them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import string
+import time
+from typing import Optional, Sequence
+
+from . import records as R
+from ._store import Conflict, Store
+from .types import (ApplicationState, FlameError, FlameErrorCode, ResourceRequirement, SessionState, TaskState,
+                    validate_application_name, validate_session_id)
+
+MAX_SESSION_EVENTS = 100
+MAX_TASK_EVENTS = 16
+_ALNUM = string.ascii_letters + string.digits
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def short_name(prefix: str, length: int = 6) -> str:
+    """``<prefix>-<length random [A-Za-z0-9]>``, the shape of generated session ids."""
+    return f"{prefix}-{''.join(random.choices(_ALNUM, k=length))}"
+
+
+def _internal(msg: str) -> FlameError:
+    return FlameError(FlameErrorCode.INTERNAL, msg)
+
+
+# -- applications ---------------------------------------------------------------------------------------------
+
+async def register_application(store: Store, name: str, attrs: dict) -> None:
+    validate_application_name(name)
+    wd = attrs.get("working_directory")
+    if wd and not str(wd).startswith("/"):
+        raise _internal(f"working_directory <{wd}> must be an absolute path")
+    rec = R.app_to_record(name, attrs, now_ms())
+    try:
+        await store.put(R.k_app(name), R.pack(rec), if_absent=True)
+    except Conflict:
+        raise _internal(f"application <{name}> already exists") from None
+
+
+async def update_application(store: Store, name: str, attrs: dict) -> None:
+    validate_application_name(name)
+    got = await store.get(R.k_app(name))
+    if got is None:
+        raise _internal(f"application <{name}> not found")
+    await _refuse_if_open_sessions(store, name)
+    old = R.unpack(got[0])
+    rec = R.app_to_record(name, attrs, old["ctime"])
+    try:
+        await store.put(R.k_app(name), R.pack(rec), cas=got[1])
+    except Conflict:
+        raise _internal(f"application <{name}> was changed concurrently") from None
+
+
+async def _refuse_if_open_sessions(store: Store, app: str) -> list[str]:
+    sids = [k.rsplit("/", 1)[1] for k in await store.scan(f"appssn/{app}/")]
+    opened = await store.mget([R.k_open(s) for s in sids]) if sids else []
+    n_open = sum(1 for o in opened if o is not None)
+    if n_open:
+        raise _internal(f"{n_open} open sessions in the application")
+    return sids
+
+
+async def unregister_application(store: Store, name: str) -> None:
+    if await store.get(R.k_app(name)) is None:
+        raise _internal(f"application <{name}> not found")
+    sids = await _refuse_if_open_sessions(store, name)
+    for sid in sids:  # closed sessions and their tasks go with the application
+        await delete_session_data(store, name, sid)
+    await store.delete(R.k_app(name))
+
+
+async def get_application(store: Store, name: str) -> Optional[dict]:
+    got = await store.get(R.k_app(name))
+    return R.unpack(got[0]) if got else None
+
+
+async def list_applications(store: Store) -> list[dict]:
+    keys = await store.scan("app/")
+    recs = [R.unpack(v[0]) for v in await store.mget(keys) if v]
+    return sorted(recs, key=lambda r: (r["ctime"], r["name"]))
+
+
+# -- sessions -------------------------------------------------------------------------------------------------
+
+async def create_session(store: Store, application: str, common_data: Optional[bytes] = None,
+                         session_id: Optional[str] = None, min_instances: int = 0,
+                         max_instances: Optional[int] = None, batch_size: int = 1, priority: int = 0,
+                         resreq: Optional[ResourceRequirement] = None) -> dict:
+    if common_data is not None and not isinstance(common_data, (bytes, bytearray)):
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "common_data must be bytes or None")
+    if min_instances < 0 or (max_instances is not None and max_instances < 0) or batch_size < 1:
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "invalid min_instances/max_instances/batch_size")
+    if max_instances is not None and min_instances > max_instances:
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "min_instances is greater than max_instances")
+    sid = validate_session_id(session_id) if session_id else short_name(application)
+    app = await get_application(store, application)
+    if app is None:
+        raise _internal(f"failed to create session: application <{application}> not found")
+    if app["state"] != int(ApplicationState.ENABLED):
+        raise _internal(f"failed to create session: application <{application}> is not enabled")
+    rec = R.new_session_record(sid, application, bytes(common_data) if common_data is not None else None,
+                               min_instances, max_instances, batch_size, priority,
+                               resreq if resreq is not None else R.DEFAULT_RESREQ, now_ms())
+    try:
+        await store.put(R.k_ssn(sid), R.pack(rec), if_absent=True)
+    except Conflict:
+        raise _internal(f"failed to create session: session <{sid}> already exists") from None
+    await asyncio.gather(store.put(R.k_appssn(application, sid), b""),
+                         store.put(R.k_open(sid), application.encode()))
+    return rec
+
+
+def _spec_mismatch(rec: dict, spec: dict) -> Optional[str]:
+    want_resreq = (spec["resreq"] if spec.get("resreq") is not None else R.DEFAULT_RESREQ).to_list()
+    pairs = [("application", rec["app"], spec["application"]), ("resreq", rec["resreq"], want_resreq),
+             ("min_instances", rec["min"], spec.get("min_instances", 0)),
+             ("max_instances", rec["max"], spec.get("max_instances")),
+             ("batch_size", rec["batch"], spec.get("batch_size", 1)),
+             ("priority", rec["priority"], spec.get("priority", 0))]
+    for field, have, want in pairs:
+        if list(have) != list(want) if isinstance(have, list) else have != want:
+            return f"spec mismatch: {field} is {have}, requested {want}"
+    return None
+
+
+async def open_session(store: Store, session_id: str, spec: Optional[dict] = None) -> dict:
+    got = await store.get(R.k_ssn(session_id))
+    if got is None:
+        if spec is None:
+            raise FlameError(FlameErrorCode.NOT_FOUND, f"session <{session_id}> not found")
+        try:
+            return await create_session(store, spec["application"], spec.get("common_data"), session_id,
+                                        spec.get("min_instances", 0), spec.get("max_instances"),
+                                        spec.get("batch_size", 1), spec.get("priority", 0), spec.get("resreq"))
+        except FlameError as exc:
+            if "already exists" not in exc.message:
+                raise
+            got = await store.get(R.k_ssn(session_id))
+            if got is None:
+                raise
+    rec = R.unpack(got[0])
+    if rec["state"] != int(SessionState.OPEN):
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"session <{session_id}> is not open")
+    if spec is not None:
+        why = _spec_mismatch(rec, spec)
+        if why:
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, why)
+    return rec
+
+
+async def get_session(store: Store, session_id: str) -> tuple[dict, dict]:
+    got = await store.get(R.k_ssn(session_id))
+    if got is None:
+        raise _internal(f"session <{session_id}> not found")
+    return R.unpack(got[0]), await session_counters(store, session_id)
+
+
+async def session_counters(store: Store, sid: str) -> dict:
+    vals = await store.mget([R.k_cnt(sid, c) for c in R.COUNTERS])
+    return {c: _as_int(v) for c, v in zip(R.COUNTERS, vals)}
+
+
+def _as_int(v) -> int:
+    if v is None:
+        return 0
+    try:
+        return max(0, int(v[0]))
+    except ValueError:
+        return 0
+
+
+async def list_sessions(store: Store) -> list[tuple[dict, dict]]:
+    keys = await store.scan("ssn/")
+    recs = [R.unpack(v[0]) for v in await store.mget(keys) if v]
+    counters = await store.mget([R.k_cnt(r["id"], c) for r in recs for c in R.COUNTERS])
+    out = []
+    for i, rec in enumerate(recs):
+        vals = counters[i * len(R.COUNTERS):(i + 1) * len(R.COUNTERS)]
+        out.append((rec, {c: _as_int(v) for c, v in zip(R.COUNTERS, vals)}))
+    out.sort(key=lambda rc: (rc[0]["state"], rc[0]["ctime"], rc[0]["id"]))  # open first, then creation order
+    return out
+
+
+async def update_session(store: Store, sid: str, change) -> Optional[dict]:
+    """Read-modify-CAS loop on a session record; ``change(rec)`` returns False to skip the write."""
+    while True:
+        got = await store.get(R.k_ssn(sid))
+        if got is None:
+            return None
+        rec = R.unpack(got[0])
+        if change(rec) is False:
+            return rec
+        try:
+            await store.put(R.k_ssn(sid), R.pack(rec), cas=got[1])
+            return rec
+        except Conflict:
+            continue
+
+
+async def add_session_event(store: Store, sid: str, code: int, message: str, **fields) -> Optional[dict]:
+    def change(rec):
+        rec["events"] = (rec.get("events") or [])[-(MAX_SESSION_EVENTS - 1):] + [[code, message, now_ms()]]
+        rec.update(fields)
+    return await update_session(store, sid, change)
+
+
+async def close_session(store: Store, sid: str) -> dict:
+    got = await store.get(R.k_ssn(sid))
+    if got is None:
+        raise _internal(f"session <{sid}> not found")
+    rec = R.unpack(got[0])
+    if rec["state"] == int(SessionState.CLOSED):
+        return rec  # closing twice is fine
+    counters = await session_counters(store, sid)
+    if counters["running"] > 0:
+        raise _internal("Cannot close session with running tasks")
+
+    def change(r):
+        if r["state"] == int(SessionState.CLOSED):
+            return False
+        r["state"] = int(SessionState.CLOSED)
+        r["dtime"] = now_ms()
+    rec = await update_session(store, sid, change)
+    await store.delete(R.k_open(sid))
+    await cancel_pending_tasks(store, sid, TaskState.CANCELLED, "Task was cancelled because its session was closed")
+    try:  # nothing in the queue can run any more
+        await store.purge(R.q_tasks(sid))
+    except Exception:
+        pass
+    return rec
+
+
+async def delete_session_data(store: Store, app: str, sid: str) -> None:
+    keys = await store.scan(f"task/{sid}/")
+    recs = await store.mget(keys)
+    chunk_keys = [k for v in recs if v for ref in (R.unpack(v[0]).get("input"), R.unpack(v[0]).get("output"))
+                  for k in R.blob_chunk_keys(ref)]
+    await store.delete_many(keys + chunk_keys + [R.k_cnt(sid, c) for c in R.COUNTERS]
+                            + [R.k_seq(sid), R.k_alloc(sid), R.k_appssn(app, sid), R.k_ssn(sid)])
+
+
+# -- tasks ----------------------------------------------------------------------------------------------------
+
+async def create_tasks(store: Store, sid: str, inputs: Sequence[Optional[bytes]], reply: Optional[str]) -> list[int]:
+    """Create len(inputs) PENDING tasks in one pipelined burst; returns their ids."""
+    for data in inputs:
+        if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "task input must be bytes or None")
+    n = len(inputs)
+    opened, last = await asyncio.gather(store.get(R.k_open(sid)), store.incr(R.k_seq(sid), n))
+    if opened is None:
+        raise _internal(f"session <{sid}> is not open")
+    ids = list(range(last - n + 1, last + 1))
+    now = now_ms()
+    writes = []
+    chunk_writes: list = []
+    for tid, data in zip(ids, inputs):
+        ref, chunks = R.split_blob(data)
+        chunk_writes.extend(chunks)
+        writes.append((R.k_task(sid, tid), R.pack(R.new_task_record(sid, tid, ref, reply, now))))
+    await store.write_chunks(chunk_writes)
+    await asyncio.gather(*(store.put(k, v) for k, v in writes), store.incr(R.k_cnt(sid, "pending"), n))
+    await asyncio.gather(*(store.enqueue(R.q_tasks(sid), str(tid).encode()) for tid in ids))
+    return ids
+
+
+async def get_task_record(store: Store, sid: str, tid) -> Optional[tuple[dict, int]]:
+    got = await store.get(R.k_task(sid, tid))
+    return (R.unpack(got[0]), got[1]) if got else None
+
+
+async def load_task(store: Store, sid: str, tid):
+    got = await get_task_record(store, sid, tid)
+    if got is None:
+        raise _internal(f"task <{tid}> of session <{sid}> not found")
+    rec = got[0]
+    inp, out = await asyncio.gather(store.read_blob(rec.get("input")), store.read_blob(rec.get("output")))
+    return R.task_from_record(rec, inp, out)
+
+
+def _event(rec: dict, code: int, message: str) -> None:
+    events = rec.get("events") or []
+    rec["events"] = (events if len(events) < MAX_TASK_EVENTS else events[:1] + events[-(MAX_TASK_EVENTS - 2):]) \
+        + [[code, message, now_ms()]]
+
+
+async def start_task(store: Store, sid: str, tid: int, instance_id: str, seq: int) -> Optional[tuple[dict, int]]:
+    """PENDING → RUNNING for the instance that dequeued it; None when it is not pending any more."""
+    while True:
+        got = await get_task_record(store, sid, tid)
+        if got is None or got[0]["state"] != int(TaskState.PENDING):
+            return None
+        rec, version = got
+        rec["state"] = int(TaskState.RUNNING)
+        rec["instance"] = instance_id
+        _event(rec, int(TaskState.RUNNING), "Task state was updated to <Running>")
+        try:
+            version = await store.put(R.k_task(sid, tid), R.pack(rec), cas=version)
+        except Conflict:
+            continue
+        await asyncio.gather(store.incr(R.k_cnt(sid, "pending"), -1), store.incr(R.k_cnt(sid, "running"), 1),
+                             store.put(R.k_cur(instance_id), R.pack([sid, tid, seq])))
+        return rec, version
+
+
+async def finish_task(store: Store, sid: str, rec: dict, version: int, state: TaskState,
+                      output: Optional[bytes], message: Optional[str]) -> bool:
+    """RUNNING/PENDING → terminal, then counters, then the client's notice. False if someone else finished it."""
+    ref, chunks = R.split_blob(output)
+    await store.write_chunks(chunks)
+    prev_state = rec["state"]
+    tid = rec["id"]
+    while True:
+        rec["state"] = int(state)
+        rec["output"] = ref
+        rec["dtime"] = now_ms()
+        if state == TaskState.SUCCEED:
+            _event(rec, int(state), "Task was completed with state <Succeed>")
+        else:
+            _event(rec, int(state), message or "Task failed without error message")
+        try:
+            await store.put(R.k_task(sid, tid), R.pack(rec), cas=version)
+            break
+        except Conflict:
+            got = await get_task_record(store, sid, tid)
+            if got is None or got[0]["state"] != prev_state:
+                return False
+            rec, version = got
+    from_counter = "running" if prev_state == int(TaskState.RUNNING) else "pending"
+    to_counter = {TaskState.SUCCEED: "succeed", TaskState.FAILED: "failed", TaskState.CANCELLED: "cancelled"}[state]
+    await asyncio.gather(store.incr(R.k_cnt(sid, from_counter), -1), store.incr(R.k_cnt(sid, to_counter), 1))
+    await notify(store, rec, message)
+    return True
+
+
+async def notify(store: Store, rec: dict, message: Optional[str] = None) -> None:
+    """Tell the waiting client (if any) that a task is terminal."""
+    if rec.get("reply"):
+        if message is None and rec["state"] != int(TaskState.SUCCEED):
+            message = R.failure_message(rec)
+        await store.enqueue(rec["reply"], R.reply_notice(rec["ssn"], rec["id"], rec["state"], rec.get("output"),
+                                                         message))
+
+
+async def cancel_pending_tasks(store: Store, sid: str, state: TaskState, message: str) -> int:
+    """Every PENDING task of the session → ``state`` (CANCELLED on close, FAILED when no instance can start)."""
+    keys = await store.scan(f"task/{sid}/")
+    n = 0
+    for i in range(0, len(keys), 256):
+        batch = keys[i:i + 256]
+        vals = await store.mget(batch)
+        jobs = []
+        for v in vals:
+            if v is None:
+                continue
+            rec = R.unpack(v[0])
+            if rec["state"] == int(TaskState.PENDING):
+                jobs.append(finish_task(store, sid, rec, v[1], state, None, message))
+        n += sum(1 for ok in await asyncio.gather(*jobs) if ok)
+    return n
+
+
+async def fail_lost_task(store: Store, sid: str, tid: int, seq: Optional[int], message: str) -> None:
+    """The instance running ``tid`` died: the task FAILS (no retry) and its queue message is settled."""
+    got = await get_task_record(store, sid, tid)
+    if got is not None:
+        rec, version = got
+        if rec["state"] == int(TaskState.RUNNING):
+            await finish_task(store, sid, rec, version, TaskState.FAILED, None, message)
+        elif rec["state"] in (int(TaskState.SUCCEED), int(TaskState.FAILED)):
+            await notify(store, rec)  # it may have died between the record and the notice
+    if seq is not None:
+        try:
+            await store.ack(R.q_tasks(sid), [seq])
+        except Exception:  # lease may already be gone; the next dequeuer skips a non-pending task anyway
+            pass

@@ -1,0 +1,178 @@
+"""How flamepy lays its state out in Flo, and the msgpack records stored there.
+
+All keys live in one namespace (``flame`` unless ``FLAME_NAMESPACE`` says
+otherwise). Application, session and task ids are restricted to
+``[A-Za-z0-9._-]`` so ``/`` is a safe separator and prefix scans are exact.
+
+=====================  =====================================================
+key / queue            what
+=====================  =====================================================
+app/<name>             application record
+ssn/<id>               session record (state, spec, events)
+open/<id>              exists while the session is open (value: app name)
+appssn/<app>/<id>      index of an application's sessions
+seq/<id>               task id counter (kv.incr)
+task/<id>/<tid>        task record (state, input, output, events)
+cnt/<id>/<counter>     pending / running / succeed / failed / cancelled
+alloc/<id>             instances reserved for the session (all managers)
+cur/<instance>         what an instance is doing: [session, task id, seq]
+ready/<instance>       written by an instance once it serves its session
+blob/<uuid>/<i>        chunks of values bigger than one KV value
+obj/<app>/<ssn>/<oid>  object cache record; objd/.../<n> its deltas
+q: tasks/<id>          pending task ids of a session (leased queue)
+q: reply/<client>      completion notices for one client process
+=====================  =====================================================
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Optional
+
+import msgpack
+
+from .types import (Application, ApplicationSchema, ApplicationState, Event, ResourceRequirement, Shim, Task,
+                    TaskState)
+
+NAMESPACE = os.environ.get("FLAME_NAMESPACE", "flame")
+# A Flo request frame is 256 KiB; keep every KV value comfortably below it.
+CHUNK = 192 * 1024
+INLINE_MAX = 160 * 1024
+COUNTERS = ("pending", "running", "succeed", "failed", "cancelled")
+
+# Session event codes (Flame's numbers; 1003 is ours: tasks failed because no instance could start).
+EVENT_BIND_FAILED = 1001
+EVENT_RETRY_LIMIT = 1002
+EVENT_INSTANCE_LOST = 1003
+
+DEFAULT_RESREQ = ResourceRequirement(cpu=1, memory=1 << 30, gpu=0)
+DEFAULT_DELAY_RELEASE = 60
+DEFAULT_APP_MAX_INSTANCES = 1_000_000
+
+
+def k_app(name: str) -> str: return f"app/{name}"
+def k_ssn(sid: str) -> str: return f"ssn/{sid}"
+def k_open(sid: str) -> str: return f"open/{sid}"
+def k_appssn(app: str, sid: str) -> str: return f"appssn/{app}/{sid}"
+def k_seq(sid: str) -> str: return f"seq/{sid}"
+def k_task(sid: str, tid: int | str) -> str: return f"task/{sid}/{tid}"
+def k_cnt(sid: str, name: str) -> str: return f"cnt/{sid}/{name}"
+def k_alloc(sid: str) -> str: return f"alloc/{sid}"
+def k_cur(iid: str) -> str: return f"cur/{iid}"
+def k_ready(iid: str) -> str: return f"ready/{iid}"
+def k_blob(bid: str, i: int) -> str: return f"blob/{bid}/{i}"
+def k_obj(key: str) -> str: return f"obj/{key}"
+def k_objd(key: str, n: int) -> str: return f"objd/{key}/{n}"
+def q_tasks(sid: str) -> str: return f"tasks/{sid}"
+def q_reply(client_id: str) -> str: return f"reply/{client_id}"
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+# -- blobs: task inputs/outputs and objects can exceed one KV value -------------------------------------------
+
+def split_blob(data: Optional[bytes]) -> tuple[Any, list[tuple[str, bytes]]]:
+    """(reference stored in the record, chunk writes to do first). Small values stay inline."""
+    if data is None:
+        return None, []
+    data = bytes(data)
+    if len(data) <= INLINE_MAX:
+        return ["i", data], []
+    bid = uuid.uuid4().hex
+    chunks = [(k_blob(bid, i), data[off:off + CHUNK]) for i, off in enumerate(range(0, len(data), CHUNK))]
+    return ["c", bid, len(chunks), len(data)], chunks
+
+
+def blob_chunk_keys(ref: Any) -> list[str]:
+    if not ref or ref[0] != "c":
+        return []
+    return [k_blob(ref[1], i) for i in range(ref[2])]
+
+
+# -- applications ---------------------------------------------------------------------------------------------
+
+def app_to_record(name: str, attrs: dict, now_ms: int) -> dict:
+    schema = attrs.get("schema")
+    if isinstance(schema, ApplicationSchema):
+        schema = [schema.input, schema.output, schema.common_data]
+    elif isinstance(schema, dict):
+        schema = [schema.get("input"), schema.get("output"), schema.get("common_data")]
+    if schema is not None:
+        schema = [s or None for s in schema]
+        if not any(schema):
+            schema = None
+    return {
+        "name": name, "state": int(ApplicationState.ENABLED), "ctime": now_ms,
+        "shim": int(Shim.parse(attrs.get("shim"))),
+        "image": attrs.get("image"), "description": attrs.get("description"),
+        "labels": list(attrs.get("labels") or []),
+        "command": attrs.get("command"), "arguments": [str(a) for a in attrs.get("arguments") or []],
+        "environments": {str(k): str(v) for k, v in (attrs.get("environments") or {}).items()},
+        "working_directory": attrs.get("working_directory") or None,
+        "max_instances": int(attrs["max_instances"]) if attrs.get("max_instances") is not None
+        else DEFAULT_APP_MAX_INSTANCES,
+        "delay_release": int(attrs["delay_release"]) if attrs.get("delay_release") is not None
+        else DEFAULT_DELAY_RELEASE,
+        "schema": schema, "url": attrs.get("url"), "installer": attrs.get("installer"),
+    }
+
+
+def app_from_record(rec: dict) -> Application:
+    schema = rec.get("schema")
+    return Application(
+        id=rec["name"], name=rec["name"], state=ApplicationState(rec["state"]), creation_time=rec["ctime"],
+        shim=Shim(rec["shim"]), image=rec.get("image"), description=rec.get("description"),
+        labels=list(rec.get("labels") or []), command=rec.get("command"),
+        arguments=list(rec.get("arguments") or []), environments=dict(rec.get("environments") or {}),
+        working_directory=rec.get("working_directory"), max_instances=rec.get("max_instances"),
+        delay_release=rec.get("delay_release"),
+        schema=ApplicationSchema(*schema) if schema else None, url=rec.get("url"), installer=rec.get("installer"))
+
+
+# -- sessions -------------------------------------------------------------------------------------------------
+
+def new_session_record(sid: str, app: str, common_data: Optional[bytes], min_instances: int,
+                       max_instances: Optional[int], batch_size: int, priority: int,
+                       resreq: ResourceRequirement, now_ms: int) -> dict:
+    return {"id": sid, "app": app, "common_data": common_data, "min": min_instances, "max": max_instances,
+            "batch": batch_size, "priority": priority, "resreq": resreq.to_list(), "state": 0, "ctime": now_ms,
+            "dtime": None, "events": [], "bind_failures": 0, "broken": None}
+
+
+def events_of(rec: dict) -> list[Event]:
+    return [Event(code=e[0], message=e[1], creation_time=e[2]) for e in rec.get("events") or []]
+
+
+# -- tasks ----------------------------------------------------------------------------------------------------
+
+def new_task_record(sid: str, tid: int, input_ref: Any, reply: Optional[str], now_ms: int) -> dict:
+    return {"id": tid, "ssn": sid, "state": int(TaskState.PENDING), "ctime": now_ms, "dtime": None,
+            "input": input_ref, "output": None, "reply": reply, "instance": None,
+            "events": [[0, "Task was created with state <Pending>", now_ms]]}
+
+
+def task_from_record(rec: dict, input_data: Optional[bytes], output_data: Optional[bytes]) -> Task:
+    return Task(id=str(rec["id"]), session_id=rec["ssn"], state=TaskState(rec["state"]),
+                creation_time=rec["ctime"], input=input_data, output=output_data,
+                completion_time=rec.get("dtime"), events=events_of(rec))
+
+
+def failure_message(rec: dict) -> str:
+    """The message a failed/cancelled task carries (its last failure event)."""
+    for code, message, _ in reversed(rec.get("events") or []):
+        if code in (int(TaskState.FAILED), int(TaskState.CANCELLED)):
+            return message
+    return "Task failed without error message"
+
+
+def reply_notice(sid: str, tid: int, state: int, output_ref: Any, message: Optional[str]) -> bytes:
+    """Completion notice sent to the waiting client's reply queue (output inline when it is)."""
+    return pack([sid, tid, state, output_ref if output_ref and output_ref[0] == "i" else None,
+                 bool(output_ref) and output_ref[0] == "c", message])

@@ -1,0 +1,488 @@
+"""The executor manager: launches one service process per (session, instance) on this node.
+
+It runs inside flo-server by default (:func:`run_embedded_executor`) and
+standalone elsewhere (``flame-executor --server HOST:PORT``). Every cycle
+(``interval``, 100 ms like Flame's scheduler) it reads the open sessions and
+their counters, and for each session wants
+``clamp(pending + running, min_instances, max_instances)`` instances in the
+whole cluster. Instances are reserved with a CAS on ``alloc/<session>`` (a
+map node → count, entries of dead nodes ignored), so several managers never
+exceed a session's max_instances. Capacity per node is cpu / memory / gpu /
+instance count against each session's resreq.
+
+A launched process gets ``FLAME_ENDPOINT``, ``FLAME_SESSION_ID``,
+``FLAME_INSTANCE_ID`` and ``FLAME_IDLE_TIMEOUT`` (the app's delay_release;
+0 for the ``min_instances`` warm ones) and must write ``ready/<instance>``
+within ``startup_timeout``; otherwise (or if it exits first) the bind failure
+is a session event (1001), and after ``bind_retry_limit`` failures (1002) the
+session's pending tasks fail with that reason instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import sys
+import re
+import shutil
+import signal
+import socket
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..core import ops
+from ..core import records as R
+from ..core._store import Conflict, Store
+from ..core.types import ResourceRequirement, TaskState
+
+__all__ = ["ExecutorManager", "NodeCapacity", "run_embedded_executor"]
+
+log = logging.getLogger("flamepy.executor")
+
+NODE_TTL_S = 15
+NODE_HEARTBEAT_S = 5.0
+STOP_GRACE_S = 5.0
+
+
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 8 << 30
+
+
+@dataclass
+class NodeCapacity:
+    cpu: int = field(default_factory=lambda: os.cpu_count() or 1)
+    memory: int = field(default_factory=_total_memory)
+    gpu: int = 0
+    max_instances: int = 128
+
+    @classmethod
+    def from_env(cls) -> "NodeCapacity":
+        from ..core.types import parse_memory
+        cap = cls()
+        if os.environ.get("FLAME_EXECUTOR_CPU"):
+            cap.cpu = int(os.environ["FLAME_EXECUTOR_CPU"])
+        if os.environ.get("FLAME_EXECUTOR_MEMORY"):
+            cap.memory = parse_memory(os.environ["FLAME_EXECUTOR_MEMORY"])
+        if os.environ.get("FLAME_EXECUTOR_GPU"):
+            cap.gpu = int(os.environ["FLAME_EXECUTOR_GPU"])
+        if os.environ.get("FLAME_EXECUTOR_MAX_INSTANCES"):
+            cap.max_instances = int(os.environ["FLAME_EXECUTOR_MAX_INSTANCES"])
+        return cap
+
+
+@dataclass
+class _Instance:
+    id: str
+    session_id: str
+    resreq: ResourceRequirement
+    warm: bool
+    proc: Optional[asyncio.subprocess.Process] = None
+    ready: bool = False
+    stopping: bool = False
+    temp_dir: Optional[str] = None
+    supervisor: Optional[asyncio.Task] = None
+
+
+def _set_pdeathsig() -> None:
+    """In the child: die with the manager (Linux), so a crashed manager leaves no orphans."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # pragma: no cover - not Linux
+        pass
+
+
+def _safe_node_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name)[:64] or "node"
+
+
+class ExecutorManager:
+    """Launches, scales and stops service processes for the sessions of one flo-server.
+
+    >>> mgr = ExecutorManager("127.0.0.1:9000")          # doctest: +SKIP
+    >>> await mgr.start(); ...; await mgr.stop()          # doctest: +SKIP
+    """
+
+    def __init__(self, endpoint: str, node_name: Optional[str] = None, capacity: Optional[NodeCapacity] = None,
+                 work_dir: Optional[str] = None, interval: float = 0.1, startup_timeout: float = 30.0,
+                 bind_retry_limit: int = 5) -> None:
+        self.endpoint = endpoint
+        self.node = _safe_node_name(node_name or os.environ.get("FLAME_EXECUTOR_NODE") or socket.gethostname())
+        self.capacity = capacity or NodeCapacity.from_env()
+        self.work_dir = work_dir or os.path.join(tempfile.gettempdir(), "flame-executor", self.node)
+        self.interval = interval
+        self.startup_timeout = float(os.environ.get("FLAME_STARTUP_TIMEOUT", startup_timeout))
+        self.bind_retry_limit = bind_retry_limit
+        self.store = Store(endpoint)
+        self.instances: dict[str, _Instance] = {}
+        self._task: Optional[asyncio.Task] = None
+        self._stopping = False
+        self._failing: set[str] = set()
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.connect()
+        os.makedirs(self.work_dir, exist_ok=True)
+        await self._heartbeat()
+        await self._forget_own_reservations()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="flame-executor")
+        log.info("executor manager %s serving %s (cpu=%s mem=%s gpu=%s max=%s)", self.node, self.endpoint,
+                 self.capacity.cpu, self.capacity.memory, self.capacity.gpu, self.capacity.max_instances)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await asyncio.gather(*(self._terminate(i) for i in list(self.instances.values())), return_exceptions=True)
+        sups = [i.supervisor for i in self.instances.values() if i.supervisor]
+        if sups:
+            await asyncio.wait(sups, timeout=STOP_GRACE_S + 2)
+        with contextlib.suppress(Exception):
+            await self.store.delete(f"node/{self.node}")
+        await self.store.close()
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        last_beat = time.monotonic()
+        while not self._stopping:
+            try:
+                await self.cycle()
+                if time.monotonic() - last_beat >= NODE_HEARTBEAT_S:
+                    await self._heartbeat()
+                    last_beat = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("executor cycle failed")
+                await asyncio.sleep(1.0)  # flo-server restarting or unreachable: back off, then retry
+            await asyncio.sleep(self.interval)
+
+    async def _heartbeat(self) -> None:
+        await self.store.put(f"node/{self.node}", R.pack({
+            "cpu": self.capacity.cpu, "memory": self.capacity.memory, "gpu": self.capacity.gpu,
+            "max": self.capacity.max_instances, "instances": len(self.instances), "pid": os.getpid(),
+            "time": ops.now_ms()}), ttl_seconds=NODE_TTL_S)
+
+    async def _forget_own_reservations(self) -> None:
+        """A restarted manager has no instances: drop what it had reserved before."""
+        for key in await self.store.scan("alloc/"):
+            await self._change_alloc(key[len("alloc/"):], None)
+
+    # -- the scheduling cycle ---------------------------------------------------------------------------------
+
+    async def cycle(self) -> None:
+        open_ids = [k[len("open/"):] for k in await self.store.scan("open/")]
+        open_set = set(open_ids)
+        for inst in list(self.instances.values()):
+            if inst.session_id not in open_set and not inst.stopping:
+                log.info("session %s closed: stopping instance %s", inst.session_id, inst.id)
+                asyncio.get_running_loop().create_task(self._terminate(inst))
+        if not open_ids:
+            return
+        recs = await self.store.mget([R.k_ssn(s) for s in open_ids])
+        counters = await self.store.mget([R.k_cnt(s, c) for s in open_ids for c in ("pending", "running")])
+        allocs = await self.store.mget([R.k_alloc(s) for s in open_ids])
+        live_nodes = {k[len("node/"):] for k in await self.store.scan("node/")} | {self.node}
+        sessions = []
+        for i, (sid, got) in enumerate(zip(open_ids, recs)):
+            if got is None:
+                continue
+            rec = R.unpack(got[0])
+            pending = ops._as_int(counters[2 * i])
+            running = ops._as_int(counters[2 * i + 1])
+            alloc = R.unpack(allocs[i][0]) if allocs[i] else {}
+            allocated = sum(n for node, n in alloc.items() if node in live_nodes)
+            sessions.append((rec, pending, running, allocated))
+        sessions.sort(key=lambda s: (-s[0].get("priority", 0), s[0]["ctime"]))
+        apps: dict[str, Optional[dict]] = {}
+        for rec, pending, running, allocated in sessions:
+            sid = rec["id"]
+            if rec.get("broken"):
+                if pending and sid not in self._failing:
+                    asyncio.get_running_loop().create_task(self._fail_pending(sid, rec["broken"]))
+                continue
+            limit = rec["max"] if rec["max"] is not None else 1 << 31
+            demand = min(max(pending + running, rec["min"]), limit)
+            if allocated >= demand:
+                continue
+            app_name = rec["app"]
+            if app_name not in apps:
+                apps[app_name] = await ops.get_application(self.store, app_name)
+            app = apps[app_name]
+            if app is None:
+                continue
+            resreq = ResourceRequirement.from_list(rec["resreq"]) or R.DEFAULT_RESREQ
+            mine = sum(1 for i in self.instances.values() if i.session_id == sid)
+            while allocated < demand and self._fits(resreq):
+                slot = await self._reserve(sid, demand, live_nodes)
+                if slot is None:
+                    break
+                allocated = slot
+                warm = mine < rec["min"]
+                mine += 1
+                self._launch(rec, app, resreq, warm)
+
+    def _used(self) -> ResourceRequirement:
+        used = ResourceRequirement()
+        for inst in self.instances.values():
+            used.cpu += inst.resreq.cpu
+            used.memory += inst.resreq.memory
+            used.gpu += inst.resreq.gpu
+        return used
+
+    def _fits(self, r: ResourceRequirement) -> bool:
+        used = self._used()
+        return (len(self.instances) < self.capacity.max_instances and used.cpu + r.cpu <= self.capacity.cpu
+                and used.memory + r.memory <= self.capacity.memory and used.gpu + r.gpu <= self.capacity.gpu)
+
+    async def _reserve(self, sid: str, demand: int, live_nodes: set) -> Optional[int]:
+        """CAS +1 on this node's entry of alloc/<sid> if the live total is below demand; the new total."""
+        key = R.k_alloc(sid)
+        while True:
+            got = await self.store.get(key)
+            alloc = R.unpack(got[0]) if got else {}
+            total = sum(n for node, n in alloc.items() if node in live_nodes)
+            if total >= demand:
+                return None
+            alloc = {n: c for n, c in alloc.items() if n in live_nodes}
+            alloc[self.node] = alloc.get(self.node, 0) + 1
+            try:
+                if got is None:
+                    await self.store.put(key, R.pack(alloc), if_absent=True)
+                else:
+                    await self.store.put(key, R.pack(alloc), cas=got[1])
+                return total + 1
+            except Conflict:
+                continue
+
+    async def _change_alloc(self, sid: str, delta: Optional[int]) -> None:
+        """Add ``delta`` to this node's entry (None: remove it)."""
+        key = R.k_alloc(sid)
+        while True:
+            got = await self.store.get(key)
+            if got is None:
+                return
+            alloc = R.unpack(got[0])
+            if delta is None:
+                if self.node not in alloc:
+                    return
+                alloc.pop(self.node)
+            else:
+                alloc[self.node] = max(0, alloc.get(self.node, 0) + delta)
+            try:
+                await self.store.put(key, R.pack(alloc), cas=got[1])
+                return
+            except Conflict:
+                continue
+
+    # -- instances --------------------------------------------------------------------------------------------
+
+    def _launch(self, rec: dict, app: dict, resreq: ResourceRequirement, warm: bool) -> None:
+        inst = _Instance(id=f"{self.node}-{uuid.uuid4().hex[:10]}", session_id=rec["id"], resreq=resreq, warm=warm)
+        self.instances[inst.id] = inst
+        inst.supervisor = asyncio.get_running_loop().create_task(self._supervise(inst, rec, app))
+
+    def _environment(self, inst: _Instance, app: dict) -> dict:
+        env = dict(os.environ)
+        for k, v in (app.get("environments") or {}).items():
+            env[k] = os.path.expandvars(v)
+        env.update({
+            "FLAME_ENDPOINT": self.endpoint,
+            "FLAME_SESSION_ID": inst.session_id,
+            "FLAME_INSTANCE_ID": inst.id,
+            "FLAME_INSTANCE_ENDPOINT": f"flo://{self.endpoint}/{R.NAMESPACE}/{inst.session_id}/{inst.id}",
+            "FLAME_NAMESPACE": R.NAMESPACE,
+            "FLAME_IDLE_TIMEOUT": "0" if inst.warm else str(app.get("delay_release") or R.DEFAULT_DELAY_RELEASE),
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    async def _spawn(self, inst: _Instance, app: dict) -> tuple[asyncio.subprocess.Process, str]:
+        env = self._environment(inst, app)
+        cwd = app.get("working_directory")
+        if not cwd:
+            cwd = inst.temp_dir = os.path.join(self.work_dir, inst.id)
+            os.makedirs(cwd, exist_ok=True)
+        elif not os.path.isdir(cwd):
+            raise RuntimeError(f"working directory {cwd} does not exist")
+        tmp = os.path.join(cwd, "work", app["name"], "tmp") if inst.temp_dir else None
+        if tmp:
+            os.makedirs(tmp, exist_ok=True)
+            env.update(TMPDIR=tmp, TEMP=tmp, TMP=tmp)
+        command = app.get("command")
+        if not command:
+            raise RuntimeError(f"application {app['name']} has no command")
+        command = os.path.expandvars(command)
+        resolved = command if os.sep in command else shutil.which(command, path=env.get("PATH"))
+        if (not resolved or not os.path.exists(resolved)) and _PYTHON_NAME.fullmatch(os.path.basename(command)):
+            # The guide's spec says /usr/bin/python, which many systems (Debian among them) do not have:
+            # a missing "python" means "a Python that can import flamepy", i.e. the one running us.
+            log.info("%s not found: running %s with %s", command, app["name"], sys.executable)
+            resolved = sys.executable
+        if not resolved:
+            raise RuntimeError(f"command {command} not found in PATH")
+        args = [os.path.expandvars(a) for a in app.get("arguments") or []]
+        out_path = os.path.join(cwd, f"{inst.id}.out")
+        err_path = os.path.join(cwd, f"{inst.id}.err")
+        with open(out_path, "ab") as out, open(err_path, "ab") as err:
+            proc = await asyncio.create_subprocess_exec(
+                resolved, *args, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, preexec_fn=_set_pdeathsig)
+        return proc, err_path
+
+    async def _supervise(self, inst: _Instance, rec: dict, app: dict) -> None:
+        sid = inst.session_id
+        err_path = None
+        try:
+            try:
+                inst.proc, err_path = await self._spawn(inst, app)
+            except Exception as exc:
+                await self._bind_failed(inst, 11, f"failed to start {app.get('command')}: {exc}")
+                return
+            log.info("instance %s (pid %s) launched for session %s", inst.id, inst.proc.pid, sid)
+            if not await self._await_ready(inst, err_path):
+                return
+            rc = await inst.proc.wait()
+            log.info("instance %s of session %s exited with code %s", inst.id, sid, rc)
+            cur = await self.store.get(R.k_cur(inst.id))
+            if cur is not None:  # it died mid-task: that task fails (no retry), clearly
+                c_sid, tid, seq = R.unpack(cur[0])
+                await ops.fail_lost_task(self.store, c_sid, tid, seq,
+                                         f"instance {inst.id} exited with code {rc} while running task {tid}"
+                                         f"{_tail_of(err_path)}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("supervising instance %s failed", inst.id)
+        finally:
+            if inst.proc is not None and inst.proc.returncode is None:
+                await self._kill(inst)
+            with contextlib.suppress(Exception):
+                await self.store.delete_many([R.k_cur(inst.id), R.k_ready(inst.id)])
+            with contextlib.suppress(Exception):
+                await self._change_alloc(sid, -1)
+            self.instances.pop(inst.id, None)
+            if inst.temp_dir:
+                shutil.rmtree(inst.temp_dir, ignore_errors=True)
+
+    async def _await_ready(self, inst: _Instance, err_path: str) -> bool:
+        ready = asyncio.ensure_future(self.store.get(R.k_ready(inst.id), block_ms=int(self.startup_timeout * 1000)))
+        exited = asyncio.ensure_future(inst.proc.wait())
+        done, _ = await asyncio.wait({ready, exited}, timeout=self.startup_timeout + 1,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if ready in done and ready.exception() is None and ready.result() is not None:
+            exited.cancel()
+            status = R.unpack(ready.result()[0])
+            if status[0] == "ok":
+                inst.ready = True
+                return True
+            await self._kill(inst)
+            await self._bind_failed(inst, 12, f"{status[1]}{_tail_of(err_path)}")
+            return False
+        ready.cancel()
+        if exited in done:
+            await self._bind_failed(inst, 11, f"process exited with code {inst.proc.returncode} before it was ready"
+                                              f"{_tail_of(err_path)}")
+        else:
+            exited.cancel()
+            await self._kill(inst)
+            await self._bind_failed(inst, 11, f"not ready within {self.startup_timeout:g}s{_tail_of(err_path)}")
+        return False
+
+    async def _bind_failed(self, inst: _Instance, code: int, reason: str) -> None:
+        sid = inst.session_id
+        msg = f"executor {inst.id} on node {self.node} failed to bind session {sid}: ({code}) {reason}"
+        log.warning(msg)
+
+        def change(rec):
+            rec["bind_failures"] = rec.get("bind_failures", 0) + 1
+            events = rec.get("events") or []
+            events.append([R.EVENT_BIND_FAILED, msg, ops.now_ms()])
+            if rec["bind_failures"] >= self.bind_retry_limit and not rec.get("broken"):
+                rec["broken"] = f"no instance of session {sid} could start ({rec['bind_failures']} attempts); " \
+                                f"last: {reason}"
+                events.append([R.EVENT_RETRY_LIMIT, rec["broken"], ops.now_ms()])
+            rec["events"] = events[-ops.MAX_SESSION_EVENTS:]
+        rec = await ops.update_session(self.store, sid, change)
+        if rec is not None and rec.get("broken"):
+            await self._fail_pending(sid, rec["broken"])
+
+    async def _fail_pending(self, sid: str, reason: str) -> None:
+        self._failing.add(sid)
+        try:
+            await ops.cancel_pending_tasks(self.store, sid, TaskState.FAILED, reason)
+        finally:
+            self._failing.discard(sid)
+
+    async def _terminate(self, inst: _Instance) -> None:
+        inst.stopping = True
+        if inst.proc is None or inst.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(inst.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(inst.proc.wait()), STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            await self._kill(inst)
+
+    async def _kill(self, inst: _Instance) -> None:
+        if inst.proc is not None and inst.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(inst.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await inst.proc.wait()
+
+
+def _tail_of(path: Optional[str], limit: int = 400) -> str:
+    """The last lines of an instance's stderr, to make a failure message self-explanatory."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            text = f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f"; stderr: ...{text[-limit:]}" if text else ""
+
+
+_PYTHON_NAME = re.compile(r"python[0-9.]*")
+
+
+async def run_embedded_executor(endpoint: str, stop_event: asyncio.Event, **kwargs) -> None:
+    """Run an executor manager inside flo-server until ``stop_event`` is set.
+
+    flo_server/app.py starts it as a task once the listener is up::
+
+        task = asyncio.create_task(run_embedded_executor(f"127.0.0.1:{port}", stop_event))
+    """
+    manager = ExecutorManager(endpoint, **kwargs)
+    for attempt in range(50):  # the listener may need a moment
+        try:
+            await manager.start()
+            break
+        except Exception:
+            if stop_event.is_set() or attempt == 49:
+                raise
+            await asyncio.sleep(0.1)
+    try:
+        await stop_event.wait()
+    finally:
+        await manager.stop()

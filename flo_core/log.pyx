@@ -1,0 +1,589 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+# distutils: libraries = z
+"""The append-only log file: segments, record framing, CRC checks, torn tails.
+
+Layout: ``DIR/NNNNNNNNNNNNNNNNNNNN.seg`` (20 digits = the LSN of the segment's
+first record). A segment is a run of records, nothing else::
+
+    [len u32][crc32 u32][lsn u64][kind u8][payload: len bytes]     (little endian)
+
+``crc32`` (zlib) covers ``len``, ``lsn``, ``kind`` and the payload. LSNs rise
+strictly through the whole log (gaps are allowed: after a snapshot newer than
+the log's tail the next record takes the snapshot's LSN + 1).
+
+Why Cython: every write of the server passes :meth:`LogWriter.append` (a copy
+into one pending buffer, no syscall) and start-up reads every record through
+:class:`LogReader`; both touch bytes in C, and the two syscalls (``write``,
+``fdatasync``) run with the GIL released so ``sync()`` can run in a worker
+thread while the event loop keeps serving.
+
+Threading contract: ``append``, ``flush`` and ``close`` from one thread (the
+event loop); ``sync`` from at most one other thread at a time.
+
+Example:
+    >>> import tempfile
+    >>> from flo_core.log import LogWriter, LogReader
+    >>> d = tempfile.mkdtemp()
+    >>> w = LogWriter(d)
+    >>> w.append(1, b"hello"), w.append(1, b"world")
+    (1, 2)
+    >>> w.flush(), w.sync()
+    (44, 2)
+    >>> w.close()
+    >>> [(lsn, payload) for lsn, kind, payload in LogReader(d)]
+    [(1, b'hello'), (2, b'world')]
+"""
+
+import os
+import re
+import threading
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, strerror
+from libc.errno cimport errno, EINTR
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from posix.unistd cimport write as c_write, fdatasync, ftruncate, close as c_close
+
+from flo_core.errors import FloError
+
+cdef extern from "zlib.h" nogil:
+    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len)
+
+cdef enum:
+    HDR = 17
+    OK = 0
+    ERR_EOF_HEADER = 1
+    ERR_EOF_PAYLOAD = 2
+    ERR_LENGTH = 3
+    ERR_CRC = 4
+    ERR_LSN = 5
+    ERR_KIND = 6
+
+#: Largest payload of one record (the frame limit is far below this).
+MAX_PAYLOAD = 256 * 1024 * 1024
+cdef uint32_t _MAX_PAYLOAD = MAX_PAYLOAD
+#: Default rotation size of a segment.
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+#: Size of a record's header.
+RECORD_HEADER = HDR
+
+_REASONS = {
+    ERR_EOF_HEADER: "record header cut short by the end of the file",
+    ERR_EOF_PAYLOAD: "record payload cut short by the end of the file",
+    ERR_LENGTH: "record length out of range",
+    ERR_CRC: "record CRC mismatch",
+    ERR_LSN: "record LSN does not rise",
+    ERR_KIND: "record kind 0",
+}
+_SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
+
+
+class LogCorruption(FloError):
+    """A damaged record that is not a torn tail: valid records follow it.
+
+    Attributes: ``path`` (segment file), ``offset`` (byte offset of the bad
+    record in that file), ``reason`` (what is wrong).
+    """
+
+    def __init__(self, path, offset, reason):
+        super().__init__(f"log corrupt in {path} at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+def segment_name(lsn):
+    """File name of the segment whose first record has ``lsn``.
+
+    >>> segment_name(42)
+    '00000000000000000042.seg'
+    """
+    return f"{lsn:020d}.seg"
+
+
+def list_segments(directory):
+    """``[(first_lsn, path)]`` of the segment files in ``directory``, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        m = _SEGMENT_RE.match(name)
+        if m:
+            out.append((int(m.group(1)), os.path.join(directory, name)))
+    out.sort()
+    return out
+
+
+def fsync_dir(directory):
+    """Make file creations, renames and deletions in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def repair_log(directory, path, offset):
+    """Cut the log at ``path``/``offset``: truncate that file, delete later segments.
+
+    Returns the paths removed. Every record from the cut on is lost; this is
+    the operator's explicit choice after a :class:`LogCorruption`.
+    """
+    removed = []
+    seen = False
+    for _, seg in list_segments(directory):
+        if seen:
+            os.unlink(seg)
+            removed.append(seg)
+        elif os.path.samefile(seg, path):
+            seen = True
+    if not seen:
+        raise FileNotFoundError(path)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(directory)
+    return removed
+
+
+# --- byte helpers ------------------------------------------------------------
+
+cdef inline uint32_t ld32(const uint8_t *p) noexcept nogil:
+    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+cdef inline uint64_t ld64(const uint8_t *p) noexcept nogil:
+    return <uint64_t>ld32(p) | (<uint64_t>ld32(p + 4) << 32)
+
+cdef inline void st32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v & 0xFF)
+    p[1] = <uint8_t>((v >> 8) & 0xFF)
+    p[2] = <uint8_t>((v >> 16) & 0xFF)
+    p[3] = <uint8_t>(v >> 24)
+
+cdef inline void st64(uint8_t *p, uint64_t v) noexcept nogil:
+    st32(p, <uint32_t>(v & 0xFFFFFFFFU))
+    st32(p + 4, <uint32_t>(v >> 32))
+
+cdef inline uint32_t record_crc(const uint8_t *h, const uint8_t *payload, uint32_t n) noexcept nogil:
+    cdef unsigned long c = crc32(0, h, 4)          # len
+    c = crc32(c, h + 8, 9)                          # lsn, kind
+    if n:
+        c = crc32(c, payload, n)
+    return <uint32_t>c
+
+
+cdef int parse_at(const uint8_t *p, Py_ssize_t n, Py_ssize_t pos, uint64_t prev_lsn,
+                  uint64_t *lsn, uint32_t *plen) noexcept nogil:
+    """Check the record at ``pos``; OK or the first thing wrong with it."""
+    cdef const uint8_t *h
+    cdef uint32_t length
+    if n - pos < HDR:
+        return ERR_EOF_HEADER
+    h = p + pos
+    length = ld32(h)
+    if length > _MAX_PAYLOAD:
+        return ERR_LENGTH
+    if <Py_ssize_t>(n - pos - HDR) < <Py_ssize_t>length:
+        return ERR_EOF_PAYLOAD
+    if record_crc(h, h + HDR, length) != ld32(h + 4):
+        return ERR_CRC
+    if ld64(h + 8) <= prev_lsn:
+        return ERR_LSN
+    if h[16] == 0:
+        return ERR_KIND
+    lsn[0] = ld64(h + 8)
+    plen[0] = length
+    return OK
+
+
+cdef bint valid_record_follows(const uint8_t *p, Py_ssize_t n, Py_ssize_t start, uint64_t prev_lsn) noexcept nogil:
+    """Is there any intact record (rising LSN) at or after ``start``?
+
+    Tells a torn tail (garbage or nothing after the last good record) from
+    corruption in the middle (good records after the bad one). Cheap checks
+    first; the CRC runs only on plausible candidates.
+    """
+    cdef Py_ssize_t q
+    cdef const uint8_t *h
+    cdef uint32_t length
+    cdef uint64_t lsn
+    q = start
+    while n - q >= HDR:
+        h = p + q
+        length = ld32(h)
+        lsn = ld64(h + 8)
+        if (length <= _MAX_PAYLOAD and <Py_ssize_t>(n - q - HDR) >= <Py_ssize_t>length
+                and lsn > prev_lsn and lsn - prev_lsn < (<uint64_t>1 << 40) and h[16] != 0
+                and record_crc(h, h + HDR, length) == ld32(h + 4)):
+            return True
+        q += 1
+    return False
+
+
+def _read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# --- reading -----------------------------------------------------------------
+
+cdef class LogReader:
+    """Iterate ``(lsn, kind, payload)`` over the log from ``from_lsn`` on, checking every CRC.
+
+    A damaged tail of the newest segment (nothing intact after it) ends the
+    iteration and is reported in :attr:`torn` as ``(path, offset, reason)``;
+    damage anywhere else raises :class:`LogCorruption`. After the iteration,
+    :attr:`last_lsn` is the last intact LSN seen; while iterating,
+    :attr:`path`/:attr:`offset` locate the record just returned.
+
+    >>> import tempfile; d = tempfile.mkdtemp()
+    >>> list(LogReader(d))
+    []
+    """
+
+    def __init__(self, directory, from_lsn=1):
+        self.directory = directory
+        self._segments = list_segments(directory)
+        self._seg_index = 0
+        self._buf = None
+        self._pos = 0
+        self._prev_lsn = 0
+        self._from_lsn = from_lsn
+        self.path = None
+        self.offset = 0
+        self.last_lsn = 0
+        self.first_lsn = 0
+        self.records = 0
+        self.bytes_read = 0
+        self.torn = None
+        self.done = False
+
+    @property
+    def segments(self):
+        """``[(first_lsn, path)]`` of the segments this reader walks."""
+        return list(self._segments)
+
+    def __iter__(self):
+        return self
+
+    cdef bint _open_next(self) except -1:
+        cdef Py_ssize_t count = len(self._segments)
+        # Skip segments wholly below from_lsn: every record of segment i is
+        # below the first LSN of segment i + 1.
+        while self._seg_index + 1 < count and self._segments[self._seg_index + 1][0] <= self._from_lsn:
+            self._seg_index += 1
+        if self._seg_index >= count:
+            return False
+        base, path = self._segments[self._seg_index]
+        self._seg_index += 1
+        self._seg_base = base
+        self._seg_limit = self._segments[self._seg_index][0] if self._seg_index < count else 0
+        self._buf = _read_file(path)
+        self.bytes_read += PyBytes_GET_SIZE(self._buf)
+        self._pos = 0
+        self.path = path
+        return True
+
+    def __next__(self):
+        cdef const uint8_t *p
+        cdef Py_ssize_t n, at
+        cdef uint64_t lsn = 0
+        cdef uint32_t plen = 0
+        cdef int err
+        cdef uint8_t kind
+        while True:
+            if self.done:
+                raise StopIteration
+            if self._buf is None:
+                if not self._open_next():
+                    self.done = True
+                    raise StopIteration
+            p = <const uint8_t *>PyBytes_AS_STRING(self._buf)
+            n = PyBytes_GET_SIZE(self._buf)
+            if self._pos >= n:
+                self._buf = None
+                continue
+            err = parse_at(p, n, self._pos, self._prev_lsn, &lsn, &plen)
+            if err != OK:
+                at = self._pos
+                if self._seg_index >= len(self._segments) and not valid_record_follows(p, n, at + 1, self._prev_lsn):
+                    self.torn = (self.path, at, _REASONS[err])
+                    self._buf = None
+                    self.done = True
+                    raise StopIteration
+                raise LogCorruption(self.path, at, _REASONS[err])
+            if lsn < self._seg_base or (self._seg_limit and lsn >= self._seg_limit):
+                raise LogCorruption(self.path, self._pos,
+                                    f"record LSN {lsn} outside its segment's range")
+            at = self._pos
+            kind = p[at + 16]
+            self._pos = at + HDR + plen
+            self._prev_lsn = lsn
+            self.last_lsn = lsn
+            if lsn < self._from_lsn:
+                continue
+            if self.first_lsn == 0:
+                self.first_lsn = lsn
+            self.records += 1
+            self.offset = at
+            return (lsn, kind, PyBytes_FromStringAndSize(<const char *>p + at + HDR, plen))
+
+
+# --- writing -----------------------------------------------------------------
+
+cdef class LogWriter:
+    """Append records to the newest segment; rotate by size.
+
+    ``append`` only copies into a pending buffer and returns the record's LSN;
+    ``flush`` writes everything pending with one ``write`` (GIL released);
+    ``sync`` makes everything flushed durable with one ``fdatasync`` (GIL
+    released, may run in a worker thread) and returns the LSN it covers.
+
+    Opening scans the newest segment: a torn tail is cut off (see
+    :attr:`truncated`), damage followed by intact records raises
+    :class:`LogCorruption` unless ``repair`` is true (then the log is cut
+    there too). ``next_lsn`` is a floor for the next LSN (a snapshot's LSN + 1).
+    """
+
+    def __cinit__(self):
+        self._fd = -1
+        self._buf = NULL
+        self._len = 0
+        self._cap = 0
+        self._closed = True
+
+    def __init__(self, directory, next_lsn=1, segment_bytes=DEFAULT_SEGMENT_BYTES, bint repair=False):
+        cdef const uint8_t *p
+        cdef Py_ssize_t n, pos = 0
+        cdef uint64_t prev = 0, lsn = 0
+        cdef uint32_t plen = 0
+        cdef int err
+        if next_lsn < 1:
+            raise ValueError("next_lsn must be >= 1")
+        if segment_bytes < 4096:
+            raise ValueError("segment_bytes must be >= 4096")
+        self.directory = os.fspath(directory)
+        self.segment_bytes = segment_bytes
+        self._fd_lock = threading.Lock()
+        self.truncated = None
+        self.bytes_appended = 0
+        os.makedirs(self.directory, exist_ok=True)
+        segs = list_segments(self.directory)
+        if not segs:
+            self.last_lsn = next_lsn - 1
+            self._open_segment(next_lsn, True)
+        else:
+            base, path = segs[len(segs) - 1]
+            data = _read_file(path)
+            p = <const uint8_t *>PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+            while pos < n:
+                err = parse_at(p, n, pos, prev, &lsn, &plen)
+                if err != OK:
+                    if valid_record_follows(p, n, pos + 1, prev) and not repair:
+                        raise LogCorruption(path, pos, _REASONS[err])
+                    break
+                if lsn < base:
+                    raise LogCorruption(path, pos, f"record LSN {lsn} outside its segment's range")
+                prev = lsn
+                pos += HDR + plen
+            if pos < n:
+                self.truncated = (path, pos, n - pos)
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, pos)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            self.last_lsn = max(prev, base - 1, next_lsn - 1)
+            self._open_segment(base, False)
+            self.segment_size = pos
+            # Whatever an earlier process wrote may sit only in the page cache.
+            os.fsync(self._fd)
+        self.flushed_lsn = self.last_lsn
+        self.synced_lsn = self.last_lsn
+        self._closed = False
+
+    def __dealloc__(self):
+        if self._buf != NULL:
+            free(self._buf)
+            self._buf = NULL
+        if self._fd >= 0:
+            c_close(self._fd)
+            self._fd = -1
+
+    @property
+    def pending_bytes(self):
+        """Bytes appended but not yet flushed."""
+        return self._len
+
+    @property
+    def closed(self):
+        return self._closed
+
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t want = self._len + extra
+        cdef Py_ssize_t cap = self._cap if self._cap else 65536
+        cdef uint8_t *nb
+        if want <= self._cap:
+            return 0
+        while cap < want:
+            cap *= 2
+        nb = <uint8_t *>realloc(self._buf, cap)
+        if nb == NULL:
+            raise MemoryError()
+        self._buf = nb
+        self._cap = cap
+        return 0
+
+    cdef int _open_segment(self, uint64_t first_lsn, bint create) except -1:
+        path = os.path.join(self.directory, segment_name(first_lsn))
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        self._fd = os.open(path, flags, 0o644)
+        if create:
+            fsync_dir(self.directory)
+        self.segment_path = path
+        self.segment_first_lsn = first_lsn
+        self.segment_size = 0
+        return 0
+
+    cdef int _rotate(self, uint64_t first_lsn) except -1:
+        cdef int fd, rc
+        # The old segment is made durable before the new one exists, so only
+        # the newest segment can ever have a torn tail.
+        with self._fd_lock:
+            fd = self._fd
+            with nogil:
+                rc = fdatasync(fd)
+            if rc != 0:
+                raise OSError(errno, strerror(errno).decode(), self.segment_path)
+            self._fd = -1
+            c_close(fd)
+            if self.flushed_lsn > self.synced_lsn:
+                self.synced_lsn = self.flushed_lsn
+            self._open_segment(first_lsn, True)
+        return 0
+
+    def append(self, int kind, bytes payload):
+        """Queue one record; returns its LSN. No syscall."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        cdef uint8_t *h
+        cdef uint64_t lsn
+        if self._closed:
+            raise ValueError("log is closed")
+        if kind < 1 or kind > 255:
+            raise ValueError("record kind must be 1..255")
+        if n > MAX_PAYLOAD:
+            raise ValueError(f"record of {n} bytes exceeds the limit of {MAX_PAYLOAD}")
+        self._reserve(HDR + n)
+        lsn = self.last_lsn + 1
+        h = self._buf + self._len
+        st32(h, <uint32_t>n)
+        st64(h + 8, lsn)
+        h[16] = <uint8_t>kind
+        if n:
+            memcpy(h + HDR, PyBytes_AS_STRING(payload), n)
+        st32(h + 4, record_crc(h, h + HDR, <uint32_t>n))
+        if self._len == 0:
+            self._pending_first_lsn = lsn
+        self._len += HDR + n
+        self.last_lsn = lsn
+        self.bytes_appended += HDR + n
+        return lsn
+
+    def flush(self):
+        """Write everything pending with one ``write``; returns the bytes written.
+
+        On an I/O error the file is cut back to where this flush started and
+        the records stay pending, so a later flush can retry.
+        """
+        cdef Py_ssize_t done = 0, total = self._len
+        cdef ssize_t r = 0
+        cdef int fd, err = 0
+        if total == 0:
+            return 0
+        if self._closed:
+            raise ValueError("log is closed")
+        if self.segment_size > 0 and self.segment_size + total > self.segment_bytes:
+            self._rotate(self._pending_first_lsn)
+        fd = self._fd
+        with nogil:
+            while done < total:
+                r = c_write(fd, self._buf + done, total - done)
+                if r < 0:
+                    if errno == EINTR:
+                        continue
+                    err = errno
+                    break
+                done += r
+        if err:
+            if done:
+                ftruncate(fd, self.segment_size)
+            raise OSError(err, strerror(err).decode(), self.segment_path)
+        self.segment_size += total
+        self._len = 0
+        self.flushed_lsn = self.last_lsn
+        return total
+
+    def sync(self):
+        """``fdatasync`` what is flushed; returns the LSN now durable. Thread-safe against ``flush``."""
+        cdef int fd, rc
+        cdef uint64_t target
+        with self._fd_lock:
+            if self._fd < 0:
+                return self.synced_lsn
+            target = self.flushed_lsn
+            if target <= self.synced_lsn:
+                return self.synced_lsn
+            fd = self._fd
+            with nogil:
+                rc = fdatasync(fd)
+            if rc != 0:
+                raise OSError(errno, strerror(errno).decode(), self.segment_path)
+            if target > self.synced_lsn:
+                self.synced_lsn = target
+            return self.synced_lsn
+
+    def segments(self):
+        """``[(first_lsn, path)]`` of the segment files, oldest first."""
+        return list_segments(self.directory)
+
+    def drop_segments_below(self, lsn):
+        """Delete segments whose every record is below ``lsn`` (never the open one)."""
+        segs = list_segments(self.directory)
+        removed = []
+        for i in range(len(segs) - 1):
+            if segs[i + 1][0] <= lsn and segs[i][1] != self.segment_path:
+                os.unlink(segs[i][1])
+                removed.append(segs[i][1])
+        if removed:
+            fsync_dir(self.directory)
+        return removed
+
+    def close(self, bint sync=True):
+        """Flush, optionally sync, and close the segment."""
+        cdef int fd
+        if self._closed:
+            return
+        self.flush()
+        if sync:
+            self.sync()
+        with self._fd_lock:
+            self._closed = True
+            fd = self._fd
+            self._fd = -1
+            if fd >= 0:
+                c_close(fd)
+        if self._buf != NULL:
+            free(self._buf)
+            self._buf = NULL
+            self._cap = 0
+            self._len = 0

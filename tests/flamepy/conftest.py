@@ -1,0 +1,102 @@
+"""flamepy fixtures: a real flo-server (the ``server`` fixture) plus a standalone ``flame-executor``.
+
+``flame`` yields a namespace with ``endpoint``, ``home`` (a HOME with
+``.flame/flame.yaml`` for flmctl), ``env`` (environment for client
+subprocesses) and ``register(name, script, **spec)`` writing a service and
+registering it with the executor's Python.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _reset_default_connection() -> None:
+    from flamepy.core import client
+    with client._default_lock:
+        old, client._default = client._default, None
+    if old is not None and not old._closed:
+        old._closed = True
+        try:
+            client._runtime.submit(old.store.close()).result(2)
+        except Exception:
+            pass
+
+
+class ExecutorProc:
+    def __init__(self, endpoint: str, work_dir: Path, *args: str) -> None:
+        self.output: deque[str] = deque(maxlen=300)
+        cmd = [str(BIN / "flame-executor"), "--server", endpoint, "--work-dir", str(work_dir), *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.ready = threading.Event()
+        threading.Thread(target=self._pump, daemon=True).start()
+        if not self.ready.wait(20):
+            self.stop()
+            raise RuntimeError("flame-executor did not start:\n" + "\n".join(self.output))
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.output.append(line.rstrip())
+            if "executor manager" in line and "serving" in line:
+                self.ready.set()
+        self.ready.set()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def flame(server: str, tmp_path: Path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".flame").mkdir(parents=True)
+    (home / ".flame" / "flame.yaml").write_text(textwrap.dedent(f"""\
+        current-context: flame
+        contexts:
+          - name: flame
+            cluster:
+              endpoint: "flo://{server}"
+        """))
+    monkeypatch.setenv("FLAME_ENDPOINT", server)
+    _reset_default_connection()
+    executor = ExecutorProc(server, tmp_path / "executor", "--cpu", "8", "--memory", "64g", "--node", "test-node",
+                            "--startup-timeout", "10")
+    apps = tmp_path / "apps"
+    apps.mkdir()
+
+    def register(name: str, source: str, module: str = "svc", **spec) -> Path:
+        import flamepy
+        (apps / f"{module}.py").write_text(textwrap.dedent(source))
+        attrs = {"command": sys.executable, "arguments": [f"{module}.py"], "working_directory": str(apps)}
+        attrs.update(spec)
+        flamepy.register_application(name, attrs)
+        return apps
+
+    env = dict(os.environ, HOME=str(home), FLAME_ENDPOINT=server, PYTHONPATH=str(apps))
+    ns = SimpleNamespace(endpoint=server, home=home, env=env, apps=apps, register=register, executor=executor)
+    try:
+        yield ns
+    finally:
+        executor.stop()
+        _reset_default_connection()
+
+

@@ -1,0 +1,130 @@
+"""flamepy pieces that need no server: validation, parsing, formatting."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from flamepy import FlameError, FlameErrorCode, ResourceRequirement
+from flamepy.cli.flmctl import format_table
+from flamepy.core import records as R
+from flamepy.core.config import FlameContext, normalize_endpoint
+from flamepy.core.ops import short_name
+from flamepy.core.types import validate_application_name
+from flamepy.service import FlameInstance, Session
+
+pytestmark = pytest.mark.unit
+
+
+def test_resource_requirement_grammar():
+    assert ResourceRequirement.from_string("cpu=2,mem=4g") == ResourceRequirement(2, 4 << 30, 0)
+    assert ResourceRequirement.from_string(" CPU = 1 , Memory=512Mi, gpu=1") == ResourceRequirement(1, 512 << 20, 1)
+    assert ResourceRequirement.from_string("mem=10") == ResourceRequirement(0, 10, 0)
+    assert ResourceRequirement.from_string("mem=1kib").memory == 1024
+    for bad in ["", "cpu", "cpu=", "cpu=1=2", "cpu=1,,gpu=1", "disk=1", "cpu=1.5", "mem=4x"]:
+        with pytest.raises(ValueError):
+            ResourceRequirement.from_string(bad)
+    assert ResourceRequirement.coerce({"cpu": 2, "memory": "4g", "gpu": 0, "other": 1}) == \
+        ResourceRequirement(2, 4 << 30, 0)
+    assert ResourceRequirement.coerce({"mem": 1024}) == ResourceRequirement(0, 1024, 0)
+
+
+def test_entrypoint_rules():
+    ins = FlameInstance()
+
+    def two(a, b):
+        pass
+
+    def kwonly(*, a):
+        pass
+
+    def star(*a):
+        pass
+
+    with pytest.raises(AssertionError, match="Entrypoint must have exactly zero or one parameter"):
+        ins.entrypoint(two)
+    for f in (kwonly, star):
+        with pytest.raises(AssertionError, match="Parameter must be positional or keyword"):
+            ins.entrypoint(f)
+
+    def zero():
+        return "z"
+
+    async def one(req):
+        return req * 2
+
+    assert ins.entrypoint(zero) is zero
+    assert ins._call(None) == "z"
+    ins.entrypoint(one)  # the last one wins
+    import cloudpickle
+    assert ins._call(cloudpickle.dumps(21)) == 42
+    assert ins.context() is None  # no session context
+    ins.update_context([1])  # silently nothing
+    assert ins.context() is None
+
+
+def test_session_argument_errors():
+    with pytest.raises(ValueError, match="Either 'name' or 'session_id' must be provided"):
+        Session()
+    with pytest.raises(ValueError, match="Cannot provide both 'name' and 'session_id'. They are mutually exclusive."):
+        Session("a", session_id="b")
+
+
+def test_flame_error_shape():
+    err = FlameError(FlameErrorCode.NOT_FOUND, "nope")
+    assert (err.code, err.message, str(err)) == (FlameErrorCode.NOT_FOUND, "nope", "nope (code: 5)")
+    import pickle
+    assert pickle.loads(pickle.dumps(err)).message == "nope"
+
+
+def test_names_and_ids():
+    assert validate_application_name("echo-app.v1_2") == "echo-app.v1_2"
+    for bad in ["", ".x", "-x", "a..b", "a/b", "a\\b", "x" * 254, "a b"]:
+        with pytest.raises(FlameError):
+            validate_application_name(bad)
+    sid = short_name("echo-app")
+    assert sid.startswith("echo-app-") and len(sid) == len("echo-app-") + 6 and sid[-6:].isalnum()
+
+
+def test_config_file_and_env(tmp_path, monkeypatch):
+    conf = tmp_path / "flame.yaml"
+    conf.write_text(textwrap.dedent("""\
+        current-context: prod
+        contexts:
+          - name: prod
+            cluster:
+              endpoint: "http://10.1.2.3:9100"
+            cache:
+              endpoint: "grpc://10.1.2.3:9090"
+        """))
+    monkeypatch.delenv("FLAME_ENDPOINT", raising=False)
+    ctx = FlameContext.load(str(conf))
+    assert (ctx.name, ctx.endpoint, ctx.cache_endpoint) == ("prod", "10.1.2.3:9100", "grpc://10.1.2.3:9090")
+    monkeypatch.setenv("FLAME_ENDPOINT", "127.0.0.1:9555")
+    assert FlameContext.load(str(conf)).endpoint == "127.0.0.1:9555"
+    assert FlameContext.load(str(conf), env=False).endpoint == "10.1.2.3:9100"
+    with pytest.raises(FlameError, match="is not a file"):
+        FlameContext.load(str(tmp_path / "missing.yaml"), required=True)
+    conf.write_text("contexts: []\n")
+    with pytest.raises(FlameError, match="current-context is not set"):
+        FlameContext.load(str(conf))
+    conf.write_text("current-context: x\ncontexts: []\n")
+    with pytest.raises(FlameError, match="context x not found"):
+        FlameContext.load(str(conf))
+    assert normalize_endpoint("flo://h") == "h:9000"
+    assert normalize_endpoint("h:1") == "h:1"
+
+
+def test_table_format():
+    out = format_table(["Name", "State"], [["echo-app", "Enabled"], ["x", "Disabled"]])
+    assert out.splitlines() == [" Name      State", " echo-app  Enabled", " x         Disabled"]
+
+
+def test_blob_split_roundtrip():
+    small, chunks = R.split_blob(b"abc")
+    assert small == ["i", b"abc"] and chunks == []
+    data = bytes(range(256)) * 2000
+    ref, chunks = R.split_blob(data)
+    assert ref[0] == "c" and ref[2] == len(chunks) and b"".join(v for _, v in chunks) == data
+    assert all(len(v) <= R.CHUNK for _, v in chunks)

@@ -1,0 +1,93 @@
+"""The benchmark harness cannot rot: ``python -m bench --quick`` runs end to end.
+
+No performance threshold is asserted anywhere here - only that the harness
+starts the servers, measures, stops them and writes its JSON lines, markdown
+table and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(150)
+def test_quick_bench_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    # --allow-debug: `make debug` runs this test on a FLO_DEBUG build; the results are marked as such.
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--no-install", "--allow-debug"],
+        cwd=ROOT, capture_output=True, text=True, timeout=140, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    kinds = {r["type"] for r in records}
+    assert {"env", "run", "summary", "done"} <= kinds
+    env = records[0]
+    assert env["type"] == "env" and env["git_sha"] and env["python"] and env["uvloop"]
+    runs = [r for r in records if r["type"] == "run"]
+    # The ceiling needs nothing but this repository, so its runs always complete.
+    ceiling = [r for r in runs if r["server"] == "ceiling"]
+    assert ceiling and all(r["completed"] > 0 for r in ceiling), ceiling
+    md = (out / "summary.md").read_text()
+    assert "## Targets" in md and "KV over Flo wire v2" in md
+    assert (out / "kv.png").stat().st_size > 0
+    assert "## Targets" in proc.stdout  # the table is printed too
+    # Every server the harness started was stopped, by pid.
+    started = next(r for r in records if r["type"] == "servers")
+    assert started["all_stopped"] and started["started"]
+    for s in started["started"]:
+        assert not _alive(s["pid"]), s
+
+
+@pytest.mark.timeout(60)
+def test_loadgen_against_the_ceiling_checks_every_reply(tmp_path: Path) -> None:
+    from bench.servers import Fleet
+
+    with Fleet(tmp_path) as fleet:
+        ceiling = fleet.start_ceiling(max_seconds=60)
+        for workload in ("kv.set", "kv.get", "kv.incr"):
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.loadgen", "--port", str(ceiling.port), "-w", workload, "-c", "3",
+                 "-k", "4", "-n", "600", "--max-seconds", "10", "--server-pid", str(ceiling.pid)],
+                cwd=ROOT, capture_output=True, text=True, timeout=30,
+            )
+            assert proc.returncode == 0, proc.stderr
+            res = json.loads(proc.stdout.splitlines()[-1])
+            assert res["completed"] == 600 and res["errors"] == 0, res
+            assert res["p50_us"] > 0 and res["server_cpu_pct"] is not None
+        pid = ceiling.pid
+    assert not _alive(pid)
+
+
+def test_a_debug_build_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bench import harness
+
+    monkeypatch.setattr(harness, "debug_build_reasons", lambda: ["frame.so is built with line tracing (FLO_DEBUG=1)"])
+    with pytest.raises(SystemExit, match="refusing to benchmark a debug build"):
+        harness.run_bench(harness.Options(quick=True, out=tmp_path / "r", install=False))
+    assert not (tmp_path / "r").exists()  # refused before anything ran
+
+
+def test_loopback_only() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.loadgen", "--host", "10.0.0.1", "--port", "1", "-n", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "loopback only" in proc.stderr

@@ -1,0 +1,224 @@
+"""flo_core.resp: the RESP request parser (every split point, inline, errors, bounds) and reply encoders."""
+
+from __future__ import annotations
+
+import pytest
+
+from flo_core.resp import (
+    MAX_INLINE,
+    ErrorReply,
+    RespParser,
+    RespProtocolError,
+    Simple,
+    Verbatim,
+    add_array,
+    add_bool,
+    add_bulk,
+    add_bulks,
+    add_double,
+    add_error,
+    add_int,
+    add_map,
+    add_null,
+    add_null_array,
+    add_ok,
+    add_simple,
+    add_value,
+    encode_command,
+    parse_int,
+)
+
+pytestmark = pytest.mark.unit
+
+PIPELINE = (
+    encode_command(b"SET", b"key", b"va\r\nlue")
+    + b"PING\r\n"
+    + encode_command(b"GET", b"key")
+    + b'ECHO "a b\\x41"\n'
+    + encode_command(b"MSET", b"", b"x" * 300, b"k2", b"")
+)
+EXPECTED = [
+    [b"SET", b"key", b"va\r\nlue"],
+    [b"PING"],
+    [b"GET", b"key"],
+    [b"ECHO", b"a bA"],
+    [b"MSET", b"", b"x" * 300, b"k2", b""],
+]
+
+
+def test_whole_pipeline_in_one_feed() -> None:
+    assert RespParser().feed(PIPELINE) == EXPECTED
+
+
+@pytest.mark.parametrize("cut", range(1, len(PIPELINE)))
+def test_every_split_point(cut: int) -> None:
+    p = RespParser()
+    got = p.feed(PIPELINE[:cut]) + p.feed(PIPELINE[cut:])
+    assert got == EXPECTED
+    assert p.buffered == 0 and not p.in_command
+
+
+def test_byte_at_a_time() -> None:
+    p = RespParser()
+    got = []
+    for i in range(len(PIPELINE)):
+        got += p.feed(PIPELINE[i : i + 1])
+    assert got == EXPECTED
+
+
+def test_accepts_bytearray_and_memoryview() -> None:
+    p = RespParser()
+    assert p.feed(bytearray(b"PING\r\n")) == [[b"PING"]]
+    assert p.feed(memoryview(encode_command(b"GET", b"k"))) == [[b"GET", b"k"]]
+
+
+def test_large_bulk_in_chunks_keeps_state() -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB, binary safe
+    data = encode_command(b"SET", b"k", value)
+    p = RespParser()
+    out = []
+    for i in range(0, len(data), 7000):
+        out += p.feed(data[i : i + 7000])
+    assert out == [[b"SET", b"k", value]]
+
+
+def test_empty_commands_are_skipped() -> None:
+    assert RespParser().feed(b"*0\r\n*-1\r\n\r\n\n   \r\nPING\r\n") == [[b"PING"]]
+
+
+@pytest.mark.parametrize(
+    ("line", "args"),
+    [
+        (b"SET k v\r\n", [b"SET", b"k", b"v"]),
+        (b"  SET   k\tv  \n", [b"SET", b"k", b"v"]),
+        (b'SET k "hello world"\r\n', [b"SET", b"k", b"hello world"]),
+        (b'SET k "a\\nb\\r\\t\\b\\a\\\\\\"c"\r\n', [b"SET", b"k", b'a\nb\r\t\x08\x07\\"c']),
+        (b'SET k "\\x00\\xffZ"\r\n', [b"SET", b"k", b"\x00\xffZ"]),
+        (b"SET k 'it\\'s \"x\"'\r\n", [b"SET", b"k", b"it's \"x\""]),
+        (b'SET k ""\r\n', [b"SET", b"k", b""]),
+    ],
+)
+def test_inline_quoting(line: bytes, args: list[bytes]) -> None:
+    assert RespParser().feed(line) == [args]
+
+
+@pytest.mark.parametrize("line", [b'SET k "abc\r\n', b"SET k 'abc\r\n", b'SET k "abc"x\r\n', b"SET k 'a'b\r\n"])
+def test_inline_unbalanced_quotes(line: bytes) -> None:
+    with pytest.raises(RespProtocolError, match="^Protocol error: unbalanced quotes in request$"):
+        RespParser().feed(line)
+
+
+def test_inline_too_big() -> None:
+    p = RespParser()
+    with pytest.raises(RespProtocolError, match="too big inline request"):
+        p.feed(b"SET k " + b"v" * (MAX_INLINE + 10))
+    # a complete but over-long line is refused as well
+    with pytest.raises(RespProtocolError, match="too big inline request"):
+        RespParser().feed(b"x" * (MAX_INLINE + 1) + b"\r\n")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"*abc\r\n", "invalid multibulk length"),
+        (b"*1x\r\n", "invalid multibulk length"),
+        (b"*01\r\n", "invalid multibulk length"),
+        (b"*99999999999\r\n", "invalid multibulk length"),
+        (b"*1\r\n$-1\r\n", "invalid bulk length"),
+        (b"*1\r\n$x\r\n", "invalid bulk length"),
+        (b"*1\r\n$99999999999\r\n", "invalid bulk length"),
+        (b"*1\r\n+PING\r\n", "expected '$', got '+'"),
+        (b"*2\r\n$4\r\nPING\r\n:1\r\n", "expected '$', got ':'"),
+    ],
+)
+def test_protocol_errors_use_redis_wording(data: bytes, message: str) -> None:
+    with pytest.raises(RespProtocolError) as info:
+        RespParser().feed(data)
+    assert str(info.value) == "Protocol error: " + message
+
+
+def test_error_carries_commands_parsed_before_it() -> None:
+    with pytest.raises(RespProtocolError) as info:
+        RespParser().feed(b"PING\r\n" + encode_command(b"GET", b"k") + b"*1\r\n!oops\r\n")
+    assert info.value.commands == [[b"PING"], [b"GET", b"k"]]
+
+
+def test_header_line_too_long() -> None:
+    with pytest.raises(RespProtocolError, match="too big mbulk count string"):
+        RespParser().feed(b"*" + b"1" * (MAX_INLINE + 5))
+    with pytest.raises(RespProtocolError, match="too big bulk count string"):
+        RespParser().feed(b"*1\r\n$" + b"1" * (MAX_INLINE + 5))
+
+
+def test_bounds_are_configurable() -> None:
+    p = RespParser(max_bulk=10, max_args=3, max_command=15)
+    assert p.feed(encode_command(b"A", b"x" * 10)) == [[b"A", b"x" * 10]]
+    with pytest.raises(RespProtocolError, match="invalid bulk length"):
+        RespParser(max_bulk=10).feed(encode_command(b"A", b"x" * 11))
+    with pytest.raises(RespProtocolError, match="invalid multibulk length"):
+        RespParser(max_args=3).feed(b"*4\r\n")
+    with pytest.raises(RespProtocolError, match="invalid multibulk length"):
+        RespParser(max_args=3).feed(b"a b c d\r\n")
+    with pytest.raises(RespProtocolError, match="size limit"):
+        RespParser(max_bulk=10, max_command=15).feed(encode_command(b"A", b"x" * 10, b"y" * 10))
+
+
+def test_default_bounds() -> None:
+    # 16 MiB bulk is accepted (announced; body not needed to check the header), one more byte is not
+    p = RespParser()
+    assert p.feed(b"*2\r\n$3\r\nSET\r\n$16777216\r\n") == []
+    assert p.in_command
+    with pytest.raises(RespProtocolError, match="invalid bulk length"):
+        RespParser().feed(b"*2\r\n$3\r\nSET\r\n$16777217\r\n")
+    assert RespParser().feed(b"*1048576\r\n") == []
+    with pytest.raises(RespProtocolError, match="invalid multibulk length"):
+        RespParser().feed(b"*1048577\r\n")
+
+
+def test_parse_int_is_strict() -> None:
+    assert parse_int(b"0") == 0
+    assert parse_int(b"-9223372036854775808") == -(2**63)
+    assert parse_int(b"9223372036854775807") == 2**63 - 1
+    for bad in (b"", b"-", b"+1", b"01", b"-0", b" 1", b"1 ", b"1.0", b"9223372036854775808", b"abc"):
+        assert parse_int(bad) is None, bad
+
+
+def _enc(fn, *args) -> bytes:  # type: ignore[no-untyped-def]
+    b = bytearray()
+    fn(b, *args)
+    return bytes(b)
+
+
+def test_reply_encoders() -> None:
+    assert _enc(add_bulk, b"") == b"$0\r\n\r\n"
+    assert _enc(add_bulk, memoryview(b"ab")) == b"$2\r\nab\r\n"
+    assert _enc(add_int, 0) == b":0\r\n"
+    assert _enc(add_int, -(2**63)) == b":-9223372036854775808\r\n"
+    assert _enc(add_int, 2**63 - 1) == b":9223372036854775807\r\n"
+    assert _enc(add_simple, b"PONG") == b"+PONG\r\n"
+    assert _enc(add_ok) == b"+OK\r\n"
+    assert _enc(add_error, "ERR bad\r\nthing") == b"-ERR bad  thing\r\n"
+    assert _enc(add_null, False) == b"$-1\r\n"
+    assert _enc(add_null, True) == b"_\r\n"
+    assert _enc(add_null_array, False) == b"*-1\r\n"
+    assert _enc(add_null_array, True) == b"_\r\n"
+    assert _enc(add_array, 3) == b"*3\r\n"
+    assert _enc(add_map, 2, True) == b"%2\r\n"
+    assert _enc(add_map, 2, False) == b"*4\r\n"
+    assert _enc(add_double, 1.5, True) == b",1.5\r\n"
+    assert _enc(add_double, 1.5, False) == b"$3\r\n1.5\r\n"
+    assert _enc(add_bool, True, True) == b"#t\r\n"
+    assert _enc(add_bool, False, False) == b":0\r\n"
+    assert _enc(add_bulks, [b"a", None], False) == b"*2\r\n$1\r\na\r\n$-1\r\n"
+
+
+def test_add_value_nested() -> None:
+    value = [b"1-1", [b"f", b"v"], {b"k": 1}, None, Simple(b"OK"), ErrorReply("ERR x"), True, "é"]
+    assert _enc(add_value, value, False) == (
+        b"*8\r\n$3\r\n1-1\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n*2\r\n$1\r\nk\r\n:1\r\n$-1\r\n+OK\r\n-ERR x\r\n:1\r\n$2\r\n\xc3\xa9\r\n"
+    )
+    assert _enc(add_value, {b"k": None}, True) == b"%1\r\n$1\r\nk\r\n_\r\n"
+    assert _enc(add_value, Verbatim(b"a"), True) == b"=5\r\ntxt:a\r\n"
+    assert _enc(add_value, Verbatim(b"a"), False) == b"$1\r\na\r\n"
+    with pytest.raises(TypeError):
+        _enc(add_value, object(), False)
