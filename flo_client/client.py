@@ -110,6 +110,13 @@ class FloClient:
         return StreamAPI(self)
 
     @cached_property
+    def worker(self) -> Any:
+        """``client.worker``: the low-level worker ops (register, heartbeat, await, list)."""
+        from .action import WorkerAPI
+
+        return WorkerAPI(self)
+
+    @cached_property
     def action(self) -> Any:
         """``client.action``: actions and runs."""
         from .action import ActionAPI

@@ -715,10 +715,11 @@ cdef class Group:
     # --- claim and pending -------------------------------------------------
 
     def claim(self, Stream stream, str consumer, uint64_t min_idle_ms, start_key,
-              uint64_t count, uint64_t now):
+              uint64_t count, uint64_t now, others=None):
         """Take up to ``count`` pending entries, scanning from ``start_key`` in id
-        order: with ``min_idle_ms == 0`` only ``consumer``'s own entries, else
-        also others' idle at least ``min_idle_ms``.
+        order: ``consumer``'s own entries, plus (when ``others`` - by default
+        ``min_idle_ms > 0``, Flo's rule) other consumers' entries idle at least
+        ``min_idle_ms`` (Redis XAUTOCLAIM passes ``others=True`` with any idle).
 
         Returns ``(ordinals, next_key)``; ``next_key`` is None when the scan
         reached the end of the PEL. Entries whose record is gone are dropped.
@@ -727,6 +728,7 @@ cdef class Group:
         cdef PendingEntry e
         cdef Py_ssize_t i = bisect_left(self.order, start_key), scanned = 0, n = len(self.order)
         cdef uint64_t vis = stream.visible_ord(now), end = stream.end_ord
+        cdef bint take_others = (min_idle_ms > 0) if others is None else bool(others)
         self.join(consumer, now)
         while i < n and len(out) < count and scanned < MAX_CLAIM_SCAN:
             key = self.order[i]
@@ -736,7 +738,7 @@ cdef class Group:
                 continue
             scanned += 1
             if e.owner != consumer:
-                if min_idle_ms == 0 or now < e.last_delivery_ms + min_idle_ms:
+                if not take_others or now < e.last_delivery_ms + min_idle_ms:
                     continue
             if e.ordinal < vis or e.ordinal >= end:
                 del self.pel[key]

@@ -15,9 +15,11 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
+from flo_core.errors import FloError
 from flo_core.kv import KVStore
 from flo_server import handlers  # noqa: F401 - registers every handler and applier
 from flo_server.config import ServerConfig
@@ -39,7 +41,7 @@ class Server:
         self.config = config or ServerConfig()
         self.kv = KVStore()
         self.stores: dict[str, Any] = {"kv": self.kv}
-        self._attach_optional_stores()
+        self._attach_stores()
         self.txns = Txns()
         self.scan_cursors = ScanCursors()
         self.waiters = Waiters()
@@ -51,23 +53,17 @@ class Server:
         self._closed = asyncio.Event()
         self.port = self.config.port
 
-    def _attach_optional_stores(self) -> None:
-        """Stores of the other primitives, each in its own module."""
-        import importlib
-
+    def _attach_stores(self) -> None:
+        """The stores of the other primitives, each in its own module; snapshots dump ``self.stores``."""
         from flo_core.pqueue import Queues
+        from flo_core.stream import Streams
+        from flo_server.actions import Actions
+        from flo_server.handlers.list import ListStore
 
         self.queues = self.stores["queues"] = Queues(max_deliveries=self.config.queue_max_deliveries)
-        for attr, module, cls in (
-            ("streams", "flo_core.stream", "Streams"),
-            ("actions", "flo_server.actions", "Actions"),
-        ):
-            try:
-                store = getattr(importlib.import_module(module), cls)()
-            except (ImportError, AttributeError):  # still being built
-                continue
-            setattr(self, attr, store)
-            self.stores[attr] = store
+        self.streams = self.stores["streams"] = Streams()
+        self.actions = self.stores["actions"] = Actions()
+        self.lists = self.stores["lists"] = ListStore()
 
     # --- the write path -------------------------------------------------------------
 
@@ -91,6 +87,7 @@ class Server:
             "fsync": self.config.fsync,
             "data_dir": self.config.data_dir,
             "ops": len(HANDLERS),
+            "journal": self.journal.stats() if hasattr(self.journal, "stats") else {},
         }
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -164,7 +161,11 @@ def serve(config: ServerConfig) -> None:
 
     async def main() -> None:
         srv = Server(config)
-        await srv.start()
+        try:
+            await srv.start()
+        except FloError as e:  # e.g. a corrupt log: say why, no traceback
+            print(f"flo-server: cannot start: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -49,10 +49,11 @@ def _env(name: str, default):
 @click.option("--snapshot-bytes", type=int, default=DEFAULT_SNAPSHOT_BYTES, show_default=True,
               help="take a snapshot after this many log bytes")
 @click.option("--no-executor", is_flag=True, help="do not run the flamepy executor manager in-process")
+@click.option("--repair-log", is_flag=True, help="start even if the log is corrupt in the middle: cut it at the first bad record")
 @click.pass_context
 def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bool, fsync: str, log_level: str,
          max_frame: int, max_connections: int, queue_lease_ms: int, queue_max_deliveries: int, snapshot_bytes: int,
-         no_executor: bool) -> None:
+         no_executor: bool, repair_log: bool) -> None:
     """Flo server: versioned KV, leased priority queues, streams and actions on one port."""
     if ctx.invoked_subcommand is not None:
         return
@@ -63,6 +64,7 @@ def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bo
         host=host, port=port, data_dir=None if no_persist else data_dir, fsync=fsync, log_level=log_level,
         max_frame=max_frame, max_connections=max_connections, queue_lease_ms=queue_lease_ms,
         queue_max_deliveries=queue_max_deliveries, snapshot_bytes=snapshot_bytes, executor=not no_executor,
+        repair_log=repair_log,
     ))
 
 

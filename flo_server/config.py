@@ -33,4 +33,5 @@ class ServerConfig:
     dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS
     snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES
     executor: bool = True  # run the flamepy executor manager in-process
+    repair_log: bool = False  # cut a corrupt log at the first bad record instead of refusing to start
     extra: dict = field(default_factory=dict)

@@ -589,11 +589,10 @@ def open_journal(srv: Any, cfg: Any) -> DiskJournal:
     """Lock the data dir, recover ``srv`` from it and return the journal for new writes.
 
     Called by ``Server.start()`` inside the running loop. Reads ``cfg.data_dir``,
-    ``cfg.fsync``, ``cfg.snapshot_bytes`` and ``repair_log`` (attribute or
-    ``cfg.extra``). Raises :class:`RecoveryError` when start-up must stop.
+    ``cfg.fsync``, ``cfg.snapshot_bytes`` and ``cfg.repair_log``. Raises :class:`RecoveryError` when start-up must stop.
     """
     data_dir = cfg.data_dir
-    repair = bool(getattr(cfg, "repair_log", False) or (getattr(cfg, "extra", None) or {}).get("repair_log"))
+    repair = bool(cfg.repair_log)
     lock_fd = _lock_data_dir(data_dir)
     try:
         rec = recover(srv, data_dir, repair=repair)

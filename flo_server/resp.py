@@ -2108,9 +2108,9 @@ def cmd_xpending(s: RespSession, argv: list, out: bytearray) -> None:
 
 def _claim(s: RespSession, key: bytes, group: bytes, consumer: bytes, min_idle: int, start: tuple, count: int) -> tuple:
     st, _ = _group_of(s, key, group)
-    # Flo's claim with min_idle 0 takes only the caller's own entries; Redis takes any: ask for >= 1 ms.
+    # Flo's claim with min_idle 0 takes only the caller's own entries; Redis's takes anyone's.
     ords, nxt = s.srv.write("s.claim", s.now, s.ns, _stream_name(key), _text(group), _text(consumer),
-                            max(min_idle, 1), list(start), count)
+                            min_idle, list(start), count, True)
     return st, ords, nxt
 
 

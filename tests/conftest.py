@@ -47,6 +47,7 @@ class ServerProc:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         ready = threading.Event()
+        matched: list[bool] = []
 
         def pump(proc: subprocess.Popen = self.proc) -> None:
             assert proc.stdout is not None
@@ -55,11 +56,12 @@ class ServerProc:
                 m = READY.search(line)
                 if m:
                     self.port = int(m.group(2))
+                    matched.append(True)
                     ready.set()
-            ready.set()
+            ready.set()  # end of output: it exited
 
         threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(timeout) or self.proc.poll() is not None:
+        if not ready.wait(timeout) or not matched or self.proc.poll() is not None:
             out = "\n".join(self.output)
             self.stop()
             raise RuntimeError(f"flo-server did not start:\n{out}")

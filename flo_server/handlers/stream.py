@@ -162,9 +162,9 @@ def apply_touch(srv: Any, lsn: int, now: int, ns: str, name: str, group: str, ke
 
 @applier("s.claim")
 def apply_claim(srv: Any, lsn: int, now: int, ns: str, name: str, group: str, consumer: str,
-                min_idle_ms: int, start: list, count: int) -> list:
+                min_idle_ms: int, start: list, count: int, others: bool | None = None) -> list:
     s, g = _group(srv, now, ns, name, group)
-    ords, nxt = g.claim(s, consumer, min_idle_ms, id_int(start[0], start[1]), count, now)
+    ords, nxt = g.claim(s, consumer, min_idle_ms, id_int(start[0], start[1]), count, now, others)
     return [ords, nxt]
 
 

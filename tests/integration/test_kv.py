@@ -10,6 +10,7 @@ counters, expire/touch/persist, JSON paths, transactions and namespaces.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 
@@ -49,9 +50,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 I64_MAX = (1 << 63) - 1
 
 
-@pytest.fixture(scope="module")
-def kv_server(tmp_path_factory):
-    sp = ServerProc(tmp_path_factory.mktemp("kv") / "data").start()
+@pytest.fixture(scope="module", params=["fastpath", "dispatcher"])
+def kv_server(request, tmp_path_factory):
+    """One server per module, twice: with the C fast path for GET/PUT, and with every op in Python."""
+    saved = os.environ.get("FLO_NO_FASTPATH")
+    if request.param == "dispatcher":
+        os.environ["FLO_NO_FASTPATH"] = "1"
+    try:
+        sp = ServerProc(tmp_path_factory.mktemp("kv") / "data").start()
+    finally:
+        if saved is None:
+            os.environ.pop("FLO_NO_FASTPATH", None)
+        else:
+            os.environ["FLO_NO_FASTPATH"] = saved
     try:
         yield sp
     finally:
@@ -851,3 +862,9 @@ async def test_get_result_behaves_like_bytes(client) -> None:
     await client.kv.put("k", b"abc")
     r = await client.kv.get("k")
     assert isinstance(r, GetResult) and r == b"abc" and bytes(r) == b"abc" and len(r) == 3
+
+
+async def test_ping_and_server_info(client) -> None:
+    await client.ping()  # PING is a value+options op: the client must send [value u32][options u16]
+    info = await client.server_info()
+    assert info["last_lsn"] >= 0 and info["connections"] >= 1

@@ -1,0 +1,224 @@
+"""flamepy end-to-end throughput and latency: a flmping-like no-op service (Flame README §6, `flmping -p`).
+
+What it measures, against one flo-server with its embedded executor manager:
+
+* ``tasks_per_s``: ``tasks`` no-op tasks submitted with ``Session.run_many`` (futures, in batches of
+  ``batch``) to a session with ``instances`` warm instances, from the first submit to the last result;
+* ``p50_ms`` / ``p99_ms``: each task's submit → result time within that burst;
+* ``single_task_p50_ms``: one ``invoke`` at a time (round trip of a lone task through the whole system).
+
+Usage::
+
+    .venv/bin/python -m bench.flamepy_bench --tasks 20000 --instances 2      # starts its own flo-server
+    .venv/bin/python -m bench.flamepy_bench --endpoint 127.0.0.1:9000        # an already running one
+
+or from Python: ``run("127.0.0.1:9000", tasks=20000, instances=2) -> dict``.
+Everything is bounded: ``max_seconds`` caps the burst (a shortfall is reported, not waited for), and the
+server this script starts is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from typing import Optional
+
+NOOP_SERVICE = textwrap.dedent('''\
+    # A bytes-level no-op Flame service: returns its input (flmping's "ping").
+    from flamepy.core import FlameService, run
+
+    class Ping(FlameService):
+        def on_task_invoke(self, context):
+            return context.input
+
+    if __name__ == "__main__":
+        run(Ping())
+    ''')
+
+SINGLE_TASK_SAMPLES = 200
+READY_TIMEOUT_S = 60.0
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[i]
+
+
+def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: float = 60, batch: int = 1000,
+        single_samples: int = SINGLE_TASK_SAMPLES) -> dict:
+    """Register a no-op app on ``endpoint``, run the burst and the single-task probe, clean up; the figures.
+
+    >>> run("127.0.0.1:9000", tasks=2000, instances=2)          # doctest: +SKIP
+    {'tasks_per_s': ..., 'p50_ms': ..., 'p99_ms': ..., 'single_task_p50_ms': ..., ...}
+    """
+    import flamepy
+    from flamepy.core import client as core_client
+
+    tasks = max(1, min(int(tasks), 10_000_000))
+    instances = max(1, min(int(instances), 128))
+    batch = max(1, min(int(batch), 100_000))
+    work_dir = tempfile.mkdtemp(prefix="flamepy-bench-")
+    script = os.path.join(work_dir, "noop_service.py")
+    with open(script, "w") as f:
+        f.write(NOOP_SERVICE)
+    app = f"bench-noop-{uuid.uuid4().hex[:8]}"
+    conn = core_client.connect(endpoint)
+    session = None
+    try:
+        conn.register_application(app, {"command": sys.executable, "arguments": [script],
+                                         "working_directory": work_dir, "delay_release": 5})
+        session = conn.create_session(flamepy.SessionAttributes(
+            application=app, min_instances=instances, max_instances=instances))
+        # Warm up: every instance started and served one task, so the burst measures steady state.
+        warm = session.run_many([b"warm"] * (instances * 4))
+        concurrent.futures.wait(warm, timeout=READY_TIMEOUT_S)
+        if not all(f.done() and f.exception() is None for f in warm):
+            raise RuntimeError("the no-op service did not answer its warm-up tasks within "
+                               f"{READY_TIMEOUT_S:g}s")
+
+        # -- the burst: run_many in batches, futures all in flight -------------------------------------------
+        payload = b"ping"
+        done_at: list[float] = [0.0] * tasks
+        submitted_at: list[float] = [0.0] * tasks
+        remaining = [tasks]
+        all_done = threading.Event()
+        lock = threading.Lock()
+
+        def on_done(i: int):
+            def cb(_fut):
+                done_at[i] = time.perf_counter()
+                with lock:
+                    remaining[0] -= 1
+                    if remaining[0] == 0:
+                        all_done.set()
+            return cb
+
+        futures: list[concurrent.futures.Future] = []
+        start = time.perf_counter()
+        deadline = start + max_seconds
+        for off in range(0, tasks, batch):
+            n = min(batch, tasks - off)
+            t = time.perf_counter()
+            futs = session.run_many([payload] * n)
+            for j, fut in enumerate(futs):
+                submitted_at[off + j] = t
+                fut.add_done_callback(on_done(off + j))
+            futures.extend(futs)
+            if time.perf_counter() > deadline:
+                break
+        all_done.wait(max(0.0, deadline - time.perf_counter()))
+        end = time.perf_counter()
+        finished = [i for i, f in enumerate(futures) if f.done()]
+        failed = sum(1 for i in finished if futures[i].exception() is not None)
+        last = max((done_at[i] for i in finished), default=end)
+        elapsed = (last if len(finished) == tasks else end) - start
+        latencies = sorted((done_at[i] - submitted_at[i]) * 1000 for i in finished)
+
+        # -- single-task latency: one invoke at a time -------------------------------------------------------
+        singles: list[float] = []
+        single_deadline = time.perf_counter() + max(5.0, max_seconds / 4)
+        for _ in range(max(1, single_samples)):
+            t = time.perf_counter()
+            session.invoke(payload)
+            singles.append((time.perf_counter() - t) * 1000)
+            if time.perf_counter() > single_deadline:
+                break
+        singles.sort()
+        return {
+            "tasks_per_s": round(len(finished) / elapsed, 1) if elapsed > 0 else 0.0,
+            "p50_ms": round(_percentile(latencies, 0.50), 3),
+            "p99_ms": round(_percentile(latencies, 0.99), 3),
+            "single_task_p50_ms": round(_percentile(singles, 0.50), 3),
+            "single_task_p99_ms": round(_percentile(singles, 0.99), 3),
+            "tasks": tasks, "completed": len(finished), "failed": failed, "instances": instances,
+            "batch": batch, "seconds": round(elapsed, 3),
+        }
+    finally:
+        if session is not None:
+            try:
+                session.close()
+            except Exception:
+                pass
+        conn.close()
+
+
+# -- a private flo-server for __main__ ------------------------------------------------------------------------
+
+class _Server:
+    """``flo-server --port 0`` (with the embedded executor) in a temp data dir, stopped by its pid."""
+
+    def __init__(self, startup_timeout: float = 30.0) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix="flamepy-bench-data-")
+        exe = os.path.join(os.path.dirname(sys.executable), "flo-server")
+        cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "flo_server"]
+        self.proc = subprocess.Popen(
+            cmd + ["--host", "127.0.0.1", "--port", "0", "--data-dir", self.data_dir, "--log-level", "warning"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        self.endpoint: Optional[str] = None
+        found = threading.Event()
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                if self.endpoint is None and "flo-server ready on" in line:
+                    self.endpoint = line.rsplit(" ", 1)[1].strip()
+                    found.set()
+            found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not found.wait(startup_timeout) or self.endpoint is None:
+            self.stop()
+            raise RuntimeError("flo-server did not report 'flo-server ready on HOST:PORT'")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # Its own process group: the service instances it launched go with it.
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        import shutil
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--endpoint", help="use this flo-server (host:port) instead of starting one")
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1000, help="tasks per run_many call")
+    parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--single", type=int, default=SINGLE_TASK_SAMPLES, help="single-task samples")
+    args = parser.parse_args(argv)
+    server = None
+    try:
+        endpoint = args.endpoint
+        if endpoint is None:
+            server = _Server()
+            endpoint = server.endpoint
+        result = run(endpoint, args.tasks, args.instances, args.max_seconds, args.batch, args.single)
+        print(json.dumps(result))
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
