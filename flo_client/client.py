@@ -238,7 +238,7 @@ class FloClient:
     async def ping(self) -> None:
         from flo_core.spec import Op
 
-        await self._call(Op.PING, b"")
+        await self._call_vo(Op.PING, b"")
 
     async def server_info(self) -> dict:
         import msgpack

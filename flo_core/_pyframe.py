@@ -34,6 +34,7 @@ class FrameError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.frames: list = []  # good frames parsed before the bad one, still to be answered
 
 
 class FrameReader:
@@ -57,7 +58,17 @@ class FrameReader:
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         buf = self._buf
         buf += data
-        out = []
+        out: list = []
+        try:
+            pos = self._parse(buf, out)
+        except FrameError as e:
+            e.frames = out
+            raise
+        if pos:
+            del buf[:pos]
+        return out
+
+    def _parse(self, buf: bytearray, out: list) -> int:
         pos = 0
         n = len(buf)
         while n - pos >= HEADER_SIZE:
@@ -87,9 +98,7 @@ class FrameReader:
                     raise FrameError(Reason.MALFORMED, "crc mismatch")
             out.append((rid, code, payload))
             pos = end
-        if pos:
-            del buf[:pos]
-        return out
+        return pos
 
 
 def encode_request(request_id: int, op: int, payload: bytes, flags: int = 0) -> bytes:

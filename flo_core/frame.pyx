@@ -19,6 +19,13 @@ from flo_core.spec import Reason
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
 
 
+cdef _bad(list out, reason, message):
+    # the frames before the bad one still get answers: they travel with the error
+    e = FrameError(reason, message)
+    e.frames = out
+    return e
+
+
 cdef class FrameReader:
     """Reassemble frames from a byte stream: ``feed(data) -> [(id, code, payload)]``.
 
@@ -71,7 +78,7 @@ cdef class FrameReader:
         while n - pos >= HEADER:
             h = p + pos
             if ld32(h) != MAGIC:
-                raise FrameError(Reason.MALFORMED, "bad magic")
+                raise _bad(out, Reason.MALFORMED, "bad magic")
             if self._is_request:
                 code = ld16(h + 20)
                 version = h[22]
@@ -79,14 +86,14 @@ cdef class FrameReader:
                 version = h[20]
                 code = h[21]
             if version != VERSION or ld64(h + 24) != table_hash():
-                raise FrameError(Reason.TABLE_MISMATCH, "protocol version or table hash mismatch")
+                raise _bad(out, Reason.TABLE_MISMATCH, "protocol version or table hash mismatch")
             length = ld32(h + 4)
             if length > self._max:
-                raise FrameError(Reason.FIELD_TOO_LONG, f"frame of {length} bytes exceeds the limit of {self._max}")
+                raise _bad(out, Reason.FIELD_TOO_LONG, f"frame of {length} bytes exceeds the limit of {self._max}")
             if n - pos - HEADER < length:
                 break
             if self._check_crc and frame_crc(h, h + HEADER, length) != ld32(h + 16):
-                raise FrameError(Reason.MALFORMED, "crc mismatch")
+                raise _bad(out, Reason.MALFORMED, "crc mismatch")
             pos += HEADER + length
             self._on_frame(ld64(h + 8), code, h + HEADER, length, out)
         return pos

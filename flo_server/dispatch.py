@@ -64,7 +64,7 @@ def parse(op: int, rid: int, payload: bytes, conn: Any, now: int) -> Request:
     """Split and bound-check a payload; raises Refusal on bad input."""
     try:
         ns, key, pos = wire.split_payload(payload)
-        if len(ns) > MAX_NAMESPACE:
+        if payload[0] | (payload[1] << 8) > MAX_NAMESPACE:  # bytes, not characters
             raise Refusal(Reason.FIELD_TOO_LONG, f"namespace longer than {MAX_NAMESPACE} bytes")
         if len(key) > MAX_KEY:
             raise Refusal(Reason.FIELD_TOO_LONG, f"key longer than {MAX_KEY} bytes")

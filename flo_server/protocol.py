@@ -127,9 +127,14 @@ class FloProtocol(asyncio.Protocol):
                     else:
                         self._start(rid, r)
         except wire.FrameError as e:
-            # The stream cannot be resynchronised: answer what ran, then a refusal with id 0, then close.
+            # The stream cannot be resynchronised: answer what came before, then a refusal with id 0, then close.
             if self.core:
                 self.out += self.reader.out
+            else:
+                for rid, op, payload in e.frames:
+                    r = dispatch(self.srv, rid, op, payload, self, now)
+                    if type(r) is tuple:
+                        _append_reply(self.out, rid, r[0], r[1])
             _append_reply(self.out, 0, Status.BAD_REQUEST, refusal_body(e.reason, Ran.NO, e.message))
             self._flush()
             self.closed = True

@@ -14,7 +14,8 @@ from flo_client import FloClient
 from . import records as R
 from .types import FlameError, FlameErrorCode
 
-from flo_client import ConflictError, DequeueOptions, GetOptions, KVIncrOptions, PutOptions, ScanOptions
+from flo_client import (ConflictError, DequeueOptions, EnqueueOptions, GetOptions, KVIncrOptions, PutOptions,
+                        ScanOptions)
 
 WAIT_FOR_CHANGE = 1  # GetOptions.wait_for: 0 = until the key exists, 1 = until its version changes
 
@@ -115,7 +116,9 @@ class Store:
 
     # -- queues ----------------------------------------------------------------------------------------------
 
-    async def enqueue(self, queue: str, payload: bytes) -> int:
+    async def enqueue(self, queue: str, payload: bytes, priority: int = 0) -> int:
+        if priority:
+            return await self.client.queue.enqueue(queue, payload, EnqueueOptions(priority=priority))
         return await self.client.queue.enqueue(queue, payload)
 
     async def dequeue(self, queue: str, count: int, block_ms: int = 0) -> list[tuple[int, bytes]]:

@@ -256,7 +256,13 @@ async def delete_session_data(store: Store, app: str, sid: str) -> None:
 # -- tasks ----------------------------------------------------------------------------------------------------
 
 async def create_tasks(store: Store, sid: str, inputs: Sequence[Optional[bytes]], reply: Optional[str]) -> list[int]:
-    """Create len(inputs) PENDING tasks in one pipelined burst; returns their ids."""
+    """Create len(inputs) PENDING tasks in one pipelined burst; returns their ids.
+
+    One id allocation, one record write per task, and one queue message per chunk of
+    ``R.CHUNK_TASKS`` consecutive ids. Records and messages leave on the same connection in
+    that order, and the server applies a connection's requests in order, so an instance never
+    dequeues a chunk whose records are not there yet.
+    """
     for data in inputs:
         if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
             raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "task input must be bytes or None")
@@ -271,11 +277,25 @@ async def create_tasks(store: Store, sid: str, inputs: Sequence[Optional[bytes]]
     for tid, data in zip(ids, inputs):
         ref, chunks = R.split_blob(data)
         chunk_writes.extend(chunks)
-        writes.append((R.k_task(sid, tid), R.pack(R.new_task_record(sid, tid, ref, reply, now))))
+        writes.append(store.put(R.k_task(sid, tid), R.pack(R.new_task_record(sid, tid, ref, reply, now))))
     await store.write_chunks(chunk_writes)
-    await asyncio.gather(*(store.put(k, v) for k, v in writes), store.incr(R.k_cnt(sid, "pending"), n))
-    await asyncio.gather(*(store.enqueue(R.q_tasks(sid), str(tid).encode()) for tid in ids))
+    queue = R.q_tasks(sid)
+    await asyncio.gather(*writes, store.incr(R.k_cnt(sid, "pending"), n),
+                         *(store.enqueue(queue, R.chunk_payload(a, b), R.PRIORITY_FRESH)
+                           for a, b in R.chunk_ranges(ids)))
     return ids
+
+
+async def requeue_chunks(store: Store, sid: str, chunks: Sequence[Sequence[int]]) -> None:
+    """Give back held chunk messages ([seq, first, last]): the ranges go back to the queue ahead of
+    fresh chunks (tasks already terminal in them are skipped by whoever takes them), then the old
+    messages are acked — in that order, so a failure in between duplicates instead of losing."""
+    if not chunks:
+        return
+    queue = R.q_tasks(sid)
+    await asyncio.gather(*(store.enqueue(queue, R.chunk_payload(first, last), R.PRIORITY_REQUEUED)
+                           for _, first, last in chunks))
+    await store.ack(queue, [seq for seq, _, _ in chunks])
 
 
 async def get_task_record(store: Store, sid: str, tid) -> Optional[tuple[dict, int]]:
@@ -292,29 +312,93 @@ async def load_task(store: Store, sid: str, tid):
     return R.task_from_record(rec, inp, out)
 
 
-def _event(rec: dict, code: int, message: str) -> None:
+def _event(rec: dict, code: int, message: str, at_ms: Optional[int] = None) -> None:
     events = rec.get("events") or []
     rec["events"] = (events if len(events) < MAX_TASK_EVENTS else events[:1] + events[-(MAX_TASK_EVENTS - 2):]) \
-        + [[code, message, now_ms()]]
+        + [[code, message, now_ms() if at_ms is None else at_ms]]
 
 
-async def start_task(store: Store, sid: str, tid: int, instance_id: str, seq: int) -> Optional[tuple[dict, int]]:
-    """PENDING → RUNNING for the instance that dequeued it; None when it is not pending any more."""
-    while True:
-        got = await get_task_record(store, sid, tid)
-        if got is None or got[0]["state"] != int(TaskState.PENDING):
-            return None
-        rec, version = got
-        rec["state"] = int(TaskState.RUNNING)
-        rec["instance"] = instance_id
-        _event(rec, int(TaskState.RUNNING), "Task state was updated to <Running>")
-        try:
-            version = await store.put(R.k_task(sid, tid), R.pack(rec), cas=version)
-        except Conflict:
-            continue
-        await asyncio.gather(store.incr(R.k_cnt(sid, "pending"), -1), store.incr(R.k_cnt(sid, "running"), 1),
-                             store.put(R.k_cur(instance_id), R.pack([sid, tid, seq])))
-        return rec, version
+def running_record(rec: dict, instance_id: str, started_ms: int) -> dict:
+    """A copy of a PENDING task record, now RUNNING on ``instance_id``."""
+    rec = dict(rec)
+    rec["state"] = int(TaskState.RUNNING)
+    rec["instance"] = instance_id
+    _event(rec, int(TaskState.RUNNING), "Task state was updated to <Running>", started_ms)
+    return rec
+
+
+async def start_task(store: Store, sid: str, tid: int, rec: dict, version: int, instance_id: str,
+                     started_ms: int) -> Optional[tuple[dict, int]]:
+    """PENDING → RUNNING (CAS on the version read); None when someone else changed it (cancelled)."""
+    running = running_record(rec, instance_id, started_ms)
+    try:
+        version = await store.put(R.k_task(sid, tid), R.pack(running), cas=version)
+    except Conflict:
+        return None
+    await asyncio.gather(store.incr(R.k_cnt(sid, "pending"), -1), store.incr(R.k_cnt(sid, "running"), 1))
+    return running, version
+
+
+def terminal_record(rec: dict, state: TaskState, output_ref, message: Optional[str]) -> dict:
+    rec = dict(rec)
+    rec["state"] = int(state)
+    rec["output"] = output_ref
+    rec["dtime"] = now_ms()
+    if state == TaskState.SUCCEED:
+        _event(rec, int(state), "Task was completed with state <Succeed>")
+    else:
+        _event(rec, int(state), message or "Task failed without error message")
+    return rec
+
+
+async def finish_batch(store: Store, sid: str, done: Sequence[tuple]) -> int:
+    """Record many finished tasks of one session at once; the instance's fast path.
+
+    ``done``: (rec, prev_state, version, state, output bytes or None, message): ``rec`` is the
+    record to finish (it may already carry the Running event), ``prev_state`` the state stored
+    under ``version`` (PENDING, or RUNNING if the instance marked it). Every record is CAS-written (a task
+    cancelled meanwhile keeps its cancellation), then the counters move by the summed deltas, then
+    the notices go out, several per reply message — record → counters → notice as in
+    :func:`finish_task`. Returns how many were recorded.
+    """
+    if not done:
+        return 0
+    writes, finals, chunk_writes = [], [], []
+    for rec, prev_state, version, state, output, message in done:
+        ref, chunks = R.split_blob(output)
+        chunk_writes.extend(chunks)
+        final = terminal_record(rec, state, ref, message)
+        finals.append((prev_state, final, message))
+        writes.append(store.put(R.k_task(sid, rec["id"]), R.pack(final), cas=version))
+    await store.write_chunks(chunk_writes)
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    deltas: dict[str, int] = {}
+    notices: dict[str, list] = {}
+    recorded = 0
+    for (prev_state, final, message), res in zip(finals, results):
+        if isinstance(res, Conflict):
+            continue  # cancelled or failed by someone else meanwhile: theirs stands
+        if isinstance(res, BaseException):
+            raise res
+        recorded += 1
+        src = "running" if prev_state == int(TaskState.RUNNING) else "pending"
+        dst = _COUNTER_OF[final["state"]]
+        deltas[src] = deltas.get(src, 0) - 1
+        deltas[dst] = deltas.get(dst, 0) + 1
+        if final.get("reply"):
+            if message is None and final["state"] != int(TaskState.SUCCEED):
+                message = R.failure_message(final)
+            notices.setdefault(final["reply"], []).append(
+                R.notice_of(sid, final["id"], final["state"], final.get("output"), message))
+    # Same connection, sent in this order and applied in order: counters land before the notices.
+    await asyncio.gather(*(store.incr(R.k_cnt(sid, c), d) for c, d in deltas.items() if d),
+                         *(store.enqueue(reply, payload) for reply, group in notices.items()
+                           for payload in R.reply_notices(group)))
+    return recorded
+
+
+_COUNTER_OF = {int(TaskState.SUCCEED): "succeed", int(TaskState.FAILED): "failed",
+               int(TaskState.CANCELLED): "cancelled"}
 
 
 async def finish_task(store: Store, sid: str, rec: dict, version: int, state: TaskState,
@@ -375,11 +459,14 @@ async def cancel_pending_tasks(store: Store, sid: str, state: TaskState, message
 
 
 async def fail_lost_task(store: Store, sid: str, tid: int, seq: Optional[int], message: str) -> None:
-    """The instance running ``tid`` died: the task FAILS (no retry) and its queue message is settled."""
+    """The instance running ``tid`` died: the task FAILS (no retry) and its queue message is settled.
+
+    The record may still say PENDING: an instance writes RUNNING only once a task has run for a
+    while (a fast task goes PENDING → terminal in one write)."""
     got = await get_task_record(store, sid, tid)
     if got is not None:
         rec, version = got
-        if rec["state"] == int(TaskState.RUNNING):
+        if rec["state"] in (int(TaskState.RUNNING), int(TaskState.PENDING)):
             await finish_task(store, sid, rec, version, TaskState.FAILED, None, message)
         elif rec["state"] in (int(TaskState.SUCCEED), int(TaskState.FAILED)):
             await notify(store, rec)  # it may have died between the record and the notice

@@ -15,13 +15,20 @@ seq/<id>               task id counter (kv.incr)
 task/<id>/<tid>        task record (state, input, output, events)
 cnt/<id>/<counter>     pending / running / succeed / failed / cancelled
 alloc/<id>             instances reserved for the session (all managers)
-cur/<instance>         what an instance is doing: [session, task id, seq]
+cur/<instance>         (legacy) what an instance was doing; now a local state file, see below
 ready/<instance>       written by an instance once it serves its session
 blob/<uuid>/<i>        chunks of values bigger than one KV value
 obj/<app>/<ssn>/<oid>  object cache record; objd/.../<n> its deltas
-q: tasks/<id>          pending task ids of a session (leased queue)
+q: tasks/<id>          pending task ids of a session (leased queue), one message per *chunk*
+                       of consecutive ids: payload ``b"<first>"`` or ``b"<first>-<last>"``
 q: reply/<client>      completion notices for one client process
 =====================  =====================================================
+
+An instance tells its executor manager what it is doing through a small local
+file (``FLAME_INSTANCE_STATE``), rewritten before every task with one
+``pwrite``: [session, running task id or None, [[seq, first, last], ...] of
+the chunk messages it holds]. A write that returned survives the process, so
+a crash is attributed to the right task without a network round trip per task.
 """
 
 from __future__ import annotations
@@ -66,6 +73,61 @@ def k_obj(key: str) -> str: return f"obj/{key}"
 def k_objd(key: str, n: int) -> str: return f"objd/{key}/{n}"
 def q_tasks(sid: str) -> str: return f"tasks/{sid}"
 def q_reply(client_id: str) -> str: return f"reply/{client_id}"
+
+
+# Task chunks: lower priority values are dequeued first, so the unfinished rest of a chunk an
+# instance gives back (a slow chunk split for other instances, or a crashed instance's) runs before
+# chunks submitted later: FIFO order within a session is kept.
+CHUNK_TASKS = 64
+PRIORITY_FRESH = 100
+PRIORITY_REQUEUED = 50
+
+
+def chunk_payload(first: int, last: int) -> bytes:
+    return str(first).encode() if first == last else f"{first}-{last}".encode()
+
+
+def parse_chunk(payload: bytes) -> tuple[int, int]:
+    """``b"7"`` → (7, 7), ``b"7-70"`` → (7, 70); ValueError on anything else."""
+    text = bytes(payload).decode("ascii")
+    first, sep, last = text.partition("-")
+    a = int(first)
+    b = int(last) if sep else a
+    if a < 1 or b < a or b - a > 1_000_000:
+        raise ValueError(f"bad task chunk {text!r}")
+    return a, b
+
+
+def chunk_ranges(ids: list[int], size: int = CHUNK_TASKS) -> list[tuple[int, int]]:
+    """Consecutive ids (as kv.incr hands them out) cut into chunks of at most ``size``."""
+    out = []
+    for i in range(0, len(ids), size):
+        part = ids[i:i + size]
+        out.append((part[0], part[-1]))
+    return out
+
+
+STATE_SIZE = 64 * 1024
+
+
+def encode_instance_state(sid: str, running: Optional[int], chunks: list) -> bytes:
+    body = pack([sid, running, chunks])
+    if len(body) + 4 > STATE_SIZE:  # bounded: keep the running task, drop the chunk list
+        body = pack([sid, running, []])
+    return len(body).to_bytes(4, "little") + body
+
+
+def decode_instance_state(data: bytes) -> Optional[list]:
+    if len(data) < 4:
+        return None
+    n = int.from_bytes(data[:4], "little")
+    if n == 0 or 4 + n > len(data):
+        return None
+    try:
+        state = unpack(data[4:4 + n])
+    except Exception:
+        return None
+    return state if isinstance(state, list) and len(state) == 3 else None
 
 
 def pack(obj: Any) -> bytes:
@@ -172,7 +234,38 @@ def failure_message(rec: dict) -> str:
     return "Task failed without error message"
 
 
+def notice_of(sid: str, tid: int, state: int, output_ref: Any, message: Optional[str]) -> list:
+    return [sid, tid, state, output_ref if output_ref and output_ref[0] == "i" else None,
+            bool(output_ref) and output_ref[0] == "c", message]
+
+
 def reply_notice(sid: str, tid: int, state: int, output_ref: Any, message: Optional[str]) -> bytes:
     """Completion notice sent to the waiting client's reply queue (output inline when it is)."""
-    return pack([sid, tid, state, output_ref if output_ref and output_ref[0] == "i" else None,
-                 bool(output_ref) and output_ref[0] == "c", message])
+    return pack(notice_of(sid, tid, state, output_ref, message))
+
+
+NOTICE_BATCH_BYTES = 128 * 1024
+
+
+def reply_notices(notices: list[list]) -> list[bytes]:
+    """Reply messages carrying many notices each (lists of :func:`notice_of` lists), every message
+    below ``NOTICE_BATCH_BYTES`` unless one notice alone is bigger (inline outputs are < one frame)."""
+    out: list[bytes] = []
+    group: list[list] = []
+    size = 0
+    for n in notices:
+        one = len(n[3][1]) + 64 if n[3] else 64
+        if group and size + one > NOTICE_BATCH_BYTES:
+            out.append(pack(group))
+            group, size = [], 0
+        group.append(n)
+        size += one
+    if group:
+        out.append(pack(group))
+    return out
+
+
+def notices_in(payload: bytes) -> list[list]:
+    """The notices of one reply message, single or batched."""
+    obj = unpack(payload)
+    return obj if obj and isinstance(obj[0], list) else [obj]

@@ -9,12 +9,30 @@ session. It learns where to go from its environment:
 * ``FLAME_IDLE_TIMEOUT``  seconds without a task before it leaves (0 = stay warm)
 
 Its main thread runs the user's code one task at a time; the flamepy I/O loop
-talks to Flo meanwhile (and keeps the task's queue lease alive).
+talks to Flo meanwhile. How it stays fast without changing what clients see:
+
+* it leases a few *chunks* (queue messages of up to 64 consecutive task ids) and
+  reads their records with one ``mget`` per dequeue;
+* a task is marked RUNNING only once it has run for ``RUNNING_MARK_S`` (a
+  watchdog on the I/O loop does it); a fast task goes PENDING → terminal in one
+  CAS write (its record still gets the Running event);
+* results are recorded in batches (group commit: while one batch is being
+  written the next accumulates), counters move by summed deltas, notices go
+  several per reply message, a chunk is acked once all its tasks are recorded;
+* before each task one ``pwrite`` to the local state file
+  (``FLAME_INSTANCE_STATE``) says which task runs and which chunks are held, so
+  the executor manager can fail exactly that task if the process dies and give
+  the rest back (at-least-once: a result not yet recorded is run again);
+* after a slow task (> ``SLOW_TASK_S``) the unstarted rest of its chunks is
+  given back to the queue (ahead of later chunks), so slow tasks spread over
+  every instance of the session, and the next dequeue takes one chunk only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import os
 import signal
@@ -31,6 +49,11 @@ __all__ = ["FlameService", "ApplicationContext", "SessionContext", "TaskContext"
 
 log = logging.getLogger("flamepy.service")
 LEASE_TOUCH_S = 10.0
+RUNNING_MARK_S = 0.02      # a task running this long is marked RUNNING (visible in the record and counters)
+WATCH_TICK_S = 0.01        # how often the watchdog looks
+SLOW_TASK_S = 0.005        # a task this slow makes the instance give back the rest of its chunks
+FAST_DEQUEUE_CHUNKS = 4    # chunks leased per dequeue while tasks are fast
+MAX_UNRECORDED = 1024      # finished tasks waiting for the batch in flight before the runner waits for it
 
 
 @dataclass
@@ -85,6 +108,44 @@ def run(service: FlameService) -> None:
     _InstanceRunner(service).serve()
 
 
+class _Entry:
+    """One task an instance started: its record as read and what became of it."""
+
+    __slots__ = ("tid", "rec", "version", "started", "started_ms", "finished", "mark", "marked", "lost")
+
+    def __init__(self, tid: int, rec: dict, version: int) -> None:
+        self.tid = tid
+        self.rec = rec
+        self.version = version
+        self.started = 0.0
+        self.started_ms = 0
+        self.finished = False
+        self.mark: Optional[asyncio.Future] = None  # the RUNNING write, once the watchdog started it
+        self.marked = False
+        self.lost = False  # the RUNNING write lost its CAS: cancelled meanwhile
+
+
+class _StateFile:
+    """The instance's local state file (see ``records.encode_instance_state``); a no-op without one."""
+
+    def __init__(self, path: Optional[str]) -> None:
+        self.fd: Optional[int] = None
+        if path:
+            try:
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                log.warning("cannot open the instance state file %s; crash attribution is off", path)
+
+    def write(self, data: bytes) -> None:
+        if self.fd is not None:
+            os.pwrite(self.fd, data, 0)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class _InstanceRunner:
     def __init__(self, service: FlameService) -> None:
         from .client import connection
@@ -95,6 +156,13 @@ class _InstanceRunner:
         self.conn = connection()
         self.store = self.conn.store
         self.queue = R.q_tasks(self.session_id)
+        self.state_file = _StateFile(os.environ.get("FLAME_INSTANCE_STATE"))
+        self.current: Optional[_Entry] = None      # read by the watchdog on the I/O loop
+        self.held: list[list] = []                 # [seq, first, last] of the chunks leased and not acked
+        self.unrecorded: list[tuple] = []          # finished tasks not handed to a batch yet
+        self.settled: list[int] = []               # chunk seqs whose every task is in a batch
+        self.inflight: Optional[concurrent.futures.Future] = None
+        self.slow = False
 
     def _call(self, coro):
         return _runtime.run(coro)
@@ -103,10 +171,12 @@ class _InstanceRunner:
         logging.basicConfig(level=os.environ.get("FLAME_LOG_LEVEL", "INFO").upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        watchdog = None
         try:
             ctx = self._enter()
             if ctx is None:
                 return
+            watchdog = _runtime.submit(self._watchdog())
             try:
                 self._loop()
             finally:
@@ -116,6 +186,11 @@ class _InstanceRunner:
                     log.exception("on_session_leave failed")
         except (_Terminate, KeyboardInterrupt):
             log.info("instance %s terminated", self.instance_id)
+        finally:
+            self._drain_on_exit()
+            if watchdog is not None:
+                watchdog.cancel()
+            self.state_file.close()
 
     def _on_sigterm(self, signum, frame) -> None:
         raise _Terminate()
@@ -143,6 +218,8 @@ class _InstanceRunner:
     def _ready(self, value) -> None:
         self._call(self.store.put(R.k_ready(self.instance_id), R.pack(value)))
 
+    # -- the work loop (main thread) ---------------------------------------------------------------------
+
     def _loop(self) -> None:
         last_work = time.monotonic()
         while True:
@@ -153,46 +230,174 @@ class _InstanceRunner:
                     log.info("instance %s idle for %ss, leaving", self.instance_id, self.idle_timeout)
                     return
                 wait_s = min(wait_s, left)
-            msgs = self._call(self.store.dequeue(self.queue, 1, block_ms=max(1, int(wait_s * 1000))))
-            if not msgs:
+            self._write_state(None)
+            count = 1 if self.slow else FAST_DEQUEUE_CHUNKS
+            work = self._call(self._take(count, max(1, int(wait_s * 1000))))
+            if not work:
                 continue
-            seq, payload = msgs[0]
-            self._handle(seq, int(payload))
+            self._run_chunks(work)
             last_work = time.monotonic()
 
-    def _handle(self, seq: int, tid: int) -> None:
-        started = self._call(ops.start_task(self.store, self.session_id, tid, self.instance_id, seq))
-        if started is None:  # cancelled / already handled (a redelivery): just settle the message
-            self._call(self.store.ack(self.queue, [seq]))
-            return
-        rec, version = started
-        keeper = _runtime.submit(self._keep_lease(seq))
+    async def _take(self, count: int, block_ms: int) -> list[tuple]:
+        """Lease up to ``count`` chunks; [(seq, first, last, {tid: (rec, version) or None})]."""
+        msgs = await self.store.dequeue(self.queue, count, block_ms=block_ms)
+        chunks, bad = [], []
+        for seq, payload in msgs:
+            try:
+                first, last = R.parse_chunk(payload)
+            except ValueError:
+                log.warning("dropping malformed task message %s: %r", seq, payload[:40])
+                bad.append(seq)
+                continue
+            chunks.append((seq, first, last))
+        if bad:
+            await self.store.ack(self.queue, bad)
+        if not chunks:
+            return []
+        tids = [t for _, a, b in chunks for t in range(a, b + 1)]
+        got = await self.store.mget([R.k_task(self.session_id, t) for t in tids])
+        recs = {t: (None if g is None else (R.unpack(g[0]), g[1])) for t, g in zip(tids, got)}
+        return [(seq, a, b, recs) for seq, a, b in chunks]
+
+    def _run_chunks(self, work: list[tuple]) -> None:
+        self.held = [[seq, a, b] for seq, a, b, _ in work]
+        self.slow = False
+        for index, (seq, first, last, recs) in enumerate(work):
+            for tid in range(first, last + 1):
+                got = recs.get(tid)
+                if got is None or got[0].get("state") != int(TaskState.PENDING):
+                    continue  # cancelled, or already done (a redelivery): nothing to run
+                if self.slow:  # the previous task was slow: let other instances take the rest
+                    self._give_back(seq, tid, last, work[index + 1:])
+                    return
+                took = self._run_one(_Entry(tid, got[0], got[1]))
+                if took >= SLOW_TASK_S:
+                    self.slow = True
+            self.settled.append(seq)
+            self.held[index] = None  # type: ignore[call-overload]  # settled: not given back on a crash
+        self.held = []
+        self._record(wait=False)
+
+    def _give_back(self, seq: int, tid: int, last: int, rest: list[tuple]) -> None:
+        back = [[seq, tid, last]] + [[s, a, b] for s, a, b, _ in rest]
+        self._record(wait=True)
+        self.held = []
+        self._call(ops.requeue_chunks(self.store, self.session_id, back))
+
+    def _write_state(self, running: Optional[int]) -> None:
+        self.state_file.write(R.encode_instance_state(self.session_id, running,
+                                                      [h for h in self.held if h is not None]))
+
+    def _run_one(self, entry: _Entry) -> float:
+        """Run one task in this thread; the seconds it took."""
+        self._write_state(entry.tid)
+        entry.started_ms = ops.now_ms()
+        entry.started = time.monotonic()
+        self.current = entry
         try:
-            data = self._call(self.store.read_blob(rec.get("input")))
-            try:
-                output = self.service.on_task_invoke(TaskContext(str(tid), self.session_id, data))
-                if output is not None and not isinstance(output, (bytes, bytearray)):
-                    raise TypeError(f"on_task_invoke must return bytes or None, not {type(output).__name__}")
-                state, message = TaskState.SUCCEED, None
-            except (_Terminate, KeyboardInterrupt):
-                raise
-            except BaseException as exc:  # SystemExit from user code fails the task too
-                log.exception("task %s failed", tid)
-                output, state = None, TaskState.FAILED
-                message = str(exc) or type(exc).__name__
+            data = entry.rec.get("input")
+            data = data[1] if data and data[0] == "i" else self._call(self.store.read_blob(data))
+            output = self.service.on_task_invoke(TaskContext(str(entry.tid), self.session_id, data))
+            if output is not None and not isinstance(output, (bytes, bytearray)):
+                raise TypeError(f"on_task_invoke must return bytes or None, not {type(output).__name__}")
+            state, message = TaskState.SUCCEED, None
+        except (_Terminate, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # SystemExit from user code fails the task too
+            log.exception("task %s failed", entry.tid)
+            output, state = None, TaskState.FAILED
+            message = str(exc) or type(exc).__name__
         finally:
-            keeper.cancel()
-        self._call(self._finish(rec, version, state, output, message, seq))
+            entry.finished = True
+            self.current = None
+        took = time.monotonic() - entry.started
+        self.unrecorded.append((entry, state, bytes(output) if output is not None else None, message))
+        # A marked (long) task is recorded right away and waited for: its RUNNING state must not outlive it.
+        if entry.mark is not None:
+            self._record(wait=True)
+        elif self.inflight is None or self.inflight.done() or len(self.unrecorded) >= MAX_UNRECORDED:
+            self._record(wait=False)
+        return took
 
-    async def _finish(self, rec, version, state, output, message, seq) -> None:
-        await ops.finish_task(self.store, self.session_id, rec, version, state,
-                              bytes(output) if output is not None else None, message)
-        await asyncio.gather(self.store.ack(self.queue, [seq]), self.store.delete(R.k_cur(self.instance_id)))
+    def _record(self, wait: bool) -> None:
+        """Hand the finished tasks (and the chunks they settle) to a batch write; one batch in flight."""
+        if self.inflight is not None:
+            self._settle_inflight()
+        if self.unrecorded or self.settled:
+            done, self.unrecorded = self.unrecorded, []
+            acks, self.settled = self.settled, []
+            self.inflight = _runtime.submit(self._write_batch(done, acks))
+            if wait:
+                self._settle_inflight()
 
-    async def _keep_lease(self, seq: int) -> None:
+    def _settle_inflight(self) -> None:
+        fut, self.inflight = self.inflight, None
+        try:
+            fut.result()
+        except (_Terminate, KeyboardInterrupt):
+            raise
+        except Exception:  # the leases lapse and the tasks run again elsewhere (at-least-once)
+            log.exception("recording task results failed")
+
+    async def _write_batch(self, done: list[tuple], acks: list[int]) -> None:
+        marks = [e.mark for e, *_ in done if e.mark is not None]
+        if marks:
+            await asyncio.gather(*marks, return_exceptions=True)
+        items = []
+        for entry, state, output, message in done:
+            if entry.lost:
+                continue
+            if entry.marked:
+                items.append((entry.rec, int(TaskState.RUNNING), entry.version, state, output, message))
+            else:
+                items.append((ops.running_record(entry.rec, self.instance_id, entry.started_ms),
+                              int(TaskState.PENDING), entry.version, state, output, message))
+        await ops.finish_batch(self.store, self.session_id, items)
+        if acks:
+            await self.store.ack(self.queue, acks)
+
+    def _drain_on_exit(self) -> None:
+        """Leaving (idle, closed or terminated): record what finished, give back what never started."""
+        try:
+            self._record(wait=True)
+            if self.held and any(h is not None for h in self.held):
+                self._call(ops.requeue_chunks(self.store, self.session_id, [h for h in self.held if h is not None]),
+                           )
+            self.held = []
+            self._write_state(None)
+        except BaseException:  # best effort: the manager gives the chunks back from the state file
+            log.warning("could not hand back work on exit", exc_info=True)
+
+    # -- the watchdog (I/O loop) ----------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """Mark long tasks RUNNING and keep the leases of held chunks alive."""
+        last_touch = time.monotonic()
         while True:
-            await asyncio.sleep(LEASE_TOUCH_S)
-            try:
-                await self.store.touch(self.queue, [seq])
-            except Exception:
-                log.warning("could not extend the lease of task message %s", seq)
+            await asyncio.sleep(WATCH_TICK_S)
+            entry = self.current
+            now = time.monotonic()
+            if (entry is not None and entry.mark is None and not entry.finished
+                    and now - entry.started >= RUNNING_MARK_S):
+                entry.mark = asyncio.ensure_future(self._mark_running(entry))
+            if now - last_touch >= LEASE_TOUCH_S:
+                last_touch = now
+                seqs = [h[0] for h in list(self.held) if h is not None]
+                if seqs:
+                    try:
+                        await self.store.touch(self.queue, seqs)
+                    except Exception:
+                        log.warning("could not extend the leases of task messages %s", seqs)
+
+    async def _mark_running(self, entry: _Entry) -> None:
+        try:
+            started = await ops.start_task(self.store, self.session_id, entry.tid, entry.rec, entry.version,
+                                           self.instance_id, entry.started_ms)
+        except Exception:
+            log.warning("could not mark task %s running", entry.tid, exc_info=True)
+            return
+        if started is None:
+            entry.lost = True
+        else:
+            entry.rec, entry.version = started
+            entry.marked = True

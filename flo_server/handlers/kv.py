@@ -467,7 +467,8 @@ def kv_mget(srv: Any, req: Request) -> bytes:
 def kv_scan(srv: Any, req: Request) -> bytes:
     """KV_SCAN key=prefix; opt(limit u32) [cursor bytes8] -> [count u16] names opt(bytes8 cursor)"""
     r = Reader(req.body)
-    limit = r.opt_u32() or DEFAULT_SCAN_LIMIT
+    limit = r.opt_u32()
+    limit = DEFAULT_SCAN_LIMIT if limit is None else limit
     cursor = r.bytes8() if not r.at_end() else b""
     if not 1 <= limit <= MAX_SCAN_LIMIT:
         raise Refusal(Reason.OUT_OF_RANGE, f"scan limit is 1..{MAX_SCAN_LIMIT}")
@@ -522,7 +523,8 @@ class ScanCursors:
 @handler(Op.KV_HISTORY)
 def kv_history(srv: Any, req: Request) -> bytes:
     """KV_HISTORY opt(limit u32) routing -> [count u8] x ([version u64][at_ms i64][value bytes32]), newest first"""
-    limit = Reader(req.body).opt_u32() or DEFAULT_HISTORY_LIMIT
+    limit = Reader(req.body).opt_u32()
+    limit = DEFAULT_HISTORY_LIMIT if limit is None else limit
     if not 1 <= limit <= MAX_HISTORY:
         raise Refusal(Reason.OUT_OF_RANGE, f"history limit is 1..{MAX_HISTORY}")
     items = srv.kv.history(req.ns, req.key, limit, req.now)
@@ -566,7 +568,10 @@ def kv_json_set(srv: Any, req: Request) -> bytes:
     r = Reader(req.body)
     path = _json_path(r)
     doc = r.bytes32()
-    value = jsonpath.loads(doc)
+    try:
+        value = jsonpath.loads(doc)
+    except Refusal:
+        raise Refusal(Reason.MALFORMED, "document is not valid JSON") from None
     if len(doc) > MAX_KV_VALUE:
         raise Refusal(Reason.FIELD_TOO_LONG, "document too large")
     entry = srv.kv.get(req.ns, req.key, req.now)

@@ -839,13 +839,13 @@ async def test_namespace_isolation_and_override(client, ns) -> None:
     assert [e.found for e in await client.kv.mget(["k"], MGetOptions(namespace=other))] == [False]
 
 
-async def test_empty_namespace_is_default(client) -> None:
+async def test_empty_namespace_is_default(client, kv_server) -> None:
     key = b"ns-default-probe:" + client.namespace.encode()
     status, _ = await raw(client, Op.KV_PUT, b"", key,
                           Writer().bytes32(b"via-empty").absent().opt_u8(0).absent().absent().absent().getvalue())
     assert status == 0
     assert (await client.kv.get(key, GetOptions(namespace="default"))).value == b"via-empty"
-    async with FloClient(f"127.0.0.1:{(await client._main()).transport.get_extra_info('peername')[1]}") as d:
+    async with FloClient(kv_server.endpoint) as d:
         assert d.namespace == "default"
         assert (await d.kv.get(key)).value == b"via-empty"
         assert await d.kv.delete(key) is True
