@@ -17,7 +17,11 @@ cdef class Namespace:
 cdef class KVStore:
     cdef public dict spaces
     cdef public int history_depth
+    cdef public int64_t history_budget
+    cdef public int64_t history_bytes
     cdef list _ttl_heap
+
+    cdef void _forget_history(self, Entry e)
 
     cdef Namespace _space(self, str ns, bint create)
     cpdef Entry get(self, str ns, bytes key, int64_t now)

@@ -16,17 +16,24 @@ Example:
     (b'v', 5)
 """
 
+cimport cython
 from libc.stdint cimport int64_t, uint64_t
 import heapq
 from sortedcontainers import SortedList
 
 DEF_HISTORY = 64
+DEF_HISTORY_BUDGET = 256 * 1024 * 1024
 
 
+# Entries hold only bytes, ints and tuples: they can never be part of a cycle, so the
+# garbage collector need not track them (a million tracked entries make every full
+# collection walk them all).
+@cython.no_gc
+@cython.final
 cdef class Entry:
     """A live key: ``value``, ``version``, ``expires_at`` (0 = none), ``written_at``."""
 
-    # history: earlier versions, oldest first: [(version, at_ms, value), ...]; None until overwritten
+    # history: the entries this one replaced, oldest first (their own history is None); None until overwritten
 
     def __cinit__(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at):
         self.value = value
@@ -58,9 +65,11 @@ cdef class KVStore:
 
     # _ttl_heap: (expires_at, ns, key) candidates for active expiry (stale ones are skipped)
 
-    def __cinit__(self, int history_depth=DEF_HISTORY):
+    def __cinit__(self, int history_depth=DEF_HISTORY, int64_t history_budget=DEF_HISTORY_BUDGET):
         self.spaces = {}
         self.history_depth = history_depth
+        self.history_budget = history_budget
+        self.history_bytes = 0
         self._ttl_heap = []
 
     cdef Namespace _space(self, str ns, bint create):
@@ -92,15 +101,28 @@ cdef class KVStore:
         cdef Namespace sp = self._space(ns, True)
         cdef Entry old = sp.keys.get(key)
         cdef Entry e = Entry(value, version, expires_at, now)
+        cdef list hist
         if old is None:
             sp.index.add(key)
-        elif not _dead(old, now):
+        elif _dead(old, now):
+            self._forget_history(old)
+        elif self.history_depth > 0:
             hist = old.history
+            old.history = None  # the list moves to the new entry
+            # the replaced entry itself is the history item: no allocation per write
             if hist is None:
-                hist = []
-            hist.append((old.version, old.written_at, old.value))
-            if len(hist) > self.history_depth:
-                del hist[0]
+                hist = [old]
+            else:
+                if len(hist) >= self.history_depth:
+                    self.history_bytes -= len((<Entry>hist[0]).value)
+                    del hist[0]
+                hist.append(old)
+            self.history_bytes += len(old.value)
+            if self.history_bytes > self.history_budget and len(hist) > 1:
+                # Over the server's history budget: a key written now keeps only its last version.
+                for h in hist[:-1]:
+                    self.history_bytes -= len((<Entry>h).value)
+                del hist[:-1]
             e.history = hist
         sp.keys[key] = e
         if expires_at:
@@ -115,7 +137,14 @@ cdef class KVStore:
         if e is None:
             return False
         sp.index.remove(key)
+        self._forget_history(e)
         return not _dead(e, now)
+
+    cdef void _forget_history(self, Entry e):
+        if e.history is not None:
+            for h in e.history:
+                self.history_bytes -= len((<Entry>h).value)
+            e.history = None
 
     cpdef bint set_expiry(self, str ns, bytes key, int64_t expires_at, int64_t now):
         """Change the TTL without a new version; False if the key is absent."""
@@ -167,7 +196,11 @@ cdef class KVStore:
 
     def flush(self, str ns):
         """Drop every key of ``ns``."""
-        self.spaces.pop(ns, None)
+        cdef Namespace sp = self.spaces.pop(ns, None)
+        cdef Entry e
+        if sp is not None:
+            for e in sp.keys.values():
+                self._forget_history(e)
 
     def history(self, str ns, bytes key, int limit, int64_t now):
         """``[(version, at_ms, value)]`` newest first, the live value included."""
@@ -177,11 +210,12 @@ cdef class KVStore:
         cdef list out = []
         if not _dead(e, now):
             out.append((e.version, e.written_at, e.value))
+        cdef Entry h
         if e.history is not None:
-            for item in reversed(e.history):
+            for h in reversed(e.history):
                 if len(out) >= limit:
                     break
-                out.append(item)
+                out.append((h.version, h.written_at, h.value))
         return out[:limit]
 
     def expire_some(self, int64_t now, int budget=1000):
@@ -199,6 +233,7 @@ cdef class KVStore:
             e = sp.keys.get(key)
             # the heap holds stale candidates too: re-check against the entry
             if e is not None and e.expires_at != 0 and e.expires_at <= now:
+                self._forget_history(e)
                 del sp.keys[key]
                 sp.index.remove(key)
                 removed += 1
@@ -213,7 +248,8 @@ cdef class KVStore:
         cdef Entry e
         out = {}
         for ns, sp in self.spaces.items():
-            out[ns] = [[k, e.value, e.version, e.expires_at, e.written_at, e.history or []]
+            out[ns] = [[k, e.value, e.version, e.expires_at, e.written_at,
+                        [(h.version, h.written_at, h.value) for h in e.history] if e.history else []]
                        for k, e in sp.keys.items()]
         return out
 
@@ -223,11 +259,14 @@ cdef class KVStore:
         cdef Entry e
         self.spaces = {}
         self._ttl_heap = []
+        self.history_bytes = 0
         for ns, rows in state.items():
             sp = self._space(ns, True)
             for k, value, version, expires_at, written_at, hist in rows:
                 e = Entry(value, version, expires_at, written_at)
-                e.history = [tuple(h) for h in hist] or None
+                e.history = [Entry(h[2], h[0], 0, h[1]) for h in hist] or None
+                for h in hist:
+                    self.history_bytes += len(h[2])
                 sp.keys[k] = e
                 if expires_at:
                     self._ttl_heap.append((expires_at, ns, k))

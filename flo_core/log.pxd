@@ -43,5 +43,7 @@ cdef class LogWriter:
     cdef bint _closed
 
     cdef int _reserve(self, Py_ssize_t extra) except -1
+    # one record from C (ServerCore's fast path); same checks as append()
+    cdef uint64_t append_c(self, uint8_t kind, const uint8_t *payload, Py_ssize_t n) except 0
     cdef int _open_segment(self, uint64_t first_lsn, bint create) except -1
     cdef int _rotate(self, uint64_t first_lsn) except -1

@@ -474,12 +474,16 @@ cdef class LogWriter:
 
     def append(self, int kind, bytes payload):
         """Queue one record; returns its LSN. No syscall."""
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        if kind < 1 or kind > 255:
+            raise ValueError("record kind must be 1..255")
+        return self.append_c(<uint8_t>kind, <const uint8_t *>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
+
+    cdef uint64_t append_c(self, uint8_t kind, const uint8_t *payload, Py_ssize_t n) except 0:
         cdef uint8_t *h
         cdef uint64_t lsn
         if self._closed:
             raise ValueError("log is closed")
-        if kind < 1 or kind > 255:
+        if kind < 1:
             raise ValueError("record kind must be 1..255")
         if n > MAX_PAYLOAD:
             raise ValueError(f"record of {n} bytes exceeds the limit of {MAX_PAYLOAD}")
@@ -490,7 +494,7 @@ cdef class LogWriter:
         st64(h + 8, lsn)
         h[16] = <uint8_t>kind
         if n:
-            memcpy(h + HDR, PyBytes_AS_STRING(payload), n)
+            memcpy(h + HDR, payload, n)
         st32(h + 4, record_crc(h, h + HDR, <uint32_t>n))
         if self._len == 0:
             self._pending_first_lsn = lsn

@@ -14,6 +14,7 @@ import click
 from flo_server.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_FSYNC,
+    DEFAULT_HISTORY_BYTES,
     DEFAULT_HOST,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_PORT,
@@ -48,12 +49,14 @@ def _env(name: str, default):
               help="deliveries before a message goes to the DLQ")
 @click.option("--snapshot-bytes", type=int, default=DEFAULT_SNAPSHOT_BYTES, show_default=True,
               help="take a snapshot after this many log bytes")
+@click.option("--history-bytes", type=int, default=DEFAULT_HISTORY_BYTES, show_default=True,
+              help="memory for earlier KV versions (up to 64 per key); past it a key keeps only its last one")
 @click.option("--no-executor", is_flag=True, help="do not run the flamepy executor manager in-process")
 @click.option("--repair-log", is_flag=True, help="start even if the log is corrupt in the middle: cut it at the first bad record")
 @click.pass_context
 def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bool, fsync: str, log_level: str,
          max_frame: int, max_connections: int, queue_lease_ms: int, queue_max_deliveries: int, snapshot_bytes: int,
-         no_executor: bool, repair_log: bool) -> None:
+         history_bytes: int, no_executor: bool, repair_log: bool) -> None:
     """Flo server: versioned KV, leased priority queues, streams and actions on one port."""
     if ctx.invoked_subcommand is not None:
         return
@@ -64,7 +67,7 @@ def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bo
         host=host, port=port, data_dir=None if no_persist else data_dir, fsync=fsync, log_level=log_level,
         max_frame=max_frame, max_connections=max_connections, queue_lease_ms=queue_lease_ms,
         queue_max_deliveries=queue_max_deliveries, snapshot_bytes=snapshot_bytes, executor=not no_executor,
-        repair_log=repair_log,
+        repair_log=repair_log, history_bytes=history_bytes,
     ))
 
 

@@ -16,6 +16,7 @@ DEFAULT_QUEUE_LEASE_MS = 30_000
 DEFAULT_QUEUE_MAX_DELIVERIES = 5
 DEFAULT_DEDUP_WINDOW_MS = 5 * 60_000
 DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
+DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024  # old KV versions kept in memory, all keys together
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ServerConfig:
     queue_max_deliveries: int = DEFAULT_QUEUE_MAX_DELIVERIES
     dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS
     snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES
+    history_bytes: int = DEFAULT_HISTORY_BYTES
     executor: bool = True  # run the flamepy executor manager in-process
     repair_log: bool = False  # cut a corrupt log at the first bad record instead of refusing to start
     extra: dict = field(default_factory=dict)

@@ -47,6 +47,10 @@ class MemoryJournal:
         self.last_lsn += 1
         return self.last_lsn
 
+    def raw_writer(self) -> None:
+        """No log file: the C fast path calls :meth:`append` instead."""
+        return None
+
     def call_after_sync(self, cb: Callable[[], None]) -> None:
         cb()
 

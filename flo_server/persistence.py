@@ -401,6 +401,22 @@ class DiskJournal:
             self.loop.call_soon(self._flush_now)
         return lsn
 
+    def raw_writer(self) -> Any:
+        """The LogWriter for ServerCore's C fast path while writes are allowed, else None.
+
+        The core appends RECORD_WRITE records (msgpack ``[kind, args]``, the same bytes
+        :func:`pack_record` makes) with ``LogWriter.append_c`` and then calls
+        :meth:`appended_raw` once per read batch.
+        """
+        return None if self.failed is not None or self.closed else self.writer
+
+    def appended_raw(self, nbytes: int) -> None:
+        """Account for records the core appended directly: snapshot trigger and the loop's one flush."""
+        self.bytes_since_snapshot += nbytes
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_now)
+
     def call_after_sync(self, cb: Callable[[], None]) -> None:
         """Run ``cb`` once everything appended so far is safe per the policy (now if it already is)."""
         if not self.pending_sync:

@@ -41,6 +41,19 @@ _APP_KEYS = set(ApplicationAttributes.__dataclass_fields__)
 _REPLY_IDLE_CHECK_MS = 5000
 
 
+class TaskFuture(concurrent.futures.Future):
+    """The future of a submitted task: its output bytes (or None), or a FlameError.
+
+    A task runs once submitted, so ``cancel()`` is always False (what ``set_running_or_notify_cancel``
+    gave, without its lock round per task); close the session to cancel pending tasks.
+    """
+
+    task_id: str
+
+    def cancel(self) -> bool:
+        return False
+
+
 class Connection:
     """A connection to a flo-server serving flamepy (``connect("127.0.0.1:9000")``)."""
 
@@ -127,9 +140,8 @@ class Connection:
         ids = await ops.create_tasks(self._store, sid, inputs, self._reply_queue)
         futures = []
         for tid in ids:
-            fut: concurrent.futures.Future = concurrent.futures.Future()
-            fut.task_id = str(tid)  # type: ignore[attr-defined]
-            fut.set_running_or_notify_cancel()
+            fut = TaskFuture()
+            fut.task_id = str(tid)
             early = self._early.pop((sid, tid), None)
             if early is not None:
                 self._resolve(fut, early)
@@ -154,17 +166,18 @@ class Connection:
                     idle_since = time.monotonic()
                 continue
             idle_since = time.monotonic()
+            waiters, early = self._waiters, self._early
             for _, payload in msgs:
-                notice = R.unpack(payload)
-                key = (notice[0], notice[1])
-                fut = self._waiters.pop(key, None)
-                if fut is None:
-                    if len(self._early) < 100_000:
-                        self._early[key] = notice
-                elif notice[4]:  # output was chunked: fetch it from the task record
-                    asyncio.get_running_loop().create_task(self._resolve_from_record(fut, key))
-                else:
-                    self._resolve(fut, notice)
+                for notice in R.notices_in(payload):
+                    key = (notice[0], notice[1])
+                    fut = waiters.pop(key, None)
+                    if fut is None:
+                        if len(early) < 100_000:
+                            early[key] = notice
+                    elif notice[4]:  # output was chunked: fetch it from the task record
+                        asyncio.get_running_loop().create_task(self._resolve_from_record(fut, key))
+                    else:
+                        self._resolve(fut, notice)
             await self._store.ack(self._reply_queue, [seq for seq, _ in msgs])
 
     async def _check_outstanding(self) -> None:

@@ -15,7 +15,6 @@ seq/<id>               task id counter (kv.incr)
 task/<id>/<tid>        task record (state, input, output, events)
 cnt/<id>/<counter>     pending / running / succeed / failed / cancelled
 alloc/<id>             instances reserved for the session (all managers)
-cur/<instance>         (legacy) what an instance was doing; now a local state file, see below
 ready/<instance>       written by an instance once it serves its session
 blob/<uuid>/<i>        chunks of values bigger than one KV value
 obj/<app>/<ssn>/<oid>  object cache record; objd/.../<n> its deltas
@@ -25,10 +24,10 @@ q: reply/<client>      completion notices for one client process
 =====================  =====================================================
 
 An instance tells its executor manager what it is doing through a small local
-file (``FLAME_INSTANCE_STATE``), rewritten before every task with one
-``pwrite``: [session, running task id or None, [[seq, first, last], ...] of
-the chunk messages it holds]. A write that returned survives the process, so
-a crash is attributed to the right task without a network round trip per task.
+file (``FLAME_INSTANCE_STATE``) it keeps mapped: the running task id (one
+memory store per task) and the chunk messages it holds. The page cache outlives
+the process, so a crash is attributed to the right task without a system call,
+let alone a network round trip, per task.
 """
 
 from __future__ import annotations
@@ -66,7 +65,6 @@ def k_seq(sid: str) -> str: return f"seq/{sid}"
 def k_task(sid: str, tid: int | str) -> str: return f"task/{sid}/{tid}"
 def k_cnt(sid: str, name: str) -> str: return f"cnt/{sid}/{name}"
 def k_alloc(sid: str) -> str: return f"alloc/{sid}"
-def k_cur(iid: str) -> str: return f"cur/{iid}"
 def k_ready(iid: str) -> str: return f"ready/{iid}"
 def k_blob(bid: str, i: int) -> str: return f"blob/{bid}/{i}"
 def k_obj(key: str) -> str: return f"obj/{key}"
@@ -107,27 +105,36 @@ def chunk_ranges(ids: list[int], size: int = CHUNK_TASKS) -> list[tuple[int, int
     return out
 
 
-STATE_SIZE = 64 * 1024
+# The instance state file: [0:8] running task id (i64, 0 = none), [8:12] which chunk slot is live,
+# then two slots of [len u32][msgpack [session, [[seq, first, last], ...]]]. The running id is one
+# aligned 8-byte store per task; a chunk list is written into the idle slot, then the slot switched,
+# so a process killed mid-write leaves the previous list readable.
+STATE_SLOT = 32 * 1024
+STATE_SIZE = 16 + 2 * STATE_SLOT
 
 
-def encode_instance_state(sid: str, running: Optional[int], chunks: list) -> bytes:
-    body = pack([sid, running, chunks])
-    if len(body) + 4 > STATE_SIZE:  # bounded: keep the running task, drop the chunk list
-        body = pack([sid, running, []])
+def encode_state_chunks(sid: str, chunks: list) -> bytes:
+    body = pack([sid, chunks])
+    if len(body) + 4 > STATE_SLOT:  # bounded: without the list, leases lapse and redeliver instead
+        body = pack([sid, []])
     return len(body).to_bytes(4, "little") + body
 
 
 def decode_instance_state(data: bytes) -> Optional[list]:
-    if len(data) < 4:
+    """[session, running task id or None, chunks] from the file's bytes; None if unreadable."""
+    if len(data) < STATE_SIZE:
         return None
-    n = int.from_bytes(data[:4], "little")
-    if n == 0 or 4 + n > len(data):
+    running = int.from_bytes(data[0:8], "little", signed=True)
+    slot = int.from_bytes(data[8:12], "little") & 1
+    off = 16 + slot * STATE_SLOT
+    n = int.from_bytes(data[off:off + 4], "little")
+    if n == 0 or n + 4 > STATE_SLOT:
         return None
     try:
-        state = unpack(data[4:4 + n])
+        sid, chunks = unpack(data[off + 4:off + 4 + n])
     except Exception:
         return None
-    return state if isinstance(state, list) and len(state) == 3 else None
+    return [sid, running if running > 0 else None, chunks if isinstance(chunks, list) else []]
 
 
 def pack(obj: Any) -> bytes:

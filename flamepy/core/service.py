@@ -5,7 +5,8 @@ session. It learns where to go from its environment:
 
 * ``FLAME_ENDPOINT``      flo-server ``host:port``
 * ``FLAME_SESSION_ID``    the session it serves
-* ``FLAME_INSTANCE_ID``   its own id (keys ``ready/<id>``, ``cur/<id>``)
+* ``FLAME_INSTANCE_ID``   its own id (key ``ready/<id>``)
+* ``FLAME_INSTANCE_STATE`` its local state file (set by the executor manager)
 * ``FLAME_IDLE_TIMEOUT``  seconds without a task before it leaves (0 = stay warm)
 
 Its main thread runs the user's code one task at a time; the flamepy I/O loop
@@ -34,8 +35,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import mmap
 import os
 import signal
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -126,24 +129,43 @@ class _Entry:
 
 
 class _StateFile:
-    """The instance's local state file (see ``records.encode_instance_state``); a no-op without one."""
+    """The instance's mapped state file (layout in ``records``); a no-op without one."""
 
     def __init__(self, path: Optional[str]) -> None:
-        self.fd: Optional[int] = None
+        self.map: Optional[mmap.mmap] = None
+        self.slot = 0
         if path:
             try:
-                self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    os.ftruncate(fd, R.STATE_SIZE)
+                    self.map = mmap.mmap(fd, R.STATE_SIZE)
+                finally:
+                    os.close(fd)
             except OSError:
-                log.warning("cannot open the instance state file %s; crash attribution is off", path)
+                log.warning("cannot map the instance state file %s; crash attribution is off", path)
 
-    def write(self, data: bytes) -> None:
-        if self.fd is not None:
-            os.pwrite(self.fd, data, 0)
+    def running(self, tid: Optional[int]) -> None:
+        if self.map is not None:
+            _I64.pack_into(self.map, 0, tid or 0)
+
+    def chunks(self, sid: str, chunks: list) -> None:
+        if self.map is not None:
+            data = R.encode_state_chunks(sid, chunks)
+            slot = self.slot ^ 1
+            off = 16 + slot * R.STATE_SLOT
+            self.map[off:off + len(data)] = data
+            _U32.pack_into(self.map, 8, slot)
+            self.slot = slot
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+
+
+_I64 = struct.Struct("<q")
+_U32 = struct.Struct("<I")
 
 
 class _InstanceRunner:
@@ -158,7 +180,9 @@ class _InstanceRunner:
         self.queue = R.q_tasks(self.session_id)
         self.state_file = _StateFile(os.environ.get("FLAME_INSTANCE_STATE"))
         self.current: Optional[_Entry] = None      # read by the watchdog on the I/O loop
-        self.held: list[list] = []                 # [seq, first, last] of the chunks leased and not acked
+        self.unacked: dict[int, list] = {}         # seq -> [seq, first, last]: chunks leased and not acked yet
+        self.acking: list[int] = []                # chunk seqs the batch in flight acks
+        self.interrupted = False                   # SIGTERM arrived while a task ran
         self.unrecorded: list[tuple] = []          # finished tasks not handed to a batch yet
         self.settled: list[int] = []               # chunk seqs whose every task is in a batch
         self.inflight: Optional[concurrent.futures.Future] = None
@@ -230,16 +254,18 @@ class _InstanceRunner:
                     log.info("instance %s idle for %ss, leaving", self.instance_id, self.idle_timeout)
                     return
                 wait_s = min(wait_s, left)
-            self._write_state(None)
-            count = 1 if self.slow else FAST_DEQUEUE_CHUNKS
-            work = self._call(self._take(count, max(1, int(wait_s * 1000))))
+            if self.slow:  # one chunk, and only its first task's record: the rest goes back after a slow task
+                work = self._call(self._take(1, max(1, int(wait_s * 1000)), 1))
+            else:
+                work = self._call(self._take(FAST_DEQUEUE_CHUNKS, max(1, int(wait_s * 1000)), R.CHUNK_TASKS))
             if not work:
                 continue
             self._run_chunks(work)
             last_work = time.monotonic()
 
-    async def _take(self, count: int, block_ms: int) -> list[tuple]:
-        """Lease up to ``count`` chunks; [(seq, first, last, {tid: (rec, version) or None})]."""
+    async def _take(self, count: int, block_ms: int, per_chunk: int) -> list[tuple]:
+        """Lease up to ``count`` chunks and read the records of their first ``per_chunk`` tasks;
+        [(seq, first, last, {tid: (rec, version) or None})] (a tid not in the dict was not read)."""
         msgs = await self.store.dequeue(self.queue, count, block_ms=block_ms)
         chunks, bad = [], []
         for seq, payload in msgs:
@@ -254,43 +280,43 @@ class _InstanceRunner:
             await self.store.ack(self.queue, bad)
         if not chunks:
             return []
-        tids = [t for _, a, b in chunks for t in range(a, b + 1)]
+        tids = [t for _, a, b in chunks for t in range(a, min(b, a + per_chunk - 1) + 1)]
         got = await self.store.mget([R.k_task(self.session_id, t) for t in tids])
         recs = {t: (None if g is None else (R.unpack(g[0]), g[1])) for t, g in zip(tids, got)}
         return [(seq, a, b, recs) for seq, a, b in chunks]
 
     def _run_chunks(self, work: list[tuple]) -> None:
-        self.held = [[seq, a, b] for seq, a, b, _ in work]
+        for seq, a, b, _ in work:
+            self.unacked[seq] = [seq, a, b]
+        self._write_chunks()
         self.slow = False
         for index, (seq, first, last, recs) in enumerate(work):
             for tid in range(first, last + 1):
-                got = recs.get(tid)
+                if self.slow or tid not in recs:  # after a slow task: let other instances take the rest
+                    self._give_back([[seq, tid, last]] + [[s, a, b] for s, a, b, _ in work[index + 1:]])
+                    return
+                got = recs[tid]
                 if got is None or got[0].get("state") != int(TaskState.PENDING):
                     continue  # cancelled, or already done (a redelivery): nothing to run
-                if self.slow:  # the previous task was slow: let other instances take the rest
-                    self._give_back(seq, tid, last, work[index + 1:])
-                    return
                 took = self._run_one(_Entry(tid, got[0], got[1]))
                 if took >= SLOW_TASK_S:
                     self.slow = True
             self.settled.append(seq)
-            self.held[index] = None  # type: ignore[call-overload]  # settled: not given back on a crash
-        self.held = []
         self._record(wait=False)
 
-    def _give_back(self, seq: int, tid: int, last: int, rest: list[tuple]) -> None:
-        back = [[seq, tid, last]] + [[s, a, b] for s, a, b, _ in rest]
+    def _give_back(self, back: list[list]) -> None:
         self._record(wait=True)
-        self.held = []
         self._call(ops.requeue_chunks(self.store, self.session_id, back))
+        for seq, _, _ in back:
+            self.unacked.pop(seq, None)
+        self._write_chunks()
 
-    def _write_state(self, running: Optional[int]) -> None:
-        self.state_file.write(R.encode_instance_state(self.session_id, running,
-                                                      [h for h in self.held if h is not None]))
+    def _write_chunks(self) -> None:
+        self.state_file.chunks(self.session_id, list(self.unacked.values()))
 
     def _run_one(self, entry: _Entry) -> float:
         """Run one task in this thread; the seconds it took."""
-        self._write_state(entry.tid)
+        self.state_file.running(entry.tid)
         entry.started_ms = ops.now_ms()
         entry.started = time.monotonic()
         self.current = entry
@@ -302,6 +328,7 @@ class _InstanceRunner:
                 raise TypeError(f"on_task_invoke must return bytes or None, not {type(output).__name__}")
             state, message = TaskState.SUCCEED, None
         except (_Terminate, KeyboardInterrupt):
+            self.interrupted = True
             raise
         except BaseException as exc:  # SystemExit from user code fails the task too
             log.exception("task %s failed", entry.tid)
@@ -310,6 +337,8 @@ class _InstanceRunner:
         finally:
             entry.finished = True
             self.current = None
+        if not self.interrupted:
+            self.state_file.running(None)
         took = time.monotonic() - entry.started
         self.unrecorded.append((entry, state, bytes(output) if output is not None else None, message))
         # A marked (long) task is recorded right away and waited for: its RUNNING state must not outlive it.
@@ -326,6 +355,7 @@ class _InstanceRunner:
         if self.unrecorded or self.settled:
             done, self.unrecorded = self.unrecorded, []
             acks, self.settled = self.settled, []
+            self.acking = acks
             self.inflight = _runtime.submit(self._write_batch(done, acks))
             if wait:
                 self._settle_inflight()
@@ -334,6 +364,11 @@ class _InstanceRunner:
         fut, self.inflight = self.inflight, None
         try:
             fut.result()
+            if self.acking:
+                for seq in self.acking:
+                    self.unacked.pop(seq, None)
+                self.acking = []
+                self._write_chunks()
         except (_Terminate, KeyboardInterrupt):
             raise
         except Exception:  # the leases lapse and the tasks run again elsewhere (at-least-once)
@@ -357,16 +392,13 @@ class _InstanceRunner:
             await self.store.ack(self.queue, acks)
 
     def _drain_on_exit(self) -> None:
-        """Leaving (idle, closed or terminated): record what finished, give back what never started."""
+        """Leaving (idle, closed or terminated): record what finished. What was held and not
+        finished stays in the state file: the manager fails an interrupted task first, then gives
+        the chunks back (the same path as a crash, so the order is right)."""
         try:
             self._record(wait=True)
-            if self.held and any(h is not None for h in self.held):
-                self._call(ops.requeue_chunks(self.store, self.session_id, [h for h in self.held if h is not None]),
-                           )
-            self.held = []
-            self._write_state(None)
-        except BaseException:  # best effort: the manager gives the chunks back from the state file
-            log.warning("could not hand back work on exit", exc_info=True)
+        except BaseException:  # best effort: leases lapse and the tasks run again elsewhere
+            log.warning("could not record finished tasks on exit", exc_info=True)
 
     # -- the watchdog (I/O loop) ----------------------------------------------------------------------------
 
@@ -382,7 +414,7 @@ class _InstanceRunner:
                 entry.mark = asyncio.ensure_future(self._mark_running(entry))
             if now - last_touch >= LEASE_TOUCH_S:
                 last_touch = now
-                seqs = [h[0] for h in list(self.held) if h is not None]
+                seqs = list(self.unacked)
                 if seqs:
                     try:
                         await self.store.touch(self.queue, seqs)

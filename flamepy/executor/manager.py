@@ -89,6 +89,7 @@ class _Instance:
     ready: bool = False
     stopping: bool = False
     temp_dir: Optional[str] = None
+    state_path: Optional[str] = None
     supervisor: Optional[asyncio.Task] = None
 
 
@@ -294,6 +295,7 @@ class ExecutorManager:
 
     def _launch(self, rec: dict, app: dict, resreq: ResourceRequirement, warm: bool) -> None:
         inst = _Instance(id=f"{self.node}-{uuid.uuid4().hex[:10]}", session_id=rec["id"], resreq=resreq, warm=warm)
+        inst.state_path = os.path.join(self.work_dir, f"{inst.id}.state")
         self.instances[inst.id] = inst
         inst.supervisor = asyncio.get_running_loop().create_task(self._supervise(inst, rec, app))
 
@@ -308,6 +310,7 @@ class ExecutorManager:
             "FLAME_INSTANCE_ENDPOINT": f"flo://{self.endpoint}/{R.NAMESPACE}/{inst.session_id}/{inst.id}",
             "FLAME_NAMESPACE": R.NAMESPACE,
             "FLAME_IDLE_TIMEOUT": "0" if inst.warm else str(app.get("delay_release") or R.DEFAULT_DELAY_RELEASE),
+            "FLAME_INSTANCE_STATE": inst.state_path or "",
             "PYTHONUNBUFFERED": "1",
         })
         return env
@@ -359,12 +362,7 @@ class ExecutorManager:
                 return
             rc = await inst.proc.wait()
             log.info("instance %s of session %s exited with code %s", inst.id, sid, rc)
-            cur = await self.store.get(R.k_cur(inst.id))
-            if cur is not None:  # it died mid-task: that task fails (no retry), clearly
-                c_sid, tid, seq = R.unpack(cur[0])
-                await ops.fail_lost_task(self.store, c_sid, tid, seq,
-                                         f"instance {inst.id} exited with code {rc} while running task {tid}"
-                                         f"{_tail_of(err_path)}")
+            await self._settle_lost_work(inst, rc, err_path)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -373,12 +371,36 @@ class ExecutorManager:
             if inst.proc is not None and inst.proc.returncode is None:
                 await self._kill(inst)
             with contextlib.suppress(Exception):
-                await self.store.delete_many([R.k_cur(inst.id), R.k_ready(inst.id)])
+                await self.store.delete(R.k_ready(inst.id))
             with contextlib.suppress(Exception):
                 await self._change_alloc(sid, -1)
             self.instances.pop(inst.id, None)
+            if inst.state_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(inst.state_path)
             if inst.temp_dir:
                 shutil.rmtree(inst.temp_dir, ignore_errors=True)
+
+    async def _settle_lost_work(self, inst: _Instance, rc: Optional[int], err_path: Optional[str]) -> None:
+        """After an instance exited: the task it was running fails (no retry), clearly; the chunks it
+        still held go back to the queue (tasks not recorded yet run again: at-least-once)."""
+        state = None
+        if inst.state_path:
+            with contextlib.suppress(OSError):
+                with open(inst.state_path, "rb") as f:
+                    state = R.decode_instance_state(f.read(R.STATE_SIZE))
+        if state is None:
+            return
+        sid, tid, chunks = state
+        if tid is not None:
+            await ops.fail_lost_task(self.store, sid, tid, None,
+                                     f"instance {inst.id} exited with code {rc} while running task {tid}"
+                                     f"{_tail_of(err_path)}")
+        if chunks:
+            try:
+                await ops.requeue_chunks(self.store, sid, chunks)
+            except Exception:  # the session may be gone; leases lapse anyway
+                log.warning("could not give back the task chunks of instance %s", inst.id, exc_info=True)
 
     async def _await_ready(self, inst: _Instance, err_path: str) -> bool:
         ready = asyncio.ensure_future(self.store.get(R.k_ready(inst.id), block_ms=int(self.startup_timeout * 1000)))

@@ -396,3 +396,32 @@ def test_min_instances_warm_and_delay_release(flame):
     warm.close()
     cold.close()
     wait_for(lambda: _bound_instances(flame) == [], timeout=20)
+
+
+def test_batched_tasks_and_a_crash_in_the_middle(flame):
+    """One instance takes the whole batch in one chunk; a crash mid-chunk fails only that task,
+    and the rest of the chunk (recorded or not yet) still completes exactly as it should."""
+    import cloudpickle
+    flame.register("batch-app", WORKER)
+    ssn = flamepy.create_session("batch-app", max_instances=1)
+    inputs = [("echo", i) for i in range(40)]
+    inputs[20] = ("crash",)
+    futs = ssn.run_many([cloudpickle.dumps(x) for x in inputs])
+    for i, fut in enumerate(futs):
+        if i == 20:
+            with pytest.raises(FlameError, match="exited with code 3 while running task 21"):
+                fut.result(60)
+        else:
+            assert cloudpickle.loads(fut.result(60)) == ("echo", i)
+    snap = flamepy.get_session(ssn.id)
+    assert (snap.succeed, snap.failed, snap.pending, snap.running) == (39, 1, 0, 0)
+    states = [t.state for t in snap.list_tasks()]
+    assert states.count(flamepy.TaskState.SUCCEED) == 39 and states[20] == flamepy.TaskState.FAILED
+    # A fast task still shows it ran: created → running → succeed.
+    assert [e.code for e in ssn.get_task("1").events] == [0, 1, 2]
+    # A burst of no-op tasks: every future, counter and record agrees.
+    futs = ssn.run_many([None] * 300)
+    assert all(f.result(60) is None for f in futs)
+    snap = flamepy.get_session(ssn.id)
+    assert (snap.succeed, snap.pending, snap.running) == (339, 0, 0)
+    ssn.close()
