@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,17 +94,15 @@ def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: floa
         payload = b"ping"
         done_at: list[float] = [0.0] * tasks
         submitted_at: list[float] = [0.0] * tasks
-        remaining = [tasks]
+        finished_count = itertools.count(1)  # next() is atomic under the GIL: no lock per task
         all_done = threading.Event()
-        lock = threading.Lock()
+        clock = time.perf_counter
 
         def on_done(i: int):
             def cb(_fut):
-                done_at[i] = time.perf_counter()
-                with lock:
-                    remaining[0] -= 1
-                    if remaining[0] == 0:
-                        all_done.set()
+                done_at[i] = clock()
+                if next(finished_count) == tasks:
+                    all_done.set()
             return cb
 
         futures: list[concurrent.futures.Future] = []
@@ -152,6 +152,7 @@ def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: floa
             except Exception:
                 pass
         conn.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 # -- a private flo-server for __main__ ------------------------------------------------------------------------
@@ -193,7 +194,6 @@ class _Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        import shutil
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 

@@ -24,7 +24,6 @@ from flo_core.errors import (
     BadRequestError,
     ConnectionClosedError,
     NotConnectedError,
-    RequestTimeoutError,
     error_from_refusal,
     parse_refusal_body,
 )
@@ -193,15 +192,15 @@ class FloClient:
         if not 0 <= block_ms <= MAX_BLOCK_MS:
             raise BadRequestError(f"block_ms must be 0..{MAX_BLOCK_MS}")
         payload = self._payload(ns, key, rest)
+        timeout = (self.timeout_ms + block_ms) / 1000
         delay = 0.05
         for attempt in range(self.max_retries):
-            conn = await (self._open("_blocking") if block_ms else self._main())
-            fut = conn.request(op, payload)
+            conn = self._conn
+            if block_ms or conn is None or conn.closed:
+                conn = await (self._open("_blocking") if block_ms else self._main())
+            fut = conn.request(op, payload, timeout)
             try:
-                status, data = await asyncio.wait_for(fut, (self.timeout_ms + block_ms) / 1000)
-            except asyncio.TimeoutError:
-                conn.forget(fut)
-                raise RequestTimeoutError(f"no answer within {self.timeout_ms + block_ms} ms") from None
+                status, data = await fut
             except asyncio.CancelledError:
                 conn.forget(fut)
                 raise

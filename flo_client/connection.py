@@ -15,7 +15,15 @@ import asyncio
 from typing import Any
 
 from flo_core import wire
-from flo_core.errors import ConnectionClosedError, ProtocolError, error_from_refusal, parse_refusal_body
+from flo_core.errors import (
+    ConnectionClosedError,
+    ProtocolError,
+    RequestTimeoutError,
+    error_from_refusal,
+    parse_refusal_body,
+)
+
+SWEEP_S = 0.1  # how often a connection checks its requests' deadlines
 
 
 class Connection(asyncio.Protocol):
@@ -25,6 +33,8 @@ class Connection(asyncio.Protocol):
         self.transport: Any = None
         self._reader = wire.FrameReader(is_request=False, max_payload=1 << 31)
         self._pending: dict[int, asyncio.Future] = {}
+        self._deadlines: dict[int, float] = {}  # request id -> loop time it times out at
+        self._sweeper: asyncio.TimerHandle | None = None
         self._next_id = 0
         self._wbuf = bytearray()
         self._flush_scheduled = False
@@ -70,8 +80,10 @@ class Connection(asyncio.Protocol):
             self._abort(ProtocolError(f"bad answer frame: {e.message}"))
             return
         pending = self._pending
+        deadlines = self._deadlines
         for rid, status, body in frames:
             fut = pending.pop(rid, None)
+            deadlines.pop(rid, None)
             if fut is None:
                 if rid == 0:
                     # The server could not parse something we sent: it closes the connection.
@@ -83,8 +95,12 @@ class Connection(asyncio.Protocol):
 
     # --- requests ------------------------------------------------------------------------
 
-    def request(self, op: int, payload: bytes) -> asyncio.Future:
-        """Queue one request; the future resolves to ``(status, data)``."""
+    def request(self, op: int, payload: bytes, timeout: float = 0.0) -> asyncio.Future:
+        """Queue one request; the future resolves to ``(status, data)``.
+
+        With ``timeout`` (seconds) it fails with RequestTimeoutError when no answer came
+        in time (checked by one sweep every 100 ms, not a timer per request).
+        """
         if self._closed_exc is not None or self.transport is None:
             raise self._closed_exc or ConnectionClosedError("not connected")
         self._next_id += 1
@@ -92,6 +108,10 @@ class Connection(asyncio.Protocol):
         fut = self._loop.create_future()
         self._pending[rid] = fut
         fut.rid = rid  # type: ignore[attr-defined]
+        if timeout:
+            self._deadlines[rid] = self._loop.time() + timeout
+            if self._sweeper is None:
+                self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
         self._wbuf += wire.encode_request(rid, op, payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -99,8 +119,22 @@ class Connection(asyncio.Protocol):
         return fut
 
     def forget(self, fut: asyncio.Future) -> None:
-        """Stop waiting for an answer (after a timeout); a late answer is dropped."""
-        self._pending.pop(getattr(fut, "rid", -1), None)
+        """Stop waiting for an answer (cancelled); a late answer is dropped."""
+        rid = getattr(fut, "rid", -1)
+        self._pending.pop(rid, None)
+        self._deadlines.pop(rid, None)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self._loop.time()
+        expired = [rid for rid, at in self._deadlines.items() if at <= now]
+        for rid in expired:
+            del self._deadlines[rid]
+            fut = self._pending.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(RequestTimeoutError("no answer from the server in time"))
+        if self._deadlines and self._closed_exc is None:
+            self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -114,6 +148,10 @@ class Connection(asyncio.Protocol):
 
     def _fail_all(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}
+        self._deadlines.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(exc)

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from flo_core.body import Reader, Writer
 from flo_core.errors import BadRequestError, NotFoundError, TxnFinishedError, TxnUnsupportedOpError
-from flo_core.spec import MAX_MGET_KEYS, Condition, Op, Reason, WaitFor
+from flo_core.spec import MAX_MGET_KEYS, MAX_MPUT_ITEMS, Condition, Op, Reason, WaitFor
 
 # --- options ----------------------------------------------------------------------------
 
@@ -385,6 +385,37 @@ class KVAPI(_KVOps):
         w = _routing(Writer().opt_str16(path), o.routing_key)
         return Reader(await self._client._call(Op.KV_JSON_DEL, key, w.getvalue(), ns=o.namespace)).opt_u64()
 
+    async def put_many(self, items: Iterable[tuple], *, namespace: str | None = None) -> list[int | None]:
+        """KV_MPUT (extension): many puts in one request and one log record.
+
+        ``items`` are ``(key, value)`` or ``(key, value, PutOptions)`` (``cas_version`` and
+        the TTL are honoured per item). Returns each item's new version, or None where its
+        CAS did not hold (that item was not written; the others were).
+
+        Example:
+            >>> await client.kv.put_many([("a", b"1"), ("b", b"2", PutOptions(cas_version=0))])  # doctest: +SKIP
+            [17, 17]
+        """
+        items = list(items)
+        out: list[int | None] = []
+        for i in range(0, len(items), MAX_MPUT_ITEMS):
+            chunk = items[i : i + MAX_MPUT_ITEMS]
+            w = Writer().u16(len(chunk))
+            for item in chunk:
+                key, value = item[0], item[1]
+                o = item[2] if len(item) > 2 and item[2] is not None else PutOptions()
+                if o.cond() != Condition.ALWAYS:
+                    raise BadRequestError("put_many takes cas_version and TTL, not if_not_exists / if_exists")
+                w.bytes16(key.encode("utf-8") if isinstance(key, str) else key)
+                w.bytes32(value.encode("utf-8") if isinstance(value, str) else value)
+                w.opt_u64(o.cas_version).opt_u64(o.ttl())
+            r = Reader(await self._client._call_vo(Op.KV_MPUT, b"", w.getvalue(), ns=namespace))
+            for _ in range(r.u16()):
+                written = r.u8()
+                version = r.u64()
+                out.append(version if written else None)
+        return out
+
     def begin(self, routing_key: str) -> "_TxnStarter":
         """KV_BEGIN_TXN: a transaction on ``routing_key``'s partition.
 
@@ -481,9 +512,10 @@ class Transaction(_KVOps):
         await self._client._call(Op.KV_ROLLBACK_TXN, b"", Writer().u64(self._txn).getvalue())
 
     def _unsupported(self, *a: Any, **kw: Any) -> Any:
-        raise TxnUnsupportedOpError("scan, mget, json_get, json_set, json_del and history are not supported in a transaction")
+        raise TxnUnsupportedOpError(
+            "scan, mget, put_many, json_get, json_set, json_del and history are not supported in a transaction")
 
-    scan = mget = json_get = json_set = json_del = history = _unsupported
+    scan = mget = put_many = json_get = json_set = json_del = history = _unsupported
 
     async def __aenter__(self) -> "Transaction":
         return self

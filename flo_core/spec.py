@@ -32,6 +32,7 @@ MAX_KEY = 65535
 MAX_KV_VALUE = 16 * 1024 * 1024
 MAX_BLOCK_MS = 300_000
 MAX_MGET_KEYS = 256
+MAX_MPUT_ITEMS = 4096
 MAX_SCAN_LIMIT = 1024
 DEFAULT_SCAN_LIMIT = 1024
 MAX_SCAN_CURSOR = 64
@@ -80,6 +81,7 @@ class Op(IntEnum):
     KV_ROLLBACK_TXN = 0x112
     KV_EXPIRE = 0x113
     KV_EXISTS = 0x115
+    KV_MPUT = 0x120  # ext: many guarded puts in one request and one log record
 
     STREAM_APPEND = 0x130
     STREAM_READ = 0x131
@@ -203,6 +205,7 @@ _OPS: tuple[OpSpec, ...] = (
     OpSpec(Op.KV_ROLLBACK_TXN, T | W, "discard a transaction"),
     OpSpec(Op.KV_EXPIRE, T | W, "set or clear a TTL"),
     OpSpec(Op.KV_EXISTS, T | R, "existence and version"),
+    OpSpec(Op.KV_MPUT, W | X, "many guarded puts, one log record"),
     OpSpec(Op.STREAM_APPEND, W, "append a record"),
     OpSpec(Op.STREAM_READ, R | B, "read by position / tail, optional block"),
     OpSpec(Op.STREAM_TRIM, W, "drop oldest records"),

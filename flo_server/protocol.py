@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import deque
 from typing import Any
 
 from flo_core import wire
 from flo_core.errors import refusal_body
 from flo_core.spec import MAGIC_BYTES, Ran, Status
 from flo_server.dispatch import dispatch
+from flo_server.output import Output
 
 log = logging.getLogger("flo_server.protocol")
 
@@ -38,7 +38,7 @@ class FloProtocol(asyncio.Protocol):
         self.parked: set = set()  # futures of this connection's parked requests
         self.tasks: set = set()  # coroutines of blocking requests
         self.out = bytearray()
-        self.held: deque = deque()  # [chunk, ready] waiting for an fsync
+        self.output: Any = None
         self.reader: Any = None
         self.resp: Any = None
         self._sniff = b""
@@ -58,9 +58,12 @@ class FloProtocol(asyncio.Protocol):
             return
         srv.connections.add(self)
         transport.set_write_buffer_limits(high=srv.config.high_water)
+        self.output = Output(srv, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.output is not None:
+            self.output.closed = True
         self.srv.connections.discard(self)
         for t in list(self.tasks):
             t.cancel()
@@ -166,29 +169,8 @@ class FloProtocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         """Send ``self.out``, or hold it until the pending fsync when the server promised one."""
-        journal = self.srv.journal
-        if not journal.pending_sync and not self.held:
-            self.transport.write(self.out)
-            self.out = bytearray()
-            return
-        entry = [self.out, not journal.pending_sync]
+        self.output.send(self.out)
         self.out = bytearray()
-        self.held.append(entry)
-        if entry[1]:
-            self._drain_held()
-        else:
-            def ready(entry: list = entry) -> None:
-                entry[1] = True
-                self._drain_held()
-
-            journal.call_after_sync(ready)
-
-    def _drain_held(self) -> None:
-        held = self.held
-        while held and held[0][1]:
-            chunk = held.popleft()[0]
-            if not self.closed:
-                self.transport.write(chunk)
 
 
 def make_reader(proto: FloProtocol) -> Any:

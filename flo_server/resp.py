@@ -57,6 +57,7 @@ from flo_core.spec import DEFAULT_NAMESPACE, MAX_KEY, MAX_KV_VALUE, Reason
 from flo_server import jsonpath
 from flo_server.handlers import kv as kvh
 from flo_server.handlers.list import MAX_LIST_LEN, lists_of
+from flo_server.output import Output
 
 log = logging.getLogger("flo_server.resp")
 
@@ -258,7 +259,7 @@ class RespSession:
         self._backlog_error: str | None = None
         self._paused = False
         self._close_after = False
-        self._held: deque = deque()
+        self._output = Output(srv, transport, on_drained=self._sent)
         self._scans: dict[int, tuple[int, bytes]] = {}
         self._scan_ids = itertools.count(1)
         self.lists = lists_of(srv)
@@ -289,6 +290,7 @@ class RespSession:
     def connection_lost(self) -> None:
         """The peer went away: stop a blocked command (it takes nothing)."""
         self.closed = True
+        self._output.closed = True
         if self._blocked is not None:
             self._blocked.cancel()
             self._blocked = None
@@ -345,8 +347,9 @@ class RespSession:
 
     def _close_when_sent(self) -> None:
         """QUIT / protocol error: close once every reply (possibly held for an fsync) is written."""
-        if not self._held:
+        if not self._output.holding:
             self.closed = True
+            self._output.closed = True
             self.transport.close()
 
     async def _finish_blocked(self, coro: Awaitable[bytearray]) -> None:
@@ -375,35 +378,13 @@ class RespSession:
             self.transport.resume_reading()
         self._run(cmds, out, error)
 
-    # --- output (group commit aware, like FloProtocol._flush) -----------------------------
+    # --- output (group commit aware: flo_server.output) ----------------------------------------
 
     def _flush(self, out: bytearray) -> None:
-        if not out:
-            return
-        journal = self.srv.journal
-        if not journal.pending_sync and not self._held:
-            self.transport.write(out)
-            return
-        entry = [bytes(out), not journal.pending_sync]
-        self._held.append(entry)
-        if entry[1]:
-            self._drain_held()
-        else:
+        self._output.send(out)  # ``out`` is not touched again by the caller
 
-            def ready(entry: list = entry) -> None:
-                entry[1] = True
-                self._drain_held()
-
-            journal.call_after_sync(ready)
-        out.clear()
-
-    def _drain_held(self) -> None:
-        held = self._held
-        while held and held[0][1]:
-            chunk = held.popleft()[0]
-            if not self.closed:
-                self.transport.write(chunk)
-        if self._close_after and not held and not self.closed:
+    def _sent(self) -> None:
+        if self._close_after and not self.closed:
             self._close_when_sent()
 
     # --- helpers for handlers ------------------------------------------------------------

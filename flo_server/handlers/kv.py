@@ -23,6 +23,7 @@ from flo_core.spec import (
     MAX_JSON_PATH,
     MAX_KV_VALUE,
     MAX_MGET_KEYS,
+    MAX_MPUT_ITEMS,
     MAX_SCAN_CURSOR,
     MAX_SCAN_LIMIT,
     TXN_IDLE_TIMEOUT_MS,
@@ -605,3 +606,45 @@ def kv_json_del(srv: Any, req: Request) -> bytes:
         return Writer().opt_u64(entry.version).getvalue()
     version = srv.write("kv.set", req.now, req.ns, req.key, jsonpath.dumps(doc), entry.expires_at)
     return Writer().opt_u64(version).getvalue()
+
+
+@handler(Op.KV_MPUT)
+def kv_mput(srv: Any, req: Request) -> bytes:
+    """KV_MPUT (ext) value ``[n u16] n x ([key bytes16][value bytes32][opt(cas u64)][opt(ttl_ms u64)])``
+    -> ``[n u16] n x ([written u8][version u64])``.
+
+    Each item is guarded on its own (an item whose CAS fails is not written: written 0 and
+    the key's current version); every written item goes into ONE log record and
+    gets the same version.
+    """
+    r = Reader(req.value)
+    n = r.u16()
+    if not 1 <= n <= MAX_MPUT_ITEMS:
+        raise Refusal(Reason.OUT_OF_RANGE, f"mput takes 1..{MAX_MPUT_ITEMS} items")
+    items = []
+    for _ in range(n):
+        key = r.bytes16()
+        value = r.bytes32()
+        items.append((key, value, r.opt_u64(), r.opt_u64()))
+    ns, now = req.ns, req.now
+    effects: list[list] = []
+    seen: dict[bytes, int] = {}
+    results: list[tuple[int, int]] = []
+    for key, value, cas, ttl_ms in items:
+        if len(value) > MAX_KV_VALUE:
+            raise Refusal(Reason.FIELD_TOO_LONG, f"value longer than {MAX_KV_VALUE} bytes")
+        if key in seen:
+            raise Refusal(Reason.CONFLICTING_FIELDS, "a key appears twice in one mput")
+        seen[key] = len(results)
+        entry = srv.kv.get(ns, key, now)
+        current = entry.version if entry is not None else 0
+        if cas is not None and cas != current:
+            results.append((0, current))
+            continue
+        effects.append(["set", key, value, expires_from_ttl(now, ttl_ms)])
+        results.append((1, 0))
+    version = srv.write("kv.batch", now, ns, effects) if effects else 0
+    w = Writer().u16(n)
+    for written, current in results:
+        w.u8(written).u64(version if written else current)
+    return w.getvalue()

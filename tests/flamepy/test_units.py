@@ -128,3 +128,31 @@ def test_blob_split_roundtrip():
     ref, chunks = R.split_blob(data)
     assert ref[0] == "c" and ref[2] == len(chunks) and b"".join(v for _, v in chunks) == data
     assert all(len(v) <= R.CHUNK for _, v in chunks)
+
+
+def test_task_chunks_notices_and_instance_state(tmp_path):
+    from flamepy.core import records as R
+    from flamepy.core.service import _StateFile
+    assert R.chunk_ranges(list(range(5, 5 + 130))) == [(5, 68), (69, 132), (133, 134)]
+    assert [R.parse_chunk(R.chunk_payload(a, b)) for a, b in [(7, 7), (7, 70)]] == [(7, 7), (7, 70)]
+    for bad in (b"", b"x", b"0", b"9-3", b"1-2000000", b"-1"):
+        with pytest.raises(ValueError):
+            R.parse_chunk(bad)
+    # Notices: single and batched payloads decode alike; batches stay under the byte budget.
+    one = R.notice_of("s", 1, 2, ["i", b"out"], None)
+    assert R.notices_in(R.reply_notice("s", 1, 2, ["i", b"out"], None)) == [one]
+    big = [R.notice_of("s", i, 2, ["i", b"x" * 50_000], None) for i in range(7)]
+    payloads = R.reply_notices(big)
+    assert len(payloads) > 1 and all(len(p) < R.NOTICE_BATCH_BYTES + 60_000 for p in payloads)
+    assert [n for p in payloads for n in R.notices_in(p)] == big
+    # The mapped state file, read back as the executor manager does.
+    path = tmp_path / "inst.state"
+    state = _StateFile(str(path))
+    state.chunks("ssn-1", [[3, 1, 64]])
+    state.running(17)
+    assert R.decode_instance_state(path.read_bytes()) == ["ssn-1", 17, [[3, 1, 64]]]
+    state.running(None)
+    state.chunks("ssn-1", [])
+    assert R.decode_instance_state(path.read_bytes()) == ["ssn-1", None, []]
+    state.close()
+    assert R.decode_instance_state(b"") is None
