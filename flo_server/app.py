@@ -22,10 +22,15 @@ from typing import Any
 
 from flo_core.errors import FloError
 from flo_core.kv import KVStore
+from flo_core.pqueue import Queues
+from flo_core.stream import Streams
 from flo_server import handlers  # noqa: F401 - registers every handler and applier
+from flo_server import persistence
+from flo_server.actions import Actions
 from flo_server.config import ServerConfig
 from flo_server.dispatch import HANDLERS
 from flo_server.handlers.kv import ScanCursors, Txns
+from flo_server.handlers.list import ListStore
 from flo_server.journal import APPLIERS, MemoryJournal
 from flo_server.protocol import FloProtocol
 from flo_server.waiters import Waiters
@@ -40,9 +45,16 @@ class Server:
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
-        self.kv = KVStore(history_budget=self.config.history_bytes)
-        self.stores: dict[str, Any] = {"kv": self.kv}
-        self._attach_stores()
+        cfg = self.config
+        # One store per primitive; snapshots dump ``self.stores`` and load it back by name.
+        self.kv = KVStore(history_budget=cfg.history_bytes)
+        self.queues = Queues(max_deliveries=cfg.queue_max_deliveries)
+        self.streams = Streams()
+        self.actions = Actions()
+        self.lists = ListStore()
+        self.stores: dict[str, Any] = {
+            "kv": self.kv, "queues": self.queues, "streams": self.streams, "actions": self.actions, "lists": self.lists,
+        }
         self.txns = Txns()
         self.scan_cursors = ScanCursors()
         self.waiters = Waiters()
@@ -51,20 +63,10 @@ class Server:
         self.started_at = time.time()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
+        self._executor_stop: asyncio.Event | None = None
+        self._executor_task: asyncio.Task | None = None
         self._closed = asyncio.Event()
         self.port = self.config.port
-
-    def _attach_stores(self) -> None:
-        """The stores of the other primitives, each in its own module; snapshots dump ``self.stores``."""
-        from flo_core.pqueue import Queues
-        from flo_core.stream import Streams
-        from flo_server.actions import Actions
-        from flo_server.handlers.list import ListStore
-
-        self.queues = self.stores["queues"] = Queues(max_deliveries=self.config.queue_max_deliveries)
-        self.streams = self.stores["streams"] = Streams()
-        self.actions = self.stores["actions"] = Actions()
-        self.lists = self.stores["lists"] = ListStore()
 
     # --- the write path -------------------------------------------------------------
 
@@ -98,12 +100,7 @@ class Server:
         cfg = self.config
         if cfg.data_dir:
             os.makedirs(cfg.data_dir, exist_ok=True)
-            try:
-                from flo_server import persistence  # type: ignore[attr-defined]
-            except ImportError:
-                persistence = None
-            if persistence is not None and hasattr(persistence, "open_journal"):
-                self.journal = persistence.open_journal(self, cfg)
+            self.journal = persistence.open_journal(self, cfg)  # recovers the stores first
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: FloProtocol(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
@@ -133,7 +130,8 @@ class Server:
         """Stop listening, close connections, flush the journal."""
         if self._server is not None:
             self._server.close()
-        if getattr(self, "_executor_task", None) is not None:
+        if self._executor_task is not None:
+            assert self._executor_stop is not None
             self._executor_stop.set()  # stops its service instances (SIGTERM, then a grace period)
             try:
                 await asyncio.wait_for(self._executor_task, 10)

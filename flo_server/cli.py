@@ -24,6 +24,7 @@ from flo_server.config import (
     ServerConfig,
 )
 from flo_core.spec import DEFAULT_MAX_FRAME
+from flo_server.persistence import check_log_cmd, dump_log_cmd
 
 
 def _env(name: str, default):
@@ -71,13 +72,5 @@ def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bo
     ))
 
 
-def _attach_operator_commands() -> None:
-    try:
-        from flo_server.persistence import check_log_cmd, dump_log_cmd  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    main.add_command(check_log_cmd, "check-log")
-    main.add_command(dump_log_cmd, "dump-log")
-
-
-_attach_operator_commands()
+main.add_command(check_log_cmd, "check-log")
+main.add_command(dump_log_cmd, "dump-log")
