@@ -11,6 +11,7 @@ Usage::
 
     .venv/bin/python -m bench.flamepy_bench --tasks 20000 --instances 2      # starts its own flo-server
     .venv/bin/python -m bench.flamepy_bench --endpoint 127.0.0.1:9000        # an already running one
+    .venv/bin/python -m bench.flamepy_bench --runs 3    # 3 fresh servers; each run's line, then the medians
 
 or from Python: ``run("127.0.0.1:9000", tasks=20000, instances=2) -> dict``.
 Everything is bounded: ``max_seconds`` caps the burst (a shortfall is reported, not waited for), and the
@@ -205,18 +206,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--batch", type=int, default=1000, help="tasks per run_many call")
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--single", type=int, default=SINGLE_TASK_SAMPLES, help="single-task samples")
+    parser.add_argument("--runs", type=int, default=1, help="repeat (a fresh server each time); then print medians")
     args = parser.parse_args(argv)
-    server = None
-    try:
-        endpoint = args.endpoint
-        if endpoint is None:
-            server = _Server()
-            endpoint = server.endpoint
-        result = run(endpoint, args.tasks, args.instances, args.max_seconds, args.batch, args.single)
-        print(json.dumps(result))
-    finally:
-        if server is not None:
-            server.stop()
+    results = []
+    for _ in range(max(1, min(args.runs, 20))):
+        server = None
+        try:
+            endpoint = args.endpoint
+            if endpoint is None:
+                server = _Server()
+                endpoint = server.endpoint
+            result = run(endpoint, args.tasks, args.instances, args.max_seconds, args.batch, args.single)
+            result["load1"] = round(os.getloadavg()[0], 2)  # the box is shared: say how busy it was
+            print(json.dumps(result), flush=True)
+            results.append(result)
+        finally:
+            if server is not None:
+                server.stop()
+    if len(results) > 1:
+        medians = {k: sorted(r[k] for r in results)[len(results) // 2]
+                   for k in ("tasks_per_s", "p50_ms", "p99_ms", "single_task_p50_ms", "single_task_p99_ms", "load1")}
+        print(json.dumps({"median_of": len(results), **medians}))
     return 0
 
 

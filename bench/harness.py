@@ -61,7 +61,7 @@ RESULTS = REPO / "bench" / "results"
 class Cell:
     """One comparison point: a workload at one load shape, run against several servers."""
 
-    group: str  # kv | resp | durability | stream | queue
+    group: str  # kv | resp | durability | stream | queue | action
     workload: str
     proto: str  # how flo-server is driven: flo (our load generator) | resp (redis-benchmark)
     conns: int
@@ -69,16 +69,17 @@ class Cell:
     value_size: int
     fsync: str | None = None  # durability cells: always | everysec | no
     servers: tuple[str, ...] = (FLO, REDIS)
+    workers: int = 0  # action cells: ActionWorker processes taking the runs
 
     @property
     def id(self) -> str:
         s = f"{self.group}/{self.workload}/{self.proto}/c{self.conns}/k{self.window}/v{self.value_size}"
-        return s + (f"/fsync-{self.fsync}" if self.fsync else "")
+        return s + (f"/fsync-{self.fsync}" if self.fsync else "") + (f"/w{self.workers}" if self.workers else "")
 
     @property
     def label(self) -> str:
         size = f"{self.value_size}B" if self.value_size < 1024 else f"{self.value_size // 1024}KiB"
-        extra = f" fsync={self.fsync}" if self.fsync else ""
+        extra = (f" fsync={self.fsync}" if self.fsync else "") + (f" workers={self.workers}" if self.workers else "")
         return f"{self.workload} {self.proto} K={self.window} c={self.conns} {size}{extra}"
 
 
@@ -93,12 +94,25 @@ class Budget:
     max_seconds: float
     memory_keys: int
     reps: int
+    #: flamepy no-op burst: tasks, warm instances, time cap (bench/flamepy_bench.py's run()).
+    flamepy_tasks: int = 20_000
+    flamepy_instances: int = 2
+    flamepy_seconds: float = 30.0
+    #: Recovery: bytes of log to replay, keys in the snapshot, time cap of each write phase.
+    recovery_log_bytes: int = 1 << 30
+    recovery_snapshot_keys: int = 1_000_000
+    recovery_write_seconds: float = 120.0
 
 
 FULL = Budget(total_k16=600_000, total_k1=150_000, total_c1=20_000, total_durable=50_000, max_seconds=4.0,
               memory_keys=1_000_000, reps=3)
 QUICK = Budget(total_k16=15_000, total_k1=4_000, total_c1=1_500, total_durable=1_500, max_seconds=1.5,
-               memory_keys=20_000, reps=1)
+               memory_keys=20_000, reps=1, flamepy_tasks=1_000, flamepy_instances=2, flamepy_seconds=8.0,
+               recovery_log_bytes=20 << 20, recovery_snapshot_keys=20_000, recovery_write_seconds=15.0)
+
+#: Action workers in the "N workers" cells, and the in-flight runs (invoker connections, K = 1) of every action cell.
+ACTION_WORKERS = 4
+ACTION_CONNS = 16
 
 AOF_OF_FSYNC = {"always": "always", "everysec": "everysec", "no": "off"}
 
@@ -114,7 +128,10 @@ def grid(quick: bool) -> list[Cell]:
         for wl in ("kv.set", "kv.get"):
             cells.append(Cell("resp", wl, "resp", 50, 16, 100))
         cells.append(Cell("stream", "stream.append", "flo", 50, 16, 100))
+        cells.append(Cell("stream", "stream.read", "flo", 50, 16, 100))
+        cells.append(Cell("stream", "stream.group", "flo", 50, 1, 100))
         cells.append(Cell("queue", "queue.cycle", "flo", 50, 16, 100))
+        cells += _action_cells()
         cells.append(Cell("durability", "kv.set", "flo", 50, 1, 100, fsync="always"))
         return cells
     for wl in ("kv.set", "kv.get", "kv.incr"):
@@ -124,19 +141,29 @@ def grid(quick: bool) -> list[Cell]:
                 for size in sizes:
                     cells.append(Cell("kv", wl, "flo", conns, k, size, servers=(FLO, CEILING, REDIS)))
                     cells.append(Cell("resp", wl, "resp", conns, k, size))
-    for wl in ("stream.append", "queue.enqueue", "queue.cycle"):
+    for wl in ("stream.append", "stream.read", "stream.group", "queue.enqueue", "queue.cycle"):
         for k in (1, 16):
             cells.append(Cell(wl.split(".")[0], wl, "flo", 50, k, 100))
+    cells += _action_cells()
     for fsync in ("always", "everysec", "no"):
         for conns in (50, 1):
             cells.append(Cell("durability", "kv.set", "flo", conns, 1, 100, fsync=fsync))
     return cells
 
 
+def _action_cells() -> list[Cell]:
+    """Action round trips with 1 and N workers, and the queue cycle at the same shape, in the same run."""
+    return [
+        Cell("action", "action.roundtrip", "flo", ACTION_CONNS, 1, 100, servers=(FLO,), workers=1),
+        Cell("action", "action.roundtrip", "flo", ACTION_CONNS, 1, 100, servers=(FLO,), workers=ACTION_WORKERS),
+        Cell("action", "queue.cycle", "flo", ACTION_CONNS, 1, 100, servers=(FLO,)),
+    ]
+
+
 def total_for(cell: Cell, b: Budget) -> int:
     if cell.group == "durability":
         return b.total_durable if cell.conns > 1 else max(b.total_durable // 10, 200)
-    per_op = 3 if WORKLOADS[cell.workload].chain is not None else 1  # a queue cycle is three requests
+    per_op = WORKLOADS[cell.workload].cost  # a queue cycle is three requests, a group cycle consumes records
     if cell.conns == 1:
         return b.total_c1 * (4 if cell.window > 1 else 1) // per_op
     return (b.total_k16 if cell.window > 1 else b.total_k1) // per_op
@@ -148,8 +175,13 @@ def total_for(cell: Cell, b: Budget) -> int:
 def flo_supports(port: int, workload: str) -> tuple[bool, str]:
     """Send one request of ``workload``; unsupported when the server refuses it as UNKNOWN_OP."""
     w = WORKLOADS[workload]
-    key = w.fixed_key or (w.key_prefix + b"probe")
-    op, payload = w.flo(key, b"v" * 8)  # type: ignore[misc]
+    key = (w.fixed_key or (w.key_prefix + b"probe")) + (b":probe" if w.seed else b"")
+    if w.seed is not None and w.seed.flo_at is not None:
+        op, payload = w.seed.flo_at(key, (0, 0))
+    elif w.chain is not None:
+        op, payload = w.chain.flo(0, key, b"v" * 8, b"")  # type: ignore[misc]
+    else:
+        op, payload = w.flo(key, b"v" * 8)  # type: ignore[misc]
     reader = FrameReader(is_request=False)
     try:
         with socket.create_connection((HOST, port), timeout=3) as s:
@@ -263,8 +295,8 @@ def _loadgen(run: Run, port: int, proto: str, workload: str, conns: int, window:
     return res
 
 
-def measure(run: Run, cell: Cell, server: str, sp: ServerProc) -> dict:
-    """One bounded load of ``cell`` against one running server."""
+def measure(run: Run, cell: Cell, server: str, sp: ServerProc, key: str = "") -> dict:
+    """One bounded load of ``cell`` against one running server (``key``: the action name of action cells)."""
     b = run.budget
     total = total_for(cell, b)
     if cell.proto == "resp":
@@ -286,8 +318,9 @@ def measure(run: Run, cell: Cell, server: str, sp: ServerProc) -> dict:
         return res
     # The load generator reads the server's CPU time over exactly its timed phase.
     proto = "resp" if server == REDIS else "flo"
+    extra = ("--server-pid", str(sp.pid)) + (("--key", key) if key else ())
     return _loadgen(run, sp.port, proto, cell.workload, cell.conns, cell.window, cell.value_size, total,
-                    b.max_seconds, extra=("--server-pid", str(sp.pid)))
+                    b.max_seconds, extra=extra)
 
 
 def run_cell(run: Run, cell: Cell, servers: dict[str, ServerProc | None]) -> None:
@@ -310,16 +343,31 @@ def run_cell(run: Run, cell: Cell, servers: dict[str, ServerProc | None]) -> Non
                 run.note(f"{cell.workload} over {cell.proto}: {why}; flo-server column left empty")
                 continue
         present.append(name)
-    for rep in range(run.budget.reps):
-        order = present if rep % 2 == 0 else list(reversed(present))
-        for name in order:
-            sp = servers[name]
-            res = measure(run, cell, name, sp)  # type: ignore[arg-type]
-            rec = {"type": "run", "cell": cell.id, **_cell_fields(cell), "server": name, "rep": rep, **res}
-            run.emit(rec)
-            if res.get("errors"):
-                run.note(f"{name} {cell.label}: {res['errors']} errors, e.g. {res.get('error_sample', '')!r}")
-            run.progress.step(f"{cell.label:<40} {name:<10} {res.get('ops_s', 0):>11,.0f} ops/s")
+    workers: list[ServerProc] = []
+    action = ""
+    if cell.workers and FLO in present:
+        # Fresh no-op workers per cell, under an action name of their own (no run left over from another cell).
+        action = f"bench-noop-w{cell.workers}"
+        bound = run.budget.reps * (run.budget.max_seconds + 30) + 60
+        try:
+            workers = run.fleet.start_action_workers(servers[FLO].port, action, cell.workers, bound)  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001 - reported; the cell is left empty
+            run.note(f"{cell.label}: action workers did not start: {str(e).strip().splitlines()[0]}")
+            present.remove(FLO)
+    try:
+        for rep in range(run.budget.reps):
+            order = present if rep % 2 == 0 else list(reversed(present))
+            for name in order:
+                sp = servers[name]
+                res = measure(run, cell, name, sp, key=action if name == FLO else "")  # type: ignore[arg-type]
+                rec = {"type": "run", "cell": cell.id, **_cell_fields(cell), "server": name, "rep": rep, **res}
+                run.emit(rec)
+                if res.get("errors"):
+                    run.note(f"{name} {cell.label}: {res['errors']} errors, e.g. {res.get('error_sample', '')!r}")
+                run.progress.step(f"{cell.label:<40} {name:<10} {res.get('ops_s', 0):>11,.0f} ops/s")
+    finally:
+        for wp in workers:
+            run.fleet.stop(wp)
 
 
 def _cell_fields(cell: Cell) -> dict:
@@ -414,6 +462,155 @@ def measure_memory(run: Run, fleet: Fleet) -> None:
             fleet.stop(sp)
 
 
+# --- flamepy ---------------------------------------------------------------------
+
+#: Ids of the measurements outside the grid, for ``--only``.
+FLAMEPY_ID = "flamepy/noop"
+RECOVERY_LOG_ID = "recovery/log"
+RECOVERY_SNAPSHOT_ID = "recovery/snapshot"
+
+_FLAMEPY_CALL = ("import json, sys\n"
+                 "from bench.flamepy_bench import run\n"
+                 "res = run(sys.argv[1], tasks=int(sys.argv[2]), instances=int(sys.argv[3]), "
+                 "max_seconds=float(sys.argv[4]))\n"
+                 "print(json.dumps(res), flush=True)\n")
+
+
+def measure_flamepy(run: Run, fleet: Fleet) -> None:
+    """flamepy no-op tasks/s: ``bench.flamepy_bench.run`` (pinned to the load core) against a fresh flo-server
+    with its embedded executor (the service instances it starts share the server's core)."""
+    b = run.budget
+    try:
+        sp = fleet.start_flo(label="flo-server-flamepy", executor=True)
+    except Exception as e:  # noqa: BLE001 - reported, not fatal
+        run.note(f"flamepy: flo-server did not start: {str(e).splitlines()[0]}")
+        return
+    rec: dict = {"type": "flamepy", "id": FLAMEPY_ID, "tasks": b.flamepy_tasks, "instances": b.flamepy_instances,
+                 "max_seconds": b.flamepy_seconds}
+    try:
+        argv = fleet.load_cpu + [fleet.python, "-c", _FLAMEPY_CALL, f"{HOST}:{sp.port}", str(b.flamepy_tasks),
+                                 str(b.flamepy_instances), str(b.flamepy_seconds)]
+        cpu0, t0 = sp.cpu_seconds(), time.monotonic()
+        try:
+            # run() caps its burst at max_seconds, then a single-task probe and the warm-up: a generous hard stop.
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=2 * b.flamepy_seconds + 90, cwd=REPO)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+            if out.returncode == 0 and lines:
+                rec.update(json.loads(lines[-1]))
+            else:
+                rec["error"] = (out.stderr or out.stdout).strip()[-400:]
+        except subprocess.TimeoutExpired:
+            rec["error"] = "flamepy_bench.run did not finish"
+        wall = time.monotonic() - t0
+        rec["wall_s"] = round(wall, 2)
+        rec["server_cpu_pct"] = round(100 * (sp.cpu_seconds() - cpu0) / wall, 1) if wall else None
+    finally:
+        fleet.stop(sp)
+    run.emit(rec)
+    if rec.get("error"):
+        run.note(f"flamepy: {rec['error'].splitlines()[-1] if rec['error'] else 'failed'}")
+    run.progress.step(f"flamepy no-op {rec.get('tasks_per_s') or 0:>11,.0f} tasks/s")
+
+
+# --- recovery ---------------------------------------------------------------------
+
+_RECOVERED = re.compile(r"snapshot at LSN (\d+), (\d+) record\(s\) replayed in ([0-9.]+)s")
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def _restart_timed(run: Run, fleet: Fleet, data: Path, label: str, extra: tuple[str, ...]) -> dict:
+    """Start flo-server on ``data`` again: seconds until ``flo-server ready``, and what it says it recovered."""
+    sp = fleet.start_flo(fsync="no", label=label, data_dir=data, extra=extra, executor=False, timeout=900)
+    try:
+        m = None
+        for line in sp.log.read_text(errors="replace").splitlines()[::-1]:
+            m = _RECOVERED.search(line)
+            if m:
+                break
+        return {"ready_s": round(sp.ready_s or 0.0, 3), "rss_after_recovery": sp.rss_bytes(),
+                "snapshot_lsn": int(m.group(1)) if m else None, "replayed": int(m.group(2)) if m else None,
+                "replay_s": float(m.group(3)) if m else None}
+    finally:
+        sp.kill9()
+        fleet.stop(sp)
+
+
+def measure_recovery(run: Run, fleet: Fleet, which: tuple[str, ...]) -> None:
+    """Start-up time of flo-server over a long log (kill -9, no snapshot) and over a snapshot of N keys."""
+    b = run.budget
+    base = fleet.rundir / "recovery"
+    if RECOVERY_LOG_ID in which:
+        # Keep a bounded keyspace so memory stays small while the log grows; no snapshot while writing
+        # (--snapshot-bytes above the log size), so start-up replays the whole log.
+        data = base / "log"
+        value = 4000
+        per_record = value + 64
+        n = max(1, b.recovery_log_bytes // per_record)
+        extra = ("--snapshot-bytes", str(4 * b.recovery_log_bytes + (64 << 20)))
+        rec: dict = {"type": "recovery", "id": RECOVERY_LOG_ID, "target_bytes": b.recovery_log_bytes}
+        try:
+            sp = fleet.start_flo(fsync="no", label="flo-server-recovery-log", data_dir=data, extra=extra,
+                                 executor=False)
+            try:
+                load = _loadgen(run, sp.port, "flo", "kv.set", 8, 32, value, n, b.recovery_write_seconds,
+                                extra=("--keyspace", "10000"))
+            finally:
+                sp.kill9()  # a crash: nothing is snapshotted on the way out
+                fleet.stop(sp)
+            rec.update(records_written=load.get("completed", 0), write_ops_s=load.get("ops_s"),
+                       write_errors=load.get("errors", 0), log_bytes=_dir_bytes(data / "log"))
+            rec.update(_restart_timed(run, fleet, data, "flo-server-recovery-log-restart", extra))
+            _rates(rec, rec["log_bytes"])
+        except Exception as e:  # noqa: BLE001 - reported
+            rec["error"] = str(e).strip().splitlines()[0]
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+        _emit_recovery(run, rec)
+    if RECOVERY_SNAPSHOT_ID in which:
+        # N keys (16-byte keys, 100-byte values), then a clean stop: the shutdown snapshot holds them all.
+        data = base / "snapshot"
+        n = b.recovery_snapshot_keys
+        rec = {"type": "recovery", "id": RECOVERY_SNAPSHOT_ID, "keys": n}
+        try:
+            sp = fleet.start_flo(fsync="no", label="flo-server-recovery-snap", data_dir=data, executor=False)
+            try:
+                load = _loadgen(run, sp.port, "flo", "kv.set", 4, 64, 100, n, b.recovery_write_seconds,
+                                extra=("--sequential", "--key-width", "12"))
+            finally:
+                sp.stop(grace=300)  # SIGTERM: the clean shutdown writes the snapshot
+                fleet.stop(sp)
+            rec.update(records_written=load.get("completed", 0), write_ops_s=load.get("ops_s"),
+                       write_errors=load.get("errors", 0), snapshot_bytes=_dir_bytes(data / "snap"),
+                       log_bytes=_dir_bytes(data / "log"))
+            rec.update(_restart_timed(run, fleet, data, "flo-server-recovery-snap-restart", ()))
+            _rates(rec, rec["snapshot_bytes"])
+        except Exception as e:  # noqa: BLE001 - reported
+            rec["error"] = str(e).strip().splitlines()[0]
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+        _emit_recovery(run, rec)
+
+
+def _rates(rec: dict, nbytes: int) -> None:
+    t = rec.get("ready_s") or 0
+    if t > 0:
+        rec["mb_s"] = round(nbytes / 1e6 / t, 1)
+        rec["records_s"] = round((rec.get("records_written") or 0) / t, 1)
+
+
+def _emit_recovery(run: Run, rec: dict) -> None:
+    run.emit(rec)
+    if rec.get("error"):
+        run.note(f"{rec['id']}: {rec['error']}")
+    if rec.get("write_errors"):
+        run.note(f"{rec['id']}: {rec['write_errors']} errors while writing the data")
+    size = rec.get("log_bytes") if rec["id"] == RECOVERY_LOG_ID else rec.get("snapshot_bytes")
+    run.progress.step(f"{rec['id']:<20} {(size or 0) / 1e6:>8.1f} MB  ready in {rec.get('ready_s') or 0:.2f} s")
+
+
 # --- entry point ------------------------------------------------------------------
 
 
@@ -430,9 +627,13 @@ def run_bench(opts: Options) -> Path:
         budget = Budget(**{**asdict(budget), **({"reps": opts.reps} if opts.reps else {}),
                            **({"max_seconds": opts.max_seconds} if opts.max_seconds else {})})
     cells = grid(opts.quick)
+    extras = [FLAMEPY_ID, RECOVERY_LOG_ID, RECOVERY_SNAPSHOT_ID]
     if opts.only:
         pat = re.compile(opts.only)
         cells = [c for c in cells if pat.search(c.id)]
+        extras = [x for x in extras if pat.search(x)]
+    if not opts.flo:
+        extras = []
     outdir = opts.out or RESULTS / datetime.now().strftime("%Y-%m-%d_%H%M%S")
     outdir.mkdir(parents=True, exist_ok=True)
     redis_problem = ensure_redis(opts.install, log=lambda m: print(m, file=sys.stderr))
@@ -440,7 +641,7 @@ def run_bench(opts: Options) -> Path:
     env.update(mode="quick" if opts.quick else "full", budget=asdict(budget), debug_reasons=reasons,
                started_at=datetime.now().isoformat(timespec="seconds"),
                pinning=" / ".join(" ".join(p) or "none" for p in cpu_layout()))
-    steps = sum(len(c.servers) for c in cells) * budget.reps + (3 if opts.memory else 0)
+    steps = sum(len(c.servers) for c in cells) * budget.reps + len(extras) + (3 if opts.memory and not opts.only else 0)
     progress = Progress(steps)
     t_start = time.monotonic()
     with open(outdir / "results.jsonl", "w") as jsonl, Fleet(outdir / "run") as fleet:
@@ -456,6 +657,10 @@ def run_bench(opts: Options) -> Path:
             run.note("DEBUG BUILD: these numbers are not comparable (" + "; ".join(reasons) + ")")
         try:
             _run_grid(run, fleet, cells, redis_problem is None)
+            if FLAMEPY_ID in extras:
+                measure_flamepy(run, fleet)
+            if RECOVERY_LOG_ID in extras or RECOVERY_SNAPSHOT_ID in extras:
+                measure_recovery(run, fleet, tuple(extras))
             if opts.memory and not opts.only:
                 measure_memory(run, fleet)
         finally:
@@ -469,7 +674,7 @@ def run_bench(opts: Options) -> Path:
         run.emit({"type": "done", "seconds": round(time.monotonic() - t_start, 1), "notes": run.notes,
                   "loadavg_end": os.getloadavg()})
     report.write(outdir, env, summary, [r for r in run.records if r["type"] == "memory"], run.notes,
-                 plots=opts.plots)
+                 plots=opts.plots, extras=[r for r in run.records if r["type"] in ("flamepy", "recovery")])
     print((outdir / "summary.md").read_text())
     print(f"results: {outdir}", file=sys.stderr)
     return outdir

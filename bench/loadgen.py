@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from flo_core.spec import Status
 from flo_core.wire import FrameError, FrameReader, encode_request
 
-from .workloads import WORKLOADS, Workload, kv_put, resp_command
+from .workloads import WORKLOADS, Workload, kv_put, resp_command, stream_append_batch
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -60,6 +60,10 @@ class LoadSpec:
     key_width: int = 0  # zero-pad sequential key numbers to this many digits
     #: Read this process's CPU time from /proc over exactly the timed phase (the server's cost per op).
     server_pid: int = 0
+    #: Overrides the workload's fixed key (an action name; the base name of a seeded stream).
+    key: str = ""
+    #: Most records seeded into a stream for a load that consumes them (stream.group).
+    seed_max: int = 200_000
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -109,6 +113,118 @@ def build_frames(w: Workload, proto: str, keys: list[bytes], value: bytes, first
             frames.append(resp_command(w.resp(k, value)))
             rids.append(0)
     return frames, rids
+
+
+class RespError(bytes):
+    """A RESP ``-ERR ...`` reply."""
+
+
+class RespIncomplete(Exception):
+    """The buffer ends inside a reply."""
+
+
+def resp_parse(buf: bytes, pos: int = 0) -> tuple[object, int]:
+    """One RESP2 reply at ``pos`` -> ``(value, end)``: bytes, int-as-bytes, None, list, or :class:`RespError`.
+
+    >>> resp_parse(b"*2\\r\\n$1\\r\\na\\r\\n:3\\r\\n")
+    ([b'a', b'3'], 15)
+    """
+    e = buf.find(b"\r\n", pos)
+    if e < 0:
+        raise RespIncomplete
+    t = buf[pos]
+    if t == 36:  # '$' bulk
+        n = int(buf[pos + 1 : e])
+        if n < 0:
+            return None, e + 2
+        end = e + 2 + n
+        if end + 2 > len(buf):
+            raise RespIncomplete
+        return buf[e + 2 : end], end + 2
+    if t == 42:  # '*' array
+        n = int(buf[pos + 1 : e])
+        if n < 0:
+            return None, e + 2
+        p = e + 2
+        items = []
+        for _ in range(n):
+            v, p = resp_parse(buf, p)
+            items.append(v)
+        return items, p
+    if t == 45:  # '-' error
+        return RespError(buf[pos + 1 : e]), e + 2
+    return buf[pos + 1 : e], e + 2  # '+' simple, ':' integer
+
+
+def build_requests(reqs: list, proto: str, first_rid: int = 1) -> tuple[list[bytes], list[int]]:
+    """Encode ready-made requests: ``(op, payload)`` for Flo, argument lists for RESP."""
+    if proto == "flo":
+        rids = list(range(first_rid, first_rid + len(reqs)))
+        return [encode_request(rid, op, payload) for rid, (op, payload) in zip(rids, reqs)], rids
+    return [resp_command(a) for a in reqs], [0] * len(reqs)
+
+
+async def exchange(spec: LoadSpec, reqs: list, window: int = 64, timeout: float = 120.0) -> list:
+    """Send ``reqs`` over one connection, ``window`` at a time, and return every answer body (seeding, untimed).
+
+    A refused request stops the load (seeding that failed would make every measurement wrong).
+    """
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(spec.host, spec.port), timeout=10)
+    frames, rids = build_requests(reqs, spec.proto)
+    fr = FrameReader(is_request=False, check_crc=False)
+    out: list = []
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        for lo in range(0, len(frames), window):
+            writer.write(b"".join(frames[lo : lo + window]))
+            want = min(len(frames), lo + window)
+            while len(out) < want:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SystemExit(f"seeding took longer than {timeout:.0f} s")
+                data = await asyncio.wait_for(reader.read(1 << 20), timeout=left)
+                if not data:
+                    raise SystemExit("the server closed the connection while seeding")
+                if spec.proto == "flo":
+                    for rid, status, body in fr.feed(data):
+                        if status != 0 or rid != rids[len(out)]:
+                            raise SystemExit(f"seeding refused: {_describe_refusal(status, body)}")
+                        out.append(body)
+                else:
+                    buf += data
+                    pos = 0
+                    while pos < len(buf):
+                        try:
+                            v, pos2 = resp_parse(buf, pos)
+                        except RespIncomplete:
+                            break
+                        if isinstance(v, RespError):
+                            raise SystemExit(f"seeding refused: {v.decode(errors='replace')}")
+                        out.append(v)
+                        pos = pos2
+                    buf = buf[pos:]
+    finally:
+        writer.close()
+    return out
+
+
+async def seed_stream(spec: LoadSpec, w: Workload, key: bytes, n: int, value: bytes) -> list:
+    """Append ``n`` records to the fresh stream ``key``; their ids, in order."""
+    if spec.proto == "flo":
+        batch = 1000  # the server's MAX_APPEND_BATCH: ids of a batch are (ts, seq), (ts, seq+1), ...
+        sizes = [min(batch, n - lo) for lo in range(0, n, batch)]
+        reqs = [stream_append_batch(key, [value] * k) for k in sizes]
+        ids: list = []
+        for k, body in zip(sizes, await exchange(spec, reqs, window=4)):
+            first_seq, ts = int.from_bytes(body[:8], "little"), int.from_bytes(body[8:16], "little", signed=True)
+            ids.extend((ts, first_seq + i) for i in range(k))
+        return ids
+    reqs = [[b"XADD", key, b"*", b"f", value] for _ in range(n)]
+    ids = await exchange(spec, reqs, window=256)
+    if w.seed is not None and w.seed.redis_group:
+        await exchange(spec, [[b"XGROUP", b"CREATE", key, w.seed.redis_group, b"0"]])
+    return ids
 
 
 # --- the closed loop --------------------------------------------------------------
@@ -241,6 +357,11 @@ class RespLoad(FloLoad):
                     pos = end
                 else:
                     pos = e + 2
+            elif t == 42:  # '*' array (XRANGE): the slow, general parser
+                try:
+                    _, pos = resp_parse(buf, pos)
+                except RespIncomplete:
+                    break
             else:
                 if t == 45:  # '-' error
                     self._error(buf[pos + 1 : e].decode("utf-8", "replace"))
@@ -288,18 +409,19 @@ class ChainLoad(asyncio.Protocol):
         self._new_cycles(self.window, out, time.perf_counter_ns())
         self._flush(out)
 
-    def _encode(self, step: int, prev: bytes, t0: int, out: list[bytes]) -> bool:
+    def _encode(self, step: int, prev: object, t0: int, out: list[bytes]) -> str:
+        """Queue the cycle's next request: ``sent``, ``done`` (the cycle is complete) or ``failed``."""
         try:
             req = (self.chain.resp if self.resp else self.chain.flo)(step, self.key, self.value, prev)  # type: ignore[union-attr]
-        except LookupError as e:
-            self._error(str(e))  # type: ignore[arg-type]
-            return False
+        except (LookupError, ValueError, TypeError, IndexError) as e:
+            self._error(f"step {step}: {e}")  # type: ignore[arg-type]
+            return "failed"
         if req is None:
-            return False
+            return "done"
         self.rid += 1
         out.append(resp_command(req) if self.resp else encode_request(self.rid, req[0], req[1]))  # type: ignore[arg-type]
         self.inflight.append((t0, self.rid if not self.resp else 0, step))
-        return True
+        return "sent"
 
     def _new_cycles(self, k: int, out: list[bytes], now: int) -> None:
         if self.st.stop:
@@ -315,30 +437,21 @@ class ChainLoad(asyncio.Protocol):
         elif not self.inflight and not self.done.done():
             self.done.set_result(None)
 
-    def _replies(self, data: bytes) -> list[tuple[int, bool, bytes]]:
-        """(request id, ok, body) per reply; RESP replies carry id 0."""
+    def _replies(self, data: bytes) -> list[tuple[int, int, object]]:
+        """(request id, status, body) per reply; RESP replies carry id 0, status 0 or -1 (-ERR) and a
+        parsed value (nil = b"")."""
         if not self.resp:
-            return [(rid, status == 0, body) for rid, status, body in self.reader.feed(data)]
+            return self.reader.feed(data)
         buf = self.buf + data if self.buf else data
-        out, pos, n = [], 0, len(buf)
+        out: list[tuple[int, bool, object]] = []
+        pos, n = 0, len(buf)
         while pos < n:
-            e = buf.find(b"\r\n", pos)
-            if e < 0:
+            try:
+                v, pos2 = resp_parse(buf, pos)
+            except RespIncomplete:
                 break
-            t = buf[pos]
-            if t == 36:  # '$'
-                ln = int(buf[pos + 1 : e])
-                if ln < 0:
-                    out.append((0, True, b""))
-                    pos = e + 2
-                    continue
-                if e + 2 + ln + 2 > n:
-                    break
-                out.append((0, True, buf[e + 2 : e + 2 + ln]))
-                pos = e + 2 + ln + 2
-            else:
-                out.append((0, t != 45, buf[pos + 1 : e]))
-                pos = e + 2
+            out.append((0, -1 if isinstance(v, RespError) else 0, b"" if v is None else v))
+            pos = pos2
         self.buf = buf[pos:]
         return out
 
@@ -352,16 +465,24 @@ class ChainLoad(asyncio.Protocol):
         now = time.perf_counter_ns()
         out: list[bytes] = []
         finished = 0
-        for rid, ok, body in replies:
+        for rid, status, body in replies:
             t0, expected, step = self.inflight.popleft()
-            if rid != expected or not ok:
-                why = f"reply id {rid}, expected {expected}" if rid != expected else body[:200].decode("utf-8", "replace")
+            if rid != expected or status != 0:
+                if rid != expected:
+                    why = f"reply id {rid}, expected {expected}"
+                elif not self.resp:
+                    self.st.statuses[status] += 1
+                    why = _describe_refusal(status, body)  # type: ignore[arg-type]
+                else:
+                    why = repr(body)[:200]
                 self._error(f"step {step}: {why}")
                 finished += 1  # the cycle is abandoned; start another one
                 continue
-            if not self._encode(step + 1, body, t0, out):
-                self.st.lat.append(now - t0)
-                self.st.completed += 1
+            state = self._encode(step + 1, body, t0, out)
+            if state != "sent":
+                if state == "done":
+                    self.st.lat.append(now - t0)
+                    self.st.completed += 1
                 finished += 1
         if finished:
             self._new_cycles(finished, out, now)
@@ -401,7 +522,7 @@ async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: in
     for c in range(conns):
         budget = per + (1 if c < total % conns else 0)
         if w.chain is not None and not exact:
-            key = w.fixed_key or w.key_prefix + b"%d" % c
+            key = spec.key.encode() if spec.key else (w.fixed_key or w.key_prefix + b"%d" % c)
             _, proto = await asyncio.wait_for(loop.create_connection(
                 lambda b=budget, key=key: ChainLoad(st, window, w, key, b"v" * spec.value_size, b, spec.proto),
                 spec.host, spec.port), timeout=10)
@@ -446,6 +567,7 @@ async def run(spec: LoadSpec) -> dict:
     w = WORKLOADS[spec.workload]
     value = b"v" * spec.value_size
     prefill_s = 0.0
+    seeded = 0
     if spec.sequential:
         # Data loading: keys 0..total-1 once each, built in chunks to bound memory.
         st_all = _State()
@@ -468,6 +590,19 @@ async def run(spec: LoadSpec) -> dict:
                 break
         st = st_all
     else:
+        ids: list = []
+        if w.seed is not None:
+            # A fresh stream per load (repetitions and servers never share one), seeded untimed.
+            t = time.perf_counter()
+            base = spec.key.encode() if spec.key else (w.fixed_key or b"stream:bench")
+            key = base + b":%d.%d" % (os.getpid(), time.time_ns())
+            n = w.seed.records or max(1, min(spec.total * w.seed.records_per_op, spec.seed_max))
+            if w.seed.records_per_op:  # a consuming load cannot do more ops than the records allow
+                spec.total = max(1, min(spec.total, n // w.seed.records_per_op))
+            ids = await seed_stream(spec, w, key, n, value)
+            spec.key = key.decode()
+            seeded = len(ids)
+            prefill_s = time.perf_counter() - t
         keys = _keys(w, spec, spec.pool)
         if w.chain is not None:
             keys = []  # chained workloads build each request from the previous reply
@@ -485,7 +620,15 @@ async def run(spec: LoadSpec) -> dict:
             if pre.errors:
                 raise SystemExit(f"prefill failed: {pre.error_sample}")
             prefill_s = time.perf_counter() - t
-        frames, rids = build_frames(w, spec.proto, keys, value) if keys else ([], [])
+        at = None if w.seed is None else (w.seed.flo_at if spec.proto == "flo" else w.seed.resp_at)
+        if at is not None:
+            # Requests at random ids of the seeded records, each leaving `tail` records to read.
+            rnd = random.Random(spec.seed)
+            hi = max(1, len(ids) - w.seed.tail)  # type: ignore[union-attr]
+            reqs = [at(spec.key.encode(), ids[rnd.randrange(hi)]) for _ in range(spec.pool)]
+            frames, rids = build_requests(reqs, spec.proto)
+        else:
+            frames, rids = build_frames(w, spec.proto, keys, value) if keys else ([], [])
         st, elapsed, _ = await _phase(spec, frames, rids, spec.conns, spec.window, spec.total, spec.max_seconds,
                                       exact=False)
     lat = sorted(st.lat)
@@ -504,6 +647,7 @@ async def run(spec: LoadSpec) -> dict:
         "p999_us": round(pct(lat, 99.9) / 1000, 1),
         "mean_us": round(sum(lat) / len(lat) / 1000, 1) if lat else float("nan"),
         "prefill_s": round(prefill_s, 3),
+        "seeded_records": seeded,
         "server_cpu_pct": round(100 * st.server_cpu / elapsed, 1) if spec.server_pid and elapsed > 0 else None,
         "timed_out": st.stop,
     }
@@ -538,19 +682,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sequential", action="store_true", help="send keys 0..n-1 once each (data loading)")
     ap.add_argument("--key-width", type=int, default=0)
     ap.add_argument("--server-pid", type=int, default=0, help="report this pid's CPU %% over the timed phase")
+    ap.add_argument("--key", default="", help="the workload's key instead of its fixed one (an action name)")
+    ap.add_argument("--seed-max", type=int, default=200_000, help="most records seeded for a consuming stream load")
     a = ap.parse_args(argv)
     if a.host not in LOOPBACK:
         ap.error("loopback only: the load generator never targets another machine")
     for name, lo, hi in (("conns", 1, 10_000), ("window", 1, 4096), ("total", 1, 100_000_000),
-                         ("value_size", 0, 16 * 1024 * 1024), ("pool", 1, 1_000_000)):
+                         ("value_size", 0, 16 * 1024 * 1024), ("pool", 1, 1_000_000),
+                         ("seed_max", 1, 10_000_000)):
         if not lo <= getattr(a, name) <= hi:
             ap.error(f"--{name.replace('_', '-')} must be in [{lo}, {hi}]")
+    if len(a.key.encode()) > 200:
+        ap.error("--key is at most 200 bytes")
     if not 0 < a.max_seconds <= 3600:
         ap.error("--max-seconds must be in (0, 3600]")
     spec = LoadSpec(port=a.port, workload=a.workload, proto=a.proto, host=a.host, conns=a.conns, window=a.window,
                     total=a.total, max_seconds=a.max_seconds, value_size=a.value_size, keyspace=a.keyspace,
                     pool=a.pool, sequential=a.sequential, key_width=a.key_width,
-                    server_pid=a.server_pid)
+                    server_pid=a.server_pid, key=a.key, seed_max=a.seed_max)
     print(json.dumps(run_sync(spec)), flush=True)
 
 

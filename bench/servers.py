@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,14 @@ class ServerProc:
     proc: subprocess.Popen
     log: Path
     info: dict = field(default_factory=dict)
+    #: Set when the server printed its ready line (``flo-server ready on ...``), if we watch for one.
+    ready: threading.Event = field(default_factory=threading.Event)
+    #: Seconds from the spawn to that line.
+    ready_s: float | None = None
+    #: Started in its own session: the children it launches (service instances) share its process group.
+    own_group: bool = False
+    #: The output is piped through :func:`_pump` watching for this line.
+    ready_line: str | None = None
 
     @property
     def pid(self) -> int:
@@ -94,7 +103,12 @@ class ServerProc:
         return 0
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM this pid, SIGKILL it after ``grace`` seconds; reap it."""
+        """SIGTERM this pid, SIGKILL it after ``grace`` seconds; reap it.
+
+        A server started in its own session (``own_group``) has its process group
+        (its pid, so still only what we started) SIGKILLed afterwards: children it
+        launched and did not stop go with it.
+        """
         if self.proc.poll() is None:
             try:
                 self.proc.send_signal(signal.SIGTERM)
@@ -102,8 +116,19 @@ class ServerProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=grace)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        if self.own_group:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # the group is already empty
+        if self.proc.stdout and not self.ready_line:
+            self.proc.stdout.close()  # a pumped pipe is closed by its pump at end of file
+
+    def kill9(self) -> None:
+        """SIGKILL this pid at once (a crash, for recovery tests) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 class Fleet:
@@ -132,17 +157,30 @@ class Fleet:
         if sp in self.procs:
             self.procs.remove(sp)
 
-    def _spawn(self, name: str, argv: list[str], port: int, timeout: float, env: dict | None = None) -> ServerProc:
+    def _spawn(self, name: str, argv: list[str], port: int, timeout: float, env: dict | None = None,
+               ready_line: str | None = None, own_group: bool = False) -> ServerProc:
+        """Start ``argv`` pinned to the server core; wait for its port (and its ``ready_line`` when given)."""
         self.rundir.mkdir(parents=True, exist_ok=True)
         log = self.rundir / f"{name}.log"
-        with open(log, "ab") as lf:
-            proc = subprocess.Popen(self.server_cpu + argv, stdout=lf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=REPO, env=env)
-        sp = ServerProc(name, port, proc, log)
+        t0 = time.monotonic()
+        if ready_line is None:
+            with open(log, "ab") as lf:
+                proc = subprocess.Popen(self.server_cpu + argv, stdout=lf, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=REPO, env=env, start_new_session=own_group)
+        else:
+            proc = subprocess.Popen(self.server_cpu + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=REPO, env=env, start_new_session=own_group)
+        sp = ServerProc(name, port, proc, log, own_group=own_group, ready_line=ready_line)
         self.procs.append(sp)
         self.history.append((name, proc.pid, port))
+        if ready_line is not None:
+            # The pipe is copied to the log by a thread (a full pipe would stall the server);
+            # the moment the ready line passes is the start-up time.
+            threading.Thread(target=_pump, args=(sp, ready_line.encode(), t0), daemon=True).start()
         try:
             wait_port(port, proc, timeout, log)
+            if ready_line is not None and not sp.ready.wait(max(0.1, timeout - (time.monotonic() - t0))):
+                raise RuntimeError(f"{name} did not print {ready_line!r} within {timeout:.0f} s")
         except Exception:
             self.stop(sp)
             raise
@@ -153,18 +191,50 @@ class Fleet:
         argv = [self.python, "-m", "bench.ceiling", "--port", str(port), "--max-seconds", str(max_seconds)]
         return self._spawn("ceiling", argv, port, timeout=15)
 
-    def start_flo(self, fsync: str | None = None, label: str = "flo-server") -> ServerProc:
+    def start_flo(self, fsync: str | None = None, label: str = "flo-server", *, data_dir: Path | None = None,
+                  extra: tuple[str, ...] = (), executor: bool = True, timeout: float = 30) -> ServerProc:
+        """flo-server on a free port; ``sp.ready_s`` = seconds until it printed ``flo-server ready``.
+
+        ``data_dir`` reuses a directory (a restart); ``executor=False`` passes ``--no-executor``.
+        With the executor it runs in its own session, so the service instances it starts are stopped with it.
+        """
         port = free_port()
-        data = self.rundir / f"data-{label}-{port}"
+        data = data_dir or self.rundir / f"data-{label}-{port}"
         data.mkdir(parents=True, exist_ok=True)
         exe = Path(self.python).with_name("flo-server")
         argv = [str(exe)] if exe.exists() else [self.python, "-m", "flo_server.cli"]
-        argv += ["--host", HOST, "--port", str(port), "--data-dir", str(data)]
+        argv += ["--host", HOST, "--port", str(port), "--data-dir", str(data), *extra]
         if fsync:
             argv += ["--fsync", fsync]
-        sp = self._spawn(label, argv, port, timeout=30)
+        if not executor:
+            argv.append("--no-executor")
+        sp = self._spawn(label, argv, port, timeout=timeout, ready_line="flo-server ready", own_group=executor)
         sp.info.update(fsync=fsync or "default", data_dir=str(data))
         return sp
+
+    def start_action_workers(self, port: int, action: str, n: int, max_seconds: float,
+                             timeout: float = 60) -> list[ServerProc]:
+        """``n`` processes of :mod:`bench.action_workers` (pinned to the load core), each ready to take runs."""
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        started: list[ServerProc] = []
+        for i in range(n):
+            argv = self.load_cpu + [self.python, "-m", "bench.action_workers", "--port", str(port), "--action",
+                                    action, "--max-seconds", str(max_seconds)]
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=REPO)
+            sp = ServerProc(f"action-worker-{i}", 0, proc, self.rundir / f"{action}-worker-{i}.log", ready_line="ready ")
+            self.procs.append(sp)
+            self.history.append((sp.name, proc.pid, 0))
+            threading.Thread(target=_pump, args=(sp, b"ready ", t0), daemon=True).start()
+            started.append(sp)
+        for sp in started:
+            if not sp.ready.wait(max(0.1, timeout - (time.monotonic() - t0))):
+                for other in started:
+                    self.stop(other)
+                tail = sp.log.read_text(errors="replace")[-1500:] if sp.log.exists() else ""
+                raise RuntimeError(f"action worker did not get ready within {timeout:.0f} s\n{tail}")
+        return started
 
     def start_redis(self, aof: str = "off", label: str = "redis") -> ServerProc:
         """redis-server in the foreground (our child), no RDB saves; ``aof`` = off | everysec | always."""
@@ -183,6 +253,18 @@ class Fleet:
         sp = self._spawn(label, argv, port, timeout=15)
         sp.info.update(aof=aof)
         return sp
+
+
+def _pump(sp: ServerProc, ready: bytes, t0: float) -> None:
+    """Copy the server's output to its log; note when the ready line goes by."""
+    assert sp.proc.stdout is not None
+    with open(sp.log, "ab") as lf, sp.proc.stdout as out:
+        for line in out:
+            if not sp.ready.is_set() and ready in line:
+                sp.ready_s = time.monotonic() - t0
+                sp.ready.set()
+            lf.write(line)
+            lf.flush()
 
 
 def tool_version(argv: list[str]) -> str:

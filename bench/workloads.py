@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from flo_core.body import Writer
-from flo_core.spec import DEFAULT_NAMESPACE, Condition, Op, Tag
+from flo_core.body import Reader, Writer, id_be
+from flo_core.spec import DEFAULT_NAMESPACE, Condition, Op, RunStatus, Tag
 
 FloBuilder = Callable[[bytes, bytes], tuple[int, bytes]]
 RespBuilder = Callable[[bytes, bytes], list[bytes]]
@@ -43,6 +43,30 @@ class Chain:
 
     flo: FloStep
     resp: RespStep
+
+
+#: A request built from a stream record id: ``(stream key, id) -> request``. Flo ids are ``(ts, seq)``, Redis ids ``b"ts-seq"``.
+FloAt = Callable[[bytes, "tuple[int, int]"], "tuple[int, bytes]"]
+RespAt = Callable[[bytes, bytes], "list[bytes]"]
+
+
+@dataclass(frozen=True)
+class StreamSeed:
+    """Records appended to a fresh stream (a new key per load) before the clock starts.
+
+    ``records`` is the fixed count for reads; ``records_per_op`` sizes it to the load
+    instead (a group read consumes its records: ``total x records_per_op``, capped by
+    ``--seed-max``). With ``flo_at`` / ``resp_at`` the request pool is built from the ids
+    of the seeded records (random start ids, leaving ``tail`` records after each).
+    """
+
+    records: int = 0
+    records_per_op: int = 0
+    flo_at: FloAt | None = None
+    resp_at: RespAt | None = None
+    tail: int = 10
+    #: Redis needs its consumer group created first (``XGROUP CREATE key group 0``).
+    redis_group: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,12 @@ class Workload:
     uses_value: bool = True
     #: Set for chained workloads: the load generator runs cycles instead of single requests.
     chain: Chain | None = None
+    #: Requests (or records) one op stands for: sizes the request count of a cell (a queue cycle is 3).
+    cost: int = 1
+    #: Set for workloads that read what was appended first (stream reads, group reads).
+    seed: StreamSeed | None = None
+    #: Needs action workers running (the harness starts them; the key is the action's name).
+    needs_workers: bool = False
     tags: tuple[str, ...] = field(default=())
 
 
@@ -208,7 +238,147 @@ register(
         flo=queue_enqueue,
         fixed_key=b"queue:cycle",
         chain=Chain(_queue_step, _redis_queue_step),
+        cost=3,
         tags=("queue",),
+    )
+)
+
+
+# --- stream reads (flo-wire-v2 §3.4) and consumer groups (§3.5) --------------------
+
+#: Records per read, in both the XRANGE-like read and the group read.
+READ_COUNT = 10
+_COUNT_OPT = {Tag.COUNT: READ_COUNT.to_bytes(4, "little")}
+BENCH_GROUP = "bench"
+BENCH_CONSUMER = "c"
+
+
+def stream_append_batch(key: bytes, payloads: list[bytes]) -> tuple[int, bytes]:
+    """One STREAM_APPEND of several records (the answer is the first id; the rest follow as seq+1, ...)."""
+    w = Writer().u32(len(payloads))
+    for p in payloads:
+        w.bytes32(p).u16(0)
+    return Op.STREAM_APPEND, _head(key).bytes32(w.getvalue()).options({}).getvalue()
+
+
+def stream_read_at(key: bytes, start: tuple[int, int]) -> tuple[int, bytes]:
+    # value empty; STREAM_START is the big-endian id, inclusive
+    opts = {Tag.STREAM_START: id_be(*start), **_COUNT_OPT}
+    return Op.STREAM_READ, _head(key).bytes32(b"").options(opts).getvalue()
+
+
+def record_ids(body: bytes) -> list[tuple[int, int]]:
+    """The ``(ts, seq)`` of every record of a record list (read, group read).
+
+    >>> record_ids(b"\\x00\\x00\\x00\\x00")
+    []
+    """
+    r = Reader(body)
+    if len(body) < 4:
+        return []
+    ids = []
+    for _ in range(r.u32()):
+        seq, ts = r.u64(), r.i64()  # the record header is [seq][ts]: sequence first
+        r.u8()  # tier
+        r.u32()  # partition
+        if r.u8():
+            r.bytes32()  # key
+        r.bytes32()  # payload
+        for _h in range(r.u32()):
+            r.bytes32()
+            r.bytes32()
+        ids.append((ts, seq))
+    return ids
+
+
+register(
+    Workload(
+        "stream.read",
+        f"read {READ_COUNT} records from a random id of a seeded stream (Redis XRANGE key id + COUNT {READ_COUNT})",
+        fixed_key=b"stream:read",
+        seed=StreamSeed(records=10_000, flo_at=stream_read_at,
+                        resp_at=lambda k, i: [b"XRANGE", k, i, b"+", b"COUNT", b"%d" % READ_COUNT]),
+        tags=("stream",),
+    )
+)
+
+
+def _group_step(step: int, key: bytes, value: bytes, prev: bytes) -> tuple[int, bytes] | None:
+    if step == 0:
+        who = Writer().str16(BENCH_GROUP).str16(BENCH_CONSUMER).getvalue()
+        return Op.STREAM_GROUP_READ, _head(key).bytes32(who).options(_COUNT_OPT).getvalue()
+    if step == 1:
+        ids = record_ids(prev)
+        if not ids:
+            raise LookupError("group read returned no records")
+        w = Writer().str16(BENCH_GROUP).str16(BENCH_CONSUMER).u32(len(ids))
+        for ts, seq in ids:
+            w.id_le(ts, seq)  # ack ids are LE [ts][seq]
+        return Op.STREAM_GROUP_ACK, _head(key).bytes32(w.getvalue()).options({}).getvalue()
+    if step == 2:
+        if int.from_bytes(prev[:4], "little") == 0:
+            raise LookupError("group ack acknowledged nothing")
+        return None
+    return None
+
+
+def _redis_group_step(step: int, key: bytes, value: bytes, prev: object) -> list[bytes] | None:
+    if step == 0:
+        return [b"XREADGROUP", b"GROUP", BENCH_GROUP.encode(), BENCH_CONSUMER.encode(), b"COUNT",
+                b"%d" % READ_COUNT, b"STREAMS", key, b">"]
+    if step == 1:
+        # [[key, [[id, [f, v]], ...]]] or nil
+        if not prev:
+            raise LookupError("XREADGROUP returned nil")
+        entries = prev[0][1]  # type: ignore[index]
+        return [b"XACK", key, BENCH_GROUP.encode(), *(e[0] for e in entries)]
+    return None
+
+
+register(
+    Workload(
+        "stream.group",
+        f"consumer-group read of {READ_COUNT} records, then ack of those ids; one cycle per op "
+        f"(Redis XREADGROUP COUNT {READ_COUNT} -> XACK)",
+        fixed_key=b"stream:group",
+        chain=Chain(_group_step, _redis_group_step),  # type: ignore[arg-type]
+        cost=30,  # each cycle consumes 10 seeded records: keep the seeding bounded
+        seed=StreamSeed(records_per_op=READ_COUNT, redis_group=BENCH_GROUP.encode()),
+        tags=("stream",),
+    )
+)
+
+
+# --- actions (flo-wire-v2 §3.6; ACTION_RESULT is our extension) ----------------------
+
+#: How long one ACTION_RESULT waits for its no-op run: a run not finished by then is an error, not a hang.
+RESULT_WAIT_MS = 2_000
+
+
+def _action_step(step: int, key: bytes, value: bytes, prev: bytes) -> tuple[int, bytes] | None:
+    if step == 0:
+        # value [has_labels u8 = 0][input: rest]
+        return Op.ACTION_INVOKE, _head(key).bytes32(b"\x00" + value).options({}).getvalue()
+    if step == 1:
+        run_id = Reader(prev).bytes16()  # [run_id str16][opt output absent]
+        opts = {Tag.WAIT_MS: RESULT_WAIT_MS.to_bytes(4, "little")}
+        return Op.ACTION_RESULT, _head(run_id).bytes32(b"").options(opts).getvalue()
+    if step == 2:
+        if not prev or prev[0] != RunStatus.COMPLETED:
+            raise LookupError(f"run not completed: status {prev[:1].hex() or 'empty'}")
+        return None
+    return None
+
+
+register(
+    Workload(
+        "action.roundtrip",
+        "invoke a no-op action, wait for its result (ACTION_RESULT) while ActionWorker processes complete it",
+        fixed_key=b"bench-noop",
+        chain=Chain(_action_step, lambda *a: None),
+        cost=3,
+        needs_workers=True,
+        tags=("action",),
     )
 )
 

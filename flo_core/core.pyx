@@ -23,51 +23,16 @@ from flo_core.frame cimport FrameReader, append_reply
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
+from flo_core.records cimport log_kv_set
 
 cdef enum:
     OP_KV_PUT = 0x100
     OP_KV_GET = 0x101
     MAX_KV_VALUE = 16 * 1024 * 1024
-    RECORD_WRITE = 1  # log record kind of flo_server.persistence: msgpack [kind, args]
 
 # NOT_FOUND + reason 13 (the one kv.get turns into None), ran 0
 cdef bytes NOT_FOUND_BODY = b"\x0d\x00\x00key not found"
 cdef str KIND_SET = "kv.set"
-
-
-cdef inline Py_ssize_t _mp_uint(uint8_t *b, uint64_t v) noexcept:
-    # msgpack unsigned int: positive fixint or uint64 (any width decodes the same)
-    if v < 128:
-        b[0] = <uint8_t>v
-        return 1
-    b[0] = 0xcf
-    cdef int i
-    for i in range(8):
-        b[1 + i] = <uint8_t>(v >> (56 - 8 * i))
-    return 9
-
-
-cdef inline Py_ssize_t _mp_bin(uint8_t *b, const uint8_t *p, Py_ssize_t n) noexcept:
-    # msgpack bin 8/16/32 (use_bin_type=True packs bytes this way)
-    cdef Py_ssize_t h
-    if n < 256:
-        b[0] = 0xc4
-        b[1] = <uint8_t>n
-        h = 2
-    elif n < 65536:
-        b[0] = 0xc5
-        b[1] = <uint8_t>(n >> 8)
-        b[2] = <uint8_t>n
-        h = 3
-    else:
-        b[0] = 0xc6
-        b[1] = <uint8_t>(n >> 24)
-        b[2] = <uint8_t>(n >> 16)
-        b[3] = <uint8_t>(n >> 8)
-        b[4] = <uint8_t>n
-        h = 5
-    memcpy(b + h, p, n)
-    return h + n
 
 
 cdef class ServerCore(FrameReader):
@@ -239,39 +204,10 @@ cdef class ServerCore(FrameReader):
 
     cdef uint64_t _log_set(self, str ns, const uint8_t *nsb, uint32_t nslen, bytes key, bytes value,
                            int64_t expires_at) except 0:
-        """Append the record ``["kv.set", [now, ns, key, value, expires_at]]`` in msgpack, as
-        flo_server.persistence.pack_record would, straight into the log writer."""
-        cdef Py_ssize_t klen = len(key), vlen = len(value)
-        cdef Py_ssize_t need = 1 + 7 + 1 + 9 + 3 + nslen + 5 + klen + 5 + vlen + 9
-        if len(self._rec) < need:
-            self._rec = bytearray(need * 2)
-        cdef uint8_t *b = <uint8_t *>PyByteArray_AS_STRING(self._rec)
-        cdef Py_ssize_t n = 0
-        b[0] = 0x92  # [kind, args]
-        b[1] = 0xa6  # "kv.set"
-        memcpy(b + 2, b"kv.set", 6)
-        b[8] = 0x95  # args: 5 items
-        n = 9
-        n += _mp_uint(b + n, <uint64_t>self._now)
-        if nslen == 0:  # "" is the default namespace: log what the store uses
-            memcpy(b + n, b"\xa7default", 8)
-            n += 8
-        else:
-            if nslen < 32:
-                b[n] = 0xa0 | nslen
-                n += 1
-            else:
-                b[n] = 0xd9
-                b[n + 1] = <uint8_t>nslen
-                n += 2
-            memcpy(b + n, nsb, nslen)
-            n += nslen
-        n += _mp_bin(b + n, <const uint8_t *>PyBytes_AS_STRING(key), klen)
-        n += _mp_bin(b + n, <const uint8_t *>PyBytes_AS_STRING(value), vlen)
-        n += _mp_uint(b + n, <uint64_t>expires_at)
-        lsn = self._log.append_c(RECORD_WRITE, b, n)
-        self._logged += n + 17  # + the record header
-        return lsn
+        """Append ``["kv.set", [now, ns, key, value, expires_at]]`` (flo_core/records.pxd) to the log."""
+        return log_kv_set(self._log, self._rec, self._now, nsb, nslen,
+                          <const uint8_t *>PyBytes_AS_STRING(key), len(key),
+                          <const uint8_t *>PyBytes_AS_STRING(value), len(value), expires_at, &self._logged)
 
     cdef void _append_value(self, uint64_t rid, Entry e) except *:
         cdef bytes v = e.value

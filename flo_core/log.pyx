@@ -45,10 +45,9 @@ from libc.errno cimport errno, EINTR
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from posix.unistd cimport write as c_write, fdatasync, ftruncate, close as c_close
 
-from flo_core.errors import FloError
+from flo_core.wirefmt cimport crc32, ld32, ld64, st32, st64
 
-cdef extern from "zlib.h" nogil:
-    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len)
+from flo_core.errors import FloError
 
 cdef enum:
     HDR = 17
@@ -152,23 +151,7 @@ def repair_log(directory, path, offset):
     return removed
 
 
-# --- byte helpers ------------------------------------------------------------
-
-cdef inline uint32_t ld32(const uint8_t *p) noexcept nogil:
-    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-cdef inline uint64_t ld64(const uint8_t *p) noexcept nogil:
-    return <uint64_t>ld32(p) | (<uint64_t>ld32(p + 4) << 32)
-
-cdef inline void st32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v & 0xFF)
-    p[1] = <uint8_t>((v >> 8) & 0xFF)
-    p[2] = <uint8_t>((v >> 16) & 0xFF)
-    p[3] = <uint8_t>(v >> 24)
-
-cdef inline void st64(uint8_t *p, uint64_t v) noexcept nogil:
-    st32(p, <uint32_t>(v & 0xFFFFFFFFU))
-    st32(p + 4, <uint32_t>(v >> 32))
+# --- byte helpers (little-endian loads/stores come from wirefmt.pxd) -----------
 
 cdef inline uint32_t record_crc(const uint8_t *h, const uint8_t *payload, uint32_t n) noexcept nogil:
     cdef unsigned long c = crc32(0, h, 4)          # len

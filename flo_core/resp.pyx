@@ -63,41 +63,6 @@ class RespProtocolError(Exception):
         self.commands = commands if commands is not None else []
 
 
-cdef inline bint _parse_ll(const uint8_t *p, Py_ssize_t n, long long *out) noexcept nogil:
-    """Redis's string2ll: optional '-', digits, no leading zeros, no spaces, fits in 63 bits."""
-    cdef Py_ssize_t i = 0
-    cdef bint neg = False
-    cdef unsigned long long v = 0
-    if n <= 0 or n > 20:
-        return False
-    if n == 1 and p[0] == b'0':
-        out[0] = 0
-        return True
-    if p[0] == b'-':
-        neg = True
-        i = 1
-        if n == 1:
-            return False
-    if p[i] < b'1' or p[i] > b'9':
-        return False
-    while i < n:
-        if p[i] < b'0' or p[i] > b'9':
-            return False
-        if v > 922337203685477580ULL:
-            return False
-        v = v * 10 + (p[i] - 48)
-        if v > 9223372036854775808ULL:
-            return False
-        i += 1
-    if neg:
-        out[0] = -<long long>(v - 1) - 1
-        return True
-    if v > 9223372036854775807ULL:
-        return False
-    out[0] = <long long>v
-    return True
-
-
 def parse_int(b):
     """Parse a Redis integer argument strictly (``string2ll``); ``None`` if it is not one.
 
@@ -210,16 +175,7 @@ cdef class RespParser:
         max_command: most argument bytes per command.
     """
 
-    cdef bytearray _buf
-    cdef Py_ssize_t _start
-    cdef Py_ssize_t _max_bulk
-    cdef Py_ssize_t _max_args
-    cdef Py_ssize_t _max_command
-    # state of a multibulk command that is not complete yet
-    cdef list _args          # arguments parsed so far, None when between commands
-    cdef Py_ssize_t _left    # arguments still expected
-    cdef Py_ssize_t _bulk    # length of the bulk being awaited, -1 = expecting a '$' line
-    cdef Py_ssize_t _size    # argument bytes so far
+    # attributes: flo_core/resp.pxd
 
     def __init__(self, Py_ssize_t max_bulk=MAX_BULK, Py_ssize_t max_args=MAX_ARGS,
                  Py_ssize_t max_command=MAX_COMMAND):
@@ -278,6 +234,10 @@ cdef class RespParser:
             self._start = 0
         return out
 
+    cdef int _emit(self, list args, list out) except -1:
+        out.append(args)
+        return 0
+
     cdef _fail(self, str message, list out):
         self._args = None
         raise RespProtocolError("Protocol error: " + message, out)
@@ -309,7 +269,7 @@ cdef class RespParser:
                         self._fail("invalid multibulk length", out)
                     pos = line_end + 1
                     if PyList_GET_SIZE(args):
-                        out.append(args)
+                        self._emit(args, out)
                     continue
                 nl = <const uint8_t *>memchr(p + pos, b'\r', n - pos)
                 if nl == NULL or nl + 1 >= p + n:
@@ -357,81 +317,13 @@ cdef class RespParser:
             self._bulk = -1
             self._left -= 1
             if self._left == 0:
-                out.append(self._args)
+                args = self._args
                 self._args = None
+                self._emit(args, out)
         return pos
 
 
 # ------------------------------------------------------------------ replies
-
-cdef inline Py_ssize_t _fmt_ll(char *b, long long v) noexcept nogil:
-    """Decimal text of v into b (>= 21 bytes); returns its length."""
-    cdef char tmp[24]
-    cdef Py_ssize_t i = 0, j = 0
-    cdef unsigned long long u
-    if v < 0:
-        u = <unsigned long long>(-(v + 1)) + 1
-        b[0] = b'-'
-        j = 1
-    else:
-        u = <unsigned long long>v
-    while True:
-        tmp[i] = <char>(48 + u % 10)
-        u //= 10
-        i += 1
-        if u == 0:
-            break
-    while i > 0:
-        i -= 1
-        b[j] = tmp[i]
-        j += 1
-    return j
-
-
-cdef inline char *_grow(bytearray buf, Py_ssize_t extra) except NULL:
-    cdef Py_ssize_t old = PyByteArray_GET_SIZE(buf)
-    PyByteArray_Resize(buf, old + extra)
-    return PyByteArray_AS_STRING(buf) + old
-
-
-cdef inline void _shrink(bytearray buf, Py_ssize_t unused):
-    if unused:
-        PyByteArray_Resize(buf, PyByteArray_GET_SIZE(buf) - unused)
-
-
-cdef inline int _header(bytearray buf, char kind, long long n) except -1:
-    cdef char *w = _grow(buf, 24)
-    cdef Py_ssize_t k
-    w[0] = kind
-    k = _fmt_ll(w + 1, n)
-    w[1 + k] = b'\r'
-    w[2 + k] = b'\n'
-    _shrink(buf, 24 - (k + 3))
-    return 0
-
-
-cdef inline int _line(bytearray buf, char kind, const char *s, Py_ssize_t n) except -1:
-    cdef char *w = _grow(buf, n + 3)
-    w[0] = kind
-    memcpy(w + 1, s, n)
-    w[n + 1] = b'\r'
-    w[n + 2] = b'\n'
-    return 0
-
-
-cdef inline int _bulk(bytearray buf, const char *s, Py_ssize_t n) except -1:
-    cdef char *w = _grow(buf, n + 26)
-    cdef Py_ssize_t k
-    w[0] = b'$'
-    k = _fmt_ll(w + 1, n)
-    w[1 + k] = b'\r'
-    w[2 + k] = b'\n'
-    memcpy(w + 3 + k, s, n)
-    w[3 + k + n] = b'\r'
-    w[4 + k + n] = b'\n'
-    _shrink(buf, 26 - (k + 5))
-    return 0
-
 
 cpdef add_bulk(bytearray buf, value):
     """``$<len>\\r\\n<bytes>\\r\\n`` (``value``: bytes, bytearray or memoryview)."""

@@ -31,6 +31,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
 
+from flo_core.wirefmt cimport ld32, st32, st64
+
 #: The done sentinel of a claim cursor, and "no deadline" for pending entries.
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 cdef uint64_t _U64_MAX = 0xFFFFFFFFFFFFFFFFULL
@@ -58,22 +60,6 @@ cdef struct Meta:
     uint64_t off     # where this record's blob starts in the data buffer
     uint32_t blen    # blob length: [payload bytes32][header_count u32][k bytes32][v bytes32]...
     uint32_t plen    # payload length (the blob's first field)
-
-
-cdef inline void st32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v & 0xFF)
-    p[1] = <uint8_t>((v >> 8) & 0xFF)
-    p[2] = <uint8_t>((v >> 16) & 0xFF)
-    p[3] = <uint8_t>(v >> 24)
-
-
-cdef inline void st64(uint8_t *p, uint64_t v) noexcept nogil:
-    st32(p, <uint32_t>(v & 0xFFFFFFFFU))
-    st32(p + 4, <uint32_t>(v >> 32))
-
-
-cdef inline uint32_t ld32(const uint8_t *p) noexcept nogil:
-    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
 
 
 cdef inline bint id_lt(uint64_t ats, uint64_t aseq, uint64_t bts, uint64_t bseq) noexcept nogil:

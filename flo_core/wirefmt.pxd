@@ -1,4 +1,4 @@
-# Little-endian loads/stores and the frame CRC, shared by frame.pyx and core.pyx (inline, no symbols).
+# Little-endian loads/stores and the frame CRC, shared by the .pyx modules of flo_core (inline, no symbols).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "zlib.h" nogil:

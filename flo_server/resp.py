@@ -29,6 +29,7 @@ import asyncio
 import fnmatch
 import itertools
 import logging
+import os
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ from flo_server import jsonpath
 from flo_server.handlers import kv as kvh
 from flo_server.handlers.list import MAX_LIST_LEN, lists_of
 from flo_server.output import Output
+
+try:  # the compiled request loop (GET/SET/INCR in C); FLO_NO_FASTPATH=1 turns it off per connection
+    from flo_core.respcore import RespCore
+except ImportError:  # pragma: no cover - an old build without it
+    RespCore = None
 
 log = logging.getLogger("flo_server.resp")
 
@@ -227,6 +233,7 @@ def glob_matcher(pattern: bytes) -> tuple[bytes, Callable[[bytes], bool] | None]
 
 
 _ids = itertools.count(1)
+_CLOSE = object()  # RespSession._exec after QUIT: stop running this batch
 
 
 # --- the session ---------------------------------------------------------------------------
@@ -253,7 +260,12 @@ class RespSession:
         self.closed = False
         self.parked: set = set()  # futures of a parked blocking command (flo_server.waiters)
         self.now = 0
-        self._parser = RespParser()
+        self.lists = lists_of(srv)
+        self._core: Any = None  # flo_core.respcore.RespCore: parser + C fast path
+        if RespCore is not None and not os.environ.get("FLO_NO_FASTPATH"):
+            self._core = self._parser = RespCore(srv, self, self._exec)
+        else:
+            self._parser = RespParser()
         self._blocked: asyncio.Task | None = None
         self._backlog: deque = deque()
         self._backlog_error: str | None = None
@@ -262,7 +274,6 @@ class RespSession:
         self._output = Output(srv, transport, on_drained=self._sent)
         self._scans: dict[int, tuple[int, bytes]] = {}
         self._scan_ids = itertools.count(1)
-        self.lists = lists_of(srv)
 
     # --- input ------------------------------------------------------------------------------
 
@@ -271,6 +282,18 @@ class RespSession:
         if self.closed or self._close_after:
             return
         error = None
+        if self._core is not None and self._blocked is None:
+            # C request loop: GET/SET/INCR served in C, the rest through self._exec, in order
+            out = bytearray()
+            self.now = now = self.srv.now()
+            core = self._core
+            try:
+                rest = core.run(data, now, out)
+            except RespProtocolError as e:
+                rest, error = e.commands, e.message
+            r, core.stopped = core.stopped, None
+            self._settle(r, rest, out, error)
+            return
         try:
             cmds = self._parser.feed(data)
         except RespProtocolError as e:
@@ -297,47 +320,61 @@ class RespSession:
         self._backlog.clear()
 
     def _run(self, cmds: list, out: bytearray, error: str | None) -> None:
+        """Run parsed commands in order (the Python path; also the backlog after a blocking command)."""
         self.now = self.srv.now()
-        table = COMMANDS
         n = len(cmds)
         i = 0
         while i < n:
-            argv = cmds[i]
+            r = self._exec(cmds[i], out)
             i += 1
-            name = argv[0]
-            cmd = table.get(name)
-            if cmd is None:
-                cmd = table.get(name.upper())
-                if cmd is None:
-                    add_error(out, _unknown_command(argv))
-                    continue
-            arity = cmd.arity
-            if (arity > 0 and len(argv) != arity) or len(argv) < -arity:
-                add_error(out, f"ERR wrong number of arguments for '{cmd.name}' command")
-                continue
-            try:
-                r = cmd.fn(self, argv, out)
-            except RespError as e:
-                add_error(out, e.message)
-                continue
-            except ServerError as e:
-                add_error(out, _refusal_message(e))
-                continue
-            except Exception:  # noqa: BLE001 - never crash on client input
-                log.exception("RESP command %r failed", cmd.name)
-                add_error(out, f"ERR internal error in '{cmd.name}'")
-                continue
             if r is not None:
-                # A blocking command: send what is ready, hold the rest until it answers.
-                self._flush(out)
-                self._backlog.extend(cmds[i:])
-                if error is not None:
-                    self._backlog_error = error
-                task = asyncio.ensure_future(self._finish_blocked(r))
-                self._blocked = task
+                self._settle(r, cmds[i:], out, error)
                 return
-            if self._close_after:
-                break
+        self._settle(None, [], out, error)
+
+    def _exec(self, argv: list, out: bytearray) -> Any:
+        """Run one command, its reply appended to ``out``.
+
+        Returns None to go on, a coroutine for a command that blocks, or
+        :data:`_CLOSE` after QUIT: either stops the batch (``RespCore`` calls this too).
+        """
+        name = argv[0]
+        cmd = COMMANDS.get(name)
+        if cmd is None:
+            cmd = COMMANDS.get(name.upper())
+            if cmd is None:
+                add_error(out, _unknown_command(argv))
+                return None
+        arity = cmd.arity
+        if (arity > 0 and len(argv) != arity) or len(argv) < -arity:
+            add_error(out, f"ERR wrong number of arguments for '{cmd.name}' command")
+            return None
+        try:
+            r = cmd.fn(self, argv, out)
+        except RespError as e:
+            add_error(out, e.message)
+            return None
+        except ServerError as e:
+            add_error(out, _refusal_message(e))
+            return None
+        except Exception:  # noqa: BLE001 - never crash on client input
+            log.exception("RESP command %r failed", cmd.name)
+            add_error(out, f"ERR internal error in '{cmd.name}'")
+            return None
+        if r is not None:
+            return r
+        return _CLOSE if self._close_after else None
+
+    def _settle(self, r: Any, rest: list, out: bytearray, error: str | None) -> None:
+        """End of a batch: park behind a blocking command, or answer a protocol error; then send."""
+        if r is not None and r is not _CLOSE:
+            # A blocking command: send what is ready, hold the rest until it answers.
+            self._flush(out)
+            self._backlog.extend(rest)
+            if error is not None:
+                self._backlog_error = error
+            self._blocked = asyncio.ensure_future(self._finish_blocked(r))
+            return
         if error is not None and not self._close_after:
             add_error(out, "ERR " + error)
             self._close_after = True

@@ -1,97 +1,37 @@
-"""Shared fixtures: a real ``flo-server`` subprocess per test, on a free port, with a temp data dir.
+"""Shared fixtures: real ``flo-server`` subprocesses on free ports with temp data dirs, and clients for them.
 
 ``server`` yields its endpoint ``"127.0.0.1:PORT"``; ``server_proc`` is the
 handle (``.endpoint``, ``.port``, ``.data_dir``, ``.restart()``, ``.kill()``,
-``.stop()``, ``.start(*extra_args)``).
+``.stop()``, ``.start(*extra_args)``); ``make_server`` starts more.
+``shared_server`` is one server for a whole test module, run twice (C fast
+path on, and off); ``ns`` is a namespace of the test's own, to share it.
+
+``client`` is a connected client, configured by the module's marker::
+
+    pytestmark = pytest.mark.client(sdk=True, namespace="conf", timeout_ms=3000)
+
+``sdk=True`` gives the public SDK's ``flo.FloClient`` (what we must serve
+unmodified), otherwise ours (``flo_client.FloClient``). It connects to the
+test's own ``server``; a module that uses ``shared_server`` (e.g. with
+``pytest.mark.usefixtures("shared_server")``) gets it connected there instead,
+in the test's own namespace ``ns``. Plain helpers are in ``tests/helpers.py``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections import deque
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"flo-server ready on ([\d.]+):(\d+)")
+from tests.helpers import ServerProc
 
 
-class ServerProc:
-    """A flo-server subprocess we started (and stop, by pid)."""
-
-    def __init__(self, data_dir: Path, *args: str, fsync: str = "everysec") -> None:
-        self.data_dir = data_dir
-        self.args = list(args)
-        self.fsync = fsync
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-        self.output: deque[str] = deque(maxlen=400)
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, *extra: str, timeout: float = 20.0) -> "ServerProc":
-        if extra:
-            self.args = list(extra)
-        # Reuse the same port across restarts so clients can reconnect to one endpoint.
-        cmd = [sys.executable, "-m", "flo_server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--fsync", self.fsync, "--no-executor", *self.args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-        ready = threading.Event()
-        matched: list[bool] = []
-
-        def pump(proc: subprocess.Popen = self.proc) -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                self.output.append(line.rstrip())
-                m = READY.search(line)
-                if m:
-                    self.port = int(m.group(2))
-                    matched.append(True)
-                    ready.set()
-            ready.set()  # end of output: it exited
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(timeout) or not matched or self.proc.poll() is not None:
-            out = "\n".join(self.output)
-            self.stop()
-            raise RuntimeError(f"flo-server did not start:\n{out}")
-        return self
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL if it does not exit in time."""
-        p = self.proc
-        if p is None or p.poll() is not None:
-            return p.returncode if p else None
-        p.send_signal(signal.SIGTERM)
-        try:
-            return p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            return p.wait(timeout)
-
-    def kill(self) -> None:
-        """kill -9: no shutdown work at all."""
-        p = self.proc
-        if p is not None and p.poll() is None:
-            p.kill()
-            p.wait(10)
-
-    def restart(self, kill: bool = False) -> "ServerProc":
-        self.kill() if kill else self.stop()
-        return self.start()
-
-    def log(self) -> str:
-        return "\n".join(self.output)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "client(sdk=False, namespace=None, timeout_ms=5000): how the `client` fixture connects"
+    )
 
 
 @pytest.fixture
@@ -123,13 +63,46 @@ def make_server(tmp_path: Path):
         sp.stop()
 
 
-def wait_until(pred, timeout: float = 5.0, interval: float = 0.01):
-    """Poll ``pred`` until truthy (returns it) or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+@pytest.fixture(scope="module", params=["fastpath", "dispatcher"])
+def shared_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """One server per module, twice: with the C fast path for GET/PUT, and with every op in Python."""
+    saved = os.environ.get("FLO_NO_FASTPATH")
+    if request.param == "dispatcher":
+        os.environ["FLO_NO_FASTPATH"] = "1"
+    try:
+        sp = ServerProc(tmp_path_factory.mktemp("shared") / "data").start()
+    finally:
+        if saved is None:
+            os.environ.pop("FLO_NO_FASTPATH", None)
+        else:
+            os.environ["FLO_NO_FASTPATH"] = saved
+    try:
+        yield sp
+    finally:
+        sp.stop()
+
+
+@pytest.fixture
+def ns(request: pytest.FixtureRequest) -> str:
+    """A namespace of this test's own (tests sharing a server cannot see each other's keys)."""
+    return "t_" + re.sub(r"\W", "_", request.node.name)[:60]
+
+
+@pytest.fixture
+async def client(request: pytest.FixtureRequest):
+    """A connected client as the module's ``pytest.mark.client(...)`` says (see the module docstring)."""
+    marker = request.node.get_closest_marker("client")
+    opts = dict(marker.kwargs) if marker else {}
+    sdk, namespace, timeout_ms = opts.pop("sdk", False), opts.pop("namespace", None), opts.pop("timeout_ms", 5000)
+    assert not opts, f"unknown client options {opts}"
+    if "shared_server" in request.fixturenames:
+        endpoint, namespace = request.getfixturevalue("shared_server").endpoint, request.getfixturevalue("ns")
+    else:
+        endpoint = request.getfixturevalue("server")
+    if sdk:
+        from flo import FloClient
+    else:
+        from flo_client import FloClient
+    kwargs = {"timeout_ms": timeout_ms} if namespace is None else {"namespace": namespace, "timeout_ms": timeout_ms}
+    async with FloClient(endpoint, **kwargs) as c:
+        yield c

@@ -14,6 +14,7 @@ from flo_client import FloClient
 from . import records as R
 from .types import FlameError, FlameErrorCode
 
+from flo_core.spec import MAX_MPUT_ITEMS
 from flo_client import (ConflictError, DequeueOptions, EnqueueOptions, GetOptions, KVIncrOptions, PutOptions,
                         ScanOptions)
 
@@ -23,6 +24,8 @@ __all__ = ["Store", "Conflict"]
 
 MGET_BATCH = 256
 MAX_BLOCK_MS = 300_000
+MPUT_MAX_ITEMS = MAX_MPUT_ITEMS     # one KV_MPUT request carries at most this many items ...
+MPUT_MAX_BYTES = 4 * 1024 * 1024    # ... and about this many key+value bytes (well under the 16 MiB frame)
 
 
 class Conflict(Exception):
@@ -81,6 +84,59 @@ class Store:
         except ConflictError as exc:
             raise Conflict(str(exc)) from None
         return r.version
+
+    async def put_many(self, items: Sequence[tuple]) -> list[Optional[int]]:
+        """Many puts, few requests: each item's new version, or None where its CAS lost (not written).
+
+        ``items`` are ``(key, value)`` or ``(key, value, cas)`` (``cas`` a version, 0 = must not
+        exist, or None). They go as the KV_MPUT requests :meth:`mput_requests` plans, all sent
+        at once; the connection applies them in order, so the effect is that of putting the
+        items one by one.
+
+        >>> await store.put_many([("a", b"1"), ("b", b"2", 7)])          # doctest: +SKIP
+        [18, None]
+        """
+        requests = self.mput_requests(items)
+        if len(requests) <= 1:
+            return await self.mput(requests[0]) if requests else []
+        out: list[Optional[int]] = []
+        for versions in await asyncio.gather(*(self.mput(r) for r in requests)):
+            out.extend(versions)
+        return out
+
+    @staticmethod
+    def mput_requests(items: Sequence[tuple]) -> list[list[tuple]]:
+        """Split ``put_many`` items into requests of at most ``MPUT_MAX_ITEMS`` items and about
+        ``MPUT_MAX_BYTES`` bytes, never with a key twice in one request (the server refuses that)."""
+        requests: list[list[tuple]] = []
+        batch: list[tuple] = []
+        keys: set[str] = set()
+        size = 0
+        for item in items:
+            key, value = item[0], item[1]
+            cas = item[2] if len(item) > 2 else None
+            if batch and (len(batch) >= MPUT_MAX_ITEMS or size + len(key) + len(value) > MPUT_MAX_BYTES
+                          or key in keys):
+                requests.append(batch)
+                batch, keys, size = [], set(), 0
+            batch.append((key, value) if cas is None else (key, value, PutOptions(cas_version=cas)))
+            keys.add(key)
+            size += len(key) + len(value)
+        if batch:
+            requests.append(batch)
+        return requests
+
+    async def mput(self, request: list[tuple]) -> list[Optional[int]]:
+        """Send one request planned by :meth:`mput_requests` (its bytes leave before the first await)."""
+        if len(request) == 1:  # a lone item as a plain KV_PUT: the server's C fast path serves that
+            item = request[0]
+            try:
+                r = await (self.client.kv.put(item[0], item[1], item[2]) if len(item) > 2
+                           else self.client.kv.put(item[0], item[1]))
+            except ConflictError:
+                return [None]
+            return [r.version]
+        return await self.client.kv.put_many(request)
 
     async def delete(self, key: str) -> None:
         await self.client.kv.delete(key)
@@ -141,7 +197,7 @@ class Store:
 
     async def write_chunks(self, chunks: list[tuple[str, bytes]]) -> None:
         if chunks:
-            await asyncio.gather(*(self.put(k, v) for k, v in chunks))
+            await self.put_many(chunks)
 
     async def read_blob(self, ref) -> Optional[bytes]:
         if not ref:

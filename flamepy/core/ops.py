@@ -119,8 +119,7 @@ async def create_session(store: Store, application: str, common_data: Optional[b
         await store.put(R.k_ssn(sid), R.pack(rec), if_absent=True)
     except Conflict:
         raise _internal(f"failed to create session: session <{sid}> already exists") from None
-    await asyncio.gather(store.put(R.k_appssn(application, sid), b""),
-                         store.put(R.k_open(sid), application.encode()))
+    await store.put_many([(R.k_appssn(application, sid), b""), (R.k_open(sid), application.encode())])
     return rec
 
 
@@ -258,10 +257,10 @@ async def delete_session_data(store: Store, app: str, sid: str) -> None:
 async def create_tasks(store: Store, sid: str, inputs: Sequence[Optional[bytes]], reply: Optional[str]) -> list[int]:
     """Create len(inputs) PENDING tasks in one pipelined burst; returns their ids.
 
-    One id allocation, one record write per task, and one queue message per chunk of
-    ``R.CHUNK_TASKS`` consecutive ids. Records and messages leave on the same connection in
-    that order, and the server applies a connection's requests in order, so an instance never
-    dequeues a chunk whose records are not there yet.
+    One id allocation, the records in one KV_MPUT (more only past 4096 tasks / 4 MiB), and one
+    queue message per chunk of ``R.CHUNK_TASKS`` consecutive ids. Records and messages leave on
+    the same connection in that order, and the server applies a connection's requests in order,
+    so an instance never dequeues a chunk whose records are not there yet.
     """
     for data in inputs:
         if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
@@ -272,15 +271,18 @@ async def create_tasks(store: Store, sid: str, inputs: Sequence[Optional[bytes]]
         raise _internal(f"session <{sid}> is not open")
     ids = list(range(last - n + 1, last + 1))
     now = now_ms()
-    writes = []
     chunk_writes: list = []
+    records: list = []
     for tid, data in zip(ids, inputs):
         ref, chunks = R.split_blob(data)
         chunk_writes.extend(chunks)
-        writes.append(store.put(R.k_task(sid, tid), R.pack(R.new_task_record(sid, tid, ref, reply, now))))
-    await store.write_chunks(chunk_writes)
+        records.append((R.k_task(sid, tid), R.pack(R.new_task_record(sid, tid, ref, reply, now))))
+    # Blob chunks before the records that point at them, records before the messages naming them.
+    requests = store.mput_requests(chunk_writes + records)
+    if len(requests) > 1:  # a huge batch: all but the last request are in before anything else goes
+        await asyncio.gather(*(store.mput(r) for r in requests[:-1]))
     queue = R.q_tasks(sid)
-    await asyncio.gather(*writes, store.incr(R.k_cnt(sid, "pending"), n),
+    await asyncio.gather(*(store.mput(r) for r in requests[-1:]), store.incr(R.k_cnt(sid, "pending"), n),
                          *(store.enqueue(queue, R.chunk_payload(a, b), R.PRIORITY_FRESH)
                            for a, b in R.chunk_ranges(ids)))
     return ids
@@ -351,36 +353,41 @@ def terminal_record(rec: dict, state: TaskState, output_ref, message: Optional[s
     return rec
 
 
-async def finish_batch(store: Store, sid: str, done: Sequence[tuple]) -> int:
+async def finish_batch(store: Store, sid: str, done: Sequence[tuple], acks: Sequence[int] = ()) -> list[bool]:
     """Record many finished tasks of one session at once; the instance's fast path.
 
     ``done``: (rec, prev_state, version, state, output bytes or None, message): ``rec`` is the
     record to finish (it may already carry the Running event), ``prev_state`` the state stored
-    under ``version`` (PENDING, or RUNNING if the instance marked it). Every record is CAS-written (a task
-    cancelled meanwhile keeps its cancellation), then the counters move by the summed deltas, then
-    the notices go out, several per reply message — record → counters → notice as in
-    :func:`finish_task`. Returns how many were recorded.
+    under ``version`` (PENDING, or RUNNING if the instance marked it). The records go in one
+    KV_MPUT, each guarded by its CAS (a task cancelled meanwhile keeps its cancellation), then the
+    counters move by the summed deltas, then the notices go out, several per reply message —
+    record → counters → notice as in :func:`finish_task` — and last the task-queue messages
+    ``acks`` are acked (pipelined behind the notices: the connection applies them in order).
+    Returns, per item, whether it was recorded.
+
+    >>> await finish_batch(store, "s-1", [(rec, 0, 17, TaskState.SUCCEED, b"out", None)], acks=[5])  # doctest: +SKIP
+    [True]
     """
     if not done:
-        return 0
-    writes, finals, chunk_writes = [], [], []
+        if acks:
+            await store.ack(R.q_tasks(sid), acks)
+        return []
+    puts, finals, chunk_writes = [], [], []
     for rec, prev_state, version, state, output, message in done:
         ref, chunks = R.split_blob(output)
         chunk_writes.extend(chunks)
         final = terminal_record(rec, state, ref, message)
         finals.append((prev_state, final, message))
-        writes.append(store.put(R.k_task(sid, rec["id"]), R.pack(final), cas=version))
-    await store.write_chunks(chunk_writes)
-    results = await asyncio.gather(*writes, return_exceptions=True)
+        puts.append((R.k_task(sid, rec["id"]), R.pack(final), version))
+    # Output chunks first in the same burst: a record never points at a chunk that is not there.
+    versions = (await store.put_many(chunk_writes + puts))[len(chunk_writes):]
     deltas: dict[str, int] = {}
     notices: dict[str, list] = {}
-    recorded = 0
-    for (prev_state, final, message), res in zip(finals, results):
-        if isinstance(res, Conflict):
+    recorded: list[bool] = []
+    for (prev_state, final, message), version in zip(finals, versions):
+        recorded.append(version is not None)
+        if version is None:
             continue  # cancelled or failed by someone else meanwhile: theirs stands
-        if isinstance(res, BaseException):
-            raise res
-        recorded += 1
         src = "running" if prev_state == int(TaskState.RUNNING) else "pending"
         dst = _COUNTER_OF[final["state"]]
         deltas[src] = deltas.get(src, 0) - 1
@@ -390,10 +397,12 @@ async def finish_batch(store: Store, sid: str, done: Sequence[tuple]) -> int:
                 message = R.failure_message(final)
             notices.setdefault(final["reply"], []).append(
                 R.notice_of(sid, final["id"], final["state"], final.get("output"), message))
-    # Same connection, sent in this order and applied in order: counters land before the notices.
+    # Same connection, sent in this order and applied in order: counters land before the notices,
+    # the notices before the acks.
     await asyncio.gather(*(store.incr(R.k_cnt(sid, c), d) for c, d in deltas.items() if d),
                          *(store.enqueue(reply, payload) for reply, group in notices.items()
-                           for payload in R.reply_notices(group)))
+                           for payload in R.reply_notices(group)),
+                         *((store.ack(R.q_tasks(sid), acks),) if acks else ()))
     return recorded
 
 
@@ -447,14 +456,19 @@ async def cancel_pending_tasks(store: Store, sid: str, state: TaskState, message
     for i in range(0, len(keys), 256):
         batch = keys[i:i + 256]
         vals = await store.mget(batch)
-        jobs = []
+        pending = []
         for v in vals:
             if v is None:
                 continue
             rec = R.unpack(v[0])
             if rec["state"] == int(TaskState.PENDING):
-                jobs.append(finish_task(store, sid, rec, v[1], state, None, message))
-        n += sum(1 for ok in await asyncio.gather(*jobs) if ok)
+                pending.append((rec, int(TaskState.PENDING), v[1], state, None, message))
+        # One KV_MPUT for the page; a task whose CAS lost (an instance took it meanwhile) goes the
+        # careful way: finish_task re-reads it and finishes it only if it is still pending.
+        recorded = await finish_batch(store, sid, pending)
+        retry = [finish_task(store, sid, item[0], item[2], state, None, message)
+                 for item, ok in zip(pending, recorded) if not ok]
+        n += sum(recorded) + sum(1 for ok in await asyncio.gather(*retry) if ok)
     return n
 
 

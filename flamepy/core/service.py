@@ -18,8 +18,9 @@ talks to Flo meanwhile. How it stays fast without changing what clients see:
   watchdog on the I/O loop does it); a fast task goes PENDING → terminal in one
   CAS write (its record still gets the Running event);
 * results are recorded in batches (group commit: while one batch is being
-  written the next accumulates), counters move by summed deltas, notices go
-  several per reply message, a chunk is acked once all its tasks are recorded;
+  written the next accumulates): the records in one KV_MPUT (``kv.put_many``,
+  each CAS-guarded), then counters by summed deltas, notices several per reply
+  message and the acks of the chunks whose every task is recorded, pipelined;
 * before each task one ``pwrite`` to the local state file
   (``FLAME_INSTANCE_STATE``) says which task runs and which chunks are held, so
   the executor manager can fail exactly that task if the process dies and give
@@ -387,9 +388,8 @@ class _InstanceRunner:
             else:
                 items.append((ops.running_record(entry.rec, self.instance_id, entry.started_ms),
                               int(TaskState.PENDING), entry.version, state, output, message))
-        await ops.finish_batch(self.store, self.session_id, items)
-        if acks:
-            await self.store.ack(self.queue, acks)
+        # One KV_MPUT for the records, then counters, notices and acks in one pipelined burst.
+        await ops.finish_batch(self.store, self.session_id, items, acks)
 
     def _drain_on_exit(self) -> None:
         """Leaving (idle, closed or terminated): record what finished. What was held and not

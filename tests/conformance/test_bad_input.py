@@ -20,36 +20,17 @@ import struct
 import time
 
 import pytest
-from conftest import ServerProc
 
 from flo_client import FloClient, GetOptions
 from flo_core import _pyframe as pf
 from flo_core.body import Writer
 from flo_core.errors import parse_refusal_body
 from flo_core.spec import HEADER_SIZE, MAGIC_BYTES, Op, Ran, Reason, Status
+from tests.helpers import ServerProc
 
 pytestmark = [pytest.mark.conformance, pytest.mark.timeout(60)]
 
 NS = b"badinput"
-
-
-@pytest.fixture(scope="module", params=["fastpath", "dispatcher"])
-def srv(request, tmp_path_factory):
-    """One server per module, twice: with the C fast path for GET/PUT, and with every op in Python."""
-    saved = os.environ.get("FLO_NO_FASTPATH")
-    if request.param == "dispatcher":
-        os.environ["FLO_NO_FASTPATH"] = "1"
-    try:
-        sp = ServerProc(tmp_path_factory.mktemp("bad") / "data").start()
-    finally:
-        if saved is None:
-            os.environ.pop("FLO_NO_FASTPATH", None)
-        else:
-            os.environ["FLO_NO_FASTPATH"] = saved
-    try:
-        yield sp
-    finally:
-        sp.stop()
 
 
 # --- raw socket helpers ----------------------------------------------------------------------------------
@@ -153,8 +134,8 @@ def _frame_with(**changes) -> bytes:
         ("payload-flipped", _frame_with(bytes={HEADER_SIZE + 3: ord("X")}), Reason.MALFORMED),
     ],
 )
-def test_unparseable_first_frame(srv, name: str, frame: bytes, reason: Reason) -> None:
-    r = Raw(srv)
+def test_unparseable_first_frame(shared_server, name: str, frame: bytes, reason: Reason) -> None:
+    r = Raw(shared_server)
     try:
         r.send(frame)
         rid, status, got_reason, ran, msg = refusal(r.read())
@@ -163,12 +144,12 @@ def test_unparseable_first_frame(srv, name: str, frame: bytes, reason: Reason) -
         assert r.closed_by_server()
     finally:
         r.close()
-    assert_alive(srv)
+    assert_alive(shared_server)
 
 
-def test_bad_magic_after_a_good_frame(srv) -> None:
+def test_bad_magic_after_a_good_frame(shared_server) -> None:
     # The first four bytes choose the protocol (FLO\0 or RESP), so bad magic is a later frame's.
-    r = Raw(srv)
+    r = Raw(shared_server)
     try:
         assert r.call(1, Op.KV_GET, payload(rest=get_body()))[0] == 1
         r.send(b"XLO\x00" + bytes(28) + b"junk")
@@ -178,12 +159,12 @@ def test_bad_magic_after_a_good_frame(srv) -> None:
         assert r.closed_by_server()
     finally:
         r.close()
-    assert_alive(srv)
+    assert_alive(shared_server)
 
 
-def test_oversized_frame_refused_from_its_header(srv) -> None:
+def test_oversized_frame_refused_from_its_header(shared_server) -> None:
     """Only the header is sent: the server refuses without waiting for (or buffering) the payload."""
-    r = Raw(srv)
+    r = Raw(shared_server)
     try:
         head = bytearray(pf.encode_request(3, Op.KV_PUT, b""))
         struct.pack_into("<I", head, 4, 512 * 1024 * 1024)
@@ -193,7 +174,7 @@ def test_oversized_frame_refused_from_its_header(srv) -> None:
         assert r.closed_by_server()
     finally:
         r.close()
-    assert_alive(srv)
+    assert_alive(shared_server)
 
 
 def test_max_frame_setting_is_enforced(make_server) -> None:
@@ -209,9 +190,9 @@ def test_max_frame_setting_is_enforced(make_server) -> None:
         r.close()
 
 
-def test_good_frames_before_a_bad_one_in_the_same_write_are_answered(srv) -> None:
+def test_good_frames_before_a_bad_one_in_the_same_write_are_answered(shared_server) -> None:
     """Answers stay in order and complete: every well-framed request before the bad bytes gets its answer."""
-    r = Raw(srv)
+    r = Raw(shared_server)
     try:
         good = b"".join(pf.encode_request(i, Op.KV_GET, payload(rest=get_body())) for i in (1, 2, 3))
         r.send(good + _frame_with(bytes={16: 0}))
@@ -223,10 +204,10 @@ def test_good_frames_before_a_bad_one_in_the_same_write_are_answered(srv) -> Non
         r.close()
 
 
-def test_resp_garbage_does_not_crash(srv) -> None:
+def test_resp_garbage_does_not_crash(shared_server) -> None:
     """Bytes that are neither a Flo frame nor RESP get an error and/or a close, nothing else."""
     for junk in (b"\x00\x01\x02\x03" * 20, b"*-5\r\n", b"$99999999999\r\n", b"GET\r\n\r\n" * 3, os.urandom(300)):
-        r = Raw(srv, timeout=2)
+        r = Raw(shared_server, timeout=2)
         try:
             r.send(junk)
             r.sock.shutdown(socket.SHUT_WR)
@@ -237,15 +218,15 @@ def test_resp_garbage_does_not_crash(srv) -> None:
                 pass
         finally:
             r.close()
-    assert_alive(srv)
+    assert_alive(shared_server)
 
 
 # --- per-request refusals: the connection stays -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("op", [0x0FF, Op.TS_WRITE, Op.CLUSTER_STATUS, 0x2FF, 0xFFFF])
-def test_unknown_op_keeps_the_connection(srv, op: int) -> None:
-    r = Raw(srv)
+def test_unknown_op_keeps_the_connection(shared_server, op: int) -> None:
+    r = Raw(shared_server)
     try:
         rid, status, reason, ran, msg = refusal(r.call(41, op, payload(rest=Writer().bytes32(b"").options({}).getvalue())))
         assert (rid, status, reason, ran) == (41, Status.BAD_REQUEST, Reason.UNKNOWN_OP, Ran.NO)
@@ -261,8 +242,8 @@ def _cuts(body: bytes) -> list[bytes]:
     return [body[:i] for i in range(len(body))]
 
 
-def test_truncated_put_bodies_are_malformed(srv) -> None:
-    r = Raw(srv)
+def test_truncated_put_bodies_are_malformed(shared_server) -> None:
+    r = Raw(shared_server)
     try:
         value_field = Writer().bytes32(b"hello").getvalue()
         # every cut inside [value bytes32] and inside a present ttl
@@ -296,8 +277,8 @@ def test_truncated_put_bodies_are_malformed(srv) -> None:
         (Op.KV_PUT, b"\x05\x00\x00\x00hello\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01\x05\x00ab"),  # routing key cut
     ],
 )
-def test_truncated_table_bodies_are_malformed(srv, op: int, body: bytes) -> None:
-    r = Raw(srv)
+def test_truncated_table_bodies_are_malformed(shared_server, op: int, body: bytes) -> None:
+    r = Raw(shared_server)
     try:
         rid, status, reason, ran, msg = refusal(r.call(7, op, payload(b"k", body)))
         assert (rid, status, reason, ran) == (7, Status.BAD_REQUEST, Reason.MALFORMED, Ran.NO), msg
@@ -317,8 +298,8 @@ def test_truncated_table_bodies_are_malformed(srv, op: int, body: bytes) -> None
         (struct.pack("<H", 256) + "é".encode() * 128 + b"\x01\x00k", Reason.FIELD_TOO_LONG),  # 128 chars, 256 bytes
     ],
 )
-def test_bad_payload_heads(srv, pl: bytes, reason: Reason) -> None:
-    r = Raw(srv)
+def test_bad_payload_heads(shared_server, pl: bytes, reason: Reason) -> None:
+    r = Raw(shared_server)
     try:
         rid, status, got, ran, _ = refusal(r.call(9, Op.KV_GET, pl))
         assert (rid, status, got, ran) == (9, Status.BAD_REQUEST, reason, Ran.NO)
@@ -327,8 +308,8 @@ def test_bad_payload_heads(srv, pl: bytes, reason: Reason) -> None:
         r.close()
 
 
-def test_truncated_value_options_op(srv) -> None:
-    r = Raw(srv)
+def test_truncated_value_options_op(shared_server) -> None:
+    r = Raw(shared_server)
     try:
         for i, rest in enumerate([b"\x09\x00\x00\x00ab", b"\x00\x00", b"\x02\x00\x00\x00hi\x05\x00\x10\x01"], start=20):
             rid, status, reason, ran, _ = refusal(r.call(i, Op.QUEUE_ENQUEUE, payload(b"q", rest)))
@@ -338,8 +319,8 @@ def test_truncated_value_options_op(srv) -> None:
         r.close()
 
 
-def test_key_too_long_and_limits(srv) -> None:
-    r = Raw(srv)
+def test_key_too_long_and_limits(shared_server) -> None:
+    r = Raw(shared_server)
     try:
         # a key at the SDK's bound works, values at MAX_KV_VALUE-ish work
         big_key = b"k" * 4096
@@ -380,11 +361,11 @@ def _valid_kv_requests() -> list[tuple[int, bytes]]:
     ]
 
 
-def test_fuzzed_kv_bodies_get_clear_answers(srv) -> None:
+def test_fuzzed_kv_bodies_get_clear_answers(shared_server) -> None:
     rng = random.Random(1234)
     base = _valid_kv_requests()
     internal = []
-    r = Raw(srv)
+    r = Raw(shared_server)
     try:
         rid = 0
         for _ in range(3000):
@@ -410,20 +391,20 @@ def test_fuzzed_kv_bodies_get_clear_answers(srv) -> None:
     finally:
         r.close()
     assert not internal, f"{len(internal)} INTERNAL_ERROR answers, e.g. {internal[:3]}"
-    assert_alive(srv)
+    assert_alive(shared_server)
 
 
 # --- isolation: garbage next to a well-behaved client ------------------------------------------------------
 
 
-async def test_garbage_never_disturbs_another_client(srv) -> None:
+async def test_garbage_never_disturbs_another_client(shared_server) -> None:
     stop = asyncio.Event()
     rng = random.Random(99)
 
     async def garbage(i: int) -> None:
         while not stop.is_set():
             try:
-                _, w = await asyncio.open_connection("127.0.0.1", srv.port)
+                _, w = await asyncio.open_connection("127.0.0.1", shared_server.port)
             except OSError:
                 continue
             good = pf.encode_request(1, Op.KV_PUT, payload(b"g%d" % i, put_body(b"x")))
@@ -444,7 +425,7 @@ async def test_garbage_never_disturbs_another_client(srv) -> None:
 
     junkers = [asyncio.ensure_future(garbage(i)) for i in range(8)]
     try:
-        async with FloClient(srv.endpoint, namespace="calm") as c:
+        async with FloClient(shared_server.endpoint, namespace="calm") as c:
             for i in range(300):
                 v = await c.kv.put(f"k{i % 10}", b"%d" % i)
                 got = await c.kv.get(f"k{i % 10}")
@@ -452,7 +433,7 @@ async def test_garbage_never_disturbs_another_client(srv) -> None:
     finally:
         stop.set()
         await asyncio.gather(*junkers, return_exceptions=True)
-    assert_alive(srv)
+    assert_alive(shared_server)
 
 
 # --- back-pressure --------------------------------------------------------------------------------------------
@@ -466,14 +447,14 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-async def test_client_that_never_reads_is_back_pressured(srv) -> None:
+async def test_client_that_never_reads_is_back_pressured(shared_server) -> None:
     """A pipelining client that never reads: the server stops reading it, serves others, memory stays bounded."""
     value = b"v" * (16 * 1024)
-    async with FloClient(srv.endpoint, namespace="bp") as c:
+    async with FloClient(shared_server.endpoint, namespace="bp") as c:
         await c.kv.put("big", value)
-        rss_before = _rss_mb(srv.proc.pid)
+        rss_before = _rss_mb(shared_server.proc.pid)
 
-        hog = socket.create_connection(("127.0.0.1", srv.port))
+        hog = socket.create_connection(("127.0.0.1", shared_server.port))
         hog.setblocking(False)
         one = pf.encode_request(1, Op.KV_GET, payload(b"big", get_body(), ns=b"bp"))
         chunk = one * 512  # 512 requests -> 8 MiB of answers
@@ -496,7 +477,7 @@ async def test_client_that_never_reads_is_back_pressured(srv) -> None:
                 await c.kv.put(f"other{i}", b"x")
                 assert (await c.kv.get(f"other{i}")).value == b"x"
             assert loop.time() - t0 < 5
-            growth = _rss_mb(srv.proc.pid) - rss_before
+            growth = _rss_mb(shared_server.proc.pid) - rss_before
             requests_sent = sent // len(one)
             # without back-pressure the server would hold requests_sent x 16 KiB of answers
             unbounded_mb = requests_sent * len(value) / (1 << 20)
@@ -506,4 +487,4 @@ async def test_client_that_never_reads_is_back_pressured(srv) -> None:
             hog.close()
         # the hog's connection going away frees everything; the server still answers
         assert (await c.kv.get("big", GetOptions())).value == value
-    assert_alive(srv)
+    assert_alive(shared_server)

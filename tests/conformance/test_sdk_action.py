@@ -25,32 +25,15 @@ from flo.types import (
     WorkerTouchOptions,
 )
 
-pytestmark = [pytest.mark.conformance, pytest.mark.timeout(60)]
+from tests.helpers import wait_for
+
+pytestmark = [
+    pytest.mark.conformance,
+    pytest.mark.timeout(60),
+    pytest.mark.client(sdk=True, namespace="conf", timeout_ms=3000),
+]
 
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
-
-
-async def wait_for(pred, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
-
-
-@pytest.fixture
-async def client(server):
-    c = FloClient(server, namespace="conf", timeout_ms=3000)
-    await c.connect()
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def finished(client, run_id, timeout: float = 10.0):

@@ -8,12 +8,9 @@ by putting a recording TCP relay between the SDK and a fresh server.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import time
 
 import pytest
-from conftest import ServerProc
 
 import flo
 from flo import (
@@ -40,68 +37,25 @@ from flo import (
     WaitFor,
 )
 
-pytestmark = [pytest.mark.conformance, pytest.mark.timeout(60)]
+from tests.helpers import wait_for, waiters
+
+pytestmark = [
+    pytest.mark.conformance,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("shared_server"),
+    pytest.mark.client(sdk=True, timeout_ms=3000),
+]
 
 I64_MAX = (1 << 63) - 1
-
-
-@pytest.fixture(scope="module", params=["fastpath", "dispatcher"])
-def sdk_server(request, tmp_path_factory):
-    """One server per module, twice: with the C fast path for GET/PUT, and with every op in Python."""
-    saved = os.environ.get("FLO_NO_FASTPATH")
-    if request.param == "dispatcher":
-        os.environ["FLO_NO_FASTPATH"] = "1"
-    try:
-        sp = ServerProc(tmp_path_factory.mktemp("sdkkv") / "data").start()
-    finally:
-        if saved is None:
-            os.environ.pop("FLO_NO_FASTPATH", None)
-        else:
-            os.environ["FLO_NO_FASTPATH"] = saved
-    try:
-        yield sp
-    finally:
-        sp.stop()
-
-
-@pytest.fixture
-def ns(request) -> str:
-    return "sdk_" + re.sub(r"\W", "_", request.node.name)[:60]
-
-
-@pytest.fixture
-async def client(sdk_server, ns):
-    c = FloClient(sdk_server.endpoint, namespace=ns, timeout_ms=3000)
-    await c.connect()
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-async def eventually(pred, timeout: float = 5.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 async def gone(client, *keys) -> bool:
     return all([await client.kv.get(k) is None for k in keys])
 
 
-async def parked(sdk_server, n: int) -> bool:
-    """The server has at least ``n`` parked requests (our own client's SERVER_INFO ext op)."""
-    from flo_client import FloClient as OurClient
-
-    async with OurClient(sdk_server.endpoint) as c:
-        return (await c.server_info())["waiters"] >= n
+async def parked(shared_server, n: int) -> bool:
+    """The server has at least ``n`` parked requests."""
+    return await waiters(shared_server.endpoint) >= n
 
 
 # --- §1.9 byte-exact, through a recording relay -------------------------------------------------------
@@ -239,7 +193,7 @@ async def test_ttl(client) -> None:
     await client.kv.put("t", b"v", PutOptions(ttl_ms=150))
     await client.kv.put("keep", b"v", PutOptions(ttl_ms=0))  # 0 = no TTL
     assert await client.kv.exists("t")
-    await eventually(lambda: gone(client, "t"))
+    await wait_for(lambda: gone(client, "t"))
     assert await client.kv.exists("keep")
 
 
@@ -285,10 +239,10 @@ async def test_routing_key_is_accepted(client) -> None:
 # --- waits --------------------------------------------------------------------------------------------
 
 
-async def test_wait_exists_woken_by_put(client, sdk_server, ns) -> None:
+async def test_wait_exists_woken_by_put(client, shared_server, ns) -> None:
     waiter = asyncio.ensure_future(client.kv.get("soon", GetOptions(wait_ms=10_000)))
-    await eventually(lambda: parked(sdk_server, 1))
-    other = FloClient(sdk_server.endpoint, namespace=ns)
+    await wait_for(lambda: parked(shared_server, 1))
+    other = FloClient(shared_server.endpoint, namespace=ns)
     await other.connect()
     t0 = time.monotonic()
     await other.kv.put("soon", b"here")
@@ -303,13 +257,13 @@ async def test_wait_exists_timeout_is_none(client) -> None:
     assert 0.2 <= time.monotonic() - t0 < 3
 
 
-async def test_wait_change(client, sdk_server, ns) -> None:
+async def test_wait_change(client, shared_server, ns) -> None:
     v1 = (await client.kv.put("k", b"one")).version
     # an existing key answers at once for EXISTS
     assert (await client.kv.get("k", GetOptions(wait_ms=10_000, wait_for=WaitFor.EXISTS))).version == v1
     waiter = asyncio.ensure_future(client.kv.get("k", GetOptions(wait_ms=10_000, wait_for=WaitFor.CHANGE)))
-    await eventually(lambda: parked(sdk_server, 1))
-    other = FloClient(sdk_server.endpoint, namespace=ns)
+    await wait_for(lambda: parked(shared_server, 1))
+    other = FloClient(shared_server.endpoint, namespace=ns)
     await other.connect()
     v2 = (await other.kv.put("k", b"two")).version
     await other.close()
@@ -320,25 +274,25 @@ async def test_wait_change(client, sdk_server, ns) -> None:
     assert r.version == v2
 
 
-async def test_waiter_whose_connection_closed_is_dropped(client, sdk_server, ns) -> None:
+async def test_waiter_whose_connection_closed_is_dropped(client, shared_server, ns) -> None:
     from flo_client import FloClient as OurClient
 
-    async with OurClient(sdk_server.endpoint) as probe:
+    async with OurClient(shared_server.endpoint) as probe:
         base = (await probe.server_info())["waiters"]
-        quitter = FloClient(sdk_server.endpoint, namespace=ns, timeout_ms=200)
+        quitter = FloClient(shared_server.endpoint, namespace=ns, timeout_ms=200)
         await quitter.connect()
         # a cancelled call makes the SDK close its socket while the server still waits
         pending = asyncio.ensure_future(quitter.kv.get("ghost", GetOptions(wait_ms=300_000)))
-        await eventually(lambda: parked(sdk_server, base + 1))
+        await wait_for(lambda: parked(shared_server, base + 1))
         pending.cancel()
         with pytest.raises((flo.FloError, asyncio.CancelledError)):
             await pending
         await quitter.close()
-        await eventually(lambda: _waiters(probe, base))
+        await wait_for(lambda: _waiters(probe, base))
         # a write to the key now reaches nobody stale, and the next waiter is served
         waiter = asyncio.ensure_future(client.kv.get("ghost", GetOptions(wait_ms=10_000)))
-        await eventually(lambda: parked(sdk_server, base + 1))
-        async with OurClient(sdk_server.endpoint, namespace=ns) as w:
+        await wait_for(lambda: parked(shared_server, base + 1))
+        async with OurClient(shared_server.endpoint, namespace=ns) as w:
             await w.kv.put("ghost", b"boo")
         assert (await asyncio.wait_for(waiter, 5)).value == b"boo"
 
@@ -448,7 +402,7 @@ async def test_expire_and_exists(client) -> None:
     with pytest.raises(NotFoundError):
         await client.kv.expire("missing", 100)
     await client.kv.expire("k", 120)
-    await eventually(lambda: gone(client, "k"))
+    await wait_for(lambda: gone(client, "k"))
     assert await client.kv.exists("k") is False
 
 
@@ -481,7 +435,7 @@ async def test_json(client) -> None:
 # --- transactions -------------------------------------------------------------------------------------------
 
 
-async def test_transaction_commit(client, sdk_server, ns) -> None:
+async def test_transaction_commit(client, shared_server, ns) -> None:
     await client.kv.put("u:42:visits", b"1")
     await client.kv.put("u:42:old", b"x")
     await client.kv.put("u:42:ttl", b"x")
@@ -523,12 +477,12 @@ async def test_transaction_rollback_and_context_manager(client) -> None:
                 await getattr(txn, name)("r:1")
 
 
-async def test_transaction_guard_fails_at_commit(client, sdk_server, ns) -> None:
+async def test_transaction_guard_fails_at_commit(client, shared_server, ns) -> None:
     v = (await client.kv.put("g:k", b"old")).version
     txn = await client.kv.begin("g")
     await txn.put("g:side", b"x")
     await txn.put("g:k", b"new", PutOptions(cas_version=v))
-    other = FloClient(sdk_server.endpoint, namespace=ns)
+    other = FloClient(shared_server.endpoint, namespace=ns)
     await other.connect()
     await other.kv.put("g:k", b"meanwhile")
     await other.close()
@@ -561,7 +515,7 @@ async def test_transaction_caps_and_unknown_id(client) -> None:
 # --- namespaces -------------------------------------------------------------------------------------------------
 
 
-async def test_namespaces(client, sdk_server, ns) -> None:
+async def test_namespaces(client, shared_server, ns) -> None:
     await client.kv.put("k", b"mine")
     await client.kv.put("k", b"theirs", PutOptions(namespace=ns + "_2"))
     assert (await client.kv.get("k")).value == b"mine"
@@ -570,7 +524,7 @@ async def test_namespaces(client, sdk_server, ns) -> None:
     # the empty namespace is "default"
     key = f"empty-ns:{ns}"
     await client.kv.put(key, b"d", PutOptions(namespace=""))
-    d = FloClient(sdk_server.endpoint)  # default namespace
+    d = FloClient(shared_server.endpoint)  # default namespace
     await d.connect()
     try:
         assert (await d.kv.get(key)).value == b"d"

@@ -19,43 +19,21 @@ from flo_client import FloClient as OurClient
 from flo_client.queue import DequeueOptions as OurDequeueOptions
 from flo_client.queue import EnqueueOptions as OurEnqueueOptions
 from flo_client.queue import QueueOptions as OurQueueOptions
-
-pytestmark = [pytest.mark.conformance, pytest.mark.timeout(60)]
+from tests.helpers import wait_for, waiters
 
 NS = "conf"
 
-
-async def wait_for(pred, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+pytestmark = [
+    pytest.mark.conformance,
+    pytest.mark.timeout(60),
+    pytest.mark.client(sdk=True, namespace=NS, timeout_ms=3000),
+]
 
 
 async def sdk(endpoint: str) -> FloClient:
     c = FloClient(endpoint, namespace=NS, timeout_ms=3000)
     await c.connect()
     return c
-
-
-@pytest.fixture
-async def client(server):
-    c = await sdk(server)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-async def waiters(endpoint: str) -> int:
-    async with OurClient(endpoint) as c:
-        return (await c.server_info())["waiters"]
 
 
 async def test_seed_queue_section_with_the_sdk(client):

@@ -17,30 +17,13 @@ from flo.types import (
     StreamTrimOptions,
 )
 
-pytestmark = [pytest.mark.conformance, pytest.mark.timeout(60)]
+from tests.helpers import parked, wait_for
 
-
-async def wait_for(pred, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def client(server):
-    c = FloClient(server, namespace="conf", timeout_ms=3000)
-    await c.connect()
-    try:
-        yield c
-    finally:
-        await c.close()
+pytestmark = [
+    pytest.mark.conformance,
+    pytest.mark.timeout(60),
+    pytest.mark.client(sdk=True, namespace="conf", timeout_ms=3000),
+]
 
 
 async def test_seed_stream_section(client):
@@ -204,18 +187,6 @@ async def test_stream_worker_processes_every_record_with_headers_and_acks(client
         await asyncio.wait_for(task, 10)
     assert sorted(i for i, _, _ in got) == list(range(n))
     assert all(h == ({"n": str(i)} if i % 2 else {}) and s == "wk" for i, h, s in got)
-
-
-async def parked(endpoint: str, n: int) -> None:
-    """Wait until the server holds ``n`` blocked requests (asked through our own client)."""
-    from flo_client import FloClient as OurClient
-
-    async with OurClient(endpoint) as ours:
-
-        async def check() -> bool:
-            return (await ours.server_info())["waiters"] == n
-
-        await wait_for(check)
 
 
 async def _no_pending(client, stream, group):

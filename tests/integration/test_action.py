@@ -7,7 +7,6 @@ import contextlib
 import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -27,16 +26,9 @@ from flo_client.action_worker import ActionContext, ActionWorker, NonRetryableEr
 from flo_core.errors import ConflictError, NotFoundError, RequestTimeoutError
 from flo_core.spec import Reason
 from flo_server.actions import RETRY_BASE_MS
+from tests.helpers import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def client(server):
-    async with FloClient(server, namespace="it", timeout_ms=3000) as c:
-        yield c
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.client(namespace="it", timeout_ms=3000)]
 
 
 @contextlib.asynccontextmanager

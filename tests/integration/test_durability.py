@@ -8,7 +8,6 @@ import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -20,24 +19,13 @@ from flo_core.log import LogReader, list_segments
 from flo_server.app import Server
 from flo_server.config import ServerConfig
 from flo_server.persistence import list_snapshots, open_journal
+from tests.helpers import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def flo_server_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flo_server", *args], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
-
-
-async def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``cond()`` until true (no sleeps as synchronisation: a bounded wait on a condition)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def kv_state(endpoint: str, keys: list[str]) -> dict[str, tuple[bytes, int] | None]:

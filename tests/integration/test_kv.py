@@ -10,12 +10,9 @@ counters, expire/touch/persist, JSON paths, transactions and namespaces.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import time
 
 import pytest
-from conftest import ServerProc
 
 from flo_client import (
     CommitResult,
@@ -44,55 +41,16 @@ from flo_core.errors import (
     TxnUnsupportedOpError,
 )
 from flo_core.spec import MAX_MGET_KEYS, TXN_MAX_OPEN, TXN_MAX_OPS, Op, Reason
+from tests.helpers import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("shared_server"),
+    pytest.mark.client(timeout_ms=5000),
+]
 
 I64_MAX = (1 << 63) - 1
-
-
-@pytest.fixture(scope="module", params=["fastpath", "dispatcher"])
-def kv_server(request, tmp_path_factory):
-    """One server per module, twice: with the C fast path for GET/PUT, and with every op in Python."""
-    saved = os.environ.get("FLO_NO_FASTPATH")
-    if request.param == "dispatcher":
-        os.environ["FLO_NO_FASTPATH"] = "1"
-    try:
-        sp = ServerProc(tmp_path_factory.mktemp("kv") / "data").start()
-    finally:
-        if saved is None:
-            os.environ.pop("FLO_NO_FASTPATH", None)
-        else:
-            os.environ["FLO_NO_FASTPATH"] = saved
-    try:
-        yield sp
-    finally:
-        sp.stop()
-
-
-@pytest.fixture
-def ns(request) -> str:
-    """A namespace of this test's own."""
-    return "t_" + re.sub(r"\W", "_", request.node.name)[:60]
-
-
-@pytest.fixture
-async def client(kv_server, ns):
-    async with FloClient(kv_server.endpoint, namespace=ns, timeout_ms=5000) as c:
-        yield c
-
-
-async def eventually(pred, timeout: float = 5.0, interval: float = 0.02):
-    """Await ``pred()`` (sync or async) until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 async def raw(client: FloClient, op: int, ns: bytes, key: bytes, rest: bytes = b"") -> tuple[int, bytes]:
@@ -229,7 +187,7 @@ async def test_ttl_both_spellings(client) -> None:
     await client.kv.put("b", b"v", PutOptions(ttl_seconds=0.3))
     await client.kv.put("c", b"v", PutOptions(ttl_ms=60_000))
     assert await client.kv.exists("a") and await client.kv.exists("b")
-    await eventually(lambda: _all_gone(client, "a", "b"), timeout=5)
+    await wait_for(lambda: _all_gone(client, "a", "b"), timeout=5)
     assert await client.kv.exists("c")
     assert "a" not in (await client.kv.scan("")).names
 
@@ -242,7 +200,7 @@ async def test_overwrite_without_ttl_clears_it(client) -> None:
     await client.kv.put("k", b"v1", PutOptions(ttl_ms=200))
     await client.kv.put("k", b"v2")
     await client.kv.put("probe", b"v", PutOptions(ttl_ms=200))
-    await eventually(lambda: _all_gone(client, "probe"))
+    await wait_for(lambda: _all_gone(client, "probe"))
     assert (await client.kv.get("k")).value == b"v2"
 
 
@@ -303,13 +261,13 @@ async def test_binary_keys_and_large_values(client) -> None:
 # --- get with a wait ------------------------------------------------------------------------------------
 
 
-async def test_wait_exists_woken_by_a_write(client, kv_server, ns) -> None:
+async def test_wait_exists_woken_by_a_write(client, shared_server, ns) -> None:
     for spelling in (GetOptions(block_ms=10_000), GetOptions(wait_ms=10_000)):
         key = f"later:{spelling.block_ms}"
         t0 = time.monotonic()
         waiter = asyncio.ensure_future(client.kv.get(key, spelling))
-        async with FloClient(kv_server.endpoint, namespace=ns) as other:
-            await eventually(lambda: _waiters_at_least(other, 1))
+        async with FloClient(shared_server.endpoint, namespace=ns) as other:
+            await wait_for(lambda: _waiters_at_least(other, 1))
             await other.kv.put(key, b"here")
         r = await asyncio.wait_for(waiter, 5)
         assert r.value == b"here" and time.monotonic() - t0 < 5
@@ -321,11 +279,11 @@ async def test_wait_exists_times_out_as_absent(client) -> None:
     assert 0.25 <= time.monotonic() - t0 < 3
 
 
-async def test_wait_change(client, kv_server, ns) -> None:
+async def test_wait_change(client, shared_server, ns) -> None:
     v1 = (await client.kv.put("k", b"one")).version
     waiter = asyncio.ensure_future(client.kv.get("k", GetOptions(block_ms=10_000, wait_for=WaitFor.CHANGE)))
-    async with FloClient(kv_server.endpoint, namespace=ns) as other:
-        await eventually(lambda: _waiters_at_least(other, 1))
+    async with FloClient(shared_server.endpoint, namespace=ns) as other:
+        await wait_for(lambda: _waiters_at_least(other, 1))
         v2 = (await other.kv.put("k", b"two")).version
     r = await asyncio.wait_for(waiter, 5)
     assert (r.value, r.version) == (b"two", v2) and v2 > v1
@@ -334,16 +292,16 @@ async def test_wait_change(client, kv_server, ns) -> None:
     assert (r.value, r.version) == (b"two", v2)
     # on a missing key a CHANGE waits for it to appear
     waiter = asyncio.ensure_future(client.kv.get("k2", GetOptions(block_ms=10_000, wait_for=WaitFor.CHANGE)))
-    await eventually(lambda: _waiters_at_least(client, 1))
+    await wait_for(lambda: _waiters_at_least(client, 1))
     await client.kv.put("k2", b"born")
     assert (await asyncio.wait_for(waiter, 5)).value == b"born"
 
 
-async def test_wait_for_deleted_key_reports_absent(client, kv_server, ns) -> None:
+async def test_wait_for_deleted_key_reports_absent(client, shared_server, ns) -> None:
     await client.kv.put("k", b"v")
     waiter = asyncio.ensure_future(client.kv.get("k", GetOptions(block_ms=10_000, wait_for=WaitFor.CHANGE)))
-    async with FloClient(kv_server.endpoint, namespace=ns) as other:
-        await eventually(lambda: _waiters_at_least(other, 1))
+    async with FloClient(shared_server.endpoint, namespace=ns) as other:
+        await wait_for(lambda: _waiters_at_least(other, 1))
         await other.kv.delete("k")
         # a delete is a change, but there is nothing to answer: the wait goes on until a value comes
         await other.kv.put("k", b"back")
@@ -354,15 +312,15 @@ async def _waiters_at_least(client: FloClient, n: int) -> bool:
     return (await client.server_info())["waiters"] >= n
 
 
-async def test_closed_waiter_is_dropped(client, kv_server) -> None:
+async def test_closed_waiter_is_dropped(client, shared_server) -> None:
     base = (await client.server_info())["waiters"]
-    other = FloClient(kv_server.endpoint, namespace=client.namespace)
+    other = FloClient(shared_server.endpoint, namespace=client.namespace)
     task = asyncio.ensure_future(other.kv.get("nobody", GetOptions(block_ms=60_000)))
-    await eventually(lambda: _waiters_at_least(client, base + 1))
+    await wait_for(lambda: _waiters_at_least(client, base + 1))
     await other.close()
     with pytest.raises(Exception):
         await asyncio.wait_for(task, 5)
-    await eventually(lambda: _waiters_back_to(client, base))
+    await wait_for(lambda: _waiters_back_to(client, base))
 
 
 async def _waiters_back_to(client: FloClient, n: int) -> bool:
@@ -478,7 +436,7 @@ async def test_scan_skips_expired_and_respects_prefix(client) -> None:
     await client.kv.put("p:live", b"v")
     await client.kv.put("p:dying", b"v", PutOptions(ttl_ms=100))
     await client.kv.put("q:other", b"v")
-    await eventually(lambda: _all_gone(client, "p:dying"))
+    await wait_for(lambda: _all_gone(client, "p:dying"))
     assert await _scan_all(client, "p:", 10) == ["p:live"]
     assert sorted(await _scan_all(client, "", 1)) == ["p:live", "q:other"]
     assert await _scan_all(client, "zzz", 10) == []
@@ -559,7 +517,7 @@ async def test_incr_wrong_type_and_overflow(client) -> None:
 async def test_incr_keeps_ttl(client) -> None:
     await client.kv.put("c", b"1", PutOptions(ttl_ms=200))
     assert await client.kv.incr("c") == 2
-    await eventually(lambda: _all_gone(client, "c"))
+    await wait_for(lambda: _all_gone(client, "c"))
 
 
 # --- expire / touch / persist / exists -------------------------------------------------------------------------
@@ -568,18 +526,18 @@ async def test_incr_keeps_ttl(client) -> None:
 async def test_expire_touch_persist(client) -> None:
     v = (await client.kv.put("k", b"v")).version
     await client.kv.expire("k", 150)
-    await eventually(lambda: _all_gone(client, "k"))
+    await wait_for(lambda: _all_gone(client, "k"))
 
     await client.kv.put("t", b"v")
     await client.kv.touch("t", 0.15)
-    await eventually(lambda: _all_gone(client, "t"))
+    await wait_for(lambda: _all_gone(client, "t"))
 
     await client.kv.put("p", b"v", PutOptions(ttl_ms=150))
     await client.kv.persist("p")
     await client.kv.put("p2", b"v", PutOptions(ttl_ms=150))
     await client.kv.expire("p2", 0)  # the 0.1.2 spelling of persist
     await client.kv.put("probe", b"v", PutOptions(ttl_ms=150))
-    await eventually(lambda: _all_gone(client, "probe"))
+    await wait_for(lambda: _all_gone(client, "probe"))
     assert await client.kv.exists("p") and await client.kv.exists("p2")
     # expire changes no version
     await client.kv.put("keep", b"v")
@@ -658,9 +616,9 @@ async def test_json_errors(client) -> None:
 # --- transactions ---------------------------------------------------------------------------------------------
 
 
-async def test_txn_buffers_and_reads_its_writes(client, kv_server, ns) -> None:
+async def test_txn_buffers_and_reads_its_writes(client, shared_server, ns) -> None:
     await client.kv.put("acct:1", b"10")
-    async with FloClient(kv_server.endpoint, namespace=ns) as outside:
+    async with FloClient(shared_server.endpoint, namespace=ns) as outside:
         txn = await client.kv.begin("acct")
         assert (await txn.put("acct:2", b"20")).version == 0  # no version before commit
         await txn.incr("acct:1", 5)
@@ -691,7 +649,7 @@ async def test_txn_delete_and_expire_inside(client) -> None:
         await txn.expire("r:b", 150)
         await txn.commit()
     assert await client.kv.get("r:a") is None
-    await eventually(lambda: _all_gone(client, "r:b"))
+    await wait_for(lambda: _all_gone(client, "r:b"))
 
 
 async def test_txn_rollback_discards_and_is_idempotent(client) -> None:
@@ -717,13 +675,13 @@ async def test_txn_context_manager_rolls_back_on_error(client) -> None:
         await txn.put("cm:2", b"x")
 
 
-async def test_txn_guard_failing_at_commit_applies_nothing(client, kv_server, ns) -> None:
+async def test_txn_guard_failing_at_commit_applies_nothing(client, shared_server, ns) -> None:
     v = (await client.kv.put("g:guarded", b"old")).version
     txn = await client.kv.begin("g")
     await txn.put("g:side", b"effect")
     await txn.put("g:guarded", b"new", PutOptions(cas_version=v))
     await txn.incr("g:count")
-    async with FloClient(kv_server.endpoint, namespace=ns) as other:
+    async with FloClient(shared_server.endpoint, namespace=ns) as other:
         await other.kv.put("g:guarded", b"changed-meanwhile")
     with pytest.raises(ConflictError) as ei:
         await txn.commit()
@@ -839,13 +797,13 @@ async def test_namespace_isolation_and_override(client, ns) -> None:
     assert [e.found for e in await client.kv.mget(["k"], MGetOptions(namespace=other))] == [False]
 
 
-async def test_empty_namespace_is_default(client, kv_server) -> None:
+async def test_empty_namespace_is_default(client, shared_server) -> None:
     key = b"ns-default-probe:" + client.namespace.encode()
     status, _ = await raw(client, Op.KV_PUT, b"", key,
                           Writer().bytes32(b"via-empty").absent().opt_u8(0).absent().absent().absent().getvalue())
     assert status == 0
     assert (await client.kv.get(key, GetOptions(namespace="default"))).value == b"via-empty"
-    async with FloClient(kv_server.endpoint) as d:
+    async with FloClient(shared_server.endpoint) as d:
         assert d.namespace == "default"
         assert (await d.kv.get(key)).value == b"via-empty"
         assert await d.kv.delete(key) is True

@@ -23,35 +23,9 @@ from flo_client.queue import (
 )
 from flo_core.errors import BadRequestError, NotFoundError
 from flo_core.spec import Op, Reason, Tag
+from tests.helpers import parked, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-async def client(server: str):
-    async with FloClient(server, timeout_ms=5000) as c:
-        yield c
-
-
-async def wait_for(pred, timeout: float = 5.0, interval: float = 0.01):
-    """Poll an async predicate until truthy (returns it) or fail after ``timeout`` s."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        v = await pred()
-        if v:
-            return v
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
-async def parked(client: FloClient, n: int) -> None:
-    """Wait until the server holds ``n`` blocked requests."""
-
-    async def check() -> bool:
-        return (await client.server_info())["waiters"] == n
-
-    await wait_for(check)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.client(timeout_ms=5000)]
 
 
 # --- the seed page, as written ------------------------------------------------------------

@@ -21,38 +21,9 @@ from flo_client.stream import (
 )
 from flo_client.stream_worker import StreamContext
 from flo_core.errors import BadRequestError, ConflictError, NotFoundError
+from tests.helpers import parked, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-async def client(server: str):
-    async with FloClient(server, namespace="it", timeout_ms=5000) as c:
-        yield c
-
-
-async def wait_for(pred, timeout: float = 10.0, interval: float = 0.01):
-    """Poll a (sync or async) predicate until truthy or fail after ``timeout`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        v = pred()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
-async def parked(client: FloClient, n: int) -> None:
-    """Wait until the server holds ``n`` blocked requests."""
-
-    async def check() -> bool:
-        return (await client.server_info())["waiters"] == n
-
-    await wait_for(check)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.client(namespace="it", timeout_ms=5000)]
 
 
 # --- the seed page's Stream section -------------------------------------------------------------

@@ -1,0 +1,260 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+"""RespCore: a RESP connection's request loop with the hot string commands in C, sans-IO.
+
+The RESP twin of :class:`flo_core.core.ServerCore`. ``run(data, now, out)``
+parses ``data`` (a :class:`flo_core.resp.RespParser`) and runs each complete
+command as soon as it is parsed, appending its reply to ``out`` in request
+order:
+
+* ``GET key``, ``SET key value`` (no options) and ``INCR key`` run here against
+  the KV store. A write does what the ``kv.set`` applier does (journal record
+  ``["kv.set", [now, ns, key, value, expires_at]]`` through the shared encoder
+  of ``flo_core/records.pxd``, store write, wake parked readers), so live
+  writes, replay and the Flo protocol stay identical.
+* everything else - and any case the fast path does not cover: a key holding
+  a list or a stream (WRONGTYPE, or SET replacing it), a counter that is not
+  decimal text or would overflow, an oversized key/value, a namespace that
+  cannot be logged here, a journal that refuses writes - goes to the Python
+  command table through ``slow(argv, out)``, which appends its own reply.
+
+``slow`` returns None to go on, or anything else to stop running (a blocking
+command's coroutine, or a close request): that object is left in ``stopped``
+and the commands parsed after it are returned unexecuted, for the session to
+queue behind it. The session's ``ns`` / ``resp3`` are re-read after every
+Python command (SELECT, USE, HELLO, RESET change them).
+
+Example:
+    >>> core = RespCore(srv, session, session._exec)    # doctest: +SKIP
+    >>> out = bytearray()
+    >>> core.run(b"*3\\r\\n$3\\r\\nSET\\r\\n$1\\r\\nk\\r\\n$1\\r\\nv\\r\\n", now, out)   # doctest: +SKIP
+    []
+    >>> bytes(out)                                       # doctest: +SKIP
+    b'+OK\\r\\n'
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_SIZE
+from libc.stdint cimport uint8_t, uint64_t, int64_t
+
+from flo_core.resp cimport RespParser, _parse_ll, _fmt_ll, _bulk, _line, _header
+from flo_core.kv cimport KVStore, Entry
+from flo_core.log cimport LogWriter
+from flo_core.records cimport log_kv_set
+
+from flo_core import spec
+
+cdef Py_ssize_t MAX_KEY = spec.MAX_KEY
+cdef Py_ssize_t MAX_KV_VALUE = spec.MAX_KV_VALUE
+cdef long long I64_MAX = 9223372036854775807LL
+cdef str KIND_SET = "kv.set"
+
+
+cdef inline bint _named(object name, const char *lower, Py_ssize_t n) noexcept:
+    """``name`` (bytes) equals the lower-case ASCII word ``lower``, ignoring case."""
+    if type(name) is not bytes or PyBytes_GET_SIZE(name) != n:
+        return False
+    cdef const char *p = PyBytes_AS_STRING(name)
+    cdef Py_ssize_t i
+    for i in range(n):
+        # letters only: c | 0x20 maps 'G' to 'g' and no other byte onto a lower-case letter
+        if (p[i] | 0x20) != lower[i]:
+            return False
+    return True
+
+
+cdef class RespCore(RespParser):
+    """One RESP connection's parser + request loop. See the module docstring."""
+
+    cdef public object session
+    cdef public object slow
+    cdef public object srv
+    cdef public object stopped   # what made the last run() stop, or None
+    cdef public Py_ssize_t fast_count   # commands served in C (tests, stats)
+    cdef KVStore kv
+    cdef object waiting          # the waiters' key dict: notify only when someone waits
+    cdef object journal
+    cdef bint durable
+    cdef bytearray out           # the reply buffer of the current run()
+    cdef bint executing
+    cdef LogWriter _log          # set during run() when the journal is on disk and healthy
+    cdef Py_ssize_t _logged      # bytes appended through _log in this run()
+    cdef bytearray _rec          # scratch buffer for one log record
+    cdef int64_t _now
+    cdef str _ns                 # the session's namespace ...
+    cdef bytes _nsb              # ... its UTF-8 ...
+    cdef bint _ns_ok             # ... and whether the C path may log it (1..255 bytes)
+    cdef bint _resp3
+    cdef object _lists           # ListStore.spaces  {ns: {key: deque}}
+    cdef object _streams         # Streams.by_ns     {ns: {name: Stream}} or None
+
+    def __init__(self, srv, session, slow, **limits):
+        RespParser.__init__(self, **limits)
+        self.srv = srv
+        self.session = session
+        self.slow = slow
+        self.kv = srv.kv
+        self.waiting = srv.waiters._by_key
+        self.stopped = None
+        self.fast_count = 0
+        self._rec = bytearray(256)
+        self._ns = None
+
+    def run(self, data, int64_t now, bytearray out):
+        """Parse ``data`` and run every command it completes; replies go to ``out``.
+
+        Returns the complete commands left unexecuted because a Python command
+        stopped the run (see ``stopped``), as ``list[list[bytes]]``.
+
+        Raises:
+            RespProtocolError: malformed input; its ``commands`` are the ones
+                left unexecuted (those before the bad bytes already ran).
+        """
+        journal = self.srv.journal
+        self.journal = journal
+        self.durable = bool(getattr(journal, "durable", False))
+        self._now = now
+        self.out = out
+        self.stopped = None
+        self._logged = 0
+        self._refresh()
+        self.executing = True
+        try:
+            return self.feed(data)
+        finally:
+            self.executing = False
+            self.out = None
+            self._log = None
+            if self._logged:
+                journal.appended_raw(self._logged)
+
+    cdef int _refresh(self) except -1:
+        """Re-read what a Python command may have changed: namespace, protocol, journal health."""
+        s = self.session
+        ns = s.ns
+        if ns is not self._ns:
+            self._ns = ns
+            self._ns_ok = False
+            if type(ns) is str:
+                try:
+                    self._nsb = (<str>ns).encode("utf-8")
+                    self._ns_ok = 0 < PyBytes_GET_SIZE(self._nsb) <= 255
+                except UnicodeEncodeError:
+                    pass
+        self._resp3 = s.resp3
+        self._lists = s.lists.spaces
+        streams = getattr(self.srv, "streams", None)
+        self._streams = streams.by_ns if streams is not None else None
+        self._log = self.journal.raw_writer()
+        return 0
+
+    cdef int _emit(self, list args, list out) except -1:
+        if not self.executing:
+            out.append(args)  # stopped (or plain feed()): the session queues it
+            return 0
+        cdef Py_ssize_t argc = PyList_GET_SIZE(args)
+        cdef bint done = False
+        if self._ns_ok and 2 <= argc <= 3:
+            name = args[0]
+            try:
+                if argc == 2 and _named(name, b"get", 3):
+                    done = self._get(args[1])
+                elif argc == 3 and _named(name, b"set", 3):
+                    done = self._set(args[1], args[2])
+                elif argc == 2 and _named(name, b"incr", 4):
+                    done = self._incr(args[1])
+            except Exception:
+                done = False  # nothing was answered or changed: the Python command decides
+        if done:
+            self.fast_count += 1
+            return 0
+        r = self.slow(args, self.out)
+        self._refresh()
+        if r is not None:
+            self.executing = False
+            self.stopped = r
+        return 0
+
+    cdef bint _other_type(self, bytes key) except -1:
+        """``key`` holds a list or a stream (RespSession.other_type)."""
+        sp = self._lists.get(self._ns)
+        if sp and key in sp:
+            return True
+        if self._streams is not None:
+            d = self._streams.get(self._ns)
+            if d:
+                try:
+                    name = key.decode("utf-8")
+                except UnicodeDecodeError:
+                    return False
+                return name in d
+        return False
+
+    cdef bint _get(self, bytes key) except -1:
+        cdef Entry e = self.kv.get(self._ns, key, self._now)
+        cdef bytes v
+        if e is not None:
+            v = e.value
+            _bulk(self.out, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+            return True
+        if self._other_type(key):
+            return False  # WRONGTYPE: the Python command words it
+        if self._resp3:
+            _line(self.out, b'_', b"", 0)
+        else:
+            _line(self.out, b'$', b"-1", 2)
+        return True
+
+    cdef bint _can_write(self) noexcept:
+        # a disk journal that stopped taking writes gives no raw writer: the Python path refuses
+        return self._log is not None or not self.durable
+
+    cdef bint _set(self, bytes key, bytes value) except -1:
+        if PyBytes_GET_SIZE(key) > MAX_KEY or PyBytes_GET_SIZE(value) > MAX_KV_VALUE:
+            return False
+        if not self._can_write() or self._other_type(key):
+            return False  # SET replaces a list/stream: Python does that
+        self._write(key, value, 0)  # plain SET clears the TTL
+        _line(self.out, b'+', b"OK", 2)
+        return True
+
+    cdef bint _incr(self, bytes key) except -1:
+        cdef long long current = 0
+        cdef int64_t expires_at = 0
+        cdef char text[24]
+        cdef Entry e
+        cdef bytes v
+        if PyBytes_GET_SIZE(key) > MAX_KEY or not self._can_write() or self._other_type(key):
+            return False
+        e = self.kv.get(self._ns, key, self._now)
+        if e is not None:
+            v = e.value
+            # a counter is decimal text exactly as kv.parse_counter reads it (string2ll: same rules)
+            if not _parse_ll(<const uint8_t *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), &current):
+                return False
+            if current == I64_MAX:
+                return False  # overflow: Python answers the error
+            expires_at = e.expires_at  # INCR keeps the TTL
+        current += 1
+        value = PyBytes_FromStringAndSize(text, _fmt_ll(text, current))
+        self._write(key, value, expires_at)
+        _header(self.out, b':', current)
+        return True
+
+    cdef uint64_t _write(self, bytes key, bytes value, int64_t expires_at) except 0:
+        """The ``kv.set`` applier, inline: log, store, wake. Returns the new version."""
+        cdef uint64_t lsn
+        if self._log is not None:
+            lsn = log_kv_set(self._log, self._rec, self._now,
+                             <const uint8_t *>PyBytes_AS_STRING(self._nsb), PyBytes_GET_SIZE(self._nsb),
+                             <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                             <const uint8_t *>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value),
+                             expires_at, &self._logged)
+        else:
+            lsn = self.journal.append(KIND_SET, (self._now, self._ns, key, value, expires_at))
+        self.kv.set(self._ns, key, value, lsn, expires_at, self._now)
+        if self.waiting:
+            self.srv.waiters.notify(("kv", self._ns, key), 0)
+        return lsn
+
+
+__all__ = ["RespCore"]
