@@ -70,8 +70,41 @@ def _memory_target(memory: list[dict]) -> Verdict:
                          f"{ratio:.2f}x ({flo['keys']:,} keys)", "met" if ratio <= 2.0 else "not met")
 
 
-def verdicts(rows: list[dict], memory: list[dict]) -> list[Verdict]:
+def _flamepy_target(extras: list[dict]) -> Verdict:
+    name = "flamepy ≥ 10,000 tasks/s (no-op tasks, embedded executor)"
+    r = next((e for e in extras if e.get("type") == "flamepy"), None)
+    if r is None or not r.get("tasks_per_s"):
+        return Verdict(name, "-" if r is None else f"failed: {str(r.get('error', ''))[-120:]}", "not measured")
+    v = r["tasks_per_s"]
+    return Verdict(name, f"{v:,.0f} tasks/s ({r.get('completed') or 0:,} of {r.get('tasks') or 0:,} tasks, "
+                         f"{r.get('instances')} instances, p50 {r.get('p50_ms', '-')} ms)",
+                   "met" if v >= 10_000 else "not met")
+
+
+def _recovery_rows(extras: list[dict]) -> list[Verdict]:
+    """Start-up times: there is no target for them; they are reported beside the targets."""
+    out = []
+    for e in extras:
+        if e.get("type") != "recovery":
+            continue
+        if e["id"] == "recovery/log":
+            name = "recovery: replay a log (kill -9, no snapshot)"
+            size = e.get("log_bytes")
+        else:
+            name = f"recovery: load a snapshot of {e.get('keys', 0):,} keys"
+            size = e.get("snapshot_bytes")
+        if e.get("error") or not e.get("ready_s"):
+            out.append(Verdict(name, f"failed: {e.get('error', '')}"[:160], "not measured"))
+            continue
+        out.append(Verdict(name, f"{(size or 0) / 1e6:,.0f} MB, {e.get('records_written', 0):,} records: ready in "
+                                 f"{e['ready_s']:.2f} s = {e.get('mb_s', 0):,.0f} MB/s, "
+                                 f"{e.get('records_s', 0):,.0f} records/s", "reported"))
+    return out
+
+
+def verdicts(rows: list[dict], memory: list[dict], extras: list[dict] | None = None) -> list[Verdict]:
     """Every target of the issue, judged on this run's medians."""
+    extras = extras or []
     k16 = dict(group="kv", proto="flo", conns=50, window=16, value_size=100)
     k1 = dict(group="kv", proto="flo", conns=50, window=1, value_size=100)
     setget = ("kv.set", "kv.get")
@@ -88,7 +121,8 @@ def verdicts(rows: list[dict], memory: list[dict]) -> list[Verdict]:
         _ratio_target(rows, "durable always ≥ 1.0× Redis AOF always", f"{FLO}/{REDIS}", 1.0, ("kv.set",),
                       group="durability", fsync="always", conns=50),
         _memory_target(memory),
-        Verdict("flamepy ≥ 10,000 tasks/s", "-", "not measured"),
+        _flamepy_target(extras),
+        *_recovery_rows(extras),
     ]
 
 
@@ -106,7 +140,8 @@ def _fmt_lat(s: dict | None) -> str:
     return f"{s['p50_us']:,.0f} / {p99:,.0f}" if p99 is not None else f"{s['p50_us']:,.0f}"
 
 
-def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str]) -> str:
+def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str], extras: list[dict] | None = None) -> str:
+    extras = extras or []
     out = [f"# flo-server benchmark ({env.get('mode', '?')})", ""]
     sha = env.get("git_sha", "?")[:12] + (" (dirty)" if env.get("git_dirty") else "")
     out += [
@@ -119,13 +154,18 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str]) 
     if env.get("debug_build"):
         out += ["**DEBUG BUILD - not comparable.**", ""]
     out += ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
-    for v in verdicts(rows, memory):
-        mark = {"met": "✅ met", "not met": "❌ not met"}.get(v.status, "– not measured")
+    for v in verdicts(rows, memory, extras):
+        mark = {"met": "✅ met", "not met": "❌ not met", "reported": "ℹ️ reported (no target)"}.get(
+            v.status, "– not measured")
         out.append(f"| {v.target} | {v.measured} | {mark} |")
     out.append("")
     titles = {"kv": "KV over Flo wire v2 (Redis over RESP, same load generator)",
               "resp": "KV over RESP (redis-benchmark against both)",
-              "stream": "Streams (Redis XADD)", "queue": "Queues: enqueue, and enqueue -> dequeue -> ack cycles (Redis LPUSH; LPUSH -> RPOPLPUSH -> LREM)",
+              "stream": "Streams: append (Redis XADD), read of 10 from an id (XRANGE ... COUNT 10), "
+                        "group read of 10 -> ack (XREADGROUP -> XACK)",
+              "queue": "Queues: enqueue, and enqueue -> dequeue -> ack cycles (Redis LPUSH; LPUSH -> RPOPLPUSH -> LREM)",
+              "action": "Actions: invoke -> complete round trips (ACTION_INVOKE -> ACTION_RESULT, ActionWorker processes), "
+                        "beside the queue cycle at the same shape; ops/s = round trips/s, latency = end to end",
               "durability": "Durability: flo-server fsync vs Redis AOF (SET, K=1)"}
     for group, title in titles.items():
         mine = [r for r in rows if r["group"] == group]
@@ -133,6 +173,7 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str]) 
             continue
         has_ceiling = any(CEILING in r["servers"] for r in mine)
         head = ["workload", "K", "conns", "value"] + (["fsync"] if group == "durability" else [])
+        head += ["workers"] if group == "action" else []
         head += ["flo ops/s", "redis ops/s"] + (["ceiling ops/s"] if has_ceiling else [])
         head += ["flo/redis"] + (["flo/ceiling"] if has_ceiling else [])
         head += ["flo p50/p99 µs", "redis p50/p99 µs"] + (["ceiling p50/p99 µs"] if has_ceiling else [])
@@ -142,6 +183,7 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str]) 
             s = r["servers"]
             size = f"{r['value_size']} B" if r["value_size"] < 1024 else f"{r['value_size'] // 1024} KiB"
             cells = [r["workload"], str(r["window"]), str(r["conns"]), size] + ([r["fsync"]] if group == "durability" else [])
+            cells += [str(r.get("workers") or "-")] if group == "action" else []
             cells += [_fmt_ops((s.get(FLO) or {}).get("ops_s")), _fmt_ops((s.get(REDIS) or {}).get("ops_s"))]
             if has_ceiling:
                 cells.append(_fmt_ops((s.get(CEILING) or {}).get("ops_s")))
@@ -162,6 +204,30 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str]) 
             um = m.get("used_memory_bytes_per_key")
             out.append(f"| {m['server']} | {m['keys']:,} | {m['rss_bytes_per_key']:,.1f} | "
                        f"{'-' if um is None else f'{um:,.1f}'} |")
+        out.append("")
+    fl = [e for e in extras if e.get("type") == "flamepy"]
+    if fl:
+        out += ["## flamepy: no-op tasks through the embedded executor (bench/flamepy_bench.py)", "",
+                "| tasks | completed | instances | tasks/s | p50 / p99 ms | single task p50 ms | flo CPU % |",
+                "|---|---|---|---|---|---|---|"]
+        for e in fl:
+            out.append(f"| {e.get('tasks') or 0:,} | {e.get('completed', '-')} | {e.get('instances', '-')} | "
+                       f"{_fmt_ops(e.get('tasks_per_s'))} | {e.get('p50_ms', '-')} / {e.get('p99_ms', '-')} | "
+                       f"{e.get('single_task_p50_ms', '-')} | {e.get('server_cpu_pct', '-')} |")
+        out.append("")
+    rc = [e for e in extras if e.get("type") == "recovery"]
+    if rc:
+        out += ["## Recovery: flo-server start-up until `flo-server ready`", "",
+                "| what | data | records | on disk MB | ready s | replay s (server log) | MB/s | records/s |",
+                "|---|---|---|---|---|---|---|---|"]
+        for e in rc:
+            log_case = e["id"] == "recovery/log"
+            what = "log replay after kill -9" if log_case else "snapshot load after a clean stop"
+            data = "4 KB values, 10k keys" if log_case else "16 B keys, 100 B values"
+            size = e.get("log_bytes") if log_case else e.get("snapshot_bytes")
+            out.append(f"| {what} | {data} | {e.get('records_written', 0):,} | {(size or 0) / 1e6:,.1f} | "
+                       f"{e.get('ready_s', '-')} | {e.get('replay_s', '-')} | {e.get('mb_s', '-')} | "
+                       f"{_fmt_ops(e.get('records_s'))} |")
         out.append("")
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
@@ -211,7 +277,7 @@ def plot_group(rows: list[dict], group: str, path: Path) -> bool:
 def _short(r: dict) -> str:
     size = f"{r['value_size']}B" if r["value_size"] < 1024 else f"{r['value_size'] // 1024}K"
     s = f"{r['workload']} K{r['window']} c{r['conns']} {size}"
-    return s + (f" {r['fsync']}" if r.get("fsync") else "")
+    return s + (f" {r['fsync']}" if r.get("fsync") else "") + (f" w{r['workers']}" if r.get("workers") else "")
 
 
 def plot_memory(memory: list[dict], path: Path) -> bool:
@@ -238,11 +304,12 @@ def plot_memory(memory: list[dict], path: Path) -> bool:
     return True
 
 
-def write(outdir: Path, env: dict, rows: list[dict], memory: list[dict], notes: list[str], plots: bool = True) -> None:
-    md = markdown(env, rows, memory, notes)
+def write(outdir: Path, env: dict, rows: list[dict], memory: list[dict], notes: list[str], plots: bool = True,
+          extras: list[dict] | None = None) -> None:
+    md = markdown(env, rows, memory, notes, extras)
     images: list[str] = []
     if plots:
-        for group in ("kv", "resp", "stream", "queue", "durability"):
+        for group in ("kv", "resp", "stream", "queue", "action", "durability"):
             if plot_group(rows, group, outdir / f"{group}.png"):
                 images.append(f"{group}.png")
         if plot_memory(memory, outdir / "memory.png"):

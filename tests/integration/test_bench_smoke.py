@@ -47,8 +47,17 @@ def test_quick_bench_writes_results(tmp_path: Path) -> None:
     # The ceiling needs nothing but this repository, so its runs always complete.
     ceiling = [r for r in runs if r["server"] == "ceiling"]
     assert ceiling and all(r["completed"] > 0 for r in ceiling), ceiling
+    # The workloads added for streams and actions have cells (flo-server may refuse them; then they are noted).
+    cells = {r["cell"] for r in records if r["type"] == "summary"}
+    for wl in ("stream.read", "stream.group", "action.roundtrip"):
+        assert any(f"/{wl}/" in c for c in cells) or any(wl in n for n in records[-1]["notes"]), (wl, cells)
+    # flamepy and recovery are measured (or their failure is recorded), never skipped silently.
+    extras = {r["id"]: r for r in records if r["type"] in ("flamepy", "recovery")}
+    assert set(extras) == {"flamepy/noop", "recovery/log", "recovery/snapshot"}, extras
+    for rid in ("recovery/log", "recovery/snapshot"):
+        assert extras[rid].get("ready_s") or extras[rid].get("error"), extras[rid]
     md = (out / "summary.md").read_text()
-    assert "## Targets" in md and "KV over Flo wire v2" in md
+    assert "## Targets" in md and "KV over Flo wire v2" in md and "flamepy ≥ 10,000 tasks/s" in md
     assert (out / "kv.png").stat().st_size > 0
     assert "## Targets" in proc.stdout  # the table is printed too
     # Every server the harness started was stopped, by pid.
@@ -76,6 +85,23 @@ def test_loadgen_against_the_ceiling_checks_every_reply(tmp_path: Path) -> None:
             assert res["p50_us"] > 0 and res["server_cpu_pct"] is not None
         pid = ceiling.pid
     assert not _alive(pid)
+
+
+def test_resp_parser_and_record_ids() -> None:
+    from bench.loadgen import RespError, RespIncomplete, resp_parse
+    from bench.workloads import record_ids
+
+    reply = b"*1\r\n*2\r\n$6\r\nstream\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    value, end = resp_parse(reply)
+    assert value == [[b"stream", [[b"1-0", [b"f", b"v"]]]]] and end == len(reply)
+    with pytest.raises(RespIncomplete):
+        resp_parse(reply[:-3])
+    assert isinstance(resp_parse(b"-ERR no\r\n")[0], RespError)
+    assert resp_parse(b"$-1\r\n") == (None, 5)
+    # one record: [seq 7][ts 1000][tier 0][partition 0][key present]["s"][payload "p"][0 headers]
+    rec = (7).to_bytes(8, "little") + (1000).to_bytes(8, "little") + b"\x00" + bytes(4) + b"\x01"
+    rec += (1).to_bytes(4, "little") + b"s" + (1).to_bytes(4, "little") + b"p" + bytes(4)
+    assert record_ids((1).to_bytes(4, "little") + rec) == [(1000, 7)]
 
 
 def test_a_debug_build_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
