@@ -666,6 +666,10 @@ def run_bench(opts: Options) -> Path:
         finally:
             fleet.stop_all()
             progress.close()
+            # The servers' data dirs can reach gigabytes: keep only their logs.
+            for d in (outdir / "run").iterdir() if (outdir / "run").is_dir() else ():
+                if d.is_dir() and (d.name.startswith("data-") or d.name.startswith("redis-")):
+                    shutil.rmtree(d, ignore_errors=True)
         summary = summarize(run.records, cells)
         for row in summary:
             run.emit(row)
