@@ -5,6 +5,12 @@ A waiter is a future keyed by what it waits on (``("q", ns, name)``,
 coroutine then retries its own op, so nothing is ever handed to a waiter whose
 connection closed: it checks ``conn.closed`` before it takes anything.
 
+A wake-up is never lost: a handler checks synchronously, but its parking
+coroutine only starts on a later loop turn, and a notify in between finds no
+waiter - so :meth:`Waiters.poll` tries once more before it parks. A waiter that
+was woken but cannot use the wake-up (its connection closed, its task was
+cancelled, its attempt refused) hands it to the next waiter.
+
 Example:
     >>> w = Waiters()                                   # doctest: +SKIP
     >>> woke = await w.wait([("q", "default", "tasks")], conn, timeout_s=1.0)
@@ -53,6 +59,10 @@ class Waiters:
             return True
         except asyncio.TimeoutError:
             return fut.done() and not fut.cancelled()
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._pass_on(keys, wid)  # woken, then cancelled: the wake-up is someone else's now
+            raise
         finally:
             self._count -= 1
             for k in keys:
@@ -77,6 +87,17 @@ class Waiters:
                 if 0 < n <= woken:
                     break
 
+    def _pass_on(self, keys: list, skip: int) -> None:
+        """Hand one wake-up per key to the oldest other waiter not woken yet."""
+        for k in keys:
+            d = self._by_key.get(k)
+            if not d:
+                continue
+            for wid, fut in d.items():
+                if wid != skip and not fut.done():
+                    fut.set_result(None)
+                    break
+
     def has_waiters(self, key: Hashable) -> bool:
         return bool(self._by_key.get(key))
 
@@ -94,11 +115,30 @@ class Waiters:
         absolute time in loop seconds or None - for items that fall due by
         time, like delayed messages or lapsing leases). A waiter whose
         connection closed takes nothing and passes its wake-up on.
+
+        ``attempt()`` is also called once before the first park: the caller's
+        own check ran on an earlier loop turn, and a write since then woke
+        nobody (this waiter was not parked yet).
         """
         loop = asyncio.get_running_loop()
         keys = list(keys)
         deadline = loop.time() + timeout_ms / 1000.0
+        woken = False
         while True:
+            if conn is not None and getattr(conn, "closed", False):
+                if woken:
+                    for k in keys:  # hand the wake-up to the next waiter
+                        self.notify(k)
+                return None
+            try:
+                res = attempt()
+            except BaseException:
+                if woken:  # refused (e.g. a draining worker): the wake-up is not ours to keep
+                    for k in keys:
+                        self.notify(k)
+                raise
+            if res is not None:
+                return res
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
@@ -107,11 +147,4 @@ class Waiters:
                 due = next_due()
                 if due is not None:
                     wait = max(0.0, min(wait, due - loop.time()) + 0.001)
-            await self.wait(keys, conn, wait)
-            if conn is not None and getattr(conn, "closed", False):
-                for k in keys:  # hand the wake-up to the next waiter
-                    self.notify(k)
-                return None
-            res = attempt()
-            if res is not None:
-                return res
+            woken = await self.wait(keys, conn, wait)

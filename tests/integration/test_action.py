@@ -379,3 +379,49 @@ async def test_worker_reconnects_after_server_restart(server_proc):
                 run = (await fresh.action.invoke("phoenix", b"")).run_id
                 done = await fresh.action.result(run, timeout_ms=15000)
         assert done.output == b"back"
+
+
+async def test_many_workers_and_callers_never_lose_a_wake_up(client, server):
+    """4 workers and 16 invoke -> result callers at once (the bench's action workload).
+    A request checks its condition at once but parks on a later loop turn; a run
+    finishing (or becoming takeable) in between must still answer it, not leave
+    it parked for its whole wait."""
+    worker_clients = [FloClient(server, namespace="it", timeout_ms=3000) for _ in range(4)]
+    workers = []
+    for i, wc in enumerate(worker_clients):
+        await wc.connect()
+        w = new_worker(wc, worker_id=f"busy-{i}", concurrency=16, auto_touch=False, block_ms=5000)
+
+        @w.action("echo-many", timeout_ms=30_000, max_retries=1)
+        async def echo(ctx: ActionContext) -> bytes:
+            return ctx.payload
+
+        workers.append(w)
+    slowest = 0.0
+
+    async def caller(n: int) -> None:
+        nonlocal slowest
+        async with FloClient(server, namespace="it", timeout_ms=3000) as c:
+            for i in range(n):
+                t0 = time.monotonic()
+                run = (await c.action.invoke("echo-many", b"%d" % i)).run_id
+                done = await c.action.result(run, timeout_ms=3000)
+                assert done.status == RunStatus.COMPLETED and done.output == b"%d" % i
+                slowest = max(slowest, time.monotonic() - t0)
+
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for w in workers:
+                await stack.enter_async_context(running(w))
+            t0 = time.monotonic()
+            try:
+                await asyncio.wait_for(asyncio.gather(*(caller(60) for _ in range(16))), 20)
+            except asyncio.TimeoutError:
+                pytest.fail(f"960 round trips not done in 20 s (slowest so far {slowest:.2f} s): wake-ups were lost")
+            elapsed = time.monotonic() - t0
+    finally:
+        for wc in worker_clients:
+            await wc.close()
+    # Every round trip is a few ms; a lost wake-up costs a whole wait (seconds).
+    assert slowest < 1.0, f"a round trip took {slowest:.2f} s: a wake-up was lost"
+    assert elapsed < 15, f"960 round trips took {elapsed:.1f} s"

@@ -222,3 +222,181 @@ def test_add_value_nested() -> None:
     assert _enc(add_value, Verbatim(b"a"), False) == b"$1\r\na\r\n"
     with pytest.raises(TypeError):
         _enc(add_value, object(), False)
+
+
+# --- RespCore: the C request loop (GET/SET/INCR in C, the rest through ``slow``) -------------------
+
+import msgpack  # noqa: E402
+
+from flo_core.kv import KVStore  # noqa: E402
+from flo_core.log import LogReader, LogWriter  # noqa: E402
+from flo_core.respcore import RespCore  # noqa: E402
+
+NOW = 1_700_000_000_123
+
+
+class _Waiters:
+    def __init__(self) -> None:
+        self._by_key: dict = {}
+        self.notified: list = []
+
+    def notify(self, key, n=1) -> None:
+        self.notified.append(key)
+
+
+class _Journal:
+    """DiskJournal's raw-writer interface over a real LogWriter."""
+
+    durable = True
+
+    def __init__(self, directory) -> None:
+        self.writer = LogWriter(directory)
+        self.raw_bytes = 0
+
+    def raw_writer(self):
+        return self.writer
+
+    def appended_raw(self, n: int) -> None:
+        self.raw_bytes += n
+
+
+class _Lists:
+    def __init__(self) -> None:
+        self.spaces: dict = {}
+
+
+class _Streams:
+    def __init__(self) -> None:
+        self.by_ns: dict = {}
+
+
+class _Srv:
+    def __init__(self, directory) -> None:
+        self.kv = KVStore()
+        self.waiters = _Waiters()
+        self.journal = _Journal(directory)
+        self.streams = _Streams()
+
+
+class _Session:
+    """The attributes RespCore reads, and a ``slow`` that answers ``+SLOW <name>`` (or stops on BLOCK/QUIT)."""
+
+    def __init__(self) -> None:
+        self.ns = "default"
+        self.resp3 = False
+        self.lists = _Lists()
+        self.ran: list = []
+
+    def slow(self, argv: list, out: bytearray):
+        self.ran.append(argv)
+        name = argv[0].upper()
+        if name == b"SELECT":
+            self.ns = "default" if argv[1] == b"0" else "db" + argv[1].decode()
+        elif name == b"HELLO":
+            self.resp3 = argv[1] == b"3"
+        add_simple(out, b"SLOW " + name)
+        return "blocked" if name in (b"BLOCK", b"QUIT") else None
+
+
+@pytest.fixture
+def core(tmp_path):
+    srv, session = _Srv(tmp_path), _Session()
+    c = RespCore(srv, session, session.slow)
+    c.srv, c.session = srv, session
+    yield c
+    srv.journal.writer.close()
+
+
+def _run(core, *cmds, raw: bytes = b""):
+    out = bytearray()
+    rest = core.run(b"".join(encode_command(*c) for c in cmds) + raw, NOW, out)
+    return bytes(out), rest
+
+
+def test_core_serves_get_set_incr_in_c(core) -> None:
+    out, rest = _run(core, [b"SET", b"k", b"v"], [b"get", b"k"], [b"GET", b"nope"], [b"INCR", b"n"], [b"incr", b"n"])
+    assert out == b"+OK\r\n$1\r\nv\r\n$-1\r\n:1\r\n:2\r\n"
+    assert rest == [] and core.session.ran == [] and core.fast_count == 5
+    e = core.srv.kv.get("default", b"n", NOW)
+    assert (e.value, e.version, e.expires_at) == (b"2", 3, 0)
+
+
+def test_core_falls_back_in_order(core) -> None:
+    core.srv.kv.set("default", b"bad", b"12a", 1, 0, NOW)
+    core.srv.kv.set("default", b"max", b"9223372036854775807", 2, 0, NOW)
+    core.srv.kv.set("default", b"zero", b"007", 3, 0, NOW)
+    core.session.lists.spaces["default"] = {b"l": object()}
+    core.srv.streams.by_ns["default"] = {"s": object()}
+    cmds = [[b"SET", b"a", b"1"], [b"SET", b"a", b"1", b"NX"], [b"INCR", b"bad"], [b"INCR", b"max"],
+            [b"INCR", b"zero"], [b"GET", b"l"], [b"SET", b"l", b"x"], [b"INCR", b"s"], [b"GET", b"s"],
+            [b"GET", b"a"], [b"PING"], [b"SET", b"k" * 70000, b"v"]]
+    out, _ = _run(core, *cmds)
+    fallback = [c for c in cmds if c[0] != b"SET" or len(c) != 3 or c[1] == b"l" or len(c[1]) > 65535]
+    fallback = [c for c in fallback if c != [b"GET", b"a"]]
+    assert core.session.ran == fallback
+    assert out == (b"+OK\r\n+SLOW SET\r\n+SLOW INCR\r\n+SLOW INCR\r\n+SLOW INCR\r\n+SLOW GET\r\n+SLOW SET\r\n"
+                   b"+SLOW INCR\r\n+SLOW GET\r\n$1\r\n1\r\n+SLOW PING\r\n+SLOW SET\r\n")
+
+
+def test_core_follows_namespace_and_protocol_changes(core) -> None:
+    out, _ = _run(core, [b"SET", b"k", b"0"], [b"SELECT", b"3"], [b"SET", b"k", b"3"], [b"GET", b"k"],
+                  [b"HELLO", b"3"], [b"GET", b"missing"], [b"SELECT", b"0"], [b"GET", b"k"])
+    assert out == b"+OK\r\n+SLOW SELECT\r\n+OK\r\n$1\r\n3\r\n+SLOW HELLO\r\n_\r\n+SLOW SELECT\r\n$1\r\n0\r\n"
+    assert core.srv.kv.get("db3", b"k", NOW).value == b"3"
+
+
+def test_core_stops_at_a_blocking_command(core) -> None:
+    out, rest = _run(core, [b"SET", b"a", b"1"], [b"BLOCK"], [b"SET", b"b", b"2"], [b"GET", b"a"],
+                     raw=b"*2\r\n$3\r\nGET\r\n$1")
+    assert out == b"+OK\r\n+SLOW BLOCK\r\n"
+    assert core.stopped == "blocked" and rest == [[b"SET", b"b", b"2"], [b"GET", b"a"]]
+    assert core.srv.kv.get("default", b"b", NOW) is None  # not run: the session queues it
+    assert core.feed(b"\r\na\r\n") == [[b"GET", b"a"]]  # the partial command survived the stop
+
+
+def test_core_protocol_error_keeps_earlier_replies(core) -> None:
+    out = bytearray()
+    with pytest.raises(RespProtocolError) as ei:
+        core.run(encode_command(b"SET", b"a", b"1") + b"*1\r\n$x\r\n", NOW, out)
+    assert bytes(out) == b"+OK\r\n" and ei.value.commands == []
+
+
+def test_core_log_record_is_what_the_applier_replays(core, tmp_path) -> None:
+    from flo_server.persistence import pack_record, unpack_record
+
+    core.session.ns = "n" * 40  # str8 namespace
+    big = bytes(range(256)) * 300  # bin32 value
+    _run(core, [b"SET", b"k", big], [b"INCR", b"c"], [b"SET", b"e", b""])
+    w = core.srv.journal.writer
+    w.flush()
+    records = [(lsn, kind, payload) for lsn, kind, payload in LogReader(tmp_path)]
+    ns = "n" * 40
+    expected = [(1, 1, pack_record("kv.set", (NOW, ns, b"k", big, 0))),
+                (2, 1, pack_record("kv.set", (NOW, ns, b"c", b"1", 0))),
+                (3, 1, pack_record("kv.set", (NOW, ns, b"e", b"", 0)))]
+    assert records == expected
+    assert unpack_record(records[0][2]) == ("kv.set", [NOW, ns, b"k", big, 0])
+    assert core.srv.journal.raw_bytes == sum(len(p) + 17 for _, _, p in records)
+    assert msgpack.unpackb(records[1][2]) == ["kv.set", [NOW, ns, b"c", b"1", 0]]
+
+
+def test_core_incr_keeps_ttl_and_set_clears_it(core) -> None:
+    core.srv.kv.set("default", b"c", b"41", 1, NOW + 5000, NOW)
+    out, _ = _run(core, [b"INCR", b"c"])
+    assert out == b":42\r\n" and core.srv.kv.get("default", b"c", NOW).expires_at == NOW + 5000
+    _run(core, [b"SET", b"c", b"x"])
+    assert core.srv.kv.get("default", b"c", NOW).expires_at == 0
+
+
+def test_core_wakes_waiters_only_when_someone_waits(core) -> None:
+    _run(core, [b"SET", b"a", b"1"])
+    assert core.srv.waiters.notified == []
+    core.srv.waiters._by_key[("kv", "default", b"b")] = {1: None}
+    _run(core, [b"SET", b"b", b"1"], [b"INCR", b"c"])
+    assert core.srv.waiters.notified == [("kv", "default", b"b"), ("kv", "default", b"c")]
+
+
+def test_core_without_a_healthy_journal_falls_back(core) -> None:
+    core.srv.journal.raw_writer = lambda: None  # a disk journal that stopped writes
+    out, _ = _run(core, [b"SET", b"a", b"1"], [b"INCR", b"a"], [b"GET", b"a"])
+    assert out == b"+SLOW SET\r\n+SLOW INCR\r\n$-1\r\n"
