@@ -3,18 +3,23 @@
 """ServerCore: the per-connection request loop in C, sans-IO.
 
 ``feed(data, now)`` reassembles frames and runs each one, appending every
-answer to ``out`` in request order. Plain KV_GET and KV_PUT (no transaction,
-no wait that has to park, no guard that fails) run here against the KV store
-- the hot path. Everything else, and any case the fast path does not cover,
+answer to ``out`` in request order. The hot paths run here: plain KV_GET,
+KV_PUT and KV_INCR (no transaction, no wait that has to park, no guard that
+fails, a counter that parses and does not overflow) against the KV store, and
+STREAM_APPEND without options against the stream store. Everything else, and any case the fast path does not cover,
 goes to the Python dispatcher ``slow(rid, op, payload)``, which returns
 ``(status, data)`` or a coroutine; coroutines are collected in ``deferred``
 as ``(rid, coro)`` for the edge to schedule.
 
-The fast KV_PUT does what the ``kv.set`` applier does (journal append, store
-write, wake waiters), so live writes and replay stay identical.
+The fast KV_PUT / KV_INCR do what the ``kv.set`` applier does (journal
+append, store write, wake waiters) and the fast STREAM_APPEND what the
+``stream_append`` handler and the ``s.append`` applier do (same id, same
+journal record bytes, same stored blobs, retention, wake), so live writes
+and replay stay identical whichever path served a request.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -23,16 +28,68 @@ from flo_core.frame cimport FrameReader, append_reply
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
-from flo_core.records cimport log_kv_set
+from flo_core.records cimport log_kv_set, log_stream_append
+from flo_core.stream cimport Stream
+from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
 
 cdef enum:
     OP_KV_PUT = 0x100
     OP_KV_GET = 0x101
+    OP_KV_INCR = 0x10B
+    OP_STREAM_APPEND = 0x130
     MAX_KV_VALUE = 16 * 1024 * 1024
+    MAX_APPEND_BATCH = 1000        # flo_core.stream.MAX_APPEND_BATCH
+    MAX_HEADERS = 1024             # flo_server.handlers.stream.MAX_HEADERS
+    MAX_APPEND_VALUE = 64 * 1024 * 1024  # bigger (with a raised max_frame): Python path, whose log checks apply
 
 # NOT_FOUND + reason 13 (the one kv.get turns into None), ran 0
 cdef bytes NOT_FOUND_BODY = b"\x0d\x00\x00key not found"
 cdef str KIND_SET = "kv.set"
+cdef str STREAM_WAKE = "s"  # waiters' key of a stream: ("s", ns, name)
+
+
+cdef inline bint _utf8_ok(const uint8_t *p, Py_ssize_t n) noexcept nogil:
+    """Strict UTF-8, as Python's ``bytes.decode("utf-8")`` accepts it (no surrogates, overlongs, > U+10FFFF)."""
+    cdef Py_ssize_t i = 0
+    cdef uint8_t c, lo, hi
+    cdef int k
+    while i < n:
+        c = p[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo = 0x80
+        hi = 0xBF
+        if 0xC2 <= c <= 0xDF:
+            k = 1
+        elif c == 0xE0:
+            k = 2
+            lo = 0xA0
+        elif 0xE1 <= c <= 0xEC or c == 0xEE or c == 0xEF:
+            k = 2
+        elif c == 0xED:
+            k = 2
+            hi = 0x9F
+        elif c == 0xF0:
+            k = 3
+            lo = 0x90
+        elif 0xF1 <= c <= 0xF3:
+            k = 3
+        elif c == 0xF4:
+            k = 3
+            hi = 0x8F
+        else:
+            return False
+        if i + k >= n:  # truncated sequence
+            return False
+        if p[i + 1] < lo or p[i + 1] > hi:
+            return False
+        if k >= 2 and (p[i + 2] & 0xC0) != 0x80:
+            return False
+        if k == 3 and (p[i + 3] & 0xC0) != 0x80:
+            return False
+        i += k + 1
+    return True
 
 
 cdef class ServerCore(FrameReader):
@@ -50,6 +107,8 @@ cdef class ServerCore(FrameReader):
     cdef LogWriter _log  # set for one run() when the journal is on disk and healthy
     cdef Py_ssize_t _logged  # bytes appended through _log in this run()
     cdef bytearray _rec  # scratch buffer for one log record
+    cdef bint _durable  # the journal is on disk: without _log it refuses writes (Python path answers)
+    cdef object _streams  # srv.streams (flo_core.stream.Streams) for this run(), or None
 
     def __init__(self, srv, slow, max_payload=16 * 1024 * 1024 + 65536, bint fast=True):
         FrameReader.__init__(self, True, max_payload, True)
@@ -68,18 +127,28 @@ cdef class ServerCore(FrameReader):
         self._now = now
         journal = self.srv.journal
         self._log = journal.raw_writer()
+        self._durable = bool(getattr(journal, "durable", False))
+        self._streams = getattr(self.srv, "streams", None)
         self._logged = 0
         try:
             self.feed(data)
         finally:
             self._log = None
+            self._streams = None
             if self._logged:
                 journal.appended_raw(self._logged)
 
     cdef int _on_frame(self, uint64_t rid, uint32_t op, const uint8_t *p, uint32_t n, list out) except -1:
-        if self.fast and (op == OP_KV_GET or op == OP_KV_PUT):
-            if self._fast_kv(rid, op, p, n):
-                return 0
+        if self.fast:
+            if op == OP_KV_GET or op == OP_KV_PUT:
+                if self._fast_kv(rid, op, p, n):
+                    return 0
+            elif op == OP_STREAM_APPEND:
+                if self._fast_append(rid, p, n):
+                    return 0
+            elif op == OP_KV_INCR:
+                if self._fast_incr(rid, p, n):
+                    return 0
         r = self.slow(rid, op, PyBytes_FromStringAndSize(<const char *>p, n))
         if type(r) is tuple:
             append_reply(self.out, rid, r[0], r[1])
@@ -189,17 +258,196 @@ cdef class ServerCore(FrameReader):
             e = self.kv.get(ns, key, self._now)
             if (condition == 1 and e is not None) or (condition == 2 and e is None) or condition > 2:
                 return False  # the Python path refuses with the right reason
+        if not self._can_write():
+            return False
         if ttl:
             expires_at = self._now + <int64_t>ttl
-        # == the kv.set applier: log, store, wake
+        lsn = self._kv_set(ns, p + 2, nslen, key, value, expires_at)
+        self._append_version(rid, lsn)
+        return True
+
+    cdef inline bint _can_write(self) noexcept:
+        # a disk journal that stopped taking writes gives no raw writer: the Python path refuses
+        return self._log is not None or not self._durable
+
+    cdef uint64_t _kv_set(self, str ns, const uint8_t *nsb, uint32_t nslen, bytes key, bytes value,
+                          int64_t expires_at) except 0:
+        """The ``kv.set`` applier, inline: log, store, wake. Returns the new version."""
         if self._log is not None:
-            lsn = self._log_set(ns, p + 2, nslen, key, value, expires_at)
+            lsn = self._log_set(ns, nsb, nslen, key, value, expires_at)
         else:
             lsn = self.srv.journal.append(KIND_SET, (self._now, ns, key, value, expires_at))
         self.kv.set(ns, key, value, lsn, expires_at, self._now)
         if self.waiting:
             self.srv.waiters.notify(("kv", ns, key), 0)
-        self._append_version(rid, lsn)
+        return lsn
+
+    cdef bint _fast_incr(self, uint64_t rid, const uint8_t *p, uint32_t n) except -1:
+        """KV_INCR ``opt(delta i64)`` with no routing key and no transaction (kv.incr, inline).
+
+        A value that is not a counter or an overflow goes to the Python path, which refuses
+        (WRONG_TYPE / OUT_OF_RANGE) after the same lookup: nothing has changed by then.
+        """
+        cdef uint32_t pos, nslen, klen
+        cdef int64_t delta = 1, expires_at = 0
+        cdef long long result = 0
+        cdef char text[COUNTER_TEXT_MAX]
+        cdef Entry e
+        cdef bytes v = None
+        if n < 4:
+            return False
+        nslen = ld16(p)
+        pos = 2 + nslen
+        if pos + 2 > n or nslen > 255:
+            return False
+        klen = ld16(p + pos)
+        pos += 2
+        if pos + klen > n:
+            return False
+        ns = self._ns(p + 2, <uint16_t>nslen)
+        if ns is None:
+            return False
+        key = PyBytes_FromStringAndSize(<const char *>p + pos, klen)
+        pos += klen
+        if pos < n:  # opt(delta i64); an exhausted body means absent
+            if p[pos] == 1:
+                if pos + 9 > n:
+                    return False
+                delta = <int64_t>ld64(p + pos + 1)
+                pos += 9
+            elif p[pos] == 0:
+                pos += 1
+            else:
+                return False
+        if pos < n and p[pos] != 0:  # routing key: the Python path parses it
+            return False
+        pos += 1
+        if pos < n and p[pos] != 0:  # transaction: buffered by the Python path
+            return False
+        if not self._can_write():
+            return False
+        e = self.kv.get(ns, key, self._now)
+        if e is not None:
+            v = e.value
+            expires_at = e.expires_at  # incr keeps the TTL
+        if counter_add(<const uint8_t *>PyBytes_AS_STRING(v) if v is not None else NULL,
+                       PyBytes_GET_SIZE(v) if v is not None else 0, v is not None, delta,
+                       &result) != COUNTER_OK:
+            return False
+        value = PyBytes_FromStringAndSize(text, counter_text(text, result))
+        lsn = self._kv_set(ns, p + 2, nslen, key, value, expires_at)
+        # opt(version u64) opt(value i64)
+        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
+        PyByteArray_Resize(self.out, old + HEADER + 18)
+        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        self._header(h, rid, 0, 18)
+        h[HEADER] = 1
+        st64(h + HEADER + 1, lsn)
+        h[HEADER + 9] = 1
+        st64(h + HEADER + 10, <uint64_t>result)
+        st32(h + 16, frame_crc(h, h + HEADER, 18))
+        return True
+
+    cdef bint _fast_append(self, uint64_t rid, const uint8_t *p, uint32_t n) except -1:
+        """STREAM_APPEND without options: the ``stream_append`` handler and ``s.append`` applier, inline.
+
+        value ``[count u32]`` count x ``([payload bytes32][hc u16]`` hc x ``([k str16][v str16]))``.
+        Every case the handler would refuse (and a journal without a raw writer) goes to Python.
+        """
+        cdef uint32_t pos, nslen, klen, kpos, vlen, count, i, j, plen, hc, sl
+        cdef Py_ssize_t vpos, r, recs_len
+        cdef const uint8_t *v
+        cdef uint64_t ts, seq
+        cdef Stream s
+        if self._log is None or self._streams is None or n < 4:
+            return False
+        nslen = ld16(p)
+        pos = 2 + nslen
+        if pos + 2 > n or nslen > 255:
+            return False
+        klen = ld16(p + pos)
+        pos += 2
+        kpos = pos
+        if klen == 0 or pos + klen > n:  # an empty name is refused by the handler
+            return False
+        pos += klen
+        # [value bytes32][options_len u16][TLV...]: only an absent or empty options block here
+        if pos + 4 > n:
+            return False
+        vlen = ld32(p + pos)
+        pos += 4
+        if vlen > n - pos or vlen > MAX_APPEND_VALUE:
+            return False
+        v = p + pos
+        pos += vlen
+        if n - pos >= 2 and ld16(p + pos) != 0:
+            return False
+        # the records, checked the way the handler's Reader reads them
+        if vlen < 4:
+            return False
+        count = ld32(v)
+        if count < 1 or count > MAX_APPEND_BATCH:
+            return False
+        vpos = 4
+        for i in range(count):
+            if vpos + 4 > vlen:
+                return False
+            plen = ld32(v + vpos)
+            vpos += 4
+            if plen > vlen - vpos or vpos + plen + 2 > vlen:
+                return False
+            vpos += plen
+            hc = ld16(v + vpos)
+            vpos += 2
+            if hc > MAX_HEADERS:
+                return False
+            for j in range(2 * hc):  # key, value, key, value ...
+                if vpos + 2 > vlen:
+                    return False
+                sl = ld16(v + vpos)
+                vpos += 2
+                if sl > vlen - vpos or not _utf8_ok(v + vpos, sl):
+                    return False
+                vpos += sl
+        recs_len = vpos - 4  # bytes after the records (ignored by the handler) are not logged
+        ns = self._ns(p + 2, <uint16_t>nslen)
+        if ns is None:
+            return False
+        try:
+            name = PyUnicode_DecodeUTF8(<const char *>p + kpos, klen, NULL)
+        except UnicodeDecodeError:
+            return False  # the handler refuses a name that is not UTF-8
+        # _next_id: the id the handler picks
+        d = self._streams.by_ns.get(ns)
+        so = d.get(name) if d is not None else None
+        if so is None:
+            if self._now > 0:
+                ts = <uint64_t>self._now
+                seq = 0
+            else:
+                ts = 0
+                seq = 1
+        elif type(so) is Stream:
+            (<Stream>so).next_id_c(<uint64_t>self._now, count, &ts, &seq)
+        else:
+            return False
+        # srv.write("s.append", now, ns, name, ts, seq, records): log, then the applier
+        lsn = log_stream_append(self._log, self._rec, self._now, p + 2, nslen, p + kpos, klen, ts, seq,
+                                count, v + 4, recs_len, &self._logged)
+        if so is None:
+            so = self._streams.get_or_create(ns, name, self._now)
+        s = <Stream>so
+        s.append_wire(<uint64_t>self._now, ts, seq, count, v + 4, recs_len)
+        if self.waiting:
+            self.srv.waiters.notify((STREAM_WAKE, ns, name), 0)
+        # [seq u64][ts i64]
+        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
+        PyByteArray_Resize(self.out, old + HEADER + 16)
+        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        self._header(h, rid, 0, 16)
+        st64(h + HEADER, seq)
+        st64(h + HEADER + 8, ts)
+        st32(h + 16, frame_crc(h, h + HEADER, 16))
         return True
 
     cdef uint64_t _log_set(self, str ns, const uint8_t *nsb, uint32_t nslen, bytes key, bytes value,

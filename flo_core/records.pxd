@@ -1,12 +1,13 @@
-# The one C encoder of the journal's ``kv.set`` record, shared by the two C fast paths
-# (flo_core.core.ServerCore for Flo KV_PUT, flo_core.respcore.RespCore for RESP SET/INCR).
+# The C encoders of the journal's ``kv.set`` and ``s.append`` records, shared by the C fast paths
+# (flo_core.core.ServerCore for Flo KV_PUT / KV_INCR / STREAM_APPEND, flo_core.respcore.RespCore for
+# RESP SET/INCR).
 #
-# The bytes are exactly what flo_server.persistence.pack_record("kv.set", (now, ns, key, value,
-# expires_at)) makes (msgpack, use_bin_type=True), so the ``kv.set`` applier of
-# flo_server/handlers/kv.py replays them like any other record. Inline: no symbols, no C-API import.
+# The bytes are exactly what flo_server.persistence.pack_record(kind, args) makes (msgpack,
+# use_bin_type=True, ints in their smallest form), so the appliers of flo_server/handlers/ replay
+# them like any other record. Inline: no symbols, no C-API import.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memcpy
-from libc.stdint cimport uint8_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from flo_core.log cimport LogWriter
 
@@ -17,15 +18,61 @@ cdef enum:
 
 
 cdef inline Py_ssize_t _mp_uint(uint8_t *b, uint64_t v) noexcept:
-    # msgpack unsigned int: positive fixint or uint64 (any width decodes the same)
+    # msgpack unsigned int in the smallest form, as msgpack-python's Packer writes a non-negative int
+    cdef int i, w
     if v < 128:
         b[0] = <uint8_t>v
         return 1
-    b[0] = 0xcf
-    cdef int i
-    for i in range(8):
-        b[1 + i] = <uint8_t>(v >> (56 - 8 * i))
-    return 9
+    if v < 0x100:
+        b[0] = 0xcc
+        w = 1
+    elif v < 0x10000:
+        b[0] = 0xcd
+        w = 2
+    elif v < 0x100000000ULL:
+        b[0] = 0xce
+        w = 4
+    else:
+        b[0] = 0xcf
+        w = 8
+    for i in range(w):
+        b[1 + i] = <uint8_t>(v >> (8 * (w - 1 - i)))
+    return 1 + w
+
+
+cdef inline Py_ssize_t _mp_len(uint8_t *b, Py_ssize_t n, uint8_t fix, uint8_t fix_limit, uint8_t c8,
+                               uint8_t c16, uint8_t c32) noexcept:
+    # a str/array header: fix form below fix_limit, then 8 (c8 != 0) / 16 / 32-bit lengths
+    if n < fix_limit:
+        b[0] = <uint8_t>(fix | n)
+        return 1
+    if c8 and n < 256:
+        b[0] = c8
+        b[1] = <uint8_t>n
+        return 2
+    if n < 65536:
+        b[0] = c16
+        b[1] = <uint8_t>(n >> 8)
+        b[2] = <uint8_t>n
+        return 3
+    b[0] = c32
+    b[1] = <uint8_t>(n >> 24)
+    b[2] = <uint8_t>(n >> 16)
+    b[3] = <uint8_t>(n >> 8)
+    b[4] = <uint8_t>n
+    return 5
+
+
+cdef inline Py_ssize_t _mp_str(uint8_t *b, const uint8_t *p, Py_ssize_t n) noexcept:
+    # msgpack str (fixstr / str8 / str16 / str32) of UTF-8 bytes
+    cdef Py_ssize_t h = _mp_len(b, n, 0xa0, 32, 0xd9, 0xda, 0xdb)
+    memcpy(b + h, p, n)
+    return h + n
+
+
+cdef inline Py_ssize_t _mp_array(uint8_t *b, Py_ssize_t n) noexcept:
+    # msgpack array header (fixarray / array16 / array32)
+    return _mp_len(b, n, 0x90, 16, 0, 0xdc, 0xdd)
 
 
 cdef inline Py_ssize_t _mp_bin(uint8_t *b, const uint8_t *p, Py_ssize_t n) noexcept:
@@ -51,9 +98,17 @@ cdef inline Py_ssize_t _mp_bin(uint8_t *b, const uint8_t *p, Py_ssize_t n) noexc
     return h + n
 
 
+cdef inline Py_ssize_t _mp_ns(uint8_t *b, const uint8_t *nsb, Py_ssize_t nslen) noexcept:
+    # the namespace as the store names it: "" is "default"
+    if nslen == 0:
+        memcpy(b, b"\xa7default", 8)
+        return 8
+    return _mp_str(b, nsb, nslen)
+
+
 cdef inline Py_ssize_t kv_set_record_max(Py_ssize_t nslen, Py_ssize_t klen, Py_ssize_t vlen) noexcept:
     """Upper bound of the encoded record's size."""
-    return 9 + 9 + 2 + (nslen if nslen > 7 else 7) + 1 + 5 + klen + 5 + vlen + 9
+    return 9 + 9 + 5 + (nslen if nslen > 7 else 7) + 1 + 5 + klen + 5 + vlen + 9
 
 
 cdef inline Py_ssize_t encode_kv_set(uint8_t *b, int64_t now, const uint8_t *nsb, Py_ssize_t nslen,
@@ -70,19 +125,7 @@ cdef inline Py_ssize_t encode_kv_set(uint8_t *b, int64_t now, const uint8_t *nsb
     b[8] = 0x95  # args: 5 items
     n = 9
     n += _mp_uint(b + n, <uint64_t>now)
-    if nslen == 0:
-        memcpy(b + n, b"\xa7default", 8)
-        n += 8
-    else:
-        if nslen < 32:
-            b[n] = <uint8_t>(0xa0 | nslen)
-            n += 1
-        else:
-            b[n] = 0xd9
-            b[n + 1] = <uint8_t>nslen
-            n += 2
-        memcpy(b + n, nsb, nslen)
-        n += nslen
+    n += _mp_ns(b + n, nsb, nslen)
     n += _mp_bin(b + n, key, klen)
     n += _mp_bin(b + n, value, vlen)
     n += _mp_uint(b + n, <uint64_t>expires_at)
@@ -103,6 +146,82 @@ cdef inline uint64_t log_kv_set(LogWriter log, bytearray scratch, int64_t now, c
         PyByteArray_Resize(scratch, need)
     cdef Py_ssize_t n = encode_kv_set(<uint8_t *>PyByteArray_AS_STRING(scratch), now, nsb, nslen,
                                       key, klen, value, vlen, expires_at)
+    cdef uint64_t lsn = log.append_c(RECORD_WRITE, <const uint8_t *>PyByteArray_AS_STRING(scratch), n)
+    logged[0] += n + RECORD_HEADER
+    if need > SCRATCH_KEEP:
+        PyByteArray_Resize(scratch, 256)
+    return lsn
+
+
+# --- s.append ----------------------------------------------------------------------------------
+# Records arrive in STREAM_APPEND's wire form: [payload bytes32][hc u16] hc x ([k str16][v str16]).
+# The Python handler logs them as [[payload, [[k, v], ...] or None], ...]: the same bytes, re-framed.
+
+
+cdef inline Py_ssize_t stream_append_record_max(Py_ssize_t nslen, Py_ssize_t namelen, uint32_t count,
+                                                Py_ssize_t recs_len) noexcept:
+    """Upper bound of the encoded ``s.append`` record's size for ``recs_len`` bytes of wire records.
+
+    Per record msgpack adds at most 3 bytes over the wire form (array + bin header vs the two
+    length fields), per header pair at most 3 (array + two str headers vs two u16s), plus a
+    record's headers-array header (3); a header pair is at least 4 wire bytes.
+    """
+    return 11 + 9 + 5 + (nslen if nslen > 7 else 7) + 5 + namelen + 9 + 9 + 5 + 9 * <Py_ssize_t>count + 2 * recs_len
+
+
+cdef inline Py_ssize_t encode_stream_append(uint8_t *b, int64_t now, const uint8_t *nsb, Py_ssize_t nslen,
+                                            const uint8_t *name, Py_ssize_t namelen, uint64_t ts,
+                                            uint64_t seq, uint32_t count, const uint8_t *recs) noexcept:
+    """``["s.append", [now, ns, name, ts, seq, [[payload, headers or None], ...]]]`` into ``b``
+    (>= stream_append_record_max bytes). ``recs`` holds ``count`` checked wire records."""
+    cdef Py_ssize_t n, pos = 0
+    cdef uint32_t i, j, plen, hc, kl, vl
+    b[0] = 0x92  # [kind, args]
+    b[1] = 0xa8  # "s.append"
+    memcpy(b + 2, b"s.append", 8)
+    b[10] = 0x96  # args: 6 items
+    n = 11
+    n += _mp_uint(b + n, <uint64_t>now)
+    n += _mp_ns(b + n, nsb, nslen)
+    n += _mp_str(b + n, name, namelen)
+    n += _mp_uint(b + n, ts)
+    n += _mp_uint(b + n, seq)
+    n += _mp_array(b + n, count)
+    for i in range(count):
+        plen = <uint32_t>recs[pos] | (<uint32_t>recs[pos + 1] << 8) | (<uint32_t>recs[pos + 2] << 16) | (<uint32_t>recs[pos + 3] << 24)
+        b[n] = 0x92  # [payload, headers]
+        n += 1
+        n += _mp_bin(b + n, recs + pos + 4, plen)
+        pos += 4 + plen
+        hc = <uint32_t>recs[pos] | (<uint32_t>recs[pos + 1] << 8)
+        pos += 2
+        if hc == 0:
+            b[n] = 0xc0  # None
+            n += 1
+            continue
+        n += _mp_array(b + n, hc)
+        for j in range(hc):
+            b[n] = 0x92  # [k, v]
+            n += 1
+            kl = <uint32_t>recs[pos] | (<uint32_t>recs[pos + 1] << 8)
+            n += _mp_str(b + n, recs + pos + 2, kl)
+            pos += 2 + kl
+            vl = <uint32_t>recs[pos] | (<uint32_t>recs[pos + 1] << 8)
+            n += _mp_str(b + n, recs + pos + 2, vl)
+            pos += 2 + vl
+    return n
+
+
+cdef inline uint64_t log_stream_append(LogWriter log, bytearray scratch, int64_t now, const uint8_t *nsb,
+                                       Py_ssize_t nslen, const uint8_t *name, Py_ssize_t namelen,
+                                       uint64_t ts, uint64_t seq, uint32_t count, const uint8_t *recs,
+                                       Py_ssize_t recs_len, Py_ssize_t *logged) except 0:
+    """Encode the ``s.append`` record in ``scratch`` and append it; returns its LSN (see log_kv_set)."""
+    cdef Py_ssize_t need = stream_append_record_max(nslen, namelen, count, recs_len)
+    if PyByteArray_GET_SIZE(scratch) < need:
+        PyByteArray_Resize(scratch, need)
+    cdef Py_ssize_t n = encode_stream_append(<uint8_t *>PyByteArray_AS_STRING(scratch), now, nsb, nslen,
+                                             name, namelen, ts, seq, count, recs)
     cdef uint64_t lsn = log.append_c(RECORD_WRITE, <const uint8_t *>PyByteArray_AS_STRING(scratch), n)
     logged[0] += n + RECORD_HEADER
     if need > SCRATCH_KEEP:

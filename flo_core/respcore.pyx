@@ -36,7 +36,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.list cimport PyList_GET_SIZE
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 
-from flo_core.resp cimport RespParser, _parse_ll, _fmt_ll, _bulk, _line, _header
+from flo_core.resp cimport RespParser, _bulk, _line, _header
+from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
 from flo_core.records cimport log_kv_set
@@ -45,7 +46,6 @@ from flo_core import spec
 
 cdef Py_ssize_t MAX_KEY = spec.MAX_KEY
 cdef Py_ssize_t MAX_KV_VALUE = spec.MAX_KV_VALUE
-cdef long long I64_MAX = 9223372036854775807LL
 cdef str KIND_SET = "kv.set"
 
 
@@ -220,22 +220,20 @@ cdef class RespCore(RespParser):
     cdef bint _incr(self, bytes key) except -1:
         cdef long long current = 0
         cdef int64_t expires_at = 0
-        cdef char text[24]
+        cdef char text[COUNTER_TEXT_MAX]
         cdef Entry e
-        cdef bytes v
+        cdef bytes v = None
         if PyBytes_GET_SIZE(key) > MAX_KEY or not self._can_write() or self._other_type(key):
             return False
         e = self.kv.get(self._ns, key, self._now)
         if e is not None:
             v = e.value
-            # a counter is decimal text exactly as kv.parse_counter reads it (string2ll: same rules)
-            if not _parse_ll(<const uint8_t *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), &current):
-                return False
-            if current == I64_MAX:
-                return False  # overflow: Python answers the error
             expires_at = e.expires_at  # INCR keeps the TTL
-        current += 1
-        value = PyBytes_FromStringAndSize(text, _fmt_ll(text, current))
+        # not a counter or overflow: the Python command answers the error (flo_core/counters.pxd)
+        if counter_add(<const uint8_t *>PyBytes_AS_STRING(v) if v is not None else NULL,
+                       PyBytes_GET_SIZE(v) if v is not None else 0, v is not None, 1, &current) != COUNTER_OK:
+            return False
+        value = PyBytes_FromStringAndSize(text, counter_text(text, current))
         self._write(key, value, expires_at)
         _header(self.out, b':', current)
         return True

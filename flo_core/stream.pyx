@@ -31,7 +31,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
 
-from flo_core.wirefmt cimport ld32, st32, st64
+from flo_core.wirefmt cimport ld16, ld32, st32, st64
 
 #: The done sentinel of a claim cursor, and "no deadline" for pending entries.
 U64_MAX = 0xFFFFFFFFFFFFFFFF
@@ -54,12 +54,7 @@ cdef enum:
     REC_FIXED = 26
 
 
-cdef struct Meta:
-    uint64_t ts
-    uint64_t seq
-    uint64_t off     # where this record's blob starts in the data buffer
-    uint32_t blen    # blob length: [payload bytes32][header_count u32][k bytes32][v bytes32]...
-    uint32_t plen    # payload length (the blob's first field)
+# Meta (one record: id, blob offset and lengths) and Stream's fields are declared in stream.pxd.
 
 
 cdef inline bint id_lt(uint64_t ats, uint64_t aseq, uint64_t bts, uint64_t bseq) noexcept nogil:
@@ -77,20 +72,7 @@ def id_split(v):
 
 
 cdef class Stream:
-    """One stream: records, id generator, retention and its consumer groups."""
-
-    cdef Meta *meta
-    cdef Py_ssize_t head, n, cap          # live records are meta[head:n]
-    cdef uint8_t *data
-    cdef uint64_t dlen, dcap              # data buffer used / allocated
-    cdef readonly uint64_t first_ord      # ordinal of meta[head]
-    cdef readonly uint64_t last_ts, last_seq  # the last id ever given (survives trims)
-    cdef readonly uint64_t total_bytes    # payload + header bytes of live records
-    cdef readonly str name
-    cdef bytes key_prefix                 # [tier 0][partition 0][key_present 1][key bytes32]
-    cdef public uint64_t max_len, max_age_ms, max_bytes  # retention; 0 = unlimited
-    cdef public dict groups               # name -> Group
-    cdef public uint64_t created_ms
+    """One stream: records, id generator, retention and its consumer groups (fields: stream.pxd)."""
 
     def __cinit__(self):
         self.meta = NULL
@@ -129,16 +111,29 @@ cdef class Stream:
         Wall clock advanced -> ``(now, 0)``; same ms or clock went backwards ->
         ``(last_ts, last_seq + 1)``; a sequence that would overflow bumps the ms.
         """
+        cdef uint64_t ts, seq
+        self.next_id_c(now, count, &ts, &seq)
+        return (ts, seq)
+
+    cdef void next_id_c(self, uint64_t now, uint64_t count, uint64_t *ts, uint64_t *seq) noexcept:
+        """:meth:`next_id` for C callers (ServerCore's STREAM_APPEND)."""
         if self.last_ts == 0 and self.last_seq == 0:
             # (0, 0) is never an id: it means "the beginning" to readers
             if now > 0:
-                return (now, 0)
-            return (0, 1)
-        if now > self.last_ts:
-            return (now, 0)
-        if self.last_seq > _U64_MAX - count:
-            return (self.last_ts + 1, 0)
-        return (self.last_ts, self.last_seq + 1)
+                ts[0] = now
+                seq[0] = 0
+            else:
+                ts[0] = 0
+                seq[0] = 1
+        elif now > self.last_ts:
+            ts[0] = now
+            seq[0] = 0
+        elif self.last_seq > _U64_MAX - count:
+            ts[0] = self.last_ts + 1
+            seq[0] = 0
+        else:
+            ts[0] = self.last_ts
+            seq[0] = self.last_seq + 1
 
     # --- storage -----------------------------------------------------------
 
@@ -227,6 +222,88 @@ cdef class Stream:
         self.enforce_retention(now)
         return first
 
+    cdef uint64_t append_wire(self, uint64_t now, uint64_t ts, uint64_t seq, uint32_t count,
+                              const uint8_t *recs, Py_ssize_t n) except? 0xFFFFFFFFFFFFFFFF:
+        """:meth:`append` straight from a STREAM_APPEND value: ``count`` records in wire form
+        (``[payload bytes32][hc u16]`` hc x ``([k str16][v str16])``) at ``recs[:n]``, which the
+        caller has already checked (bounds, UTF-8). Stores the same blobs as :meth:`append`
+        (headers re-framed with u32 lengths), then applies retention. Returns the first ordinal.
+        """
+        cdef uint64_t first = self.end_ord, total = 0, blen
+        cdef Py_ssize_t pos = 0, start
+        cdef uint32_t i, j, plen, hc, kl, vl
+        cdef uint8_t *w
+        cdef Meta *m
+        if count == 0:
+            return first
+        if self.n > self.head or self.last_ts or self.last_seq:
+            if not id_lt(self.last_ts, self.last_seq, ts, seq):
+                raise ValueError("stream id must be greater than the last one")
+        # pass 1: blob sizes (each u16 length becomes a u32: +2 bytes per string, +2 for the count)
+        for i in range(count):
+            if pos + 4 > n:
+                raise ValueError("stream records overrun their buffer")
+            plen = ld32(recs + pos)
+            pos += 4
+            if plen > n - pos or pos + plen + 2 > n:
+                raise ValueError("stream records overrun their buffer")
+            pos += plen
+            hc = ld16(recs + pos)
+            pos += 2
+            total += 8 + <uint64_t>plen
+            for j in range(hc):
+                if pos + 2 > n:
+                    raise ValueError("stream records overrun their buffer")
+                kl = ld16(recs + pos)
+                pos += 2 + kl
+                if pos + 2 > n:
+                    raise ValueError("stream records overrun their buffer")
+                vl = ld16(recs + pos)
+                pos += 2 + vl
+                if pos > n:
+                    raise ValueError("stream records overrun their buffer")
+                total += 8 + <uint64_t>kl + vl
+        self._reserve(count, total)
+        # pass 2: copy
+        pos = 0
+        for i in range(count):
+            w = self.data + self.dlen
+            start = pos
+            plen = ld32(recs + pos)
+            memcpy(w, recs + pos, 4 + plen)
+            pos += 4 + plen
+            hc = ld16(recs + pos)
+            pos += 2
+            blen = 8 + <uint64_t>plen
+            st32(w + 4 + plen, hc)
+            w += 8 + plen
+            for j in range(hc):
+                kl = ld16(recs + pos)
+                st32(w, kl)
+                memcpy(w + 4, recs + pos + 2, kl)
+                w += 4 + kl
+                pos += 2 + kl
+                vl = ld16(recs + pos)
+                st32(w, vl)
+                memcpy(w + 4, recs + pos + 2, vl)
+                w += 4 + vl
+                pos += 2 + vl
+                blen += 8 + <uint64_t>kl + vl
+            m = &self.meta[self.n]
+            m.ts = ts
+            m.seq = seq + i
+            m.off = self.dlen
+            m.blen = <uint32_t>blen
+            m.plen = plen
+            self.dlen += blen
+            self.total_bytes += blen
+            self.n += 1
+        self.last_ts = ts
+        self.last_seq = seq + (count - 1)
+        if self.max_len or self.max_age_ms or self.max_bytes:
+            self.enforce_retention(now)
+        return first
+
     def remove_oldest(self, uint64_t k):
         """Physically remove the ``k`` oldest records. Returns how many went."""
         cdef Py_ssize_t live = self.n - self.head, i
@@ -279,7 +356,7 @@ cdef class Stream:
         """Ordinal of the oldest record a read at ``now`` can see (max-age retention)."""
         return self.first_ord + <uint64_t>(self._age_pos(now) - self.head)
 
-    cdef inline bint _has(self, uint64_t ordinal) noexcept:
+    cdef bint _has(self, uint64_t ordinal) noexcept:
         return self.first_ord <= ordinal < self.first_ord + <uint64_t>(self.n - self.head)
 
     def id_at(self, uint64_t ordinal):

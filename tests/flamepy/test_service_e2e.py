@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.helpers import wait_until
+
 import flamepy
 from flamepy import FlameError, FlameErrorCode
 from flamepy.service import Session
@@ -18,15 +20,8 @@ from flamepy.service import Session
 BIN = os.path.dirname(sys.executable)
 
 
-def wait_for(pred, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+def wait_for(pred, timeout: float = 10.0):
+    return wait_until(pred, timeout=timeout, interval=0.02)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
