@@ -29,6 +29,7 @@ cdef class LogWriter:
     cdef readonly uint64_t segment_bytes
     cdef readonly uint64_t segment_first_lsn
     cdef readonly uint64_t segment_size
+    cdef readonly uint64_t synced_size   # bytes of the open segment covered by the last fdatasync
     cdef readonly uint64_t last_lsn
     cdef readonly uint64_t flushed_lsn
     cdef readonly uint64_t synced_lsn

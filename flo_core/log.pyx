@@ -51,6 +51,7 @@ from flo_core.errors import FloError
 
 cdef enum:
     HDR = 17
+    ROTATE_UNSYNCED_MAX = 4 * 1024 * 1024  # rotate once at most this much of the old segment is unsynced
     OK = 0
     ERR_EOF_HEADER = 1
     ERR_EOF_PAYLOAD = 2
@@ -389,6 +390,7 @@ cdef class LogWriter:
             self.segment_size = pos
             # Whatever an earlier process wrote may sit only in the page cache.
             os.fsync(self._fd)
+            self.synced_size = pos
         self.flushed_lsn = self.last_lsn
         self.synced_lsn = self.last_lsn
         self._closed = False
@@ -436,6 +438,7 @@ cdef class LogWriter:
         self.segment_path = path
         self.segment_first_lsn = first_lsn
         self.segment_size = 0
+        self.synced_size = 0
         return 0
 
     cdef int _rotate(self, uint64_t first_lsn) except -1:
@@ -499,7 +502,11 @@ cdef class LogWriter:
             return 0
         if self._closed:
             raise ValueError("log is closed")
-        if self.segment_size > 0 and self.segment_size + total > self.segment_bytes:
+        if (self.segment_size > 0 and self.segment_size + total > self.segment_bytes
+                and (self.segment_size - self.synced_size < ROTATE_UNSYNCED_MAX
+                     or self.segment_size + total > 2 * self.segment_bytes)):
+            # Rotation fsyncs the old segment on this thread; the journal syncs a full
+            # segment in the background first (rotation_due), so this sync is short.
             self._rotate(self._pending_first_lsn)
         fd = self._fd
         with nogil:
@@ -523,13 +530,14 @@ cdef class LogWriter:
     def sync(self):
         """``fdatasync`` what is flushed; returns the LSN now durable. Thread-safe against ``flush``."""
         cdef int fd, rc
-        cdef uint64_t target
+        cdef uint64_t target, size
         with self._fd_lock:
             if self._fd < 0:
                 return self.synced_lsn
             target = self.flushed_lsn
             if target <= self.synced_lsn:
                 return self.synced_lsn
+            size = self.segment_size
             fd = self._fd
             with nogil:
                 rc = fdatasync(fd)
@@ -537,7 +545,15 @@ cdef class LogWriter:
                 raise OSError(errno, strerror(errno).decode(), self.segment_path)
             if target > self.synced_lsn:
                 self.synced_lsn = target
+                self.synced_size = size
             return self.synced_lsn
+
+    @property
+    def rotation_due(self):
+        """The open segment is full but much of it is not yet synced: sync it (off the loop)
+        so the rotation's own fdatasync finds little left to do."""
+        return (self.segment_size + ROTATE_UNSYNCED_MAX > self.segment_bytes
+                and self.segment_size - self.synced_size >= ROTATE_UNSYNCED_MAX)
 
     def segments(self):
         """``[(first_lsn, path)]`` of the segment files, oldest first."""

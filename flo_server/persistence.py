@@ -440,6 +440,8 @@ class DiskJournal:
             self._kick_sync()
         else:
             self._run_after_sync()
+            if self.writer.rotation_due:
+                self._kick_sync()  # a full segment: sync it off the loop before it rotates
         if self.bytes_since_snapshot >= self.snapshot_bytes and self._snapshot_inflight is None:
             self._start_snapshot()
 
