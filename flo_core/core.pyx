@@ -104,6 +104,8 @@ cdef class ServerCore(FrameReader):
     cdef object waiting  # the waiters' key dict: notify only when someone waits
     cdef dict _ns_cache
     cdef int64_t _now
+    cdef str _hns  # the request head _head() parsed last
+    cdef uint32_t _hns_len, _hkey_at, _hkey_len
     cdef LogWriter _log  # set for one run() when the journal is on disk and healthy
     cdef Py_ssize_t _logged  # bytes appended through _log in this run()
     cdef bytearray _rec  # scratch buffer for one log record
@@ -156,6 +158,28 @@ cdef class ServerCore(FrameReader):
             self.deferred.append((rid, r))
         return 0
 
+    cdef Py_ssize_t _head(self, const uint8_t *p, uint32_t n) except -2:
+        """``[ns str16][key str16]``: sets ``_hns`` (the namespace, "" = default), ``_hns_len``,
+        ``_hkey_at``/``_hkey_len``; -1 when the fast path cannot take it (the dispatcher refuses)."""
+        cdef uint32_t nslen, klen, pos
+        if n < 4:
+            return -1
+        nslen = ld16(p)
+        pos = 2 + nslen
+        if pos + 2 > n or nslen > 255:
+            return -1
+        klen = ld16(p + pos)
+        pos += 2
+        if pos + klen > n:
+            return -1
+        self._hns = self._ns(p + 2, <uint16_t>nslen)
+        if self._hns is None:
+            return -1
+        self._hns_len = nslen
+        self._hkey_at = pos
+        self._hkey_len = klen
+        return pos + klen
+
     cdef str _ns(self, const uint8_t *p, uint16_t n):
         key = PyBytes_FromStringAndSize(<const char *>p, n)
         ns = self._ns_cache.get(key)
@@ -175,21 +199,10 @@ cdef class ServerCore(FrameReader):
         cdef uint8_t condition = 0
         cdef int64_t expires_at = 0
         cdef Entry e
-        if n < 4:
+        if self._head(p, n) < 0:
             return False
-        nslen = ld16(p)
-        pos = 2 + nslen
-        if pos + 2 > n or nslen > 255:
-            return False
-        klen = ld16(p + pos)
-        pos += 2
-        if pos + klen > n:
-            return False
-        ns = self._ns(p + 2, <uint16_t>nslen)
-        if ns is None:
-            return False
-        key = PyBytes_FromStringAndSize(<const char *>p + pos, klen)
-        pos += klen
+        ns, nslen, pos = self._hns, self._hns_len, self._hkey_at + self._hkey_len
+        key = PyBytes_FromStringAndSize(<const char *>p + self._hkey_at, self._hkey_len)
         if op == OP_KV_GET:
             # opt(u64 wait_ms) opt(u8 wait_for) opt(routing) opt(txn)
             if pos < n and p[pos] == 1:
@@ -294,21 +307,10 @@ cdef class ServerCore(FrameReader):
         cdef char text[COUNTER_TEXT_MAX]
         cdef Entry e
         cdef bytes v = None
-        if n < 4:
+        if self._head(p, n) < 0:
             return False
-        nslen = ld16(p)
-        pos = 2 + nslen
-        if pos + 2 > n or nslen > 255:
-            return False
-        klen = ld16(p + pos)
-        pos += 2
-        if pos + klen > n:
-            return False
-        ns = self._ns(p + 2, <uint16_t>nslen)
-        if ns is None:
-            return False
-        key = PyBytes_FromStringAndSize(<const char *>p + pos, klen)
-        pos += klen
+        ns, nslen, pos = self._hns, self._hns_len, self._hkey_at + self._hkey_len
+        key = PyBytes_FromStringAndSize(<const char *>p + self._hkey_at, self._hkey_len)
         if pos < n:  # opt(delta i64); an exhausted body means absent
             if p[pos] == 1:
                 if pos + 9 > n:
@@ -359,18 +361,12 @@ cdef class ServerCore(FrameReader):
         cdef const uint8_t *v
         cdef uint64_t ts, seq
         cdef Stream s
-        if self._log is None or self._streams is None or n < 4:
+        if self._log is None or self._streams is None or self._head(p, n) < 0:
             return False
-        nslen = ld16(p)
-        pos = 2 + nslen
-        if pos + 2 > n or nslen > 255:
+        ns, nslen, kpos, klen = self._hns, self._hns_len, self._hkey_at, self._hkey_len
+        if klen == 0:  # an empty name is refused by the handler
             return False
-        klen = ld16(p + pos)
-        pos += 2
-        kpos = pos
-        if klen == 0 or pos + klen > n:  # an empty name is refused by the handler
-            return False
-        pos += klen
+        pos = kpos + klen
         # [value bytes32][options_len u16][TLV...]: only an absent or empty options block here
         if pos + 4 > n:
             return False
@@ -410,9 +406,6 @@ cdef class ServerCore(FrameReader):
                     return False
                 vpos += sl
         recs_len = vpos - 4  # bytes after the records (ignored by the handler) are not logged
-        ns = self._ns(p + 2, <uint16_t>nslen)
-        if ns is None:
-            return False
         try:
             name = PyUnicode_DecodeUTF8(<const char *>p + kpos, klen, NULL)
         except UnicodeDecodeError:
