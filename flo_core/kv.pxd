@@ -12,6 +12,11 @@ cdef class Entry:
 cdef class Namespace:
     cdef public dict keys
     cdef public object index
+    cdef public set fresh
+
+    cdef int add_key(self, bytes key) except -1
+    cdef int remove_key(self, bytes key) except -1
+    cdef int merge(self) except -1
 
 
 cdef class KVStore:
