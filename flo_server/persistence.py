@@ -526,6 +526,7 @@ class DiskJournal:
             if pid == 0:  # the child: write the snapshot, then leave without any cleanup of the parent's
                 code = 1
                 try:
+                    os.nice(10)  # background work: the serving process comes first on a shared core
                     gc.disable()  # fewer copied pages
                     _, body = self._snapshot_body()
                     write_snapshot(self.data_dir, lsn, body)
