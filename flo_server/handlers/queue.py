@@ -380,14 +380,19 @@ def _known(srv: Any, req: Request) -> tuple[str, Any]:
     return name, srv.queues.get(req.ns, name)
 
 
-@handler(Op.QUEUE_COMPLETE)
-def queue_ack(srv: Any, req: Request) -> bytes:
-    """value = seqs -> [removed u32] (SDK 0.1.2 ignores the answer)."""
+def _write_seqs(srv: Any, req: Request, kind: str) -> bytes:
+    """The ops that name messages by seq (value = seqs): one record, answer [affected u32]."""
     name, q = _known(srv, req)
     seqs = _seqs(req.value)
     if q is None or not seqs:
         return _count_answer(0)
-    return _count_answer(srv.write("q.ack", _clock(q, req.now), req.ns, name, seqs))
+    return _count_answer(srv.write(kind, _clock(q, req.now), req.ns, name, seqs))
+
+
+@handler(Op.QUEUE_COMPLETE)
+def queue_ack(srv: Any, req: Request) -> bytes:
+    """value = seqs -> [removed u32] (SDK 0.1.2 ignores the answer)."""
+    return _write_seqs(srv, req, "q.ack")
 
 
 @handler(Op.QUEUE_FAIL)
@@ -454,21 +459,13 @@ def queue_dlq_list(srv: Any, req: Request) -> bytes:
 @handler(Op.QUEUE_DLQ_REQUEUE)
 def queue_dlq_requeue(srv: Any, req: Request) -> bytes:
     """value = seqs -> [requeued u32]; delivery_count restarts at 0."""
-    name, q = _known(srv, req)
-    seqs = _seqs(req.value)
-    if q is None or not seqs:
-        return _count_answer(0)
-    return _count_answer(srv.write("q.requeue", _clock(q, req.now), req.ns, name, seqs))
+    return _write_seqs(srv, req, "q.requeue")
 
 
 @handler(Op.QUEUE_DLQ_DELETE)
 def queue_dlq_delete(srv: Any, req: Request) -> bytes:
     """value = seqs -> [deleted u32]."""
-    name, q = _known(srv, req)
-    seqs = _seqs(req.value)
-    if q is None or not seqs:
-        return _count_answer(0)
-    return _count_answer(srv.write("q.dlqdel", _clock(q, req.now), req.ns, name, seqs))
+    return _write_seqs(srv, req, "q.dlqdel")
 
 
 @handler(Op.QUEUE_DLQ_PURGE)
