@@ -6,7 +6,8 @@
 answer to ``out`` in request order. The hot paths run here: plain KV_GET,
 KV_PUT and KV_INCR (no transaction, no wait that has to park, no guard that
 fails, a counter that parses and does not overflow) against the KV store, and
-STREAM_APPEND without options against the stream store. Everything else, and any case the fast path does not cover,
+STREAM_APPEND without options against the stream store, and QUEUE_ENQUEUE without delay or dedup key
+against the queue store. Everything else, and any case the fast path does not cover,
 goes to the Python dispatcher ``slow(rid, op, payload)``, which returns
 ``(status, data)`` or a coroutine; coroutines are collected in ``deferred``
 as ``(rid, coro)`` for the edge to schedule.
@@ -14,7 +15,9 @@ as ``(rid, coro)`` for the edge to schedule.
 The fast KV_PUT / KV_INCR do what the ``kv.set`` applier does (journal
 append, store write, wake waiters) and the fast STREAM_APPEND what the
 ``stream_append`` handler and the ``s.append`` applier do (same id, same
-journal record bytes, same stored blobs, retention, wake), so live writes
+journal record bytes, same stored blobs, retention, wake), the fast QUEUE_ENQUEUE what
+``queue_enqueue`` and the ``q.enq`` applier do (same clock, seq, record bytes, wake of the
+queue's line of parked dequeues), so live writes
 and replay stay identical whichever path served a request.
 """
 
@@ -28,8 +31,9 @@ from flo_core.frame cimport FrameReader, append_reply
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
-from flo_core.records cimport log_kv_set, log_stream_append
+from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue
 from flo_core.stream cimport Stream
+from flo_core.pqueue cimport PriorityQueue, Queues
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
 
 cdef enum:
@@ -37,6 +41,11 @@ cdef enum:
     OP_KV_GET = 0x101
     OP_KV_INCR = 0x10B
     OP_STREAM_APPEND = 0x130
+    OP_QUEUE_ENQUEUE = 0x170
+    TAG_PRIORITY = 0x10
+    MAX_QUEUE_PAYLOAD = 16 * 1024 * 1024      # flo_server.handlers.queue.MAX_PAYLOAD
+    MAX_DEDUP_WINDOW_MS = 7 * 24 * 3600 * 1000  # flo_server.handlers.queue.MAX_DEDUP_WINDOW_MS
+    DEFAULT_DEDUP_WINDOW_MS = 300_000         # flo_core.pqueue.DEFAULT_DEDUP_WINDOW_MS
     MAX_KV_VALUE = 16 * 1024 * 1024
     MAX_APPEND_BATCH = 1000        # flo_core.stream.MAX_APPEND_BATCH
     MAX_HEADERS = 1024             # flo_server.handlers.stream.MAX_HEADERS
@@ -45,6 +54,7 @@ cdef enum:
 # NOT_FOUND + reason 13 (the one kv.get turns into None), ran 0
 cdef bytes NOT_FOUND_BODY = b"\x0d\x00\x00key not found"
 cdef str KIND_SET = "kv.set"
+cdef str KIND_ENQUEUE = "q.enq"
 cdef str STREAM_WAKE = "s"  # waiters' key of a stream: ("s", ns, name)
 
 
@@ -111,6 +121,8 @@ cdef class ServerCore(FrameReader):
     cdef bytearray _rec  # scratch buffer for one log record
     cdef bint _durable  # the journal is on disk: without _log it refuses writes (Python path answers)
     cdef object _streams  # srv.streams (flo_core.stream.Streams) for this run(), or None
+    cdef object _queues  # srv.queues (flo_core.pqueue.Queues) for this run(), or None
+    cdef int64_t _qwindow  # the default dedup window for this run(); -2 not read yet, -1 out of range
 
     def __init__(self, srv, slow, max_payload=16 * 1024 * 1024 + 65536, bint fast=True):
         FrameReader.__init__(self, True, max_payload, True)
@@ -131,12 +143,15 @@ cdef class ServerCore(FrameReader):
         self._log = journal.raw_writer()
         self._durable = bool(getattr(journal, "durable", False))
         self._streams = getattr(self.srv, "streams", None)
+        self._queues = getattr(self.srv, "queues", None)
+        self._qwindow = -2
         self._logged = 0
         try:
             self.feed(data)
         finally:
             self._log = None
             self._streams = None
+            self._queues = None
             if self._logged:
                 journal.appended_raw(self._logged)
 
@@ -150,6 +165,9 @@ cdef class ServerCore(FrameReader):
                     return 0
             elif op == OP_KV_INCR:
                 if self._fast_incr(rid, p, n):
+                    return 0
+            elif op == OP_QUEUE_ENQUEUE:
+                if self._fast_enqueue(rid, p, n):
                     return 0
         r = self.slow(rid, op, PyBytes_FromStringAndSize(<const char *>p, n))
         if type(r) is tuple:
@@ -441,6 +459,101 @@ cdef class ServerCore(FrameReader):
         st64(h + HEADER, seq)
         st64(h + HEADER + 8, ts)
         st32(h + 16, frame_crc(h, h + HEADER, 16))
+        return True
+
+    cdef int64_t _dedup_window(self) except -2:
+        """``srv.config.dedup_window_ms`` (or the built-in default) as the handler reads it; -1 when
+        it is outside 0..MAX_DEDUP_WINDOW_MS (the handler refuses every enqueue then)."""
+        if self._qwindow == -2:
+            value = getattr(getattr(self.srv, "config", None), "dedup_window_ms", None)
+            value = DEFAULT_DEDUP_WINDOW_MS if value is None else int(value)
+            self._qwindow = value if 0 <= value <= MAX_DEDUP_WINDOW_MS else -1
+        return self._qwindow
+
+    cdef bint _fast_enqueue(self, uint64_t rid, const uint8_t *p, uint32_t n) except -1:
+        """QUEUE_ENQUEUE with no option but PRIORITY: the ``queue_enqueue`` handler and the
+        ``q.enq`` applier, inline.
+
+        ``[value bytes32][options_len u16][TLV...]``, value = payload. DELAY_MS, DEDUP_KEY,
+        DEDUP_WINDOW_MS or any other option, every case the handler refuses, a full queue, a new
+        queue and a disk journal that stopped taking writes go to Python.
+        """
+        cdef uint32_t pos, nslen, klen, kpos, plen, olen, opos, end, tag, ln, i
+        cdef uint64_t priority = 0, seq
+        cdef int64_t window, clock
+        cdef const uint8_t *payload
+        cdef PriorityQueue q
+        if not self._can_write() or self._queues is None or type(self._queues) is not Queues:
+            return False
+        if self._head(p, n) < 0:
+            return False
+        ns, nslen, kpos, klen = self._hns, self._hns_len, self._hkey_at, self._hkey_len
+        if klen == 0:  # an empty name is refused by the handler
+            return False
+        pos = kpos + klen
+        if pos + 4 > n:
+            return False
+        plen = ld32(p + pos)
+        pos += 4
+        if plen > n - pos or plen > MAX_QUEUE_PAYLOAD:
+            return False
+        payload = p + pos
+        pos += plen
+        # options: absent when fewer than 2 bytes follow (tolerated, as split_value_options does)
+        if n - pos >= 2:
+            olen = ld16(p + pos)
+            pos += 2
+            if olen > n - pos:
+                return False
+            opos = pos
+            end = pos + olen
+            while opos + 2 <= end:
+                tag = p[opos]
+                ln = p[opos + 1]
+                opos += 2
+                if ln > end - opos or tag != TAG_PRIORITY:
+                    return False
+                if ln != 1 and ln != 2 and ln != 4 and ln != 8:
+                    return False  # opt_uint refuses the width
+                priority = 0  # the last one wins; little-endian of any natural width
+                for i in range(ln):
+                    priority |= (<uint64_t>p[opos + i]) << (8 * i)
+                opos += ln
+            if opos != end or priority > 255:
+                return False
+        window = self._dedup_window()
+        if window < 0:
+            return False
+        try:
+            name = PyUnicode_DecodeUTF8(<const char *>p + kpos, klen, NULL)
+        except UnicodeDecodeError:
+            return False  # the handler refuses a name that is not UTF-8
+        d = (<Queues>self._queues).by_ns.get(ns)
+        qo = d.get(name) if d is not None else None
+        if qo is None or type(qo) is not PriorityQueue:
+            return False  # creating a queue checks the registry's limit: Python path
+        q = <PriorityQueue>qo
+        if len(q.msgs) >= q.max_messages:
+            return False  # full: the handler refuses
+        clock = self._now if q.clock <= self._now else q.clock  # _clock(q, now)
+        # srv.write("q.enq", clock, ns, name, payload, priority, 0, None, window): log, then the applier
+        value = PyBytes_FromStringAndSize(<const char *>payload, plen)
+        if self._log is not None:
+            log_queue_enqueue(self._log, self._rec, clock, p + 2, nslen, p + kpos, klen, payload, plen,
+                              priority, <uint64_t>window, &self._logged)
+        else:  # the in-memory journal: numbers the record, keeps nothing
+            self.srv.journal.append(KIND_ENQUEUE, (clock, ns, name, value, priority, 0, None, window))
+        seq = q.enqueue_ready(value, <int>priority, clock)
+        if self.waiting:  # parked dequeues are in srv.waiters: wake the line's oldest
+            # a queue's parked dequeues stand in a line of ticket keys: the server picks whom to wake
+            self.srv.wake_queue(ns, name)
+        # [seq u64]
+        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
+        PyByteArray_Resize(self.out, old + HEADER + 8)
+        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        self._header(h, rid, 0, 8)
+        st64(h + HEADER, seq)
+        st32(h + 16, frame_crc(h, h + HEADER, 8))
         return True
 
     cdef uint64_t _log_set(self, str ns, const uint8_t *nsb, uint32_t nslen, bytes key, bytes value,

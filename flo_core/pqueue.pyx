@@ -73,22 +73,12 @@ _MSG_TAIL = struct.Struct("<qIB")
 
 # --- a binary min-heap of (k1, seq, gen) in C memory -------------------------
 
-cdef struct Entry:
-    int64_t k1
-    uint64_t seq
-    uint32_t gen
-
-
 cdef inline bint _less(Entry* a, Entry* b) nogil:
     return a.k1 < b.k1 or (a.k1 == b.k1 and a.seq < b.seq)
 
 
 cdef class _Heap:
     """Min-heap on ``(k1, seq)``; ``gen`` tells a live entry from a stale one."""
-
-    cdef Entry* data
-    cdef Py_ssize_t n
-    cdef Py_ssize_t cap
 
     def __cinit__(self):
         self.cap = 16
@@ -179,16 +169,6 @@ cdef class Message:
     of its latest dequeue (what a touch without a length extends by).
     """
 
-    cdef readonly uint64_t seq
-    cdef readonly bytes payload
-    cdef readonly int priority
-    cdef readonly int64_t enqueued_at_ms
-    cdef readonly uint32_t delivery_count
-    cdef readonly int state
-    cdef readonly int64_t due
-    cdef readonly int64_t lease_ms
-    cdef uint32_t gen
-
     def __repr__(self):
         return (f"Message(seq={self.seq}, state={STATE_NAMES[self.state] if self.state < 4 else 'gone'}, "
                 f"priority={self.priority}, delivery_count={self.delivery_count}, due={self.due}, "
@@ -239,26 +219,6 @@ cdef class PriorityQueue:
             refuses the enqueue).
     """
 
-    cdef dict msgs              # seq -> Message, every state but DLQ
-    cdef object dlq             # OrderedDict seq -> Message, oldest first
-    cdef _Heap ready_heap
-    cdef _Heap delayed_heap
-    cdef _Heap lease_heap
-    cdef dict dedup             # key -> (seq, expires_at)
-    cdef list dedup_heap        # (expires_at, key)
-    cdef readonly Py_ssize_t n_ready
-    cdef readonly Py_ssize_t n_delayed
-    cdef readonly Py_ssize_t n_leased
-    cdef readonly uint64_t last_seq
-    cdef readonly int64_t clock
-    cdef readonly uint64_t total_enqueued
-    cdef readonly uint64_t total_delivered
-    cdef readonly uint64_t total_acked
-    cdef readonly uint64_t total_dead
-    cdef readonly uint64_t total_expired
-    cdef public int max_deliveries
-    cdef public Py_ssize_t dlq_max
-    cdef public Py_ssize_t max_messages
 
     def __init__(self, int max_deliveries=DEFAULT_MAX_DELIVERIES, Py_ssize_t dlq_max=DEFAULT_DLQ_MAX,
                  Py_ssize_t max_messages=DEFAULT_MAX_MESSAGES):
@@ -282,7 +242,7 @@ cdef class PriorityQueue:
 
     # -- state transitions (the only places that touch counters and heaps) --
 
-    cdef inline void _leave(self, Message m):
+    cdef void _leave(self, Message m):
         if m.state == S_READY:
             self.n_ready -= 1
         elif m.state == S_DELAYED:
@@ -336,7 +296,7 @@ cdef class PriorityQueue:
         m.state = S_GONE
         return 0
 
-    cdef inline Message _live(self, Entry* e, int state):
+    cdef Message _live(self, Entry* e, int state):
         """The message an entry stands for, or None when the entry is stale."""
         cdef Message m = self.msgs.get(e.seq)
         if m is None or m.gen != e.gen or m.state != state:
@@ -401,6 +361,8 @@ cdef class PriorityQueue:
             raise ValueError("priority must be 0..255")
         if delay_ms < 0 or dedup_window_ms < 0:
             raise ValueError("delay_ms and dedup_window_ms must be >= 0")
+        if dedup_key is None and delay_ms == 0:
+            return self.enqueue_ready(payload, priority, now)
         now = self.advance(now)
         if dedup_key is not None:
             entry = self.dedup.get(dedup_key)
@@ -417,6 +379,18 @@ cdef class PriorityQueue:
         if dedup_key is not None and dedup_window_ms > 0:
             self.dedup[dedup_key] = (m.seq, now + dedup_window_ms)
             heapq.heappush(self.dedup_heap, (now + dedup_window_ms, dedup_key))
+        return m.seq
+
+    cdef uint64_t enqueue_ready(self, bytes payload, int priority, int64_t now) except 0:
+        """``enqueue`` without delay or dedup key (priority already 0..255): the common case,
+        shared with the C fast path of QUEUE_ENQUEUE (flo_core/core.pyx). Returns the seq."""
+        cdef Message m
+        now = self.advance(now)
+        self.last_seq += 1
+        m = _new_message(self.last_seq, payload, priority, now, 0)
+        self.msgs[m.seq] = m
+        self._to_ready(m)
+        self.total_enqueued += 1
         return m.seq
 
     def dequeue(self, Py_ssize_t count, int64_t now, int64_t lease_ms=DEFAULT_LEASE_MS,
@@ -726,12 +700,6 @@ cdef class Queues:
     >>> qs.names("default"), qs.get("default", "other")
     (['tasks'], None)
     """
-
-    cdef dict by_ns                 # ns -> {name -> PriorityQueue}
-    cdef public int max_deliveries
-    cdef public Py_ssize_t dlq_max
-    cdef public Py_ssize_t max_messages
-    cdef public Py_ssize_t max_queues
 
     def __init__(self, int max_deliveries=DEFAULT_MAX_DELIVERIES, Py_ssize_t dlq_max=DEFAULT_DLQ_MAX,
                  Py_ssize_t max_messages=DEFAULT_MAX_MESSAGES, Py_ssize_t max_queues=100_000):

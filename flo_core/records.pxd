@@ -1,5 +1,5 @@
-# The C encoders of the journal's ``kv.set`` and ``s.append`` records, shared by the C fast paths
-# (flo_core.core.ServerCore for Flo KV_PUT / KV_INCR / STREAM_APPEND, flo_core.respcore.RespCore for
+# The C encoders of the journal's ``kv.set``, ``s.append`` and ``q.enq`` records, shared by the C fast paths
+# (flo_core.core.ServerCore for Flo KV_PUT / KV_INCR / STREAM_APPEND / QUEUE_ENQUEUE, flo_core.respcore.RespCore for
 # RESP SET/INCR).
 #
 # The bytes are exactly what flo_server.persistence.pack_record(kind, args) makes (msgpack,
@@ -222,6 +222,56 @@ cdef inline uint64_t log_stream_append(LogWriter log, bytearray scratch, int64_t
         PyByteArray_Resize(scratch, need)
     cdef Py_ssize_t n = encode_stream_append(<uint8_t *>PyByteArray_AS_STRING(scratch), now, nsb, nslen,
                                              name, namelen, ts, seq, count, recs)
+    cdef uint64_t lsn = log.append_c(RECORD_WRITE, <const uint8_t *>PyByteArray_AS_STRING(scratch), n)
+    logged[0] += n + RECORD_HEADER
+    if need > SCRATCH_KEEP:
+        PyByteArray_Resize(scratch, 256)
+    return lsn
+
+
+# --- q.enq -------------------------------------------------------------------------------------
+# The common QUEUE_ENQUEUE (no delay, no dedup key): the handler logs
+# srv.write("q.enq", now, ns, name, payload, priority, 0, None, dedup_window_ms).
+
+
+cdef inline Py_ssize_t queue_enqueue_record_max(Py_ssize_t nslen, Py_ssize_t namelen, Py_ssize_t plen) noexcept:
+    """Upper bound of the encoded ``q.enq`` record's size."""
+    return 8 + 9 + 5 + (nslen if nslen > 7 else 7) + 5 + namelen + 5 + plen + 9 + 1 + 1 + 9
+
+
+cdef inline Py_ssize_t encode_queue_enqueue(uint8_t *b, int64_t now, const uint8_t *nsb, Py_ssize_t nslen,
+                                            const uint8_t *name, Py_ssize_t namelen, const uint8_t *payload,
+                                            Py_ssize_t plen, uint64_t priority, uint64_t window) noexcept:
+    """``["q.enq", [now, ns, name, payload, priority, 0, None, window]]`` into ``b``
+    (>= queue_enqueue_record_max bytes)."""
+    cdef Py_ssize_t n
+    b[0] = 0x92  # [kind, args]
+    b[1] = 0xa5  # "q.enq"
+    memcpy(b + 2, b"q.enq", 5)
+    b[7] = 0x98  # args: 8 items
+    n = 8
+    n += _mp_uint(b + n, <uint64_t>now)
+    n += _mp_ns(b + n, nsb, nslen)
+    n += _mp_str(b + n, name, namelen)
+    n += _mp_bin(b + n, payload, plen)
+    n += _mp_uint(b + n, priority)
+    b[n] = 0x00  # delay_ms 0
+    b[n + 1] = 0xc0  # dedup_key None
+    n += 2
+    n += _mp_uint(b + n, window)
+    return n
+
+
+cdef inline uint64_t log_queue_enqueue(LogWriter log, bytearray scratch, int64_t now, const uint8_t *nsb,
+                                       Py_ssize_t nslen, const uint8_t *name, Py_ssize_t namelen,
+                                       const uint8_t *payload, Py_ssize_t plen, uint64_t priority,
+                                       uint64_t window, Py_ssize_t *logged) except 0:
+    """Encode the ``q.enq`` record in ``scratch`` and append it; returns its LSN (see log_kv_set)."""
+    cdef Py_ssize_t need = queue_enqueue_record_max(nslen, namelen, plen)
+    if PyByteArray_GET_SIZE(scratch) < need:
+        PyByteArray_Resize(scratch, need)
+    cdef Py_ssize_t n = encode_queue_enqueue(<uint8_t *>PyByteArray_AS_STRING(scratch), now, nsb, nslen,
+                                             name, namelen, payload, plen, priority, window)
     cdef uint64_t lsn = log.append_c(RECORD_WRITE, <const uint8_t *>PyByteArray_AS_STRING(scratch), n)
     logged[0] += n + RECORD_HEADER
     if need > SCRATCH_KEEP:

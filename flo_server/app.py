@@ -31,6 +31,7 @@ from flo_server.config import ServerConfig
 from flo_server.dispatch import HANDLERS
 from flo_server.handlers.kv import ScanCursors, Txns
 from flo_server.handlers.list import ListStore
+from flo_server.handlers.queue import wake_next_dequeue
 from flo_server.journal import APPLIERS, MemoryJournal
 from flo_server.protocol import FloProtocol
 from flo_server.waiters import Waiters
@@ -74,6 +75,10 @@ class Server:
         """Log a record and apply it; returns what the applier returns (docs/architecture.md §3)."""
         lsn = self.journal.append(kind, args)
         return APPLIERS[kind](self, lsn, *args)
+
+    def wake_queue(self, ns: str, name: str) -> None:
+        """Wake the next parked dequeue of a queue (the C enqueue path calls this)."""
+        wake_next_dequeue(self, ns, name)
 
     @staticmethod
     def now() -> int:

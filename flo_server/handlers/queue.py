@@ -74,7 +74,7 @@ def apply_enqueue(
     q = srv.queues.get_or_create(ns, name)
     seq = q.enqueue(payload, priority, now, delay_ms, dedup_key, dedup_window_ms)
     if delay_ms == 0:
-        _wake_next(srv, ns, name)
+        wake_next_dequeue(srv, ns, name)
     return seq
 
 
@@ -97,7 +97,7 @@ def apply_nack(srv: Any, lsn: int, now: int, ns: str, name: str, seqs: list, del
         return 0
     n = q.nack(seqs, now, delay_ms, to_dlq)
     if n and not to_dlq and delay_ms == 0:
-        _wake_next(srv, ns, name)
+        wake_next_dequeue(srv, ns, name)
     return n
 
 
@@ -114,7 +114,7 @@ def apply_requeue(srv: Any, lsn: int, now: int, ns: str, name: str, seqs: list) 
         return 0
     n = q.dlq_requeue(seqs, now)
     if n:
-        _wake_next(srv, ns, name)
+        wake_next_dequeue(srv, ns, name)
     return n
 
 
@@ -235,7 +235,7 @@ def _take(srv: Any, ns: str, name: str, count: int, lease_ms: int, now: int) -> 
     msgs = srv.write("q.deq", _clock(q, now), ns, name, count, lease_ms)
     data = encode_messages(msgs)  # encode at once: the Message objects are live views
     if q.has_ready(now):
-        _wake_next(srv, ns, name)  # pass the rest on to the next in line
+        wake_next_dequeue(srv, ns, name)  # pass the rest on to the next in line
     _kick(srv, ns, name)  # new lease deadlines
     return data if msgs else None
 
@@ -281,7 +281,7 @@ def _line(srv: Any, ns: str, name: str, create: bool = True) -> dict[int, bool] 
     return line
 
 
-def _wake_next(srv: Any, ns: str, name: str) -> None:
+def wake_next_dequeue(srv: Any, ns: str, name: str) -> None:
     """Wake the oldest parked dequeue of the queue that is not awake already."""
     line = _line(srv, ns, name, create=False)
     if not line:
@@ -304,7 +304,7 @@ async def _wait_dequeue(srv: Any, req: Request, name: str, count: int, lease_ms:
     try:
         q = srv.queues.get(ns, name)
         if q is not None and q.has_ready(srv.now()):
-            _wake_next(srv, ns, name)  # messages wait for the line: make sure its head is awake
+            wake_next_dequeue(srv, ns, name)  # messages wait for the line: make sure its head is awake
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -326,7 +326,7 @@ async def _wait_dequeue(srv: Any, req: Request, name: str, count: int, lease_ms:
         # Whatever wake-up this waiter held (closed, cancelled, timed out) goes on.
         q = srv.queues.get(ns, name)
         if line and q is not None and q.has_ready(srv.now()):
-            _wake_next(srv, ns, name)
+            wake_next_dequeue(srv, ns, name)
 
 
 # --- timers: wake the line when a delay falls due or a lease lapses ---------------------
@@ -368,7 +368,7 @@ def _fire(srv: Any, ns: str, name: str) -> None:
     if q is None:
         return
     if q.has_ready(srv.now()):
-        _wake_next(srv, ns, name)
+        wake_next_dequeue(srv, ns, name)
     _kick(srv, ns, name)  # the next due time, if anyone still waits
 
 

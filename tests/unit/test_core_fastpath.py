@@ -3,9 +3,10 @@
 Every scenario runs twice on fresh servers with the same clock: once through ServerCore with
 the fast path on, once with it off (every request through ``flo_server.dispatch``). Answers,
 stored state, versions, waiter wake-ups and the journal's records must be identical, byte for
-byte. Covers STREAM_APPEND (records, headers, batches, retention, refusals) and KV_INCR
-(deltas, TTL kept, overflow / not-a-counter refusals, transactions) plus the records.pxd
-encoders against ``flo_server.persistence.pack_record``.
+byte. Covers STREAM_APPEND (records, headers, batches, retention, refusals), KV_INCR
+(deltas, TTL kept, overflow / not-a-counter refusals, transactions) and QUEUE_ENQUEUE
+(priorities, clock, wake-ups of parked dequeues, refusals) plus the records.pxd encoders
+against ``flo_server.persistence.pack_record``.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Twin:
     def state(self) -> Any:
         kv = {(ns, k): (e.value, e.version, e.expires_at)
               for ns, space in self.srv.kv.spaces.items() for k, e in space.keys.items()}
-        return kv, self.srv.streams.dump()
+        return kv, self.srv.streams.dump(), self.srv.queues.dump()
 
     def close(self) -> None:
         self.srv.journal.writer.close()
@@ -367,3 +368,187 @@ def test_core_bounds_are_the_handlers_bounds() -> None:
     from flo_server.handlers.stream import MAX_HEADERS
 
     assert (MAX_APPEND_BATCH, MAX_HEADERS) == (1000, 1024)
+
+
+# --- QUEUE_ENQUEUE -----------------------------------------------------------------------------
+
+
+def enqueue(name: bytes, payload: bytes = b"p", ns: str | bytes = "", opts: dict | None = None,
+            raw_opts: bytes | None = None) -> tuple[int, bytes]:
+    w = _head(ns, name).bytes32(payload)
+    if raw_opts is not None:
+        w.raw(raw_opts)
+    elif opts is not None:
+        w.options(opts)
+    return Op.QUEUE_ENQUEUE, w.getvalue()
+
+
+def dequeue(name: bytes, count: int = 100) -> tuple[int, bytes]:
+    return Op.QUEUE_DEQUEUE, _head("", name).bytes32(b"").options({Tag.COUNT: count.to_bytes(4, "little")}).getvalue()
+
+
+def _prio(value: int, width: int = 1) -> dict:
+    return {Tag.PRIORITY: value.to_bytes(width, "little")}
+
+
+def test_enqueue_common_cases_match_the_handler(twins) -> None:
+    fast, slow = twins()
+    frames = [
+        enqueue(b"jobs", b"first"),                       # creates the queue: Python path
+        enqueue(b"jobs", b"second"),                      # options absent
+        enqueue(b"jobs", b"", opts={}),                   # empty options block
+        enqueue(b"jobs", b"x" * 70_000, opts=_prio(3)),
+        enqueue(b"jobs", b"w2", opts=_prio(255, 2)),      # every natural width of PRIORITY
+        enqueue(b"jobs", b"w4", opts=_prio(7, 4)),
+        enqueue(b"jobs", b"w8", opts=_prio(0, 8)),
+        enqueue(b"jobs", b"last-wins", raw_opts=b"\x06\x00\x10\x01\x09\x10\x01\x02"),
+        enqueue(b"jobs", b"tail", raw_opts=b"\x00"),       # one stray byte: options absent
+        enqueue("t\u00e2ches".encode(), b"a", ns="tenant-\u00e9"),
+        enqueue("t\u00e2ches".encode(), b"b", ns="tenant-\u00e9", opts=_prio(1)),
+        enqueue(b"n" * 300, b"c", ns="n" * 200),
+        enqueue(b"n" * 300, b"d", ns="n" * 200),
+    ]
+    replies = _same(fast, slow, frames)
+    assert [s for _, s, _ in replies] == [0] * len(frames)
+    assert [struct.unpack("<Q", b)[0] for _, _, b in replies] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 1, 2]
+    assert fast.slow_ops == [Op.QUEUE_ENQUEUE] * 3  # only the first enqueue of each queue
+    # dequeue order (Python path) sees the priorities the fast path stored
+    r = _same(fast, slow, [dequeue(b"jobs")])
+    assert r[0][1] == 0 and fast.srv.queues.get("default", "jobs").n_leased == 9
+
+
+def test_enqueue_clock_never_goes_back_like_the_handler(twins) -> None:
+    fast, slow = twins()
+    _same(fast, slow, [enqueue(b"q"), enqueue(b"q")], NOW + 50)
+    _same(fast, slow, [enqueue(b"q", b"late")], NOW)  # wall clock stepped back: logged at the queue's clock
+    assert fast.records()[-1][2] == pack_record("q.enq", (NOW + 50, "default", "q", b"late", 0, 0, None, 300_000))
+    _same(fast, slow, [enqueue(b"q", b"on")], NOW + 90)
+    assert fast.srv.queues.get("default", "q").clock == NOW + 90
+    assert fast.slow_ops == [Op.QUEUE_ENQUEUE]
+
+
+def test_enqueue_refusals_and_unusual_cases_go_to_python(twins) -> None:
+    fast, slow = twins()
+    _same(fast, slow, [enqueue(b"q"), enqueue(b"\xff\xfe")])
+    fast.slow_ops.clear()
+    frames = [
+        enqueue(b""),                                                   # empty name
+        enqueue(b"\xff\xfe"),                                           # name not UTF-8
+        enqueue(b"q", opts=_prio(256, 2)),                              # priority out of range
+        enqueue(b"q", opts=_prio(1, 3)),                                # bad option width
+        enqueue(b"q", opts={Tag.DELAY_MS: (10).to_bytes(8, "little")}),
+        enqueue(b"q", opts={Tag.DEDUP_KEY: b"k"}),
+        enqueue(b"q", opts={Tag.DEDUP_KEY: b"k"}),                     # a duplicate: nothing logged
+        enqueue(b"q", opts={Tag.DEDUP_WINDOW_MS: (5).to_bytes(8, "little")}),
+        enqueue(b"q", opts={Tag.COUNT: b"\x01\x00\x00\x00"}),           # any other option
+        enqueue(b"q", raw_opts=b"\x03\x00\x10\x01"),                   # truncated option
+        enqueue(b"q", raw_opts=b"\x09\x00\x10\x01\x01"),               # options overrun the payload
+        enqueue(b"q", ns=b"\xff"),                                      # namespace not UTF-8
+        enqueue(b"q", ns="n" * 256),                                    # namespace too long
+        enqueue(b"other"),                                              # a new queue
+    ]
+    replies = _same(fast, slow, frames)
+    assert fast.slow_ops == [Op.QUEUE_ENQUEUE] * len(frames)
+    assert [s == 0 for _, s, _ in replies] == [False] * 4 + [True] * 5 + [False] * 4 + [True]
+
+
+def test_enqueue_full_queue_and_bad_window_setting_go_to_python(twins) -> None:
+    fast, slow = twins()
+    _same(fast, slow, [enqueue(b"q")])
+    for t in (fast, slow):
+        t.srv.queues.get("default", "q").max_messages = 2
+    r = _same(fast, slow, [enqueue(b"q"), enqueue(b"q")])
+    assert [s for _, s, _ in r][0] == 0 and r[1][1] != 0  # the second one: queue full (Python refuses)
+    assert fast.slow_ops == [Op.QUEUE_ENQUEUE] * 2
+    for t in (fast, slow):
+        t.srv.queues.get("default", "q").max_messages = 100
+        t.srv.config.dedup_window_ms = 10**15  # outside the handler's bounds: every enqueue refused
+    r = _same(fast, slow, [enqueue(b"q")])
+    assert r[0][1] != 0 and fast.slow_ops[-1] == Op.QUEUE_ENQUEUE and len(fast.slow_ops) == 3
+    for t in (fast, slow):
+        t.srv.config.dedup_window_ms = 1234  # a setting the record carries
+    _same(fast, slow, [enqueue(b"q", b"w")])
+    assert len(fast.slow_ops) == 3
+    assert fast.records()[-1][2] == pack_record("q.enq", (NOW, "default", "q", b"w", 0, 0, None, 1234))
+
+
+def test_enqueue_wakes_the_line_like_the_applier(twins) -> None:
+    from flo_server.handlers import queue as qh
+
+    fast, slow = twins(someone_waits=True)
+    _same(fast, slow, [enqueue(b"q")])
+    for t in (fast, slow):  # two parked dequeues of "q", oldest first
+        line = qh._line(t.srv, "default", "q")
+        line[11] = False
+        line[12] = False
+    _same(fast, slow, [enqueue(b"q"), enqueue(b"q"), enqueue(b"q")])
+    assert fast.srv.waiters.notified == [("q", "default", "q", 11), ("q", "default", "q", 12)]
+    assert fast.slow_ops == [Op.QUEUE_ENQUEUE]
+    # nobody parked in srv.waiters: the fast path does not even look at the line
+    lonely, _ = twins(someone_waits=False)
+    lonely.run([enqueue(b"q"), enqueue(b"q")])
+    assert lonely.srv.waiters.notified == []
+
+
+def test_enqueue_without_a_raw_writer_falls_back(twins) -> None:
+    fast, slow = twins()
+    _same(fast, slow, [enqueue(b"q")])
+    fast.srv.journal.healthy = slow.srv.journal.healthy = False
+    replies = _same(fast, slow, [enqueue(b"q")])
+    assert fast.slow_ops == [Op.QUEUE_ENQUEUE] * 2 and replies[0][1] != 0
+
+
+def test_enqueue_on_the_memory_journal_matches(twins) -> None:
+    from flo_server.journal import MemoryJournal
+
+    fast, slow = twins()
+    disk = [fast.srv.journal, slow.srv.journal]
+    for t in (fast, slow):
+        t.srv.journal = MemoryJournal()
+    a = fast.run([enqueue(b"q", b"a"), enqueue(b"q", b"b", opts=_prio(2)), dequeue(b"q")])
+    b = slow.run([enqueue(b"q", b"a"), enqueue(b"q", b"b", opts=_prio(2)), dequeue(b"q")])
+    assert a == b and fast.state() == slow.state()
+    assert fast.srv.journal.last_lsn == slow.srv.journal.last_lsn == 3
+    assert fast.slow_ops == [Op.QUEUE_ENQUEUE, Op.QUEUE_DEQUEUE]
+    fast.srv.journal, slow.srv.journal = disk  # the fixture closes their writers
+
+
+def test_enqueue_record_replays_to_the_same_queues(twins, tmp_path) -> None:
+    fast, _ = twins()
+    fast.run([enqueue(b"q", b"a", ns="ns1"), enqueue(b"q", b"b" * 70_000, ns="ns1", opts=_prio(9)),
+              enqueue(b"q", b"c", ns="ns1"), dequeue(b"q", 1)])
+    fast.run([enqueue(b"q", b"d", ns="ns1")], NOW + 7)
+    replay = Server()
+    replay.journal = _Journal(tmp_path / "replay")
+    from flo_server.journal import APPLIERS
+
+    for lsn, _kind, payload in fast.records():
+        kind, args = unpack_record(payload)
+        APPLIERS[kind](replay, lsn, *args)
+    assert replay.queues.dump() == fast.srv.queues.dump()
+    replay.journal.writer.close()
+
+
+@pytest.mark.parametrize("now", [0, 5, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, NOW])
+def test_enqueue_record_bytes_for_every_int_width(twins, now: int) -> None:
+    fast, _ = twins()
+    for t in (fast,):
+        t.srv.queues.get_or_create("default", "w")
+    for prio, size, window in ((0, 0, 0), (127, 31, 127), (128, 255, 128), (255, 256, 65535),
+                               (200, 65535, 2**16), (1, 65536, 604_800_000)):
+        fast.srv.config.dedup_window_ms = window
+        r = fast.run([enqueue(b"w", b"z" * size, opts=_prio(prio))], now)
+        assert r[0][1] == 0
+        assert fast.records()[-1][2] == pack_record("q.enq", (now, "default", "w", b"z" * size, prio, 0, None, window))
+    assert fast.slow_ops == []
+
+
+def test_core_queue_bounds_are_the_handlers_bounds() -> None:
+    # core.pyx repeats these as C constants
+    from flo_core.pqueue import DEFAULT_DEDUP_WINDOW_MS
+    from flo_core.spec import Op as _Op
+    from flo_server.handlers.queue import MAX_DEDUP_WINDOW_MS, MAX_PAYLOAD
+
+    assert (MAX_PAYLOAD, MAX_DEDUP_WINDOW_MS, DEFAULT_DEDUP_WINDOW_MS) == (16 * 1024 * 1024, 7 * 24 * 3600 * 1000,
+                                                                         300_000)
+    assert (_Op.QUEUE_ENQUEUE, Tag.PRIORITY) == (0x170, 0x10)
