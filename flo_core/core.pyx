@@ -115,7 +115,7 @@ cdef class ServerCore(FrameReader):
     cdef dict _ns_cache
     cdef int64_t _now
     cdef str _hns  # the request head _head() parsed last
-    cdef uint32_t _hns_len, _hkey_at, _hkey_len
+    cdef uint32_t _hns_len, _hkey_at, _hkey_len, _hval_at, _hval_len
     cdef LogWriter _log  # set for one run() when the journal is on disk and healthy
     cdef Py_ssize_t _logged  # bytes appended through _log in this run()
     cdef bytearray _rec  # scratch buffer for one log record
@@ -197,6 +197,22 @@ cdef class ServerCore(FrameReader):
         self._hkey_at = pos
         self._hkey_len = klen
         return pos + klen
+
+    cdef Py_ssize_t _named_value(self, const uint8_t *p, uint32_t n, uint32_t max_value) except -2:
+        """A value+options op on a named thing: ``_head`` with a non-empty name (the handlers
+        refuse an empty one), then ``[value bytes32]`` of at most ``max_value`` bytes; sets
+        ``_hval_at``/``_hval_len`` and returns the position after the value, or -1."""
+        cdef Py_ssize_t pos = self._head(p, n)
+        cdef uint32_t vlen
+        if pos < 0 or self._hkey_len == 0 or pos + 4 > n:
+            return -1
+        vlen = ld32(p + pos)
+        pos += 4
+        if vlen > n - pos or vlen > max_value:
+            return -1
+        self._hval_at = <uint32_t>pos
+        self._hval_len = vlen
+        return pos + vlen
 
     cdef str _ns(self, const uint8_t *p, uint16_t n):
         key = PyBytes_FromStringAndSize(<const char *>p, n)
@@ -379,21 +395,12 @@ cdef class ServerCore(FrameReader):
         cdef const uint8_t *v
         cdef uint64_t ts, seq
         cdef Stream s
-        if self._log is None or self._streams is None or self._head(p, n) < 0:
+        if self._log is None or self._streams is None or self._named_value(p, n, MAX_APPEND_VALUE) < 0:
             return False
         ns, nslen, kpos, klen = self._hns, self._hns_len, self._hkey_at, self._hkey_len
-        if klen == 0:  # an empty name is refused by the handler
-            return False
-        pos = kpos + klen
-        # [value bytes32][options_len u16][TLV...]: only an absent or empty options block here
-        if pos + 4 > n:
-            return False
-        vlen = ld32(p + pos)
-        pos += 4
-        if vlen > n - pos or vlen > MAX_APPEND_VALUE:
-            return False
-        v = p + pos
-        pos += vlen
+        v, vlen = p + self._hval_at, self._hval_len
+        pos = self._hval_at + vlen
+        # [options_len u16][TLV...]: only an absent or empty options block here
         if n - pos >= 2 and ld16(p + pos) != 0:
             return False
         # the records, checked the way the handler's Reader reads them
@@ -485,20 +492,11 @@ cdef class ServerCore(FrameReader):
         cdef PriorityQueue q
         if not self._can_write() or self._queues is None or type(self._queues) is not Queues:
             return False
-        if self._head(p, n) < 0:
+        if self._named_value(p, n, MAX_QUEUE_PAYLOAD) < 0:
             return False
         ns, nslen, kpos, klen = self._hns, self._hns_len, self._hkey_at, self._hkey_len
-        if klen == 0:  # an empty name is refused by the handler
-            return False
-        pos = kpos + klen
-        if pos + 4 > n:
-            return False
-        plen = ld32(p + pos)
-        pos += 4
-        if plen > n - pos or plen > MAX_QUEUE_PAYLOAD:
-            return False
-        payload = p + pos
-        pos += plen
+        payload, plen = p + self._hval_at, self._hval_len
+        pos = self._hval_at + plen
         # options: absent when fewer than 2 bytes follow (tolerated, as split_value_options does)
         if n - pos >= 2:
             olen = ld16(p + pos)
