@@ -111,6 +111,15 @@ cdef inline Py_ssize_t kv_set_record_max(Py_ssize_t nslen, Py_ssize_t klen, Py_s
     return 9 + 9 + 5 + (nslen if nslen > 7 else 7) + 1 + 5 + klen + 5 + vlen + 9
 
 
+cdef inline Py_ssize_t _mp_record_head(uint8_t *b, const char *kind, Py_ssize_t klen, int nargs) noexcept:
+    # a record is [kind, args]: fixarray(2), fixstr kind (< 32 bytes), fixarray(nargs) (< 16)
+    b[0] = 0x92
+    b[1] = <uint8_t>(0xa0 | klen)
+    memcpy(b + 2, kind, klen)
+    b[2 + klen] = <uint8_t>(0x90 | nargs)
+    return 3 + klen
+
+
 cdef inline Py_ssize_t encode_kv_set(uint8_t *b, int64_t now, const uint8_t *nsb, Py_ssize_t nslen,
                                      const uint8_t *key, Py_ssize_t klen, const uint8_t *value,
                                      Py_ssize_t vlen, int64_t expires_at) noexcept:
@@ -119,11 +128,7 @@ cdef inline Py_ssize_t encode_kv_set(uint8_t *b, int64_t now, const uint8_t *nsb
     ``nsb`` is the namespace's UTF-8 (nslen <= 255); "" is logged as "default", the name the store uses.
     """
     cdef Py_ssize_t n
-    b[0] = 0x92  # [kind, args]
-    b[1] = 0xa6  # "kv.set"
-    memcpy(b + 2, b"kv.set", 6)
-    b[8] = 0x95  # args: 5 items
-    n = 9
+    n = _mp_record_head(b, b"kv.set", 6, 5)
     n += _mp_uint(b + n, <uint64_t>now)
     n += _mp_ns(b + n, nsb, nslen)
     n += _mp_bin(b + n, key, klen)
@@ -176,11 +181,7 @@ cdef inline Py_ssize_t encode_stream_append(uint8_t *b, int64_t now, const uint8
     (>= stream_append_record_max bytes). ``recs`` holds ``count`` checked wire records."""
     cdef Py_ssize_t n, pos = 0
     cdef uint32_t i, j, plen, hc, kl, vl
-    b[0] = 0x92  # [kind, args]
-    b[1] = 0xa8  # "s.append"
-    memcpy(b + 2, b"s.append", 8)
-    b[10] = 0x96  # args: 6 items
-    n = 11
+    n = _mp_record_head(b, b"s.append", 8, 6)
     n += _mp_uint(b + n, <uint64_t>now)
     n += _mp_ns(b + n, nsb, nslen)
     n += _mp_str(b + n, name, namelen)
@@ -245,11 +246,7 @@ cdef inline Py_ssize_t encode_queue_enqueue(uint8_t *b, int64_t now, const uint8
     """``["q.enq", [now, ns, name, payload, priority, 0, None, window]]`` into ``b``
     (>= queue_enqueue_record_max bytes)."""
     cdef Py_ssize_t n
-    b[0] = 0x92  # [kind, args]
-    b[1] = 0xa5  # "q.enq"
-    memcpy(b + 2, b"q.enq", 5)
-    b[7] = 0x98  # args: 8 items
-    n = 8
+    n = _mp_record_head(b, b"q.enq", 5, 8)
     n += _mp_uint(b + n, <uint64_t>now)
     n += _mp_ns(b + n, nsb, nslen)
     n += _mp_str(b + n, name, namelen)
