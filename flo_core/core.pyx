@@ -12,6 +12,13 @@ goes to the Python dispatcher ``slow(rid, op, payload)``, which returns
 ``(status, data)`` or a coroutine; coroutines are collected in ``deferred``
 as ``(rid, coro)`` for the edge to schedule.
 
+Once a connection has shown it speaks Flo wire v2, the edge (``FloProtocol``)
+hands the transport to its ServerCore (``transport.set_protocol(core)``), so
+uvloop calls ``data_received`` here, in C: clock, request loop, answers out
+through the connection's :class:`flo_core.output.Output`. The edge keeps what
+is rare: blocking requests (``proto._start``), a broken stream
+(``proto._broken``), the connection's lifetime and back-pressure.
+
 The fast KV_PUT / KV_INCR do what the ``kv.set`` applier does (journal
 append, store write, wake waiters) and the fast STREAM_APPEND what the
 ``stream_append`` handler and the ``s.append`` applier do (same id, same
@@ -28,6 +35,8 @@ from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 from flo_core.frame cimport FrameReader, append_reply
+from flo_core.output cimport Output
+from flo_core._pyframe import FrameError
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
@@ -110,6 +119,9 @@ cdef class ServerCore(FrameReader):
     cdef public object slow
     cdef public object srv
     cdef public bint fast
+    cdef public object proto  # the edge (FloProtocol) when this core is the transport's protocol
+    cdef public Output output  # where data_received sends answers
+    cdef object _clock  # srv.now
     cdef KVStore kv
     cdef object waiting  # the waiters' key dict: notify only when someone waits
     cdef dict _ns_cache
@@ -135,9 +147,49 @@ cdef class ServerCore(FrameReader):
         self.fast = fast
         self._ns_cache = {}
         self._rec = bytearray(256)
+        self._clock = srv.now
+
+    @property
+    def now(self):
+        """The clock reading (Unix ms) of the batch being run: what slow paths see as ``now``."""
+        return self._now
+
+    # --- the transport's protocol, once the edge handed it over ---------------------------
+
+    def data_received(self, data):
+        cdef list deferred
+        try:
+            self._run(data, self._clock())
+        except FrameError as e:
+            self.proto._broken(e)
+            return
+        if self.deferred:
+            deferred, self.deferred = self.deferred, []
+            for rid, coro in deferred:
+                self.proto._start(rid, coro)
+        if PyByteArray_GET_SIZE(self.out):
+            out, self.out = self.out, bytearray()
+            self.output.send_c(out)
+
+    def eof_received(self):
+        return None  # the transport closes
+
+    def connection_lost(self, exc):
+        self.proto.connection_lost(exc)
+
+    def pause_writing(self):
+        self.proto.pause_writing()
+
+    def resume_writing(self):
+        self.proto.resume_writing()
+
+    # --- the request loop ----------------------------------------------------------------------
 
     def run(self, data, int64_t now):
         """Feed bytes; run every complete request. Raises FrameError on a broken stream."""
+        self._run(data, now)
+
+    cdef int _run(self, data, int64_t now) except -1:
         self._now = now
         journal = self.srv.journal
         self._log = journal.raw_writer()
@@ -154,6 +206,7 @@ cdef class ServerCore(FrameReader):
             self._queues = None
             if self._logged:
                 journal.appended_raw(self._logged)
+        return 0
 
     cdef int _on_frame(self, uint64_t rid, uint32_t op, const uint8_t *p, uint32_t n, list out) except -1:
         if self.fast:

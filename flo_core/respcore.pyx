@@ -23,6 +23,12 @@ and the commands parsed after it are returned unexecuted, for the session to
 queue behind it. The session's ``ns`` / ``resp3`` are re-read after every
 Python command (SELECT, USE, HELLO, RESET change them).
 
+Like ServerCore, a RespCore becomes the transport's protocol once the edge
+knows the connection speaks RESP: uvloop calls ``data_received`` here, and the
+common read (no blocking command pending, no protocol error, no QUIT) is served
+and answered without leaving C; the rest goes to the session
+(``RespSession.feed`` / ``_settle``).
+
 Example:
     >>> core = RespCore(srv, session, session._exec)    # doctest: +SKIP
     >>> out = bytearray()
@@ -41,6 +47,8 @@ from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TE
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
 from flo_core.records cimport log_kv_set
+from flo_core.output cimport Output
+from flo_core.resp import RespProtocolError
 
 from flo_core import spec
 
@@ -86,6 +94,9 @@ cdef class RespCore(RespParser):
     cdef bint _resp3
     cdef object _lists           # ListStore.spaces  {ns: {key: deque}}
     cdef object _streams         # Streams.by_ns     {ns: {name: Stream}} or None
+    cdef public object proto     # the edge (FloProtocol) when this core is the transport's protocol
+    cdef public Output output    # the session's Output
+    cdef object _clock           # srv.now
 
     def __init__(self, srv, session, slow, **limits):
         RespParser.__init__(self, **limits)
@@ -98,6 +109,43 @@ cdef class RespCore(RespParser):
         self.fast_count = 0
         self._rec = bytearray(256)
         self._ns = None
+        self._clock = getattr(srv, "now", None)  # used once this core is the protocol
+
+    # --- the transport's protocol, once the edge handed it over ---------------------------
+
+    def data_received(self, data):
+        s = self.session
+        if s._blocked is not None or s.closed or s._close_after:
+            s.feed(data)  # queued behind a blocking command, or closing
+            return
+        cdef bytearray out = bytearray()
+        cdef int64_t now = self._clock()
+        s.now = now
+        error = None
+        try:
+            rest = self._run(data, now, out)
+        except RespProtocolError as e:
+            rest, error = e.commands, e.message
+        r = self.stopped
+        if r is None and error is None:
+            self.output.send_c(out)
+            return
+        self.stopped = None
+        s._settle(r, rest, out, error)
+
+    def eof_received(self):
+        return None  # the transport closes
+
+    def connection_lost(self, exc):
+        self.proto.connection_lost(exc)
+
+    def pause_writing(self):
+        self.proto.pause_writing()
+
+    def resume_writing(self):
+        self.proto.resume_writing()
+
+    # --- the request loop ----------------------------------------------------------------------
 
     def run(self, data, int64_t now, bytearray out):
         """Parse ``data`` and run every command it completes; replies go to ``out``.
@@ -109,6 +157,9 @@ cdef class RespCore(RespParser):
             RespProtocolError: malformed input; its ``commands`` are the ones
                 left unexecuted (those before the bad bytes already ran).
         """
+        return self._run(data, now, out)
+
+    cdef object _run(self, data, int64_t now, bytearray out):
         journal = self.srv.journal
         self.journal = journal
         self.durable = bool(getattr(journal, "durable", False))

@@ -51,8 +51,9 @@ class MemoryJournal:
         """No log file: the C fast path calls :meth:`append` instead."""
         return None
 
-    def call_after_sync(self, cb: Callable[[], None]) -> None:
-        cb()
+    def hold(self, output: Any) -> None:
+        """Nothing waits for a journal in memory: release at once."""
+        output.release(self.last_lsn)
 
     def close(self) -> None:
         pass

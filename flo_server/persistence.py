@@ -13,7 +13,7 @@ fsync policies:
 
 * ``always``  — the writes of one loop iteration go to the file with one
   ``write``, then one ``fdatasync`` in a worker thread; answers of those writes
-  are held by the connection edge (``pending_sync`` / ``call_after_sync``)
+  are held by the connection edge (``flo_core.output.Output``, ``hold``)
   until it is done. An acknowledged write survives kill -9 and power loss.
 * ``everysec`` — same single write per iteration, and answers leave after it
   (so kill -9 loses nothing acknowledged); ``fdatasync`` once a second in a
@@ -42,7 +42,7 @@ import struct
 import sys
 import time
 import zlib
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -304,13 +304,12 @@ class DiskJournal:
     buffer and, the first time in a loop iteration, schedules one flush with
     ``loop.call_soon``; under ``always`` that flush is followed by one
     ``fdatasync`` in a worker thread. ``pending_sync`` is true while records are
-    not yet durable under ``always``; ``call_after_sync(cb)`` runs ``cb`` once
-    every record appended so far is durable (at once under other policies).
+    not yet durable under ``always``; an Output holding answers lists itself with
+    ``hold(output)`` and gets ``output.release(safe_lsn)`` after each write / fsync.
 
     Example:
         >>> j = DiskJournal(srv, "./data", policy="always")    # doctest: +SKIP
         >>> lsn = j.append("kv.set", (now, "default", b"k", b"v", 0))
-        >>> j.call_after_sync(lambda: print("durable", lsn))
     """
 
     durable = True
@@ -352,7 +351,7 @@ class DiskJournal:
         self._flush_scheduled = False
         self._sync_inflight = False
         self._snapshot_inflight: asyncio.Future | None = None
-        self._after_sync: deque[tuple[int, Callable[[], None]]] = deque()
+        self._holders: list = []  # Outputs holding answers until the log covers them
         # Own threads: an fsync must never queue behind other executor work.
         self._sync_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flo-fsync")
         self._snap_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flo-snapshot")
@@ -417,12 +416,10 @@ class DiskJournal:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_now)
 
-    def call_after_sync(self, cb: Callable[[], None]) -> None:
-        """Run ``cb`` once everything appended so far is safe per the policy (now if it already is)."""
-        if not self.pending_sync:
-            cb()
-            return
-        self._after_sync.append((self.writer.last_lsn, cb))
+    def hold(self, output: Any) -> None:
+        """List ``output`` (a :class:`flo_core.output.Output` holding answers): after each log
+        write / fsync the journal calls ``output.release(safe_lsn)`` until it holds nothing."""
+        self._holders.append(output)
 
     # --- group commit --------------------------------------------------------------------
 
@@ -470,14 +467,17 @@ class DiskJournal:
             self._kick_sync()  # what was flushed while this fsync ran
 
     def _run_after_sync(self) -> None:
+        holders = self._holders
+        if not holders:
+            return
         synced = self._safe_lsn()
-        q = self._after_sync
-        while q and q[0][0] <= synced:
-            _, cb = q.popleft()
+        self._holders = still = []
+        for output in holders:
             try:
-                cb()
+                if output.release(synced):
+                    still.append(output)
             except Exception:  # noqa: BLE001 - one connection's bug must not stall the others
-                log.exception("after-sync callback failed")
+                log.exception("releasing held answers failed")
 
     def _every_second(self) -> None:
         self._tick = None

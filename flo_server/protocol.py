@@ -1,7 +1,10 @@
 """The connection edge: one ``feed()`` per read, one ``transport.write`` per read cycle.
 
 The first bytes of a connection pick the protocol: ``FLO\\0`` is Flo wire v2,
-anything else is RESP (handed to :class:`flo_server.resp.RespSession`).
+anything else is RESP (handed to :class:`flo_server.resp.RespSession`). A Flo
+connection is then handed to its compiled request loop
+(``transport.set_protocol(ServerCore)``), so uvloop calls C for every read; this
+class keeps the connection's lifetime, blocking requests and back-pressure.
 
 Answers of a batch that wrote are held until the journal's fsync covers them
 when the server runs with ``fsync=always`` (group commit); a connection's
@@ -21,7 +24,7 @@ from flo_core import wire
 from flo_core.errors import refusal_body
 from flo_core.spec import MAGIC_BYTES, Ran, Status
 from flo_server.dispatch import dispatch
-from flo_server.output import Output
+from flo_core.output import Output  # type: ignore[import-not-found]
 
 log = logging.getLogger("flo_server.protocol")
 
@@ -43,7 +46,6 @@ class FloProtocol(asyncio.Protocol):
         self.resp: Any = None
         self._sniff = b""
         self._paused = False
-        self._now = 0
         self.core = False
 
     # --- asyncio.Protocol ---------------------------------------------------------
@@ -97,58 +99,66 @@ class FloProtocol(asyncio.Protocol):
             if n < 4:
                 self._sniff = head  # wait for all four bytes
                 return
-            self.reader = make_reader(self)
             self._sniff = b""
-            self._flo(head)
+            self.reader = make_reader(self)
+            if self.core:
+                # From now on uvloop calls the C request loop directly (flo_core.core).
+                self.reader.proto = self
+                self.reader.output = self.output
+                self.transport.set_protocol(self.reader)
+                self.reader.data_received(head)
+            else:
+                self._flo(head)
             return
         from flo_server.resp import RespSession
 
         self._sniff = b""
         self.resp = RespSession(self.srv, self.transport)
-        self.resp.feed(head)
+        core = self.resp._core
+        if core is not None:
+            # As for Flo: uvloop calls the compiled RESP loop directly (flo_core.respcore).
+            core.proto = self
+            core.output = self.resp._output
+            self.transport.set_protocol(core)
+            core.data_received(head)
+        else:
+            self.resp.feed(head)
 
     # --- Flo wire v2 ------------------------------------------------------------------
 
     def _flo(self, data: bytes) -> None:
-        now = self._now = self.srv.now()
+        """The Python request loop (no compiled core, or ``FLO_NO_FASTPATH``)."""
+        now = self.srv.now()
         try:
-            if self.core:
-                self.reader.run(data, now)
-                out, deferred = self.reader.out, self.reader.deferred
-                if deferred:
-                    self.reader.deferred = []
-                    for rid, coro in deferred:
-                        self._start(rid, coro)
-                if out:
-                    self.out += out
-                    self.reader.out = bytearray()
-            else:
-                for rid, op, payload in self.reader.feed(data):
-                    r = dispatch(self.srv, rid, op, payload, self, now)
-                    if type(r) is tuple:
-                        _append_reply(self.out, rid, r[0], r[1])
-                    else:
-                        self._start(rid, r)
+            for rid, op, payload in self.reader.feed(data):
+                r = dispatch(self.srv, rid, op, payload, self, now)
+                if type(r) is tuple:
+                    _append_reply(self.out, rid, r[0], r[1])
+                else:
+                    self._start(rid, r)
         except wire.FrameError as e:
-            # The stream cannot be resynchronised: answer what came before, then a refusal with id 0, then close.
-            if self.core:
-                self.out += self.reader.out
-            else:
-                for rid, op, payload in e.frames:
-                    r = dispatch(self.srv, rid, op, payload, self, now)
-                    if type(r) is tuple:
-                        _append_reply(self.out, rid, r[0], r[1])
-            _append_reply(self.out, 0, Status.BAD_REQUEST, refusal_body(e.reason, Ran.NO, e.message))
-            self._flush()
-            self.closed = True
-            self.transport.close()
+            for rid, op, payload in e.frames:
+                r = dispatch(self.srv, rid, op, payload, self, now)
+                if type(r) is tuple:
+                    _append_reply(self.out, rid, r[0], r[1])
+            self._broken(e)
             return
         if self.out:
             self._flush()
 
+    def _broken(self, e: Any) -> None:
+        """The stream cannot be resynchronised: answer what came before, then a refusal with id 0, then close."""
+        if self.core:
+            self.out += self.reader.out
+            self.reader.out = bytearray()
+        _append_reply(self.out, 0, Status.BAD_REQUEST, refusal_body(e.reason, Ran.NO, e.message))
+        self._flush()
+        self.closed = True
+        self.transport.close()
+
     def _slow(self, rid: int, op: int, payload: bytes) -> Any:
         """Every request the C fast path does not finish: the Python dispatcher."""
-        return dispatch(self.srv, rid, op, payload, self, self._now)
+        return dispatch(self.srv, rid, op, payload, self, self.reader.now)
 
     def _start(self, rid: int, coro: Any) -> None:
         task = asyncio.ensure_future(self._later(rid, coro))

@@ -58,7 +58,7 @@ from flo_core.spec import DEFAULT_NAMESPACE, MAX_KEY, MAX_KV_VALUE, Reason
 from flo_server import jsonpath
 from flo_server.handlers import kv as kvh
 from flo_server.handlers.list import MAX_LIST_LEN, lists_of
-from flo_server.output import Output
+from flo_core.output import Output  # type: ignore[import-not-found]
 
 try:  # the compiled request loop (GET/SET/INCR in C); FLO_NO_FASTPATH=1 turns it off per connection
     from flo_core.respcore import RespCore

@@ -1,0 +1,102 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+"""A connection's answers on their way out, in order, never before the journal allows.
+
+Under ``fsync=always`` answers of writes wait for the fsync that covers them;
+under ``everysec``/``no`` they wait for the loop's one ``write()`` of the log
+(so a kill -9 never loses an acknowledged write). Answers produced later on the
+same connection queue behind held ones, so a connection's answers keep their
+order. Both protocols (Flo wire v2 and RESP) and both paths (the C request
+loop and the Python dispatcher) send through this one class.
+
+How a held answer gets out: the Output lists itself once with the journal
+(``journal.hold(output)``); after each log write / fsync the journal calls
+``release(safe_lsn)`` on every listed Output, which writes the chunks the
+journal now covers and says whether it still holds some.
+
+Example:
+    >>> out = Output(srv, transport)             # doctest: +SKIP
+    >>> out.send(bytearray(b"..."))              # written now, or once the log covers it
+"""
+
+from libc.stdint cimport uint64_t
+
+
+cdef class Output:
+    def __init__(self, srv, transport, on_drained=None):
+        journal = srv.journal
+        self.transport = transport
+        self.closed = False
+        self._journal = journal
+        # The journal's writer when answers may have to wait for it (a disk journal).
+        self._log = getattr(journal, "writer", None) if getattr(journal, "durable", False) else None
+        self._always = getattr(journal, "policy", "") == "always"
+        self._held = []
+        self._head = 0
+        self._registered = False
+        self._on_drained = on_drained
+
+    @property
+    def holding(self):
+        """Some answers still wait for the journal."""
+        return self._head < len(self._held)
+
+    def send(self, data):
+        """Queue ``data`` (the caller hands it over and must not change it afterwards)."""
+        self.send_c(data)
+
+    cdef int send_c(self, object data) except -1:
+        cdef uint64_t last, safe
+        cdef list chunk
+        if not data:
+            return 0
+        if self._log is None:
+            if not self.closed:
+                self.transport.write(data)
+            return 0
+        last = self._log.last_lsn
+        safe = self._log.synced_lsn if self._always else self._log.flushed_lsn
+        if safe >= last:
+            if self._head < len(self._held):
+                self._drain(safe)  # everything held is covered too: keep the order
+            if not self.closed:
+                self.transport.write(data)
+            return 0
+        if self._head < len(self._held):
+            chunk = self._held[len(self._held) - 1]
+            if <uint64_t>chunk[0] == last:
+                chunk[1] += data  # same wait: one chunk, one write later
+                return 0
+        self._held.append([last, bytearray(data) if type(data) is not bytearray else data])
+        if not self._registered:
+            self._registered = True
+            self._journal.hold(self)
+        return 0
+
+    def release(self, uint64_t safe):
+        """The journal covers every LSN up to ``safe``: write what waited for it.
+
+        Returns True while some answer still waits (the journal keeps this Output listed).
+        """
+        self._drain(safe)
+        if self._head < len(self._held):
+            return True
+        self._registered = False
+        return False
+
+    cdef int _drain(self, uint64_t safe) except -1:
+        cdef list held = self._held
+        cdef list chunk
+        cdef Py_ssize_t n = len(held)
+        while self._head < n:
+            chunk = held[self._head]
+            if <uint64_t>chunk[0] > safe:
+                return 0
+            held[self._head] = None
+            self._head += 1
+            if not self.closed:
+                self.transport.write(chunk[1])
+        del held[:]
+        self._head = 0
+        if self._on_drained is not None:
+            self._on_drained()
+        return 0
