@@ -2,7 +2,8 @@ from libc.stdint cimport int64_t, uint64_t
 
 
 cdef class Entry:
-    cdef public bytes value
+    cdef readonly bytes value  # readonly: size must stay its length
+    cdef readonly Py_ssize_t size
     cdef public uint64_t version
     cdef public int64_t expires_at
     cdef public int64_t written_at

@@ -37,6 +37,7 @@ cdef class Entry:
 
     def __cinit__(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at):
         self.value = value
+        self.size = len(value)  # history accounting without touching (cache-cold) old values
         self.version = version
         self.expires_at = expires_at
         self.written_at = written_at
@@ -139,15 +140,16 @@ cdef class KVStore:
                 hist = [old]
             else:
                 if len(hist) >= self.history_depth:
-                    self.history_bytes -= len((<Entry>hist[0]).value)
+                    self.history_bytes -= (<Entry>hist[0]).size
                     del hist[0]
                 hist.append(old)
-            self.history_bytes += len(old.value)
+            self.history_bytes += old.size
             if self.history_bytes > self.history_budget and len(hist) > 1:
                 # Over the server's history budget: a key written now keeps only its last version.
-                for h in hist[:-1]:
-                    self.history_bytes -= len((<Entry>h).value)
-                del hist[:-1]
+                drop = len(hist) - 1  # not hist[:-1]: negative indices are undefined without wraparound
+                for h in hist[:drop]:
+                    self.history_bytes -= (<Entry>h).size
+                del hist[:drop]
             e.history = hist
         sp.keys[key] = e
         if expires_at:
@@ -168,7 +170,7 @@ cdef class KVStore:
     cdef void _forget_history(self, Entry e):
         if e.history is not None:
             for h in e.history:
-                self.history_bytes -= len((<Entry>h).value)
+                self.history_bytes -= (<Entry>h).size
             e.history = None
 
     cpdef bint set_expiry(self, str ns, bytes key, int64_t expires_at, int64_t now):

@@ -257,6 +257,20 @@ def test_history_depth_is_a_setting() -> None:
     assert [x[0] for x in s.history(NS, b"k", 65, T0)] == [9, 8, 7, 6]
 
 
+def test_history_budget_keeps_only_the_last_version_of_keys_written_over_it() -> None:
+    s = KVStore(history_budget=1000)
+    for v in range(1, 9):  # 7 replaced versions of 100 bytes: under the budget
+        s.set(NS, b"a", b"%04d" % v * 25, v, 0, T0)
+    assert s.history_bytes == 700
+    assert len(s.history(NS, b"a", 65, T0)) == 8
+    for v in range(9, 13):  # over the budget: "a" keeps its live value and the one before
+        s.set(NS, b"a", b"%04d" % v * 25, v, 0, T0)
+    assert [x[0] for x in s.history(NS, b"a", 65, T0)] == [12, 11]
+    assert s.history_bytes == 100
+    s.delete(NS, b"a", T0)
+    assert s.history_bytes == 0
+
+
 def test_history_after_delete_and_expiry(kv: KVStore) -> None:
     kv.set(NS, b"k", b"a", 1, 0, T0)
     kv.set(NS, b"k", b"b", 2, T0 + 10, T0 + 1)
