@@ -23,6 +23,44 @@ cdef class LogReader:
     cdef bint _open_next(self) except -1
 
 
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef unsigned long pthread_t
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_signal(pthread_cond_t *c)
+    int pthread_create(pthread_t *t, const void *attr, void *(*fn)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t t, void **ret)
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK
+    int EFD_CLOEXEC
+
+
+
+cdef struct Syncer:
+    # shared between the loop thread and the syncer thread
+    pthread_mutex_t mu        # guards every field below except fd
+    pthread_cond_t cv
+    pthread_mutex_t fd_mu     # held across an fdatasync, and by the loop while it changes fd
+    int fd                    # the open segment (changed under fd_mu)
+    int efd                   # eventfd: the thread adds 1 after each fdatasync
+    bint want                 # a request is waiting
+    bint stop
+    uint64_t req_lsn, req_size, req_gen     # what the loop has flushed (to make durable)
+    uint64_t done_lsn, done_size, done_gen  # what the thread has made durable
+    int err                   # errno of a failed fdatasync, 0 = none
+
+
 cdef class LogWriter:
     cdef readonly object directory
     cdef readonly object segment_path
@@ -36,7 +74,10 @@ cdef class LogWriter:
     cdef readonly uint64_t bytes_appended
     cdef readonly object truncated   # None or (path, offset, dropped_bytes) of a torn tail cut at open
     cdef int _fd
-    cdef object _fd_lock
+    cdef Syncer *_ss             # shared with the syncer thread (log.pyx)
+    cdef pthread_t _thread       # the syncer thread
+    cdef bint _syncing           # the syncer thread runs
+    cdef uint64_t _gen           # bumped at each segment opened
     cdef uint8_t *_buf
     cdef Py_ssize_t _len
     cdef Py_ssize_t _cap
@@ -48,3 +89,4 @@ cdef class LogWriter:
     cdef uint64_t append_c(self, uint8_t kind, const uint8_t *payload, Py_ssize_t n) except 0
     cdef int _open_segment(self, uint64_t first_lsn, bint create) except -1
     cdef int _rotate(self, uint64_t first_lsn) except -1
+    cdef int _stop_syncer(self) except -1

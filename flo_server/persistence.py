@@ -349,11 +349,12 @@ class DiskJournal:
         self.failed: BaseException | None = None
         self.closed = False
         self._flush_scheduled = False
-        self._sync_inflight = False
         self._snapshot_inflight: asyncio.Future | None = None
         self._holders: list = []  # Outputs holding answers until the log covers them
-        # Own threads: an fsync must never queue behind other executor work.
-        self._sync_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flo-fsync")
+        # fdatasync runs on the log's own C thread (flo_core.log: the syncer), which
+        # never takes the GIL and says it is done through an eventfd the loop watches.
+        self._syncer_fd = self.writer.start_syncer()
+        self.loop.add_reader(self._syncer_fd, self._synced)
         self._snap_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="flo-snapshot")
         self._tick: asyncio.TimerHandle | None = None
         if policy != "always":
@@ -443,28 +444,19 @@ class DiskJournal:
             self._start_snapshot()
 
     def _kick_sync(self) -> None:
-        if self._sync_inflight or self.closed:
+        if self.closed:
             return
-        w = self.writer
-        if w.synced_lsn >= w.flushed_lsn:
-            self._run_after_sync()
-            return
-        self._sync_inflight = True
-        fut = self.loop.run_in_executor(self._sync_pool, w.sync)
-        fut.add_done_callback(self._sync_done)
+        if not self.writer.request_sync():  # a request made while one fdatasync runs is served by the next
+            self._run_after_sync()  # nothing left to sync
 
-    def _sync_done(self, fut: asyncio.Future) -> None:
-        self._sync_inflight = False
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None:
-            self._io_failed("fsync", exc)
+    def _synced(self) -> None:
+        """The syncer's eventfd fired: one or more fdatasyncs finished."""
+        err = self.writer.collect()
+        if err:
+            self._io_failed("fsync", OSError(err, os.strerror(err), self.writer.segment_path))
             return
         self.syncs += 1
         self._run_after_sync()
-        if self._always and self.writer.synced_lsn < self.writer.flushed_lsn:
-            self._kick_sync()  # what was flushed while this fsync ran
 
     def _run_after_sync(self) -> None:
         holders = self._holders
@@ -596,10 +588,10 @@ class DiskJournal:
         except Exception:  # noqa: BLE001 - still close the log below
             log.exception("final flush/snapshot failed")
         self.closed = True
+        self.loop.remove_reader(self._syncer_fd)
         try:
-            self.writer.close()  # flush + fdatasync; waits for an fsync in flight
+            self.writer.close()  # stops the syncer (waits for an fsync in flight), flush + fdatasync
         finally:
-            self._sync_pool.shutdown(wait=True)
             self._run_after_sync()
             _unlock(self)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import threading
+import time
 
 import pytest
 
@@ -256,3 +258,46 @@ def test_sync_in_a_thread_while_appending(tmp_path):
     recs, r = read_all(tmp_path)
     assert [lsn for lsn, _, _ in recs] == list(range(1, 2001))
     assert all(p == (lsn - 1).to_bytes(4, "little") * 50 for lsn, _, p in recs)
+
+
+def _wait_synced(w, fd, lsn, timeout=10.0):
+    """Wait on the syncer's eventfd until ``lsn`` is durable."""
+    deadline = time.monotonic() + timeout
+    while w.synced_lsn < lsn:
+        left = deadline - time.monotonic()
+        assert left > 0, f"synced_lsn stuck at {w.synced_lsn} < {lsn}"
+        if select.select([fd], [], [], left)[0]:
+            assert w.collect() == 0
+
+
+def test_syncer_thread_makes_flushed_records_durable_and_signals_the_eventfd(tmp_path):
+    w = LogWriter(tmp_path, segment_bytes=8192)
+    fd = w.start_syncer()
+    assert w.start_syncer() == fd == w.syncer_fd  # one thread
+    assert w.request_sync() is False  # nothing flushed: nothing to ask
+    last = 0
+    for i in range(300):  # rotates several times while the syncer works
+        last = w.append(1, i.to_bytes(4, "little") * 50)
+        if i % 10 == 9:
+            w.flush()
+            assert w.request_sync() is True
+            assert w.synced_lsn <= w.flushed_lsn
+    w.flush()
+    w.request_sync()
+    _wait_synced(w, fd, last)
+    assert w.synced_lsn == w.flushed_lsn == last
+    assert len(w.segments()) > 3
+    w.close()  # stops the thread
+    assert w.syncer_fd == -1
+    recs, r = read_all(tmp_path)
+    assert [lsn for lsn, _, _ in recs] == list(range(1, 301)) and r.torn is None
+
+
+def test_syncer_refuses_requests_when_not_started(tmp_path):
+    w = LogWriter(tmp_path)
+    w.append(1, b"x")
+    w.flush()
+    with pytest.raises(ValueError):
+        w.request_sync()
+    assert w.collect() == 0
+    w.close()
