@@ -39,7 +39,7 @@ from flo_core.output cimport Output
 from flo_core._pyframe import FrameError
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
-from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
+from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok
 from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue
 from flo_core.stream cimport Stream
 from flo_core.pqueue cimport PriorityQueue, Queues
@@ -65,50 +65,6 @@ cdef bytes NOT_FOUND_BODY = b"\x0d\x00\x00key not found"
 cdef str KIND_SET = "kv.set"
 cdef str KIND_ENQUEUE = "q.enq"
 cdef str STREAM_WAKE = "s"  # waiters' key of a stream: ("s", ns, name)
-
-
-cdef inline bint _utf8_ok(const uint8_t *p, Py_ssize_t n) noexcept nogil:
-    """Strict UTF-8, as Python's ``bytes.decode("utf-8")`` accepts it (no surrogates, overlongs, > U+10FFFF)."""
-    cdef Py_ssize_t i = 0
-    cdef uint8_t c, lo, hi
-    cdef int k
-    while i < n:
-        c = p[i]
-        if c < 0x80:
-            i += 1
-            continue
-        lo = 0x80
-        hi = 0xBF
-        if 0xC2 <= c <= 0xDF:
-            k = 1
-        elif c == 0xE0:
-            k = 2
-            lo = 0xA0
-        elif 0xE1 <= c <= 0xEC or c == 0xEE or c == 0xEF:
-            k = 2
-        elif c == 0xED:
-            k = 2
-            hi = 0x9F
-        elif c == 0xF0:
-            k = 3
-            lo = 0x90
-        elif 0xF1 <= c <= 0xF3:
-            k = 3
-        elif c == 0xF4:
-            k = 3
-            hi = 0x8F
-        else:
-            return False
-        if i + k >= n:  # truncated sequence
-            return False
-        if p[i + 1] < lo or p[i + 1] > hi:
-            return False
-        if k >= 2 and (p[i + 2] & 0xC0) != 0x80:
-            return False
-        if k == 3 and (p[i + 3] & 0xC0) != 0x80:
-            return False
-        i += k + 1
-    return True
 
 
 cdef class ServerCore(FrameReader):
@@ -480,7 +436,7 @@ cdef class ServerCore(FrameReader):
                     return False
                 sl = ld16(v + vpos)
                 vpos += 2
-                if sl > vlen - vpos or not _utf8_ok(v + vpos, sl):
+                if sl > vlen - vpos or not utf8_ok(v + vpos, sl):
                     return False
                 vpos += sl
         recs_len = vpos - 4  # bytes after the records (ignored by the handler) are not logged

@@ -7,7 +7,9 @@ command as soon as it is parsed, appending its reply to ``out`` in request
 order:
 
 * ``GET key``, ``SET key value`` (no options) and ``INCR key`` run here against
-  the KV store. A write does what the ``kv.set`` applier does (journal record
+  the KV store, and ``XADD key * field value ...`` (no options) against the
+  stream store: the ``s.append`` record and stored blobs of the Python XADD
+  (``payload`` field as the payload, the other fields as headers). A write does what the ``kv.set`` applier does (journal record
   ``["kv.set", [now, ns, key, value, expires_at]]`` through the shared encoder
   of ``flo_core/records.pxd``, store write, wake parked readers), so live
   writes, replay and the Flo protocol stay identical.
@@ -40,13 +42,17 @@ Example:
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_SIZE
-from libc.stdint cimport uint8_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 from flo_core.resp cimport RespParser, _bulk, _line, _header
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
-from flo_core.records cimport log_kv_set
+from flo_core.records cimport log_kv_set, log_stream_append
+from flo_core.stream cimport Stream
+from flo_core.wirefmt cimport st16, st32, utf8_ok
+from libc.string cimport memcpy
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from flo_core.output cimport Output
 from flo_core.resp import RespProtocolError
 
@@ -55,6 +61,9 @@ from flo_core import spec
 cdef Py_ssize_t MAX_KEY = spec.MAX_KEY
 cdef Py_ssize_t MAX_KV_VALUE = spec.MAX_KV_VALUE
 cdef str KIND_SET = "kv.set"
+cdef str STREAM_WAKE = "s"  # waiters' key of a stream: ("s", ns, name)
+cdef enum:
+    XADD_MAX_HEADERS = 1024  # more fields: the Python command
 
 
 cdef inline bint _named(object name, const char *lower, Py_ssize_t n) noexcept:
@@ -94,6 +103,8 @@ cdef class RespCore(RespParser):
     cdef bint _resp3
     cdef object _lists           # ListStore.spaces  {ns: {key: deque}}
     cdef object _streams         # Streams.by_ns     {ns: {name: Stream}} or None
+    cdef object _streams_obj     # srv.streams (flo_core.stream.Streams) or None
+    cdef bytearray _xrec         # scratch: one XADD record in STREAM_APPEND wire form
     cdef public object proto     # the edge (FloProtocol) when this core is the transport's protocol
     cdef public Output output    # the session's Output
     cdef object _clock           # srv.now
@@ -195,6 +206,7 @@ cdef class RespCore(RespParser):
         self._lists = s.lists.spaces
         streams = getattr(self.srv, "streams", None)
         self._streams = streams.by_ns if streams is not None else None
+        self._streams_obj = streams
         self._log = self.journal.raw_writer()
         return 0
 
@@ -204,7 +216,7 @@ cdef class RespCore(RespParser):
             return 0
         cdef Py_ssize_t argc = PyList_GET_SIZE(args)
         cdef bint done = False
-        if self._ns_ok and 2 <= argc <= 3:
+        if self._ns_ok and argc >= 2:
             name = args[0]
             try:
                 if argc == 2 and _named(name, b"get", 3):
@@ -213,6 +225,8 @@ cdef class RespCore(RespParser):
                     done = self._set(args[1], args[2])
                 elif argc == 2 and _named(name, b"incr", 4):
                     done = self._incr(args[1])
+                elif argc >= 5 and _named(name, b"xadd", 4):
+                    done = self._xadd(args, argc)
             except Exception:
                 done = False  # nothing was answered or changed: the Python command decides
         if done:
@@ -239,6 +253,13 @@ cdef class RespCore(RespParser):
                     return False
                 return name in d
         return False
+
+    cdef bint _other_type_kv(self, bytes key) except -1:
+        """``key`` holds a string or a list (a new stream's WRONGTYPE check)."""
+        if self.kv.get(self._ns, key, self._now) is not None:
+            return True
+        sp = self._lists.get(self._ns)
+        return bool(sp) and key in sp
 
     cdef bint _get(self, bytes key) except -1:
         cdef Entry e = self.kv.get(self._ns, key, self._now)
@@ -287,6 +308,97 @@ cdef class RespCore(RespParser):
         value = PyBytes_FromStringAndSize(text, counter_text(text, current))
         self._write(key, value, expires_at)
         _header(self.out, b':', current)
+        return True
+
+    cdef bint _xadd(self, list args, Py_ssize_t argc) except -1:
+        """``XADD key * field value ...``: the Python ``cmd_xadd`` for its common case, inline.
+
+        Anything else - options, an explicit id, a key holding a string or a list, a field
+        that is not UTF-8 (only ``payload`` may be binary), a journal without a raw writer - is
+        left to the Python command."""
+        cdef Py_ssize_t i, hc = 0, total, pos, kl, vl
+        cdef bytes key, star, f, v, payload = b""
+        cdef uint64_t ts, seq
+        cdef uint8_t *w
+        if (argc - 3) % 2 or self._log is None or self._streams_obj is None:
+            return False
+        key = args[1]
+        star = args[2]
+        if PyBytes_GET_SIZE(star) != 1 or PyBytes_AS_STRING(star)[0] != b'*' or PyBytes_GET_SIZE(key) > MAX_KEY:
+            return False
+        try:
+            name = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return False  # the Python command words the refusal
+        d = self._streams.get(self._ns)
+        so = d.get(name) if d is not None else None
+        if so is None:
+            if self._other_type_kv(key):
+                return False  # WRONGTYPE
+        elif type(so) is not Stream:
+            return False
+        # pass 1: which field is the payload, header count and sizes (cmd_xadd's rules)
+        total = 4 + 2
+        for i in range(3, argc, 2):
+            f = args[i]
+            v = args[i + 1]
+            if PyBytes_GET_SIZE(payload) == 0 and f == b"payload":
+                payload = v
+                continue
+            kl = PyBytes_GET_SIZE(f)
+            vl = PyBytes_GET_SIZE(v)
+            if kl > 65535 or vl > 65535 or not utf8_ok(<const uint8_t *>PyBytes_AS_STRING(f), kl) or not utf8_ok(<const uint8_t *>PyBytes_AS_STRING(v), vl):
+                return False
+            hc += 1
+            total += 4 + kl + vl
+        if hc > XADD_MAX_HEADERS or PyBytes_GET_SIZE(payload) > MAX_KV_VALUE:
+            return False
+        total += PyBytes_GET_SIZE(payload)
+        # pass 2: [payload bytes32][hc u16] hc x ([k str16][v str16])
+        if self._xrec is None or PyByteArray_GET_SIZE(self._xrec) < total:
+            self._xrec = bytearray(total if total > 256 else 256)
+        w = <uint8_t *>PyByteArray_AS_STRING(self._xrec)
+        st32(w, <uint32_t>PyBytes_GET_SIZE(payload))
+        memcpy(w + 4, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
+        pos = 4 + PyBytes_GET_SIZE(payload)
+        st16(w + pos, <uint16_t>hc)
+        pos += 2
+        p2 = b""
+        for i in range(3, argc, 2):
+            f = args[i]
+            v = args[i + 1]
+            if PyBytes_GET_SIZE(p2) == 0 and f == b"payload":
+                p2 = v  # the same choice as pass 1
+                continue
+            kl = PyBytes_GET_SIZE(f)
+            vl = PyBytes_GET_SIZE(v)
+            st16(w + pos, <uint16_t>kl)
+            memcpy(w + pos + 2, PyBytes_AS_STRING(f), kl)
+            pos += 2 + kl
+            st16(w + pos, <uint16_t>vl)
+            memcpy(w + pos + 2, PyBytes_AS_STRING(v), vl)
+            pos += 2 + vl
+        if so is None:
+            if self._now > 0:
+                ts = <uint64_t>self._now
+                seq = 0
+            else:
+                ts = 0
+                seq = 1
+        else:
+            (<Stream>so).next_id_c(<uint64_t>self._now, 1, &ts, &seq)
+        # srv.write("s.append", now, ns, name, ts, seq, [[payload, headers or None]]), then the applier
+        log_stream_append(self._log, self._rec, self._now,
+                          <const uint8_t *>PyBytes_AS_STRING(self._nsb), PyBytes_GET_SIZE(self._nsb),
+                          <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                          ts, seq, 1, w, pos, &self._logged)
+        if so is None:
+            so = self._streams_obj.get_or_create(self._ns, name, self._now)
+        (<Stream>so).append_wire(<uint64_t>self._now, ts, seq, 1, w, pos)
+        if self.waiting:
+            self.srv.waiters.notify((STREAM_WAKE, self._ns, name), 0)
+        idb = b"%d-%d" % (ts, seq)
+        _bulk(self.out, PyBytes_AS_STRING(idb), PyBytes_GET_SIZE(idb))
         return True
 
     cdef uint64_t _write(self, bytes key, bytes value, int64_t expires_at) except 0:

@@ -27,6 +27,10 @@ cdef inline void st32(uint8_t *p, uint32_t v) noexcept nogil:
     p[2] = <uint8_t>((v >> 16) & 0xFF)
     p[3] = <uint8_t>(v >> 24)
 
+cdef inline void st16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = (v >> 8) & 0xFF
+
 cdef inline void st64(uint8_t *p, uint64_t v) noexcept nogil:
     st32(p, <uint32_t>(v & 0xFFFFFFFFU))
     st32(p + 4, <uint32_t>(v >> 32))
@@ -38,3 +42,47 @@ cdef inline uint32_t frame_crc(const uint8_t *hdr, const uint8_t *data, size_t n
     if n:
         c = crc32(c, data, <unsigned int>n)
     return <uint32_t>c
+
+
+cdef inline bint utf8_ok(const uint8_t *p, Py_ssize_t n) noexcept nogil:
+    """Strict UTF-8, as Python's ``bytes.decode("utf-8")`` accepts it (no surrogates, overlongs, > U+10FFFF)."""
+    cdef Py_ssize_t i = 0
+    cdef uint8_t c, lo, hi
+    cdef int k
+    while i < n:
+        c = p[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo = 0x80
+        hi = 0xBF
+        if 0xC2 <= c <= 0xDF:
+            k = 1
+        elif c == 0xE0:
+            k = 2
+            lo = 0xA0
+        elif 0xE1 <= c <= 0xEC or c == 0xEE or c == 0xEF:
+            k = 2
+        elif c == 0xED:
+            k = 2
+            hi = 0x9F
+        elif c == 0xF0:
+            k = 3
+            lo = 0x90
+        elif 0xF1 <= c <= 0xF3:
+            k = 3
+        elif c == 0xF4:
+            k = 3
+            hi = 0x8F
+        else:
+            return False
+        if i + k >= n:  # truncated sequence
+            return False
+        if p[i + 1] < lo or p[i + 1] > hi:
+            return False
+        if k >= 2 and (p[i + 2] & 0xC0) != 0x80:
+            return False
+        if k == 3 and (p[i + 3] & 0xC0) != 0x80:
+            return False
+        i += k + 1
+    return True

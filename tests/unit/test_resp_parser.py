@@ -400,3 +400,54 @@ def test_core_without_a_healthy_journal_falls_back(core) -> None:
     core.srv.journal.raw_writer = lambda: None  # a disk journal that stopped writes
     out, _ = _run(core, [b"SET", b"a", b"1"], [b"INCR", b"a"], [b"GET", b"a"])
     assert out == b"+SLOW SET\r\n+SLOW INCR\r\n$-1\r\n"
+
+
+def test_core_xadd_in_c_logs_and_stores_what_the_python_command_does(core, tmp_path) -> None:
+    """XADD key * f v ...: the s.append record and blobs of cmd_xadd, ids by Stream.next_id."""
+    from flo_core.stream import Streams
+    from flo_server.persistence import pack_record
+
+    core.srv.streams = Streams()
+    twin = Streams()  # the same appends through the Python API (what the applier does)
+    cmds = [[b"XADD", b"s", b"*", b"f", b"x" * 100],
+            [b"xadd", b"s", b"*", b"payload", b"\xff\x00bin", b"k", b"v", b"k", b"w"],
+            [b"XADD", b"s", b"*", b"payload", b"", b"payload", b"second", b"a", b"b"],
+            [b"XADD", b"t\xc3\xa9", b"*", b"payload", b"p"]]
+    records = [[b"", [["f", "x" * 100]]], [b"\xff\x00bin", [["k", "v"], ["k", "w"]]],
+               [b"second", [["a", "b"]]], [b"p", None]]
+    names = ["s", "s", "s", "té"]
+    out, rest = _run(core, *cmds)
+    assert core.session.ran == [] and rest == [] and core.fast_count == 4
+    ids = []
+    for name, rec in zip(names, records):
+        st = twin.get_or_create("default", name, NOW)
+        ts, seq = st.next_id(NOW)
+        st.append(NOW, ts, seq, [rec])
+        ids.append((ts, seq))
+    assert ids == [(NOW, 0), (NOW, 1), (NOW, 2), (NOW, 0)]
+    assert out == b"".join(b"$%d\r\n%d-%d\r\n" % (len(b"%d-%d" % i), i[0], i[1]) for i in ids)
+    for name in ("s", "té"):
+        a, b = core.srv.streams.get("default", name), twin.get("default", name)
+        assert [a.record(o) for o in range(a.first_ord, a.end_ord)] == [b.record(o) for o in range(b.first_ord, b.end_ord)]
+    core.srv.journal.writer.flush()
+    logged = [payload for _, _, payload in LogReader(tmp_path)]
+    assert logged == [pack_record("s.append", (NOW, "default", n, i[0], i[1], [r])) for n, i, r in zip(names, ids, records)]
+    assert core.srv.waiters.notified == []
+
+
+def test_core_xadd_leaves_the_rest_to_python(core) -> None:
+    from flo_core.stream import Streams
+
+    core.srv.streams = Streams()
+    core.srv.kv.set("default", b"str", b"v", 1, 0, NOW)
+    core.session.lists.spaces["default"] = {b"lst": object()}
+    cmds = [[b"XADD", b"s", b"MAXLEN", b"10", b"*", b"f", b"v"],  # options
+            [b"XADD", b"s", b"5-1", b"f", b"v"],                   # explicit id
+            [b"XADD", b"s", b"*", b"f"],                            # odd fields
+            [b"XADD", b"s", b"*", b"f", b"\xff"],                  # a header that is not UTF-8
+            [b"XADD", b"\xff", b"*", b"f", b"v"],                  # a key that is not UTF-8
+            [b"XADD", b"str", b"*", b"f", b"v"],                   # WRONGTYPE (a string)
+            [b"XADD", b"lst", b"*", b"f", b"v"]]                   # WRONGTYPE (a list)
+    out, _ = _run(core, *cmds)
+    assert core.session.ran == cmds and core.fast_count == 0
+    assert core.srv.streams.get("default", "s") is None
