@@ -1,11 +1,12 @@
-# The C encoders of the journal's ``kv.set``, ``s.append`` and ``q.enq`` records, shared by the C fast paths
+# The C encoders of the journal's ``kv.set``, ``s.append``, ``q.enq``, ``l.push`` and ``l.pop`` records, shared by the C fast paths
 # (flo_core.core.ServerCore for Flo KV_PUT / KV_INCR / STREAM_APPEND / QUEUE_ENQUEUE, flo_core.respcore.RespCore for
-# RESP SET/INCR).
+# RESP SET/INCR/XADD/LPUSH/RPUSH/LPOP/RPOP).
 #
 # The bytes are exactly what flo_server.persistence.pack_record(kind, args) makes (msgpack,
 # use_bin_type=True, ints in their smallest form), so the appliers of flo_server/handlers/ replay
 # them like any other record. Inline: no symbols, no C-API import.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
@@ -137,6 +138,22 @@ cdef inline Py_ssize_t encode_kv_set(uint8_t *b, int64_t now, const uint8_t *nsb
     return n
 
 
+cdef inline uint8_t *_scratch(bytearray scratch, Py_ssize_t need) except NULL:
+    if PyByteArray_GET_SIZE(scratch) < need:
+        PyByteArray_Resize(scratch, need)
+    return <uint8_t *>PyByteArray_AS_STRING(scratch)
+
+
+cdef inline uint64_t _log_scratch(LogWriter log, bytearray scratch, Py_ssize_t n, Py_ssize_t need,
+                                  Py_ssize_t *logged) except 0:
+    """Append the record encoded in ``scratch[:n]``; give back a scratch grown past SCRATCH_KEEP."""
+    cdef uint64_t lsn = log.append_c(RECORD_WRITE, <const uint8_t *>PyByteArray_AS_STRING(scratch), n)
+    logged[0] += n + RECORD_HEADER
+    if need > SCRATCH_KEEP:
+        PyByteArray_Resize(scratch, 256)
+    return lsn
+
+
 cdef inline uint64_t log_kv_set(LogWriter log, bytearray scratch, int64_t now, const uint8_t *nsb,
                                 Py_ssize_t nslen, const uint8_t *key, Py_ssize_t klen,
                                 const uint8_t *value, Py_ssize_t vlen, int64_t expires_at,
@@ -146,16 +163,8 @@ cdef inline uint64_t log_kv_set(LogWriter log, bytearray scratch, int64_t now, c
     Adds the bytes appended (record + header) to ``logged[0]`` for ``journal.appended_raw``.
     """
     cdef Py_ssize_t need = kv_set_record_max(nslen, klen, vlen)
-    cdef Py_ssize_t have = PyByteArray_GET_SIZE(scratch)
-    if have < need:
-        PyByteArray_Resize(scratch, need)
-    cdef Py_ssize_t n = encode_kv_set(<uint8_t *>PyByteArray_AS_STRING(scratch), now, nsb, nslen,
-                                      key, klen, value, vlen, expires_at)
-    cdef uint64_t lsn = log.append_c(RECORD_WRITE, <const uint8_t *>PyByteArray_AS_STRING(scratch), n)
-    logged[0] += n + RECORD_HEADER
-    if need > SCRATCH_KEEP:
-        PyByteArray_Resize(scratch, 256)
-    return lsn
+    cdef Py_ssize_t n = encode_kv_set(_scratch(scratch, need), now, nsb, nslen, key, klen, value, vlen, expires_at)
+    return _log_scratch(log, scratch, n, need, logged)
 
 
 # --- s.append ----------------------------------------------------------------------------------
@@ -219,15 +228,9 @@ cdef inline uint64_t log_stream_append(LogWriter log, bytearray scratch, int64_t
                                        Py_ssize_t recs_len, Py_ssize_t *logged) except 0:
     """Encode the ``s.append`` record in ``scratch`` and append it; returns its LSN (see log_kv_set)."""
     cdef Py_ssize_t need = stream_append_record_max(nslen, namelen, count, recs_len)
-    if PyByteArray_GET_SIZE(scratch) < need:
-        PyByteArray_Resize(scratch, need)
-    cdef Py_ssize_t n = encode_stream_append(<uint8_t *>PyByteArray_AS_STRING(scratch), now, nsb, nslen,
-                                             name, namelen, ts, seq, count, recs)
-    cdef uint64_t lsn = log.append_c(RECORD_WRITE, <const uint8_t *>PyByteArray_AS_STRING(scratch), n)
-    logged[0] += n + RECORD_HEADER
-    if need > SCRATCH_KEEP:
-        PyByteArray_Resize(scratch, 256)
-    return lsn
+    cdef Py_ssize_t n = encode_stream_append(_scratch(scratch, need), now, nsb, nslen, name, namelen, ts, seq,
+                                             count, recs)
+    return _log_scratch(log, scratch, n, need, logged)
 
 
 # --- q.enq -------------------------------------------------------------------------------------
@@ -265,12 +268,43 @@ cdef inline uint64_t log_queue_enqueue(LogWriter log, bytearray scratch, int64_t
                                        uint64_t window, Py_ssize_t *logged) except 0:
     """Encode the ``q.enq`` record in ``scratch`` and append it; returns its LSN (see log_kv_set)."""
     cdef Py_ssize_t need = queue_enqueue_record_max(nslen, namelen, plen)
-    if PyByteArray_GET_SIZE(scratch) < need:
-        PyByteArray_Resize(scratch, need)
-    cdef Py_ssize_t n = encode_queue_enqueue(<uint8_t *>PyByteArray_AS_STRING(scratch), now, nsb, nslen,
-                                             name, namelen, payload, plen, priority, window)
-    cdef uint64_t lsn = log.append_c(RECORD_WRITE, <const uint8_t *>PyByteArray_AS_STRING(scratch), n)
-    logged[0] += n + RECORD_HEADER
-    if need > SCRATCH_KEEP:
-        PyByteArray_Resize(scratch, 256)
-    return lsn
+    cdef Py_ssize_t n = encode_queue_enqueue(_scratch(scratch, need), now, nsb, nslen, name, namelen, payload,
+                                             plen, priority, window)
+    return _log_scratch(log, scratch, n, need, logged)
+
+
+# --- l.push / l.pop -------------------------------------------------------------------------
+# RESP LPUSH/RPUSH log srv.write("l.push", ns, key, values, left); LPOP/RPOP without a count
+# log srv.write("l.pop", ns, key, 1, left) (flo_server.handlers.list appliers).
+
+
+cdef inline uint64_t log_list_push(LogWriter log, bytearray scratch, const uint8_t *nsb, Py_ssize_t nslen,
+                                   bytes key, list values, bint left, Py_ssize_t *logged) except 0:
+    """``["l.push", [ns, key, values, left]]``; returns its LSN (see log_kv_set)."""
+    cdef Py_ssize_t i, count = len(values), need = 9 + 3 + (nslen if nslen > 7 else 7) + 5 + 5 + len(key) + 5 + 1
+    cdef bytes v
+    for i in range(count):
+        need += 5 + len(<bytes>values[i])
+    cdef uint8_t *b = _scratch(scratch, need)
+    cdef Py_ssize_t n = _mp_record_head(b, b"l.push", 6, 4)
+    n += _mp_ns(b + n, nsb, nslen)
+    n += _mp_bin(b + n, <const uint8_t *>PyBytes_AS_STRING(key), len(key))
+    n += _mp_array(b + n, count)
+    for i in range(count):
+        v = <bytes>values[i]
+        n += _mp_bin(b + n, <const uint8_t *>PyBytes_AS_STRING(v), len(v))
+    b[n] = 0xc3 if left else 0xc2
+    return _log_scratch(log, scratch, n + 1, need, logged)
+
+
+cdef inline uint64_t log_list_pop(LogWriter log, bytearray scratch, const uint8_t *nsb, Py_ssize_t nslen,
+                                  bytes key, uint64_t count, bint left, Py_ssize_t *logged) except 0:
+    """``["l.pop", [ns, key, count, left]]``; returns its LSN (see log_kv_set)."""
+    cdef Py_ssize_t need = 9 + 3 + (nslen if nslen > 7 else 7) + 5 + 5 + len(key) + 9 + 1
+    cdef uint8_t *b = _scratch(scratch, need)
+    cdef Py_ssize_t n = _mp_record_head(b, b"l.pop", 5, 4)
+    n += _mp_ns(b + n, nsb, nslen)
+    n += _mp_bin(b + n, <const uint8_t *>PyBytes_AS_STRING(key), len(key))
+    n += _mp_uint(b + n, count)
+    b[n] = 0xc3 if left else 0xc2
+    return _log_scratch(log, scratch, n + 1, need, logged)

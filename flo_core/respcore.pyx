@@ -9,7 +9,9 @@ order:
 * ``GET key``, ``SET key value`` (no options) and ``INCR key`` run here against
   the KV store, and ``XADD key * field value ...`` (no options) against the
   stream store: the ``s.append`` record and stored blobs of the Python XADD
-  (``payload`` field as the payload, the other fields as headers). A write does what the ``kv.set`` applier does (journal record
+  (``payload`` field as the payload, the other fields as headers), and
+  ``LPUSH``/``RPUSH key value ...`` and ``LPOP``/``RPOP key`` (no count) against
+  the list store (``l.push`` / ``l.pop`` records, what the appliers do). A write does what the ``kv.set`` applier does (journal record
   ``["kv.set", [now, ns, key, value, expires_at]]`` through the shared encoder
   of ``flo_core/records.pxd``, store write, wake parked readers), so live
   writes, replay and the Flo protocol stay identical.
@@ -48,7 +50,7 @@ from flo_core.resp cimport RespParser, _bulk, _line, _header
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
-from flo_core.records cimport log_kv_set, log_stream_append
+from flo_core.records cimport log_kv_set, log_stream_append, log_list_push, log_list_pop
 from flo_core.stream cimport Stream
 from flo_core.wirefmt cimport st16, st32, utf8_ok
 from libc.string cimport memcpy
@@ -56,10 +58,14 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from flo_core.output cimport Output
 from flo_core.resp import RespProtocolError
 
+from collections import deque
+
 from flo_core import spec
 
 cdef Py_ssize_t MAX_KEY = spec.MAX_KEY
 cdef Py_ssize_t MAX_KV_VALUE = spec.MAX_KV_VALUE
+cdef Py_ssize_t MAX_LIST_LEN = 50_000_000  # flo_server.handlers.list.MAX_LIST_LEN
+cdef str LIST_WAKE = "l"  # waiters' key of a list: ("l", ns, key)
 cdef str KIND_SET = "kv.set"
 cdef str STREAM_WAKE = "s"  # waiters' key of a stream: ("s", ns, name)
 cdef enum:
@@ -227,6 +233,14 @@ cdef class RespCore(RespParser):
                     done = self._incr(args[1])
                 elif argc >= 5 and _named(name, b"xadd", 4):
                     done = self._xadd(args, argc)
+                elif _named(name, b"lpush", 5):
+                    done = self._push(args, argc, True)
+                elif _named(name, b"rpush", 5):
+                    done = self._push(args, argc, False)
+                elif argc == 2 and _named(name, b"rpop", 4):
+                    done = self._pop(args[1], False)
+                elif argc == 2 and _named(name, b"lpop", 4):
+                    done = self._pop(args[1], True)
             except Exception:
                 done = False  # nothing was answered or changed: the Python command decides
         if done:
@@ -244,15 +258,66 @@ cdef class RespCore(RespParser):
         sp = self._lists.get(self._ns)
         if sp and key in sp:
             return True
-        if self._streams is not None:
-            d = self._streams.get(self._ns)
-            if d:
-                try:
-                    name = key.decode("utf-8")
-                except UnicodeDecodeError:
-                    return False
-                return name in d
-        return False
+        return self._is_stream(key)
+
+    cdef bint _push(self, list args, Py_ssize_t argc, bint left) except -1:
+        """``LPUSH``/``RPUSH key value ...``: ``_push`` of flo_server.resp and the ``l.push`` applier."""
+        cdef bytes key = args[1]
+        cdef Py_ssize_t have = 0
+        if self._log is None or PyBytes_GET_SIZE(key) > MAX_KEY:
+            return False
+        sp = self._lists.get(self._ns)
+        d = sp.get(key) if sp is not None else None
+        if d is None:
+            if self.kv.get(self._ns, key, self._now) is not None or self._is_stream(key):
+                return False  # WRONGTYPE
+        else:
+            have = len(d)
+        values = args[2:]
+        if have + (argc - 2) > MAX_LIST_LEN:
+            return False
+        log_list_push(self._log, self._rec, <const uint8_t *>PyBytes_AS_STRING(self._nsb),
+                      PyBytes_GET_SIZE(self._nsb), key, values, left, &self._logged)
+        if d is None:
+            if sp is None:
+                sp = self._lists[self._ns] = {}
+            d = sp[key] = deque()
+        if left:
+            d.extendleft(values)  # LPUSH a b c -> c b a
+        else:
+            d.extend(values)
+        if self.waiting:
+            self.srv.waiters.notify((LIST_WAKE, self._ns, key), argc - 2)
+        _header(self.out, b':', len(d))
+        return True
+
+    cdef bint _pop(self, bytes key, bint left) except -1:
+        """``LPOP``/``RPOP key`` of a list that exists: ``_pop`` of flo_server.resp and the ``l.pop`` applier."""
+        cdef bytes v
+        if self._log is None:
+            return False
+        sp = self._lists.get(self._ns)
+        d = sp.get(key) if sp is not None else None
+        if d is None:
+            return False  # nil or WRONGTYPE: the Python command answers
+        log_list_pop(self._log, self._rec, <const uint8_t *>PyBytes_AS_STRING(self._nsb),
+                     PyBytes_GET_SIZE(self._nsb), key, 1, left, &self._logged)
+        v = d.popleft() if left else d.pop()
+        if not d:
+            del sp[key]  # an empty list does not exist
+        _bulk(self.out, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+        return True
+
+    cdef bint _is_stream(self, bytes key) except -1:
+        if self._streams is None:
+            return False
+        d = self._streams.get(self._ns)
+        if not d:
+            return False
+        try:
+            return key.decode("utf-8") in d
+        except UnicodeDecodeError:
+            return False
 
     cdef bint _other_type_kv(self, bytes key) except -1:
         """``key`` holds a string or a list (a new stream's WRONGTYPE check)."""

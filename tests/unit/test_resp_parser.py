@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 
 from flo_core.resp import (
@@ -451,3 +453,45 @@ def test_core_xadd_leaves_the_rest_to_python(core) -> None:
     out, _ = _run(core, *cmds)
     assert core.session.ran == cmds and core.fast_count == 0
     assert core.srv.streams.get("default", "s") is None
+
+
+def test_core_list_push_pop_in_c_log_what_the_appliers_replay(core, tmp_path) -> None:
+    from flo_server.handlers.list import ListStore
+    from flo_server.persistence import pack_record
+
+    cmds = [[b"LPUSH", b"l", b"a", b"b", b"c"], [b"rpush", b"l", b"d"], [b"RPOP", b"l"], [b"lpop", b"l"],
+            [b"LPOP", b"l"], [b"LPOP", b"l"], [b"RPUSH", b"m", b"x" * 300]]
+    out, rest = _run(core, *cmds)
+    assert out == b":3\r\n:4\r\n$1\r\nd\r\n$1\r\nc\r\n$1\r\nb\r\n$1\r\na\r\n:1\r\n"
+    assert core.session.ran == [] and core.fast_count == len(cmds)
+    assert list(core.session.lists.spaces["default"]) == [b"m"]  # the emptied list is gone
+    twin = ListStore()  # what replay does with the logged records
+    core.srv.journal.writer.flush()
+    logged = [payload for _, _, payload in LogReader(tmp_path)]
+    assert logged == [pack_record("l.push", ("default", b"l", [b"a", b"b", b"c"], True)),
+                      pack_record("l.push", ("default", b"l", [b"d"], False)),
+                      pack_record("l.pop", ("default", b"l", 1, False)),
+                      pack_record("l.pop", ("default", b"l", 1, True)),
+                      pack_record("l.pop", ("default", b"l", 1, True)),
+                      pack_record("l.pop", ("default", b"l", 1, True)),
+                      pack_record("l.push", ("default", b"m", [b"x" * 300], False))]
+    twin.push("default", b"l", [b"a", b"b", b"c"], True)
+    twin.push("default", b"l", [b"d"], False)
+    for left in (False, True, True, True):
+        twin.pop("default", b"l", 1, left)
+    twin.push("default", b"m", [b"x" * 300], False)
+    assert twin.dump() == {"default": [[k, list(d)] for k, d in core.session.lists.spaces["default"].items()]}
+
+
+def test_core_list_cases_left_to_python(core) -> None:
+    from flo_core.stream import Streams
+
+    core.srv.streams = Streams()
+    core.srv.streams.get_or_create("default", "st", NOW)
+    core.srv.kv.set("default", b"str", b"v", 1, 0, NOW)
+    cmds = [[b"RPOP", b"missing"], [b"RPOP", b"l", b"2"], [b"LPUSH", b"str", b"x"], [b"LPUSH", b"st", b"x"],
+            [b"LPUSH", b"k" * 70000, b"x"]]
+    core.session.lists.spaces["default"] = {b"l": deque([b"1", b"2"])}
+    out, _ = _run(core, *cmds)
+    assert core.session.ran == cmds and core.fast_count == 0
+    assert list(core.session.lists.spaces["default"][b"l"]) == [b"1", b"2"]
