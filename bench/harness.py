@@ -125,7 +125,7 @@ def grid(quick: bool) -> list[Cell]:
             for k in (1, 16):
                 cells.append(Cell("kv", wl, "flo", 50, k, 100, servers=(FLO, CEILING, REDIS)))
         cells.append(Cell("kv", "kv.get", "flo", 1, 1, 100, servers=(FLO, CEILING, REDIS)))
-        for wl in ("kv.set", "kv.get"):
+        for wl in ("kv.set", "kv.get", "list.rpop"):
             cells.append(Cell("resp", wl, "resp", 50, 16, 100))
         cells.append(Cell("stream", "stream.append", "flo", 50, 16, 100))
         cells.append(Cell("stream", "stream.read", "flo", 50, 16, 100))
@@ -141,6 +141,10 @@ def grid(quick: bool) -> list[Cell]:
                 for size in sizes:
                     cells.append(Cell("kv", wl, "flo", conns, k, size, servers=(FLO, CEILING, REDIS)))
                     cells.append(Cell("resp", wl, "resp", conns, k, size))
+    # The rest of issue 8's RESP list: redis-benchmark LPUSH, RPOP and XADD at -P 1 and -P 16.
+    for wl in ("list.lpush", "list.rpop", "stream.append"):
+        for k in (1, 16):
+            cells.append(Cell("resp", wl, "resp", 50, k, 100))
     for wl in ("stream.append", "stream.read", "stream.group", "queue.enqueue", "queue.cycle"):
         for k in (1, 16):
             cells.append(Cell(wl.split(".")[0], wl, "flo", 50, k, 100))

@@ -185,6 +185,27 @@ register(
 )
 
 
+# --- Redis lists (RESP only: flo-server serves them on its RESP listener) ------
+
+register(
+    Workload(
+        "list.lpush",
+        "RESP LPUSH of one value (redis-benchmark -t lpush)",
+        redis_benchmark=("-t", "lpush"),
+        tags=("resp",),
+    )
+)
+
+register(
+    Workload(
+        "list.rpop",
+        "RESP RPOP of one value (redis-benchmark -t lpush,rpop: the RPOP row, the list filled first)",
+        redis_benchmark=("-t", "lpush,rpop"),
+        tags=("resp",),
+    )
+)
+
+
 # --- queues (value+options ops, flo-wire-v2 §3.3) ----------------------------
 
 
