@@ -1,8 +1,9 @@
 # Little-endian loads/stores and the frame CRC, shared by the .pyx modules of flo_core (inline, no symbols).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
-cdef extern from "zlib.h" nogil:
-    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len)
+cdef extern from "fastcrc.h" nogil:
+    # zlib's crc32, folded with PCLMULQDQ for spans >= 64 bytes (flo_core/fastcrc.h)
+    unsigned long crc32 "flo_crc32"(unsigned long crc, const unsigned char *buf, size_t len)
 
 cdef enum:
     HEADER = 32
@@ -40,7 +41,7 @@ cdef inline uint32_t frame_crc(const uint8_t *hdr, const uint8_t *data, size_t n
     cdef unsigned long c = crc32(0, hdr, 16)
     c = crc32(c, hdr + 20, 12)
     if n:
-        c = crc32(c, data, <unsigned int>n)
+        c = crc32(c, data, n)
     return <uint32_t>c
 
 

@@ -488,6 +488,24 @@ def test_wire_selects_a_codec_with_the_same_names() -> None:
     assert wire.FrameError is pyframe.FrameError
 
 
+@pytest.mark.skipif(cframe is None, reason="needs the compiled codec")
+def test_compiled_crc_equals_zlib_for_every_length() -> None:
+    """The compiled CRC folds spans >= 64 bytes with PCLMULQDQ (flo_core/fastcrc.h) and hands the
+    rest to zlib: every payload length from 0 to 1100 (and large ones), any alignment, must give
+    zlib's frame, and the reader must accept it."""
+    rng = random.Random(7)
+    blob = bytes(rng.randrange(256) for _ in range(1200))
+    for n in list(range(0, 1101)) + [4096, 65535, 1 << 20]:
+        off = rng.randrange(0, 64)
+        payload = (blob * (n // len(blob) + 2))[off:off + n]
+        frame = cframe.encode_request(n, 0x101, payload)
+        assert frame == pyframe.encode_request(n, 0x101, payload), n
+        crc = zlib.crc32(frame[:16] + frame[20:32] + payload)
+        assert struct.unpack_from("<I", frame, 16)[0] == crc
+    r = cframe.FrameReader(is_request=True, max_payload=1 << 21)
+    assert [len(p) for _, _, p in r.feed(cframe.encode_request(1, 0x101, blob[:999]))] == [999]
+
+
 def test_constants_match_spec() -> None:
     assert PUT_REQ[:4] == struct.pack("<I", MAGIC) and PUT_REQ[22] == VERSION
     assert struct.unpack_from("<Q", PUT_REQ, 24)[0] == TABLE_HASH
