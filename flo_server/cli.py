@@ -49,7 +49,7 @@ def _env(name: str, default):
 @click.option("--queue-max-deliveries", type=int, default=DEFAULT_QUEUE_MAX_DELIVERIES, show_default=True,
               help="deliveries before a message goes to the DLQ")
 @click.option("--snapshot-bytes", type=int, default=DEFAULT_SNAPSHOT_BYTES, show_default=True,
-              help="take a snapshot after this many log bytes")
+              help="take a snapshot after this many log bytes (and no sooner than the last snapshot's size)")
 @click.option("--history-bytes", type=int, default=DEFAULT_HISTORY_BYTES, show_default=True,
               help="memory for earlier KV versions (up to 64 per key); past it a key keeps only its last one")
 @click.option("--no-executor", is_flag=True, help="do not run the flamepy executor manager in-process")

@@ -12,16 +12,19 @@ replay calls the same applier with the same args (docs/architecture.md §3).
 fsync policies:
 
 * ``always``  — the writes of one loop iteration go to the file with one
-  ``write``, then one ``fdatasync`` in a worker thread; answers of those writes
+  ``write``, then one ``fdatasync`` on the log's syncer thread; answers of those writes
   are held by the connection edge (``flo_core.output.Output``, ``hold``)
   until it is done. An acknowledged write survives kill -9 and power loss.
 * ``everysec`` — same single write per iteration, and answers leave after it
-  (so kill -9 loses nothing acknowledged); ``fdatasync`` once a second in a
-  worker thread: a power loss risks about a second.
+  (so kill -9 loses nothing acknowledged); ``fdatasync`` once a second on the
+  syncer thread: a power loss risks about a second.
 * ``no`` — as ``everysec`` without the fsync: the OS decides when to flush.
 
 A snapshot (msgpack of ``{name: store.dump()}`` and its LSN) is taken after
-``snapshot_bytes`` of log and on clean shutdown: temp file + fsync + rename,
+``snapshot_bytes`` of log - and at least as many bytes as the last snapshot
+has, so snapshot work stays proportional to what is written (Redis rewrites its
+AOF on the same rule, auto-aof-rewrite-percentage 100) - and on clean shutdown:
+temp file + fsync + rename,
 the newest two are kept, segments wholly below the older one are deleted.
 Start-up = newest valid snapshot + replay of the log after it.
 
@@ -141,6 +144,17 @@ def _wait_snapshot_child(pid: int) -> None:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"snapshot process {pid} exited with {code}")
+
+
+def _newest_snapshot_size(data_dir: str, snapshots: list[tuple[int, str]] | None = None) -> int:
+    """Bytes of the newest snapshot file (0 when there is none)."""
+    snapshots = list_snapshots(data_dir) if snapshots is None else snapshots
+    if not snapshots:
+        return 0
+    try:
+        return os.path.getsize(max(snapshots)[1])
+    except OSError:
+        return 0
 
 
 def write_snapshot(data_dir: str, lsn: int, body: bytes, keep: int = SNAPSHOTS_KEPT) -> str:
@@ -303,7 +317,7 @@ class DiskJournal:
     ``append(kind, args) -> lsn`` copies the record into the writer's pending
     buffer and, the first time in a loop iteration, schedules one flush with
     ``loop.call_soon``; under ``always`` that flush is followed by one
-    ``fdatasync`` in a worker thread. ``pending_sync`` is true while records are
+    ``fdatasync`` on the syncer thread (flo_core.log). ``pending_sync`` is true while records are
     not yet durable under ``always``; an Output holding answers lists itself with
     ``hold(output)`` and gets ``output.release(safe_lsn)`` after each write / fsync.
 
@@ -346,6 +360,7 @@ class DiskJournal:
                         n, p, off)
         self.snapshot_lsn = snapshot_lsn
         self.bytes_since_snapshot = bytes_since_snapshot
+        self.last_snapshot_size = _newest_snapshot_size(data_dir)
         self.failed: BaseException | None = None
         self.closed = False
         self._flush_scheduled = False
@@ -440,7 +455,8 @@ class DiskJournal:
             self._run_after_sync()
             if self.writer.rotation_due:
                 self._kick_sync()  # a full segment: sync it off the loop before it rotates
-        if self.bytes_since_snapshot >= self.snapshot_bytes and self._snapshot_inflight is None:
+        if (self.bytes_since_snapshot >= max(self.snapshot_bytes, self.last_snapshot_size)
+                and self._snapshot_inflight is None):
             self._start_snapshot()
 
     def _kick_sync(self) -> None:
@@ -545,6 +561,7 @@ class DiskJournal:
         self.snapshots += 1
         self.last_snapshot_seconds = seconds
         kept = list_snapshots(self.data_dir)
+        self.last_snapshot_size = _newest_snapshot_size(self.data_dir, kept)
         # Keep the log back to the oldest kept snapshot, so it can stand in if the newest is damaged.
         floor = min((s for s, _ in kept), default=lsn)
         removed = self.writer.drop_segments_below(floor + 1) if not self.closed else []
@@ -570,6 +587,7 @@ class DiskJournal:
             "bytes_appended": w.bytes_appended, "flushes": self.flushes, "syncs": self.syncs,
             "snapshots": self.snapshots, "snapshot_lsn": self.snapshot_lsn,
             "bytes_since_snapshot": self.bytes_since_snapshot, "last_snapshot_seconds": self.last_snapshot_seconds,
+            "last_snapshot_size": self.last_snapshot_size,
             "segments": len(w.segments()), "failed": str(self.failed) if self.failed else None,
         }
 

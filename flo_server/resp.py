@@ -415,7 +415,7 @@ class RespSession:
             self.transport.resume_reading()
         self._run(cmds, out, error)
 
-    # --- output (group commit aware: flo_server.output) ----------------------------------------
+    # --- output (group commit aware: flo_core.output) ------------------------------------------
 
     def _flush(self, out: bytearray) -> None:
         self._output.send(out)  # ``out`` is not touched again by the caller

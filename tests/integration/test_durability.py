@@ -270,6 +270,35 @@ async def test_always_holds_answers_until_fsync(tmp_path):
         await srv.stop()
 
 
+async def test_snapshots_wait_for_as_much_log_as_the_last_snapshot_holds(tmp_path):
+    """Snapshot work stays proportional to writes: after a snapshot of S bytes the next one
+    waits for max(snapshot_bytes, S) bytes of log (Redis's auto-aof-rewrite-percentage 100)."""
+    cfg = ServerConfig(host="127.0.0.1", port=0, data_dir=str(tmp_path), fsync="no", snapshot_bytes=16 * 1024)
+    srv = Server(cfg)
+    await srv.start()
+    try:
+        async with FloClient(f"127.0.0.1:{srv.port}") as c:
+            await c.kv.put_many([(f"big{i}", os.urandom(1000)) for i in range(200)])  # ~200 KB of state
+            await wait_for(lambda: srv.journal.snapshots >= 1 and srv.journal._snapshot_inflight is None,
+                           what="the first snapshot")
+            j = srv.journal
+            size = j.last_snapshot_size
+            assert size > 200_000 and j.stats()["last_snapshot_size"] == size
+            first = j.snapshots
+            n = 0
+            while j.bytes_since_snapshot < size // 2:  # far past snapshot_bytes, under the snapshot's size
+                await c.kv.put(f"small{n % 50}", b"y" * 500)
+                n += 1
+            assert j.bytes_since_snapshot > 4 * cfg.snapshot_bytes
+            assert j.snapshots == first and j._snapshot_inflight is None
+            while j.snapshots == first and j._snapshot_inflight is None:
+                await c.kv.put(f"small{n % 50}", b"y" * 500)
+                n += 1
+            assert n * 500 > size // 2  # it came once the log reached the snapshot's size
+    finally:
+        await srv.stop()
+
+
 # --- the crash test ---------------------------------------------------------------------
 
 
