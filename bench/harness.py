@@ -233,6 +233,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
     supported: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
+    fresh_keys: int = 0  # numbering of Workload.fresh_key keys
 
     def emit(self, rec: dict) -> None:
         self.records.append(rec)
@@ -322,6 +323,10 @@ def measure(run: Run, cell: Cell, server: str, sp: ServerProc, key: str = "") ->
         return res
     # The load generator reads the server's CPU time over exactly its timed phase.
     proto = "resp" if server == REDIS else "flo"
+    w = WORKLOADS[cell.workload]
+    if w.fresh_key and not key:
+        run.fresh_keys += 1
+        key = f"{(w.fixed_key or b'bench').decode()}:{run.fresh_keys}"
     extra = ("--server-pid", str(sp.pid)) + (("--key", key) if key else ())
     return _loadgen(run, sp.port, proto, cell.workload, cell.conns, cell.window, cell.value_size, total,
                     b.max_seconds, extra=extra)

@@ -86,7 +86,7 @@ def proc_cpu_seconds(pid: int) -> float:
 
 def _keys(w: Workload, spec: LoadSpec, n: int, start: int = 0) -> list[bytes]:
     if w.fixed_key is not None:
-        return [w.fixed_key] * n
+        return [spec.key.encode() if spec.key else w.fixed_key] * n  # --key names the one key
     if spec.sequential:
         return [w.key_prefix + str(i).zfill(spec.key_width).encode() for i in range(start, start + n)]
     rnd = random.Random(spec.seed)

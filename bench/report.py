@@ -120,7 +120,7 @@ def verdicts(rows: list[dict], memory: list[dict], extras: list[dict] | None = N
         _ratio_target(rows, "RESP P1 ≥ 0.9× Redis", f"{FLO}/{REDIS}", 0.9, resp, group="resp", conns=50,
                       window=1, value_size=100),
         _ratio_target(rows, "stream append P16 ≥ 0.5× Redis XADD", f"{FLO}/{REDIS}", 0.5, ("stream.append",),
-                      conns=50, window=16),
+                      group="stream", conns=50, window=16),
         _ratio_target(rows, "durable always ≥ 1.0× Redis AOF always", f"{FLO}/{REDIS}", 1.0, ("kv.set",),
                       group="durability", fsync="always", conns=50),
         _memory_target(memory),

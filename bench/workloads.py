@@ -84,6 +84,9 @@ class Workload:
     redis_benchmark: tuple[str, ...] = ()
     #: Whether the value size matters (INCR ignores it).
     uses_value: bool = True
+    #: Each measurement writes to a key of its own (``fixed_key:N``): a queue holds at most
+    #: 1M messages, so repetitions on one key would measure "queue is full" refusals.
+    fresh_key: bool = False
     #: Set for chained workloads: the load generator runs cycles instead of single requests.
     chain: Chain | None = None
     #: Requests (or records) one op stands for: sizes the request count of a cell (a queue cycle is 3).
@@ -220,6 +223,7 @@ register(
         flo=queue_enqueue,
         resp=lambda k, v: [b"LPUSH", k, v],
         fixed_key=b"queue:bench",
+        fresh_key=True,
         redis_benchmark=("LPUSH", "queue:bench", "__value__"),
         tags=("queue",),
     )
