@@ -45,6 +45,20 @@ def _ratio_target(rows: list[dict], name: str, ratio: str, goal: float, workload
     return Verdict(name, ", ".join(parts), "met" if min(vals) >= goal else "not met")
 
 
+def _policy_target(rows: list[dict], name: str, goal: float) -> Verdict:
+    """flo-server's own durable ``everysec`` figure against its ``fsync=no`` one (SET, K=1, 50 conns)."""
+    got = {}
+    for policy in ("everysec", "no"):
+        for r in _find(rows, workload="kv.set", group="durability", fsync=policy, conns=50):
+            s = r["servers"].get(FLO)
+            if s and s.get("ops_s"):
+                got[policy] = s["ops_s"]
+    if len(got) < 2:
+        return Verdict(name, "-", "not measured")
+    v = got["everysec"] / got["no"]
+    return Verdict(name, f"{got['everysec']:,.0f} vs {got['no']:,.0f} ops/s = {v:.2f}x", "met" if v >= goal else "not met")
+
+
 def _latency_target(rows: list[dict], name: str, goal_us: float, **shape: object) -> Verdict:
     parts, vals = [], []
     for wl in ("kv.set", "kv.get"):
@@ -123,6 +137,7 @@ def verdicts(rows: list[dict], memory: list[dict], extras: list[dict] | None = N
                       group="stream", conns=50, window=16),
         _ratio_target(rows, "durable always ≥ 1.0× Redis AOF always", f"{FLO}/{REDIS}", 1.0, ("kv.set",),
                       group="durability", fsync="always", conns=50),
+        _policy_target(rows, "durable everysec ≥ 0.9× flo-server's fsync=no (SET K=1, 50 conns)", 0.9),
         _memory_target(memory),
         _flamepy_target(extras),
         *_recovery_rows(extras),
