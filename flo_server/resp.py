@@ -37,7 +37,6 @@ from typing import Any, Awaitable, Callable
 
 from flo_core.errors import Refusal, ServerError
 from flo_core.resp import (
-    ErrorReply,
     RespParser,
     RespProtocolError,
     Simple,
@@ -46,7 +45,6 @@ from flo_core.resp import (
     add_bulks,
     add_error,
     add_int,
-    add_map,
     add_null,
     add_null_array,
     add_ok,
