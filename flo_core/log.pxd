@@ -78,6 +78,7 @@ cdef class LogWriter:
     cdef pthread_t _thread       # the syncer thread
     cdef bint _syncing           # the syncer thread runs
     cdef uint64_t _gen           # bumped at each segment opened
+    cdef uint64_t _zeroed        # the open segment is zero-filled (or data) up to here
     cdef uint8_t *_buf
     cdef Py_ssize_t _len
     cdef Py_ssize_t _cap
@@ -90,3 +91,4 @@ cdef class LogWriter:
     cdef int _open_segment(self, uint64_t first_lsn, bint create) except -1
     cdef int _rotate(self, uint64_t first_lsn) except -1
     cdef int _stop_syncer(self) except -1
+    cdef int _zero_ahead(self, uint64_t need) except -1

@@ -15,7 +15,7 @@ import pytest
 from flo_client.client import FloClient
 from flo_client.queue import DequeueOptions, EnqueueOptions
 from flo_core.errors import FloError
-from flo_core.log import LogReader, list_segments
+from flo_core.log import RECORD_HEADER, LogReader, list_segments
 from flo_server.app import Server
 from flo_server.config import ServerConfig
 from flo_server.persistence import list_snapshots, open_journal
@@ -109,8 +109,12 @@ async def test_torn_tail_is_truncated_with_a_warning(make_server):
             await c.kv.put(f"t{i}", b"v%d" % i)
     sp.kill()
     (_, seg), *_ = reversed(list_segments(sp.data_dir / "log"))
-    size = os.path.getsize(seg)
-    with open(seg, "ab") as f:
+    reader = LogReader(str(sp.data_dir / "log"))
+    last = list(reader)[-1]
+    size = reader.offset + RECORD_HEADER + len(last[2])  # the end of the last record
+    assert os.path.getsize(seg) > size  # the writer's zero-filled room follows it
+    with open(seg, "r+b") as f:
+        f.seek(size)
         f.write(b"\x40\x00\x00\x00garbage-of-a-half-written-record")  # a record cut short
     sp.start()
     assert "torn log tail" in sp.log()

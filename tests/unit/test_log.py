@@ -52,10 +52,15 @@ def test_append_is_buffered_until_flush(tmp_path):
     assert os.path.getsize(w.segment_path) == 0
     assert w.flushed_lsn == 0
     assert w.flush() == RECORD_HEADER + 3
-    assert os.path.getsize(w.segment_path) == RECORD_HEADER + 3
+    with open(w.segment_path, "rb") as f:
+        data = f.read()
+    # the record, then zero-filled room for the next ones (fdatasync then has no size to commit)
+    assert len(data) > RECORD_HEADER + 3 and data[RECORD_HEADER:RECORD_HEADER + 3] == b"abc"
+    assert data[RECORD_HEADER + 3:] == bytes(len(data) - RECORD_HEADER - 3)
     assert (w.flushed_lsn, w.synced_lsn) == (1, 0)
     assert w.sync() == 1
     w.close()
+    assert os.path.getsize(w.segment_path) == RECORD_HEADER + 3  # a clean close cuts the room
 
 
 def test_bad_arguments(tmp_path):
@@ -124,14 +129,65 @@ def test_torn_tail_is_reported_and_truncated(tmp_path, cut):
     assert [p for _, _, p in recs] == [b"one", b"two", b"four"] and r.torn is None
 
 
-def test_zero_filled_tail_is_torn(tmp_path):
+def test_zero_filled_tail_is_the_end_not_damage(tmp_path):
+    """Zeros after the last record are the room the writer fills ahead (or a file extension a
+    power loss left unwritten): the log ends there, quietly, and appends continue after it."""
     write_records(tmp_path, [b"one", b"two"])
     (_, path), = list_segments(tmp_path)
     with open(path, "ab") as f:
-        f.write(b"\0" * 4096)  # what a power loss can leave after a file extension
+        f.write(b"\0" * 5000)
     recs, r = read_all(tmp_path)
-    assert len(recs) == 2 and r.torn is not None
-    assert LogWriter(tmp_path).truncated[2] == 4096
+    assert [p for _, _, p in recs] == [b"one", b"two"] and r.torn is None
+    w = LogWriter(tmp_path)
+    assert w.truncated is None and w.last_lsn == 2
+    assert w.append(1, b"three") == 3
+    w.close()
+    recs, r = read_all(tmp_path)
+    assert [p for _, _, p in recs] == [b"one", b"two", b"three"] and r.torn is None
+
+
+def test_an_unwritten_page_before_intact_records_is_a_torn_tail(tmp_path):
+    """A power loss can write back later pages of the zero-filled room and not an earlier one:
+    records after an all-zero page were never covered by a completed fdatasync, so the log is
+    cut at the damage (with the torn-tail warning), not refused as corrupt."""
+    w = LogWriter(tmp_path)
+    for i in range(300):
+        w.append(1, b"%04d" % i * 25)  # 117-byte records: ~35 KB
+    w.flush()
+    path = w.segment_path
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    del w
+    page = 3 * 4096
+    data[page:page + 4096] = bytes(4096)  # page 3 never reached the disk
+    with open(path, "wb") as f:
+        f.write(data)
+    recs, r = read_all(tmp_path)
+    assert r.torn is not None and r.torn[0] == path and r.torn[1] <= page
+    cut = r.torn[1]
+    assert len(recs) == (cut // 117) and all(p == b"%04d" % i * 25 for i, (_, _, p) in enumerate(recs))
+    w = LogWriter(tmp_path)
+    assert w.truncated is not None and w.truncated[1] == cut
+    assert w.last_lsn == len(recs)
+    w.close()
+
+
+def test_damage_that_is_not_an_unwritten_page_is_still_corruption(tmp_path):
+    w = LogWriter(tmp_path)
+    for i in range(300):
+        w.append(1, b"%04d" % i * 25)
+    w.flush()
+    path = w.segment_path
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    del w
+    data[3 * 4096 + 10:3 * 4096 + 4000] = bytes(3990)  # zeros, but not a whole page
+    with open(path, "wb") as f:
+        f.write(data)
+    with pytest.raises(LogCorruption):
+        read_all(tmp_path)
+    with pytest.raises(LogCorruption):
+        LogWriter(tmp_path)
 
 
 def _flip(path, offset):
