@@ -3,9 +3,14 @@
 """The append-only log file: segments, record framing, CRC checks, torn tails.
 
 Layout: ``DIR/NNNNNNNNNNNNNNNNNNNN.seg`` (20 digits = the LSN of the segment's
-first record). A segment is a run of records, nothing else::
+first record). A segment is a run of records::
 
     [len u32][crc32 u32][lsn u64][kind u8][payload: len bytes]     (little endian)
+
+and the open one is followed by zeros: the writer keeps up to 1 MiB of
+zero-filled room ahead of its data and writes records into it with ``pwrite``,
+so an fdatasync has no file size to commit (see ``LogWriter._zero_ahead``).
+Readers stop at the zeros; rotation and a clean close cut them off.
 
 ``crc32`` (zlib) covers ``len``, ``lsn``, ``kind`` and the payload. LSNs rise
 strictly through the whole log (gaps are allowed: after a snapshot newer than
