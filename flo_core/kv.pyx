@@ -23,6 +23,11 @@ from sortedcontainers import SortedList
 
 DEF_HISTORY = 64
 DEF_HISTORY_BUDGET = 256 * 1024 * 1024
+#: What one kept version costs besides its value's bytes: the Entry (64 B), the bytes
+#: object's header (33 B, rounded up by the allocator) and its slot in the history list.
+#: Counted in the history budget so that small values (counters) are bounded too.
+VERSION_OVERHEAD = 112
+cdef Py_ssize_t _OVERHEAD = VERSION_OVERHEAD
 
 
 # Entries hold only bytes, ints and tuples: they can never be part of a cycle, so the
@@ -140,15 +145,15 @@ cdef class KVStore:
                 hist = [old]
             else:
                 if len(hist) >= self.history_depth:
-                    self.history_bytes -= (<Entry>hist[0]).size
+                    self.history_bytes -= (<Entry>hist[0]).size + _OVERHEAD
                     del hist[0]
                 hist.append(old)
-            self.history_bytes += old.size
+            self.history_bytes += old.size + _OVERHEAD
             if self.history_bytes > self.history_budget and len(hist) > 1:
                 # Over the server's history budget: a key written now keeps only its last version.
                 drop = len(hist) - 1  # not hist[:-1]: negative indices are undefined without wraparound
                 for h in hist[:drop]:
-                    self.history_bytes -= (<Entry>h).size
+                    self.history_bytes -= (<Entry>h).size + _OVERHEAD
                 del hist[:drop]
             e.history = hist
         sp.keys[key] = e
@@ -170,7 +175,7 @@ cdef class KVStore:
     cdef void _forget_history(self, Entry e):
         if e.history is not None:
             for h in e.history:
-                self.history_bytes -= (<Entry>h).size
+                self.history_bytes -= (<Entry>h).size + _OVERHEAD
             e.history = None
 
     cpdef bint set_expiry(self, str ns, bytes key, int64_t expires_at, int64_t now):
@@ -294,7 +299,7 @@ cdef class KVStore:
                 e = Entry(value, version, expires_at, written_at)
                 e.history = [Entry(h[2], h[0], 0, h[1]) for h in hist] or None
                 for h in hist:
-                    self.history_bytes += len(h[2])
+                    self.history_bytes += len(h[2]) + _OVERHEAD
                 sp.keys[k] = e
                 if expires_at:
                     self._ttl_heap.append((expires_at, ns, k))

@@ -258,17 +258,32 @@ def test_history_depth_is_a_setting() -> None:
 
 
 def test_history_budget_keeps_only_the_last_version_of_keys_written_over_it() -> None:
-    s = KVStore(history_budget=1000)
-    for v in range(1, 9):  # 7 replaced versions of 100 bytes: under the budget
+    from flo_core.kv import VERSION_OVERHEAD
+
+    cost = 100 + VERSION_OVERHEAD  # a kept 100-byte version: its bytes and its objects
+    s = KVStore(history_budget=10 * cost)
+    for v in range(1, 9):  # 7 replaced versions: under the budget
         s.set(NS, b"a", b"%04d" % v * 25, v, 0, T0)
-    assert s.history_bytes == 700
+    assert s.history_bytes == 7 * cost
     assert len(s.history(NS, b"a", 65, T0)) == 8
-    for v in range(9, 13):  # over the budget: "a" keeps its live value and the one before
+    for v in range(9, 13):  # past 10 kept versions: "a" keeps its live value and the one before
         s.set(NS, b"a", b"%04d" % v * 25, v, 0, T0)
     assert [x[0] for x in s.history(NS, b"a", 65, T0)] == [12, 11]
-    assert s.history_bytes == 100
+    assert s.history_bytes == cost
     s.delete(NS, b"a", T0)
     assert s.history_bytes == 0
+
+
+def test_history_budget_bounds_small_values_too() -> None:
+    """Counters: 8-byte values, but each kept version also costs its objects."""
+    from flo_core.kv import VERSION_OVERHEAD
+
+    s = KVStore(history_budget=1_000_000)
+    for v in range(1, 20_001):
+        s.set(NS, b"c%d" % (v % 100), b"%08d" % v, v, 0, T0)
+    assert s.history_bytes <= 1_000_000 + 100 * (8 + VERSION_OVERHEAD)
+    kept = sum(len(s.raw(NS, b"c%d" % k).history or ()) for k in range(100))
+    assert kept * (8 + VERSION_OVERHEAD) == s.history_bytes
 
 
 def test_history_after_delete_and_expiry(kv: KVStore) -> None:
