@@ -13,11 +13,11 @@ goes to the Python dispatcher ``slow(rid, op, payload)``, which returns
 as ``(rid, coro)`` for the edge to schedule.
 
 Once a connection has shown it speaks Flo wire v2, the edge (``FloProtocol``)
-hands the transport to its ServerCore (``transport.set_protocol(core)``), so
-uvloop calls ``data_received`` here, in C: clock, request loop, answers out
-through the connection's :class:`flo_core.output.Output`. The edge keeps what
-is rare: blocking requests (``proto._start``), a broken stream
-(``proto._broken``), the connection's lifetime and back-pressure.
+routes the transport's reads to its ServerCore's ``data_received``, so uvloop
+calls C for every read: clock, request loop, answers out through the
+connection's :class:`flo_core.output.Output`. The edge keeps what is rare:
+blocking requests (``proto._start``), a broken stream (``proto._broken``), the
+connection's lifetime and back-pressure.
 
 The fast KV_PUT / KV_INCR do what the ``kv.set`` applier does (journal
 append, store write, wake waiters) and the fast STREAM_APPEND what the
@@ -41,7 +41,7 @@ from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok
 from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue
-from flo_core.stream cimport Stream
+from flo_core.stream cimport Stream, next_id_of
 from flo_core.pqueue cimport PriorityQueue, Queues
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
 
@@ -75,7 +75,7 @@ cdef class ServerCore(FrameReader):
     cdef public object slow
     cdef public object srv
     cdef public bint fast
-    cdef public object proto  # the edge (FloProtocol) when this core is the transport's protocol
+    cdef public object proto  # the edge (FloProtocol): blocking requests and a broken stream
     cdef public Output output  # where data_received sends answers
     cdef object _clock  # srv.now
     cdef KVStore kv
@@ -110,7 +110,7 @@ cdef class ServerCore(FrameReader):
         """The clock reading (Unix ms) of the batch being run: what slow paths see as ``now``."""
         return self._now
 
-    # --- the transport's protocol, once the edge handed it over ---------------------------
+    # --- the transport's data_received, once the edge handed it over -----------------------
 
     def data_received(self, data):
         cdef list deferred
@@ -126,18 +126,6 @@ cdef class ServerCore(FrameReader):
         if PyByteArray_GET_SIZE(self.out):
             out, self.out = self.out, bytearray()
             self.output.send_c(out)
-
-    def eof_received(self):
-        return None  # the transport closes
-
-    def connection_lost(self, exc):
-        self.proto.connection_lost(exc)
-
-    def pause_writing(self):
-        self.proto.pause_writing()
-
-    def resume_writing(self):
-        self.proto.resume_writing()
 
     # --- the request loop ----------------------------------------------------------------------
 
@@ -447,17 +435,9 @@ cdef class ServerCore(FrameReader):
         # _next_id: the id the handler picks
         d = self._streams.by_ns.get(ns)
         so = d.get(name) if d is not None else None
-        if so is None:
-            if self._now > 0:
-                ts = <uint64_t>self._now
-                seq = 0
-            else:
-                ts = 0
-                seq = 1
-        elif type(so) is Stream:
-            (<Stream>so).next_id_c(<uint64_t>self._now, count, &ts, &seq)
-        else:
+        if so is not None and type(so) is not Stream:
             return False
+        next_id_of(<Stream>so, <uint64_t>self._now, count, &ts, &seq)
         # srv.write("s.append", now, ns, name, ts, seq, records): log, then the applier
         lsn = log_stream_append(self._log, self._rec, self._now, p + 2, nslen, p + kpos, klen, ts, seq,
                                 count, v + 4, recs_len, &self._logged)

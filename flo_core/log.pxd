@@ -79,6 +79,7 @@ cdef class LogWriter:
     cdef bint _syncing           # the syncer thread runs
     cdef uint64_t _gen           # bumped at each segment opened
     cdef uint64_t _zeroed        # the open segment is zero-filled (or data) up to here
+    cdef public bint ack_on_sync # answers wait for the fdatasync (fsync=always), else for the write
     cdef uint8_t *_buf
     cdef Py_ssize_t _len
     cdef Py_ssize_t _cap
@@ -92,3 +93,8 @@ cdef class LogWriter:
     cdef int _rotate(self, uint64_t first_lsn) except -1
     cdef int _stop_syncer(self) except -1
     cdef int _zero_ahead(self, uint64_t need) except -1
+
+
+cdef inline uint64_t safe_lsn_of(LogWriter w) noexcept:
+    """The last LSN an answer may be sent for: synced under ``ack_on_sync``, else written."""
+    return w.synced_lsn if w.ack_on_sync else w.flushed_lsn

@@ -65,11 +65,7 @@ from flo_core.wirefmt cimport crc32, ld32, ld64, st32, st64
 from posix.unistd cimport read as c_read, pwrite
 from posix.types cimport off_t
 
-cdef uint8_t _ZERO_PAGE[65536]  # zero-initialised (static storage): the source of zero_ahead's writes
-
-
-cdef inline const void *_zero_block() noexcept nogil:
-    return <const void *>_ZERO_PAGE
+cdef uint8_t _ZEROS[65536]  # zero-initialised (static storage): the source of _zero_ahead's writes
 
 
 cdef void *_syncer_main(void *arg) noexcept nogil:
@@ -681,8 +677,8 @@ cdef class LogWriter:
         cdef int fd = self._fd, err = 0
         with nogil:
             while at < end:
-                k = <Py_ssize_t>(end - at) if end - at < sizeof(_ZERO_PAGE) else <Py_ssize_t>sizeof(_ZERO_PAGE)
-                r = pwrite(fd, _zero_block(), k, <off_t>at)
+                k = <Py_ssize_t>(end - at) if end - at < sizeof(_ZEROS) else <Py_ssize_t>sizeof(_ZEROS)
+                r = pwrite(fd, _ZEROS, k, <off_t>at)
                 if r < 0:
                     if errno == EINTR:
                         continue
@@ -783,6 +779,11 @@ cdef class LogWriter:
         return err
 
     @property
+    def safe_lsn(self):
+        """The last LSN an answer may be sent for (see ``ack_on_sync``)."""
+        return safe_lsn_of(self)
+
+    @property
     def syncer_fd(self):
         """The syncer's eventfd, or -1 when it is not running."""
         return self._ss.efd if self._syncing else -1
@@ -835,7 +836,9 @@ cdef class LogWriter:
             os.ftruncate(self._fd, self.segment_size)  # a clean close leaves no zero room
             self._zeroed = self.segment_size
             if sync:
-                os.fsync(self._fd)
+                os.fsync(self._fd)  # the data and the new size: sync() below has nothing left
+                self.synced_lsn = self.flushed_lsn
+                self.synced_size = self.segment_size
         if sync:
             self.sync()
         with nogil:

@@ -8,7 +8,6 @@ cdef class Output:
     cdef public bint closed
     cdef object _journal
     cdef LogWriter _log      # None: an in-memory journal, answers never wait
-    cdef bint _always
     cdef list _held          # [[lsn, bytearray], ...] oldest first
     cdef Py_ssize_t _head    # index of the oldest chunk still held
     cdef bint _registered    # listed in the journal's holders

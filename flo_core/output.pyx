@@ -20,6 +20,8 @@ Example:
 
 from libc.stdint cimport uint64_t
 
+from flo_core.log cimport safe_lsn_of
+
 
 cdef class Output:
     def __init__(self, srv, transport, on_drained=None):
@@ -29,7 +31,6 @@ cdef class Output:
         self._journal = journal
         # The journal's writer when answers may have to wait for it (a disk journal).
         self._log = getattr(journal, "writer", None) if getattr(journal, "durable", False) else None
-        self._always = getattr(journal, "policy", "") == "always"
         self._held = []
         self._head = 0
         self._registered = False
@@ -54,7 +55,7 @@ cdef class Output:
                 self.transport.write(data)
             return 0
         last = self._log.last_lsn
-        safe = self._log.synced_lsn if self._always else self._log.flushed_lsn
+        safe = safe_lsn_of(self._log)
         if safe >= last:
             if self._head < len(self._held):
                 self._drain(safe)  # everything held is covered too: keep the order

@@ -27,8 +27,8 @@ and the commands parsed after it are returned unexecuted, for the session to
 queue behind it. The session's ``ns`` / ``resp3`` are re-read after every
 Python command (SELECT, USE, HELLO, RESET change them).
 
-Like ServerCore, a RespCore becomes the transport's protocol once the edge
-knows the connection speaks RESP: uvloop calls ``data_received`` here, and the
+Like ServerCore, a RespCore takes the transport's reads once the edge knows
+the connection speaks RESP: uvloop calls ``data_received`` here, and the
 common read (no blocking command pending, no protocol error, no QUIT) is served
 and answered without leaving C; the rest goes to the session
 (``RespSession.feed`` / ``_settle``).
@@ -51,7 +51,7 @@ from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TE
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
 from flo_core.records cimport log_kv_set, log_stream_append, log_list_push, log_list_pop
-from flo_core.stream cimport Stream
+from flo_core.stream cimport Stream, next_id_of
 from flo_core.wirefmt cimport st16, st32, utf8_ok
 from libc.string cimport memcpy
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -111,7 +111,6 @@ cdef class RespCore(RespParser):
     cdef object _streams         # Streams.by_ns     {ns: {name: Stream}} or None
     cdef object _streams_obj     # srv.streams (flo_core.stream.Streams) or None
     cdef bytearray _xrec         # scratch: one XADD record in STREAM_APPEND wire form
-    cdef public object proto     # the edge (FloProtocol) when this core is the transport's protocol
     cdef public Output output    # the session's Output
     cdef object _clock           # srv.now
 
@@ -128,7 +127,7 @@ cdef class RespCore(RespParser):
         self._ns = None
         self._clock = getattr(srv, "now", None)  # used once this core is the protocol
 
-    # --- the transport's protocol, once the edge handed it over ---------------------------
+    # --- the transport's data_received, once the edge handed it over -----------------------
 
     def data_received(self, data):
         s = self.session
@@ -149,18 +148,6 @@ cdef class RespCore(RespParser):
             return
         self.stopped = None
         s._settle(r, rest, out, error)
-
-    def eof_received(self):
-        return None  # the transport closes
-
-    def connection_lost(self, exc):
-        self.proto.connection_lost(exc)
-
-    def pause_writing(self):
-        self.proto.pause_writing()
-
-    def resume_writing(self):
-        self.proto.resume_writing()
 
     # --- the request loop ----------------------------------------------------------------------
 
@@ -402,8 +389,9 @@ cdef class RespCore(RespParser):
                 return False  # WRONGTYPE
         elif type(so) is not Stream:
             return False
-        # pass 1: which field is the payload, header count and sizes (cmd_xadd's rules)
+        # pass 1: which field is the payload (cmd_xadd's rule), which are headers, and the size
         total = 4 + 2
+        headers = []  # argv indices of the header fields
         for i in range(3, argc, 2):
             f = args[i]
             v = args[i + 1]
@@ -414,8 +402,9 @@ cdef class RespCore(RespParser):
             vl = PyBytes_GET_SIZE(v)
             if kl > 65535 or vl > 65535 or not utf8_ok(<const uint8_t *>PyBytes_AS_STRING(f), kl) or not utf8_ok(<const uint8_t *>PyBytes_AS_STRING(v), vl):
                 return False
-            hc += 1
+            headers.append(i)
             total += 4 + kl + vl
+        hc = len(headers)
         if hc > XADD_MAX_HEADERS or PyBytes_GET_SIZE(payload) > MAX_KV_VALUE:
             return False
         total += PyBytes_GET_SIZE(payload)
@@ -428,13 +417,9 @@ cdef class RespCore(RespParser):
         pos = 4 + PyBytes_GET_SIZE(payload)
         st16(w + pos, <uint16_t>hc)
         pos += 2
-        p2 = b""
-        for i in range(3, argc, 2):
+        for i in headers:
             f = args[i]
             v = args[i + 1]
-            if PyBytes_GET_SIZE(p2) == 0 and f == b"payload":
-                p2 = v  # the same choice as pass 1
-                continue
             kl = PyBytes_GET_SIZE(f)
             vl = PyBytes_GET_SIZE(v)
             st16(w + pos, <uint16_t>kl)
@@ -443,15 +428,7 @@ cdef class RespCore(RespParser):
             st16(w + pos, <uint16_t>vl)
             memcpy(w + pos + 2, PyBytes_AS_STRING(v), vl)
             pos += 2 + vl
-        if so is None:
-            if self._now > 0:
-                ts = <uint64_t>self._now
-                seq = 0
-            else:
-                ts = 0
-                seq = 1
-        else:
-            (<Stream>so).next_id_c(<uint64_t>self._now, 1, &ts, &seq)
+        next_id_of(<Stream>so, <uint64_t>self._now, 1, &ts, &seq)
         # srv.write("s.append", now, ns, name, ts, seq, [[payload, headers or None]]), then the applier
         log_stream_append(self._log, self._rec, self._now,
                           <const uint8_t *>PyBytes_AS_STRING(self._nsb), PyBytes_GET_SIZE(self._nsb),

@@ -1,5 +1,5 @@
-# Stream's C-level declaration, so ServerCore (flo_core/core.pyx) can append a STREAM_APPEND's
-# records straight from the request bytes (append_wire) with the id the handler would pick (next_id_c).
+# Stream's C-level declaration, so ServerCore (flo_core/core.pyx) and RespCore can append records
+# straight from the request bytes (append_wire) with the id the handler would pick (next_id_of).
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
 
@@ -35,6 +35,25 @@ cdef class Stream:
     cdef bint _has(self, uint64_t ordinal) noexcept
     cdef bytes _encode_range(self, Py_ssize_t p0, Py_ssize_t p1)
     cdef bytes _encode_positions(self, list positions)
+
+
+cdef inline void first_id(uint64_t now, uint64_t *ts, uint64_t *seq) noexcept:
+    """A new stream's first id: ``(now, 0)``, or ``(0, 1)`` at a clock of 0 ((0, 0) is never an
+    id: it means "the beginning" to readers)."""
+    if now > 0:
+        ts[0] = now
+        seq[0] = 0
+    else:
+        ts[0] = 0
+        seq[0] = 1
+
+
+cdef inline void next_id_of(Stream s, uint64_t now, uint64_t count, uint64_t *ts, uint64_t *seq) noexcept:
+    """The id the next append of ``count`` records gets; ``s`` None is a stream not created yet."""
+    if s is None:
+        first_id(now, ts, seq)
+    else:
+        s.next_id_c(now, count, ts, seq)
 
 
 # The wire form of one STREAM_APPEND record, as the handler reads it:

@@ -71,6 +71,13 @@ def id_split(v):
     return (v >> 64, v & _U64_MAX)
 
 
+def next_id_for(Stream stream, uint64_t now, uint64_t count=1):
+    """``stream.next_id(now, count)``, or a new stream's first id when ``stream`` is None."""
+    cdef uint64_t ts, seq
+    next_id_of(stream, now, count, &ts, &seq)
+    return (ts, seq)
+
+
 cdef class Stream:
     """One stream: records, id generator, retention and its consumer groups (fields: stream.pxd)."""
 
@@ -118,13 +125,7 @@ cdef class Stream:
     cdef void next_id_c(self, uint64_t now, uint64_t count, uint64_t *ts, uint64_t *seq) noexcept:
         """:meth:`next_id` for C callers (ServerCore's STREAM_APPEND)."""
         if self.last_ts == 0 and self.last_seq == 0:
-            # (0, 0) is never an id: it means "the beginning" to readers
-            if now > 0:
-                ts[0] = now
-                seq[0] = 0
-            else:
-                ts[0] = 0
-                seq[0] = 1
+            first_id(now, ts, seq)
         elif now > self.last_ts:
             ts[0] = now
             seq[0] = 0

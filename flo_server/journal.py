@@ -41,7 +41,6 @@ class MemoryJournal:
 
     def __init__(self, last_lsn: int = 0) -> None:
         self.last_lsn = last_lsn
-        self.pending_sync = False
 
     def append(self, kind: str, args: tuple) -> int:
         self.last_lsn += 1

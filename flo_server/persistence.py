@@ -317,9 +317,10 @@ class DiskJournal:
     ``append(kind, args) -> lsn`` copies the record into the writer's pending
     buffer and, the first time in a loop iteration, schedules one flush with
     ``loop.call_soon``; under ``always`` that flush is followed by one
-    ``fdatasync`` on the syncer thread (flo_core.log). ``pending_sync`` is true while records are
-    not yet durable under ``always``; an Output holding answers lists itself with
-    ``hold(output)`` and gets ``output.release(safe_lsn)`` after each write / fsync.
+    ``fdatasync`` on the syncer thread (flo_core.log). Answers may leave once the
+    writer's ``safe_lsn`` covers them (synced under ``always``, written otherwise:
+    so a kill -9 never loses an acknowledged write); an Output holding answers lists
+    itself with ``hold(output)`` and gets ``output.release(safe_lsn)`` after each write / fsync.
 
     Example:
         >>> j = DiskJournal(srv, "./data", policy="always")    # doctest: +SKIP
@@ -354,6 +355,7 @@ class DiskJournal:
         self.on_fatal = on_fatal
         self.writer = LogWriter(log_dir(data_dir), next_lsn=next_lsn,
                                 segment_bytes=segment_bytes or segment_bytes_for(snapshot_bytes), repair=repair)
+        self.writer.ack_on_sync = self._always  # what Output and _run_after_sync wait for
         if self.writer.truncated:
             p, off, n = self.writer.truncated
             log.warning("torn log tail: cut %d byte(s) from %s at offset %d (writes never acknowledged as durable)",
@@ -385,21 +387,6 @@ class DiskJournal:
     @property
     def last_lsn(self) -> int:
         return self.writer.last_lsn
-
-    @property
-    def pending_sync(self) -> bool:
-        """True while some appended record is not yet as safe as the policy promises.
-
-        ``always``: not yet fsynced. ``everysec``/``no``: not yet handed to the
-        OS (answers wait for the one ``write`` of the loop iteration, so a
-        kill -9 never loses an acknowledged write).
-        """
-        w = self.writer
-        return (w.synced_lsn if self._always else w.flushed_lsn) < w.last_lsn
-
-    def _safe_lsn(self) -> int:
-        w = self.writer
-        return w.synced_lsn if self._always else w.flushed_lsn
 
     def append(self, kind: str, args: tuple | list) -> int:
         """Log ``(kind, args)``; returns its LSN. Refuses (WRITES_STOPPED) after a disk failure."""
@@ -478,7 +465,7 @@ class DiskJournal:
         holders = self._holders
         if not holders:
             return
-        synced = self._safe_lsn()
+        synced = self.writer.safe_lsn
         self._holders = still = []
         for output in holders:
             try:

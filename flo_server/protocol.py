@@ -2,9 +2,9 @@
 
 The first bytes of a connection pick the protocol: ``FLO\\0`` is Flo wire v2,
 anything else is RESP (handed to :class:`flo_server.resp.RespSession`). A Flo
-connection is then handed to its compiled request loop
-(``transport.set_protocol(ServerCore)``), so uvloop calls C for every read; this
-class keeps the connection's lifetime, blocking requests and back-pressure.
+connection's reads then go straight to its compiled request loop (``_read_in_c``),
+so uvloop calls C for every read; this class keeps the connection's lifetime,
+blocking requests and back-pressure.
 
 Answers of a batch that wrote are held until the journal's fsync covers them
 when the server runs with ``fsync=always`` (group commit); a connection's
@@ -102,10 +102,9 @@ class FloProtocol(asyncio.Protocol):
             self._sniff = b""
             self.reader = make_reader(self)
             if self.core:
-                # From now on uvloop calls the C request loop directly (flo_core.core).
                 self.reader.proto = self
                 self.reader.output = self.output
-                self.transport.set_protocol(self.reader)
+                self._read_in_c(self.reader)
                 self.reader.data_received(head)
             else:
                 self._flo(head)
@@ -116,13 +115,21 @@ class FloProtocol(asyncio.Protocol):
         self.resp = RespSession(self.srv, self.transport)
         core = self.resp._core
         if core is not None:
-            # As for Flo: uvloop calls the compiled RESP loop directly (flo_core.respcore).
-            core.proto = self
             core.output = self.resp._output
-            self.transport.set_protocol(core)
+            self._read_in_c(core)
             core.data_received(head)
         else:
             self.resp.feed(head)
+
+    def _read_in_c(self, core: Any) -> None:
+        """From now on the transport hands each read to ``core.data_received`` (C) directly.
+
+        uvloop keeps ``protocol.data_received`` from ``set_protocol``: shadowing it on this
+        instance and setting the protocol again routes reads to the compiled loop, while
+        this object keeps every other callback (lifetime, back-pressure).
+        """
+        self.data_received = core.data_received  # type: ignore[method-assign]
+        self.transport.set_protocol(self)
 
     # --- Flo wire v2 ------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from flo_core.resp import (
     parse_int,
 )
 from flo_core.spec import DEFAULT_NAMESPACE, MAX_KEY, MAX_KV_VALUE, Reason
+from flo_core.stream import next_id_for  # type: ignore[import-not-found]
 from flo_server import jsonpath
 from flo_server.handlers import kv as kvh
 from flo_server.handlers.list import MAX_LIST_LEN, lists_of
@@ -1790,7 +1791,7 @@ def cmd_xadd(s: RespSession, argv: list, out: bytearray) -> None:
     now = s.now
     last = st.last_id if st is not None else (0, 0)
     if id_arg == b"*":
-        ts, seq = st.next_id(now) if st is not None else ((now, 0) if now > 0 else (0, 1))
+        ts, seq = next_id_for(st, now)
     else:
         ms_b, dash, seq_b = id_arg.partition(b"-")
         if dash and seq_b == b"*":

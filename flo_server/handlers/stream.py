@@ -29,6 +29,7 @@ from flo_core.stream import (
     U64_MAX,
     id_int,
     id_split,
+    next_id_for,
 )
 from flo_server.dispatch import Request, handler
 from flo_server.journal import applier
@@ -229,12 +230,6 @@ def _ids(r: Reader) -> list[list[int]]:
     return [[r.u64(), r.u64()] for _ in range(n)]
 
 
-def _next_id(s: Any, now: int, count: int) -> tuple[int, int]:
-    if s is None:
-        return (now, 0) if now > 0 else (0, 1)
-    return s.next_id(now, count)
-
-
 def _check_new_group(srv: Any, ns: str, name: str, group: str) -> None:
     s = srv.streams.get(ns, name)
     if s is not None and s.group(group) is None and len(s.groups) >= MAX_GROUPS:
@@ -278,7 +273,7 @@ def stream_append(srv: Any, req: Request) -> bytes:
         headers = [[r.str16(), r.str16()] for _ in range(hc)] or None
         records.append([payload, headers])
     ns, now = req.ns, req.now
-    ts, seq = _next_id(srv.streams.get(ns, name), now, n)
+    ts, seq = next_id_for(srv.streams.get(ns, name), now, n)
     srv.write("s.append", now, ns, name, ts, seq, records)
     srv.waiters.notify(_wkey(ns, name), 0)
     return Writer().u64(seq).i64(ts).getvalue()
