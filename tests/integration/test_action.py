@@ -26,7 +26,7 @@ from flo_client.action_worker import ActionContext, ActionWorker, NonRetryableEr
 from flo_core.errors import ConflictError, NotFoundError, RequestTimeoutError
 from flo_core.spec import Reason
 from flo_server.actions import RETRY_BASE_MS
-from tests.helpers import ROOT
+from tests.helpers import ROOT, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.client(namespace="it", timeout_ms=3000)]
 
@@ -35,12 +35,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.clie
 async def running(worker: ActionWorker):
     task = asyncio.ensure_future(worker.start())
     try:
-        deadline = time.monotonic() + 5
-        while not worker.running:  # registered and polling
+        def started() -> bool:  # registered and polling (a failed start raises here)
             if task.done():
                 task.result()
-            assert time.monotonic() < deadline, "worker did not start"
-            await asyncio.sleep(0.01)
+            return worker.running
+
+        await wait_for(started, timeout=5, what="the worker to start")
         yield task
     finally:
         worker.stop()
@@ -192,8 +192,10 @@ async def test_cancel_pending_and_running(client):
 
     async with running(worker):
         run = (await client.action.invoke("cancel-me", b"")).run_id
-        while (await client.action.status(run)).status != RunStatus.RUNNING:
-            await asyncio.sleep(0.02)
+        async def running_now() -> bool:
+            return (await client.action.status(run)).status == RunStatus.RUNNING
+
+        await wait_for(running_now, timeout=5, what="the run to start")
         assert await client.action.cancel(run)
         await asyncio.wait_for(noticed.wait(), 5)
     st = await client.action.status(run)
@@ -247,13 +249,11 @@ async def test_drain_stops_a_worker_and_registry_reports_it(client):
     task = asyncio.ensure_future(worker.start())
     try:
         async def registered():
-            while True:
-                ws = {w.worker_id: w for w in (await api.list()).workers}
-                if "drain-me" in ws and ws["drain-me"].last_heartbeat_ms > ws["drain-me"].registered_at_ms:
-                    return ws["drain-me"]
-                await asyncio.sleep(0.02)
+            ws = {w.worker_id: w for w in (await api.list()).workers}
+            w = ws.get("drain-me")
+            return w if w is not None and w.last_heartbeat_ms > w.registered_at_ms else None
 
-        info = await asyncio.wait_for(registered(), 5)  # heartbeats are flowing
+        info = await wait_for(registered, timeout=5, what="heartbeats")  # heartbeats are flowing
         assert info.status == WorkerStatus.IDLE and info.machine_id
         await api.drain("drain-me")
         await asyncio.wait_for(asyncio.shield(task), 5)  # the parked await is refused: start() returns
