@@ -7,7 +7,8 @@ cdef class Entry:
     cdef public uint64_t version
     cdef public int64_t expires_at
     cdef public int64_t written_at
-    cdef public list history
+    cdef readonly Entry prev   # the version this one replaced (its own prev: the one before, ...)
+    cdef int depth             # versions held below this one (exact only on the live entry)
 
 
 cdef class Namespace:
@@ -28,6 +29,8 @@ cdef class KVStore:
     cdef list _ttl_heap
 
     cdef void _forget_history(self, Entry e)
+    cdef void _push_history(self, Entry e, Entry old)
+    cdef list _held(self, Entry e)
 
     cdef Namespace _space(self, str ns, bint create)
     cpdef Entry get(self, str ns, bytes key, int64_t now)

@@ -24,7 +24,7 @@ from sortedcontainers import SortedList
 DEF_HISTORY = 64
 DEF_HISTORY_BUDGET = 256 * 1024 * 1024
 #: What one kept version costs besides its value's bytes: the Entry (64 B), the bytes
-#: object's header (33 B, rounded up by the allocator) and its slot in the history list.
+#: object's header (33 B, rounded up by the allocator) and what the chain adds.
 #: Counted in the history budget so that small values (counters) are bounded too.
 VERSION_OVERHEAD = 112
 cdef Py_ssize_t _OVERHEAD = VERSION_OVERHEAD
@@ -36,9 +36,11 @@ cdef Py_ssize_t _OVERHEAD = VERSION_OVERHEAD
 @cython.no_gc
 @cython.final
 cdef class Entry:
-    """A live key: ``value``, ``version``, ``expires_at`` (0 = none), ``written_at``."""
+    """A live key: ``value``, ``version``, ``expires_at`` (0 = none), ``written_at``.
 
-    # history: the entries this one replaced, oldest first (their own history is None); None until overwritten
+    Earlier versions hang off ``prev`` (newest first): keeping the replaced entry costs
+    one pointer in the new one, and no other object is touched on a write.
+    """
 
     def __cinit__(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at):
         self.value = value
@@ -46,7 +48,19 @@ cdef class Entry:
         self.version = version
         self.expires_at = expires_at
         self.written_at = written_at
-        self.history = None
+        self.prev = None
+        self.depth = 0
+
+    @property
+    def history(self):
+        """The earlier versions held, oldest first (a list; empty when none)."""
+        out = []
+        cdef Entry h = self.prev
+        while h is not None:
+            out.append(h)
+            h = h.prev
+        out.reverse()
+        return out
 
     def __repr__(self):
         return f"Entry(version={self.version}, expires_at={self.expires_at}, value={self.value[:32]!r})"
@@ -132,33 +146,42 @@ cdef class KVStore:
         cdef Namespace sp = self._space(ns, True)
         cdef Entry old = sp.keys.get(key)
         cdef Entry e = Entry(value, version, expires_at, now)
-        cdef list hist
         if old is None:
             sp.add_key(key)
         elif _dead(old, now):
             self._forget_history(old)
         elif self.history_depth > 0:
-            hist = old.history
-            old.history = None  # the list moves to the new entry
-            # the replaced entry itself is the history item: no allocation per write
-            if hist is None:
-                hist = [old]
-            else:
-                if len(hist) >= self.history_depth:
-                    self.history_bytes -= (<Entry>hist[0]).size + _OVERHEAD
-                    del hist[0]
-                hist.append(old)
-            self.history_bytes += old.size + _OVERHEAD
-            if self.history_bytes > self.history_budget and len(hist) > 1:
-                # Over the server's history budget: a key written now keeps only its last version.
-                drop = len(hist) - 1  # not hist[:-1]: negative indices are undefined without wraparound
-                for h in hist[:drop]:
-                    self.history_bytes -= (<Entry>h).size + _OVERHEAD
-                del hist[:drop]
-            e.history = hist
+            self._push_history(e, old)
         sp.keys[key] = e
         if expires_at:
             heapq.heappush(self._ttl_heap, (expires_at, ns, key))
+
+    cdef void _push_history(self, Entry e, Entry old):
+        """``old`` becomes the newest earlier version of ``e``."""
+        cdef Entry keep, cut, nxt
+        cdef int i
+        self.history_bytes += old.size + _OVERHEAD
+        if self.history_bytes > self.history_budget:
+            # Over the server's history budget: a key written now keeps only its last version.
+            self._forget_history(old)
+            e.depth = 1
+        else:
+            e.depth = old.depth + 1
+        e.prev = old
+        if e.depth >= 2 * self.history_depth:
+            # Cut back to history_depth versions in one walk every history_depth writes, not
+            # one walk (or a list shift) per write; history() shows history_depth at most.
+            keep = e
+            for i in range(self.history_depth):
+                keep = keep.prev
+            cut = keep.prev
+            keep.prev = None
+            e.depth = self.history_depth
+            while cut is not None:
+                self.history_bytes -= cut.size + _OVERHEAD
+                nxt = cut.prev
+                cut.prev = None  # unlink first: each entry is freed alone, no deep recursion
+                cut = nxt
 
     cpdef bint delete(self, str ns, bytes key, int64_t now):
         """Remove ``key``; True if it was live."""
@@ -173,10 +196,14 @@ cdef class KVStore:
         return not _dead(e, now)
 
     cdef void _forget_history(self, Entry e):
-        if e.history is not None:
-            for h in e.history:
-                self.history_bytes -= (<Entry>h).size + _OVERHEAD
-            e.history = None
+        cdef Entry h = e.prev, nxt
+        e.prev = None
+        e.depth = 0
+        while h is not None:
+            self.history_bytes -= h.size + _OVERHEAD
+            nxt = h.prev
+            h.prev = None
+            h = nxt
 
     cpdef bint set_expiry(self, str ns, bytes key, int64_t expires_at, int64_t now):
         """Change the TTL without a new version; False if the key is absent."""
@@ -243,12 +270,12 @@ cdef class KVStore:
         cdef list out = []
         if not _dead(e, now):
             out.append((e.version, e.written_at, e.value))
-        cdef Entry h
-        if e.history is not None:
-            for h in reversed(e.history):
-                if len(out) >= limit:
-                    break
-                out.append((h.version, h.written_at, h.value))
+        cdef Entry h = e.prev
+        cdef int shown = 0
+        while h is not None and shown < self.history_depth and len(out) < limit:
+            out.append((h.version, h.written_at, h.value))
+            h = h.prev
+            shown += 1
         return out[:limit]
 
     def expire_some(self, int64_t now, int budget=1000):
@@ -281,9 +308,18 @@ cdef class KVStore:
         cdef Entry e
         out = {}
         for ns, sp in self.spaces.items():
-            out[ns] = [[k, e.value, e.version, e.expires_at, e.written_at,
-                        [(h.version, h.written_at, h.value) for h in e.history] if e.history else []]
+            out[ns] = [[k, e.value, e.version, e.expires_at, e.written_at, self._held(e)]
                        for k, e in sp.keys.items()]
+        return out
+
+    cdef list _held(self, Entry e):
+        """Up to history_depth earlier versions of ``e``, oldest first, as snapshot tuples."""
+        cdef list out = []
+        cdef Entry h = e.prev
+        while h is not None and len(out) < self.history_depth:
+            out.append((h.version, h.written_at, h.value))
+            h = h.prev
+        out.reverse()
         return out
 
     def load(self, state):
@@ -296,10 +332,16 @@ cdef class KVStore:
         for ns, rows in state.items():
             sp = self._space(ns, True)
             for k, value, version, expires_at, written_at, hist in rows:
-                e = Entry(value, version, expires_at, written_at)
-                e.history = [Entry(h[2], h[0], 0, h[1]) for h in hist] or None
-                for h in hist:
+                e = None
+                for h in hist:  # oldest first
+                    prev = e
+                    e = Entry(h[2], h[0], 0, h[1])
+                    e.prev = prev
                     self.history_bytes += len(h[2]) + _OVERHEAD
+                prev = e
+                e = Entry(value, version, expires_at, written_at)
+                e.prev = prev
+                e.depth = len(hist)
                 sp.keys[k] = e
                 if expires_at:
                     self._ttl_heap.append((expires_at, ns, k))

@@ -247,7 +247,20 @@ def test_history_keeps_at_least_64_versions(kv: KVStore) -> None:
         kv.set(NS, b"k", b"%d" % v, v, 0, T0 + v)
     h = kv.history(NS, b"k", 65, T0 + 1000)
     assert [x[0] for x in h] == list(range(200, 135, -1))  # 65 versions, newest first
-    assert len(kv.raw(NS, b"k").history) <= kv.history_depth  # bounded
+    # bounded: the chain is cut back to 64 in one walk when it reaches 128 versions
+    held = len(kv.raw(NS, b"k").history)
+    assert kv.history_depth <= held < 2 * kv.history_depth
+    from flo_core.kv import VERSION_OVERHEAD
+
+    assert kv.history_bytes == sum(len(x.value) + VERSION_OVERHEAD for x in kv.raw(NS, b"k").history)
+
+
+def test_history_shows_the_same_depth_whatever_the_chain_holds(kv: KVStore) -> None:
+    for v in range(1, 400):
+        kv.set(NS, b"k", b"%d" % v, v, 0, T0 + v)
+        if v > 64:
+            h = kv.history(NS, b"k", 1000, T0 + 1000)
+            assert [x[0] for x in h] == list(range(v, v - 65, -1))
 
 
 def test_history_depth_is_a_setting() -> None:
