@@ -39,6 +39,7 @@ from flo_core.output cimport Output
 from flo_core._pyframe import FrameError
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
+from flo_core.clock cimport unix_ms
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok
 from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue
 from flo_core.stream cimport Stream, next_id_of
@@ -67,6 +68,11 @@ cdef str KIND_ENQUEUE = "q.enq"
 cdef str STREAM_WAKE = "s"  # waiters' key of a stream: ("s", ns, name)
 
 
+def now_ms():
+    """Unix time in ms: the only clock the stores see (``Server.now``)."""
+    return unix_ms()
+
+
 cdef class ServerCore(FrameReader):
     """One connection's request loop. ``out`` holds answers not yet written."""
 
@@ -78,6 +84,9 @@ cdef class ServerCore(FrameReader):
     cdef public object proto  # the edge (FloProtocol): blocking requests and a broken stream
     cdef public Output output  # where data_received sends answers
     cdef object _clock  # srv.now
+    cdef bint _c_clock  # srv.now is now_ms: read the clock in C
+    cdef object _journal  # srv.journal as last seen, and what run() needs of it:
+    cdef LogWriter _writer  # its raw writer (None: in memory)
     cdef KVStore kv
     cdef object waiting  # the waiters' key dict: notify only when someone waits
     cdef dict _ns_cache
@@ -104,6 +113,7 @@ cdef class ServerCore(FrameReader):
         self._ns_cache = {}
         self._rec = bytearray(256)
         self._clock = srv.now
+        self._c_clock = self._clock is now_ms
 
     @property
     def now(self):
@@ -115,7 +125,7 @@ cdef class ServerCore(FrameReader):
     def data_received(self, data):
         cdef list deferred
         try:
-            self._run(data, self._clock())
+            self._run(data, unix_ms() if self._c_clock else self._clock())
         except FrameError as e:
             self.proto._broken(e)
             return
@@ -136,8 +146,12 @@ cdef class ServerCore(FrameReader):
     cdef int _run(self, data, int64_t now) except -1:
         self._now = now
         journal = self.srv.journal
-        self._log = journal.raw_writer()
-        self._durable = bool(getattr(journal, "durable", False))
+        if journal is not self._journal:
+            self._journal = journal
+            self._writer = journal.raw_writer()
+            self._durable = bool(getattr(journal, "durable", False))
+        # a disk journal that stopped taking writes: no raw writer, the Python path refuses
+        self._log = self._writer if self._writer is not None and self._writer.accepting else None
         self._streams = getattr(self.srv, "streams", None)
         self._queues = getattr(self.srv, "queues", None)
         self._qwindow = -2
@@ -145,11 +159,11 @@ cdef class ServerCore(FrameReader):
         try:
             self.feed(data)
         finally:
+            if self._logged and not self._log.flush_scheduled:
+                journal.appended_raw(self._logged)
             self._log = None
             self._streams = None
             self._queues = None
-            if self._logged:
-                journal.appended_raw(self._logged)
         return 0
 
     cdef int _on_frame(self, uint64_t rid, uint32_t op, const uint8_t *p, uint32_t n, list out) except -1:

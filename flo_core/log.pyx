@@ -464,6 +464,9 @@ cdef class LogWriter:
         self.segment_bytes = segment_bytes
         self.truncated = None
         self.bytes_appended = 0
+        self.accepting = True
+        self.flush_scheduled = False
+        self.holders = []
         os.makedirs(self.directory, exist_ok=True)
         segs = list_segments(self.directory)
         if not segs:

@@ -6,12 +6,12 @@ from flo_core.log cimport LogWriter
 cdef class Output:
     cdef public object transport
     cdef public bint closed
-    cdef object _journal
     cdef LogWriter _log      # None: an in-memory journal, answers never wait
     cdef list _held          # [[lsn, bytearray], ...] oldest first
     cdef Py_ssize_t _head    # index of the oldest chunk still held
-    cdef bint _registered    # listed in the journal's holders
-    cdef object _on_drained
+    cdef bint _registered    # listed in the log writer's holders
+    cdef public object on_drained  # called after held answers went out (None: nothing to do)
 
     cdef int send_c(self, object data) except -1
+    cdef bint release_c(self, uint64_t safe) except -1
     cdef int _drain(self, uint64_t safe) except -1

@@ -8,10 +8,11 @@ same connection queue behind held ones, so a connection's answers keep their
 order. Both protocols (Flo wire v2 and RESP) and both paths (the C request
 loop and the Python dispatcher) send through this one class.
 
-How a held answer gets out: the Output lists itself once with the journal
-(``journal.hold(output)``); after each log write / fsync the journal calls
-``release(safe_lsn)`` on every listed Output, which writes the chunks the
-journal now covers and says whether it still holds some.
+How a held answer gets out: the Output lists itself once in the log writer's
+``holders``; after each log write / fsync the journal calls :func:`release_held`,
+which writes, for every listed Output, the chunks the log now covers and keeps
+listed those that still hold some. All of it in C: at one request per read,
+these are per-request costs.
 
 Example:
     >>> out = Output(srv, transport)             # doctest: +SKIP
@@ -20,7 +21,11 @@ Example:
 
 from libc.stdint cimport uint64_t
 
+import logging
+
 from flo_core.log cimport safe_lsn_of
+
+log = logging.getLogger("flo.server")
 
 
 cdef class Output:
@@ -28,13 +33,12 @@ cdef class Output:
         journal = srv.journal
         self.transport = transport
         self.closed = False
-        self._journal = journal
         # The journal's writer when answers may have to wait for it (a disk journal).
         self._log = getattr(journal, "writer", None) if getattr(journal, "durable", False) else None
         self._held = []
         self._head = 0
         self._registered = False
-        self._on_drained = on_drained
+        self.on_drained = on_drained
 
     @property
     def holding(self):
@@ -70,7 +74,7 @@ cdef class Output:
         self._held.append([last, bytearray(data) if type(data) is not bytearray else data])
         if not self._registered:
             self._registered = True
-            self._journal.hold(self)
+            self._log.holders.append(self)
         return 0
 
     def release(self, uint64_t safe):
@@ -78,6 +82,9 @@ cdef class Output:
 
         Returns True while some answer still waits (the journal keeps this Output listed).
         """
+        return self.release_c(safe)
+
+    cdef bint release_c(self, uint64_t safe) except -1:
         self._drain(safe)
         if self._head < len(self._held):
             return True
@@ -98,6 +105,25 @@ cdef class Output:
                 self.transport.write(chunk[1])
         del held[:]
         self._head = 0
-        if self._on_drained is not None:
-            self._on_drained()
+        if self.on_drained is not None:
+            self.on_drained()
         return 0
+
+
+def release_held(LogWriter w):
+    """After a log write / fsync: every Output listed in ``w.holders`` writes what the log now
+    covers; those still holding answers stay listed."""
+    cdef list holders = w.holders
+    cdef list still
+    cdef uint64_t safe
+    if not holders:
+        return
+    safe = safe_lsn_of(w)
+    w.holders = still = []
+    for out in holders:
+        try:
+            if (<Output>out).release_c(safe):
+                still.append(out)
+        except Exception:  # one connection's bug must not stall the others
+            log.exception("releasing held answers failed")
+

@@ -50,6 +50,7 @@ from flo_core.resp cimport RespParser, _bulk, _line, _header
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
 from flo_core.kv cimport KVStore, Entry
 from flo_core.log cimport LogWriter
+from flo_core.clock cimport unix_ms
 from flo_core.records cimport log_kv_set, log_stream_append, log_list_push, log_list_pop
 from flo_core.stream cimport Stream, next_id_of
 from flo_core.wirefmt cimport st16, st32, utf8_ok
@@ -57,6 +58,7 @@ from libc.string cimport memcpy
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from flo_core.output cimport Output
 from flo_core.resp import RespProtocolError
+from flo_core.core import now_ms
 
 from collections import deque
 
@@ -95,8 +97,9 @@ cdef class RespCore(RespParser):
     cdef public Py_ssize_t fast_count   # commands served in C (tests, stats)
     cdef KVStore kv
     cdef object waiting          # the waiters' key dict: notify only when someone waits
-    cdef object journal
+    cdef object journal          # srv.journal as last seen, and what run() needs of it:
     cdef bint durable
+    cdef LogWriter _writer       # its raw writer (None: in memory)
     cdef bytearray out           # the reply buffer of the current run()
     cdef bint executing
     cdef LogWriter _log          # set during run() when the journal is on disk and healthy
@@ -113,6 +116,7 @@ cdef class RespCore(RespParser):
     cdef bytearray _xrec         # scratch: one XADD record in STREAM_APPEND wire form
     cdef public Output output    # the session's Output
     cdef object _clock           # srv.now
+    cdef bint _c_clock           # srv.now is now_ms: read the clock in C
 
     def __init__(self, srv, session, slow, **limits):
         RespParser.__init__(self, **limits)
@@ -126,6 +130,7 @@ cdef class RespCore(RespParser):
         self._rec = bytearray(256)
         self._ns = None
         self._clock = getattr(srv, "now", None)  # used once this core is the protocol
+        self._c_clock = self._clock is now_ms
 
     # --- the transport's data_received, once the edge handed it over -----------------------
 
@@ -135,7 +140,7 @@ cdef class RespCore(RespParser):
             s.feed(data)  # queued behind a blocking command, or closing
             return
         cdef bytearray out = bytearray()
-        cdef int64_t now = self._clock()
+        cdef int64_t now = unix_ms() if self._c_clock else self._clock()
         s.now = now
         error = None
         try:
@@ -165,8 +170,10 @@ cdef class RespCore(RespParser):
 
     cdef object _run(self, data, int64_t now, bytearray out):
         journal = self.srv.journal
-        self.journal = journal
-        self.durable = bool(getattr(journal, "durable", False))
+        if journal is not self.journal:
+            self.journal = journal
+            self._writer = journal.raw_writer()
+            self.durable = bool(getattr(journal, "durable", False))
         self._now = now
         self.out = out
         self.stopped = None
@@ -178,9 +185,9 @@ cdef class RespCore(RespParser):
         finally:
             self.executing = False
             self.out = None
-            self._log = None
-            if self._logged:
+            if self._logged and not self._log.flush_scheduled:
                 journal.appended_raw(self._logged)
+            self._log = None
 
     cdef int _refresh(self) except -1:
         """Re-read what a Python command may have changed: namespace, protocol, journal health."""
@@ -200,7 +207,8 @@ cdef class RespCore(RespParser):
         streams = getattr(self.srv, "streams", None)
         self._streams = streams.by_ns if streams is not None else None
         self._streams_obj = streams
-        self._log = self.journal.raw_writer()
+        # a disk journal that stopped taking writes: no raw writer, the Python path refuses
+        self._log = self._writer if self._writer is not None and self._writer.accepting else None
         return 0
 
     cdef int _emit(self, list args, list out) except -1:

@@ -50,9 +50,5 @@ class MemoryJournal:
         """No log file: the C fast path calls :meth:`append` instead."""
         return None
 
-    def hold(self, output: Any) -> None:
-        """Nothing waits for a journal in memory: release at once."""
-        output.release(self.last_lsn)
-
     def close(self) -> None:
         pass

@@ -63,6 +63,7 @@ from flo_core.log import (
     list_segments,
     repair_log,
 )
+from flo_core.output import release_held
 from flo_core.spec import Reason
 
 __all__ = [
@@ -320,7 +321,8 @@ class DiskJournal:
     ``fdatasync`` on the syncer thread (flo_core.log). Answers may leave once the
     writer's ``safe_lsn`` covers them (synced under ``always``, written otherwise:
     so a kill -9 never loses an acknowledged write); an Output holding answers lists
-    itself with ``hold(output)`` and gets ``output.release(safe_lsn)`` after each write / fsync.
+    itself in ``writer.holders`` and is released after each write / fsync
+    (:func:`flo_core.output.release_held`).
 
     Example:
         >>> j = DiskJournal(srv, "./data", policy="always")    # doctest: +SKIP
@@ -361,13 +363,12 @@ class DiskJournal:
             log.warning("torn log tail: cut %d byte(s) from %s at offset %d (writes never acknowledged as durable)",
                         n, p, off)
         self.snapshot_lsn = snapshot_lsn
+        self._snap_base = 0
         self.bytes_since_snapshot = bytes_since_snapshot
         self.last_snapshot_size = _newest_snapshot_size(data_dir)
-        self.failed: BaseException | None = None
-        self.closed = False
-        self._flush_scheduled = False
+        self._failed: BaseException | None = None
+        self._closed = False
         self._snapshot_inflight: asyncio.Future | None = None
-        self._holders: list = []  # Outputs holding answers until the log covers them
         # fdatasync runs on the log's own C thread (flo_core.log: the syncer), which
         # never takes the GIL and says it is done through an eventfd the loop watches.
         self._syncer_fd = self.writer.start_syncer()
@@ -388,6 +389,34 @@ class DiskJournal:
     def last_lsn(self) -> int:
         return self.writer.last_lsn
 
+    # The request loops in C read these off the writer (``accepting``) instead of asking us.
+    @property
+    def failed(self) -> BaseException | None:
+        return self._failed
+
+    @failed.setter
+    def failed(self, exc: BaseException | None) -> None:
+        self._failed = exc
+        self.writer.accepting = exc is None and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+        self.writer.accepting = self._failed is None and not value
+
+    @property
+    def bytes_since_snapshot(self) -> int:
+        """Log bytes appended since the last snapshot began (the writer counts every append)."""
+        return self.writer.bytes_appended - self._snap_base
+
+    @bytes_since_snapshot.setter
+    def bytes_since_snapshot(self, n: int) -> None:
+        self._snap_base = self.writer.bytes_appended - n
+
     def append(self, kind: str, args: tuple | list) -> int:
         """Log ``(kind, args)``; returns its LSN. Refuses (WRITES_STOPPED) after a disk failure."""
         if self.failed is not None or self.closed:
@@ -397,37 +426,32 @@ class DiskJournal:
             lsn = self.writer.append(RECORD_WRITE, payload)
         except ValueError as e:
             raise Refusal(Reason.FIELD_TOO_LONG, str(e)) from None
-        self.bytes_since_snapshot += RECORD_HEADER + len(payload)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if not self.writer.flush_scheduled:
+            self.writer.flush_scheduled = True
             self.loop.call_soon(self._flush_now)
         return lsn
 
     def raw_writer(self) -> Any:
-        """The LogWriter for ServerCore's C fast path while writes are allowed, else None.
+        """The LogWriter for the C request loops (ServerCore, RespCore), or None.
 
-        The core appends RECORD_WRITE records (msgpack ``[kind, args]``, the same bytes
-        :func:`pack_record` makes) with ``LogWriter.append_c`` and then calls
-        :meth:`appended_raw` once per read batch.
+        A core appends RECORD_WRITE records (msgpack ``[kind, args]``, the same bytes
+        :func:`pack_record` makes) with ``LogWriter.append_c`` while ``writer.accepting``
+        holds, and calls :meth:`appended_raw` after a read batch that appended some when
+        ``writer.flush_scheduled`` is not set yet. Answers waiting for the log list their
+        Output in ``writer.holders`` (flo_core.output).
         """
-        return None if self.failed is not None or self.closed else self.writer
+        return self.writer
 
     def appended_raw(self, nbytes: int) -> None:
-        """Account for records the core appended directly: snapshot trigger and the loop's one flush."""
-        self.bytes_since_snapshot += nbytes
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        """A core appended records and no flush is queued yet: queue the loop's one flush."""
+        if not self.writer.flush_scheduled:
+            self.writer.flush_scheduled = True
             self.loop.call_soon(self._flush_now)
-
-    def hold(self, output: Any) -> None:
-        """List ``output`` (a :class:`flo_core.output.Output` holding answers): after each log
-        write / fsync the journal calls ``output.release(safe_lsn)`` until it holds nothing."""
-        self._holders.append(output)
 
     # --- group commit --------------------------------------------------------------------
 
     def _flush_now(self) -> None:
-        self._flush_scheduled = False
+        self.writer.flush_scheduled = False
         if self.closed:
             return
         try:
@@ -462,17 +486,7 @@ class DiskJournal:
         self._run_after_sync()
 
     def _run_after_sync(self) -> None:
-        holders = self._holders
-        if not holders:
-            return
-        synced = self.writer.safe_lsn
-        self._holders = still = []
-        for output in holders:
-            try:
-                if output.release(synced):
-                    still.append(output)
-            except Exception:  # noqa: BLE001 - one connection's bug must not stall the others
-                log.exception("releasing held answers failed")
+        release_held(self.writer)
 
     def _every_second(self) -> None:
         self._tick = None

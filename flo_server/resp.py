@@ -270,7 +270,7 @@ class RespSession:
         self._backlog_error: str | None = None
         self._paused = False
         self._close_after = False
-        self._output = Output(srv, transport, on_drained=self._sent)
+        self._output = Output(srv, transport)
         self._scans: dict[int, tuple[int, bytes]] = {}
         self._scan_ids = itertools.count(1)
 
@@ -387,6 +387,8 @@ class RespSession:
             self.closed = True
             self._output.closed = True
             self.transport.close()
+        else:
+            self._output.on_drained = self._sent  # called once the held replies are out
 
     async def _finish_blocked(self, coro: Awaitable[bytearray]) -> None:
         try:

@@ -49,7 +49,14 @@ class _Journal:
     def __init__(self, directory: Any) -> None:
         self.writer = LogWriter(directory)
         self.raw_bytes = 0
-        self.healthy = True
+
+    @property
+    def healthy(self) -> bool:
+        return self.writer.accepting
+
+    @healthy.setter
+    def healthy(self, ok: bool) -> None:
+        self.writer.accepting = ok  # what DiskJournal does when a write fails / it closes
 
     @property
     def last_lsn(self) -> int:
@@ -64,10 +71,10 @@ class _Journal:
         return self.writer.append(1, pack_record(kind, args))
 
     def raw_writer(self) -> Any:
-        return self.writer if self.healthy else None
+        return self.writer
 
     def appended_raw(self, n: int) -> None:
-        self.raw_bytes += n
+        self.raw_bytes += n  # no loop here: the flush is never queued, so every batch calls this
 
 
 class Twin:
