@@ -5,6 +5,7 @@ from flo_core.log cimport LogWriter
 
 cdef class Output:
     cdef public object transport
+    cdef object _write       # transport.write, looked up once
     cdef public bint closed
     cdef LogWriter _log      # None: an in-memory journal, answers never wait
     cdef list _held          # [[lsn, bytearray], ...] oldest first

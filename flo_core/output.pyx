@@ -32,6 +32,7 @@ cdef class Output:
     def __init__(self, srv, transport, on_drained=None):
         journal = srv.journal
         self.transport = transport
+        self._write = transport.write
         self.closed = False
         # The journal's writer when answers may have to wait for it (a disk journal).
         self._log = getattr(journal, "writer", None) if getattr(journal, "durable", False) else None
@@ -56,7 +57,7 @@ cdef class Output:
             return 0
         if self._log is None:
             if not self.closed:
-                self.transport.write(data)
+                self._write(data)
             return 0
         last = self._log.last_lsn
         safe = safe_lsn_of(self._log)
@@ -64,7 +65,7 @@ cdef class Output:
             if self._head < len(self._held):
                 self._drain(safe)  # everything held is covered too: keep the order
             if not self.closed:
-                self.transport.write(data)
+                self._write(data)
             return 0
         if self._head < len(self._held):
             chunk = self._held[len(self._held) - 1]
@@ -102,7 +103,7 @@ cdef class Output:
             held[self._head] = None
             self._head += 1
             if not self.closed:
-                self.transport.write(chunk[1])
+                self._write(chunk[1])
         del held[:]
         self._head = 0
         if self.on_drained is not None:
