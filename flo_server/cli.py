@@ -51,8 +51,8 @@ def _env(name: str, default):
 @click.option("--snapshot-bytes", type=int, default=DEFAULT_SNAPSHOT_BYTES, show_default=True,
               help="take a snapshot after this many log bytes (and no sooner than the last snapshot's size)")
 @click.option("--history-bytes", type=int, default=DEFAULT_HISTORY_BYTES, show_default=True,
-              help="memory for earlier KV versions (up to 64 per key; each counts its value plus ~112 bytes "
-                   "of objects); past it a key written keeps only its last one")
+              help="memory for earlier KV versions (64 per key readable, up to 127 held between trims; "
+                   "each counts its value plus ~112 bytes of objects); past it a key written keeps only its last one")
 @click.option("--no-executor", is_flag=True, help="do not run the flamepy executor manager in-process")
 @click.option("--repair-log", is_flag=True, help="start even if the log is corrupt in the middle: cut it at the first bad record")
 @click.pass_context
