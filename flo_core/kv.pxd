@@ -1,14 +1,14 @@
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
 cdef class Entry:
     cdef readonly bytes value  # readonly: size must stay its length
-    cdef readonly Py_ssize_t size
+    cdef readonly uint32_t size    # len(value); 32 bits so that with depth the entry stays 64 bytes
+    cdef uint32_t depth            # versions held below this one (exact only on the live entry)
     cdef public uint64_t version
     cdef public int64_t expires_at
     cdef public int64_t written_at
     cdef readonly Entry prev   # the version this one replaced (its own prev: the one before, ...)
-    cdef int depth             # versions held below this one (exact only on the live entry)
 
 
 cdef class Namespace:

@@ -17,7 +17,7 @@ Example:
 """
 
 cimport cython
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 import heapq
 from sortedcontainers import SortedList
 
@@ -43,8 +43,10 @@ cdef class Entry:
     """
 
     def __cinit__(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at):
+        if len(value) > 0xFFFFFFFF:
+            raise OverflowError("a KV value is at most 4 GiB")  # far above any frame limit
         self.value = value
-        self.size = len(value)  # history accounting without touching (cache-cold) old values
+        self.size = <uint32_t>len(value)  # history accounting without touching (cache-cold) old values
         self.version = version
         self.expires_at = expires_at
         self.written_at = written_at
@@ -168,7 +170,7 @@ cdef class KVStore:
         else:
             e.depth = old.depth + 1
         e.prev = old
-        if e.depth >= 2 * self.history_depth:
+        if e.depth >= <uint32_t>(2 * self.history_depth):
             # Cut back to history_depth versions in one walk every history_depth writes, not
             # one walk (or a list shift) per write; history() shows history_depth at most.
             keep = e
