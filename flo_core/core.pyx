@@ -37,7 +37,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from flo_core.frame cimport FrameReader, append_reply
 from flo_core.output cimport Output
 from flo_core._pyframe import FrameError
-from flo_core.kv cimport KVStore, Entry
+from flo_core.kv cimport KVStore, Entry, Namespace, entry_dead
 from flo_core.log cimport LogWriter
 from flo_core.clock cimport unix_ms
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok
@@ -243,7 +243,9 @@ cdef class ServerCore(FrameReader):
         cdef uint64_t wait_ms = 0, ttl = 0
         cdef uint8_t condition = 0
         cdef int64_t expires_at = 0
-        cdef Entry e
+        cdef Entry e, old
+        cdef Namespace sp
+        cdef bint live
         if self._head(p, n) < 0:
             return False
         ns, nslen, pos = self._hns, self._hns_len, self._hkey_at + self._hkey_len
@@ -312,15 +314,17 @@ cdef class ServerCore(FrameReader):
             if p[pos] != 0:
                 return False
             pos += 1
+        sp = self.kv._space(ns, False)
+        old = sp.keys.get(key) if sp is not None else None
         if condition:
-            e = self.kv.get(ns, key, self._now)
-            if (condition == 1 and e is not None) or (condition == 2 and e is None) or condition > 2:
+            live = old is not None and not entry_dead(old, self._now)
+            if (condition == 1 and live) or (condition == 2 and not live) or condition > 2:
                 return False  # the Python path refuses with the right reason
         if not self._can_write():
             return False
         if ttl:
             expires_at = self._now + <int64_t>ttl
-        lsn = self._kv_set(ns, p + 2, nslen, key, value, expires_at)
+        lsn = self._kv_set(ns, p + 2, nslen, key, value, expires_at, sp, old)
         self._append_version(rid, lsn)
         return True
 
@@ -329,13 +333,18 @@ cdef class ServerCore(FrameReader):
         return self._log is not None or not self._durable
 
     cdef uint64_t _kv_set(self, str ns, const uint8_t *nsb, uint32_t nslen, bytes key, bytes value,
-                          int64_t expires_at) except 0:
-        """The ``kv.set`` applier, inline: log, store, wake. Returns the new version."""
+                          int64_t expires_at, Namespace sp, Entry old) except 0:
+        """The ``kv.set`` applier, inline: log, store, wake. Returns the new version.
+
+        ``sp``/``old``: the namespace (None if it has no keys yet) and the key's stored entry,
+        as the caller looked them up (KVStore.put)."""
         if self._log is not None:
             lsn = self._log_set(ns, nsb, nslen, key, value, expires_at)
         else:
             lsn = self.srv.journal.append(KIND_SET, (self._now, ns, key, value, expires_at))
-        self.kv.set(ns, key, value, lsn, expires_at, self._now)
+        if sp is None:
+            sp = self.kv._space(ns, True)
+        self.kv.put(sp, key, old, value, lsn, expires_at, self._now)
         if self.waiting:
             self.srv.waiters.notify(("kv", ns, key), 0)
         return lsn
@@ -350,7 +359,8 @@ cdef class ServerCore(FrameReader):
         cdef int64_t delta = 1, expires_at = 0
         cdef long long result = 0
         cdef char text[COUNTER_TEXT_MAX]
-        cdef Entry e
+        cdef Entry old
+        cdef Namespace sp
         cdef bytes v = None
         if self._head(p, n) < 0:
             return False
@@ -373,20 +383,21 @@ cdef class ServerCore(FrameReader):
             return False
         if not self._can_write():
             return False
-        e = self.kv.get(ns, key, self._now)
-        if e is not None:
-            v = e.value
-            expires_at = e.expires_at  # incr keeps the TTL
+        sp = self.kv._space(ns, False)
+        old = sp.keys.get(key) if sp is not None else None
+        if old is not None and not entry_dead(old, self._now):
+            v = old.value
+            expires_at = old.expires_at  # incr keeps the TTL
         if counter_add(<const uint8_t *>PyBytes_AS_STRING(v) if v is not None else NULL,
                        PyBytes_GET_SIZE(v) if v is not None else 0, v is not None, delta,
                        &result) != COUNTER_OK:
             return False
         value = PyBytes_FromStringAndSize(text, counter_text(text, result))
-        lsn = self._kv_set(ns, p + 2, nslen, key, value, expires_at)
+        lsn = self._kv_set(ns, p + 2, nslen, key, value, expires_at, sp, old)
         # opt(version u64) opt(value i64)
-        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
-        PyByteArray_Resize(self.out, old + HEADER + 18)
-        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        cdef Py_ssize_t at = PyByteArray_GET_SIZE(self.out)
+        PyByteArray_Resize(self.out, at + HEADER + 18)
+        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + at
         self._header(h, rid, 0, 18)
         h[HEADER] = 1
         st64(h + HEADER + 1, lsn)

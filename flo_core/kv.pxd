@@ -12,6 +12,7 @@ cdef class Entry:
 
 
 cdef class Namespace:
+    cdef readonly str name
     cdef public dict keys
     cdef public object index
     cdef public set fresh
@@ -36,5 +37,12 @@ cdef class KVStore:
     cpdef Entry get(self, str ns, bytes key, int64_t now)
     cpdef Entry raw(self, str ns, bytes key)
     cpdef set(self, str ns, bytes key, bytes value, uint64_t version, int64_t expires_at, int64_t now)
+    cdef int put(self, Namespace sp, bytes key, Entry old, bytes value, uint64_t version, int64_t expires_at,
+                 int64_t now) except -1
     cpdef bint delete(self, str ns, bytes key, int64_t now)
     cpdef bint set_expiry(self, str ns, bytes key, int64_t expires_at, int64_t now)
+
+
+cdef inline bint entry_dead(Entry e, int64_t now) noexcept:
+    """``e`` has expired at ``now`` (it reads as absent)."""
+    return e.expires_at != 0 and e.expires_at <= now

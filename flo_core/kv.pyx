@@ -103,10 +103,6 @@ cdef class Namespace:
         return 0
 
 
-cdef inline bint _dead(Entry e, int64_t now):
-    return e.expires_at != 0 and e.expires_at <= now
-
-
 cdef class KVStore:
     """Every namespace's keys. All methods are deterministic given their arguments."""
 
@@ -123,6 +119,7 @@ cdef class KVStore:
         cdef Namespace sp = self.spaces.get(ns)
         if sp is None and create:
             sp = Namespace()
+            sp.name = ns
             self.spaces[ns] = sp
         return sp
 
@@ -132,7 +129,7 @@ cdef class KVStore:
         if sp is None:
             return None
         cdef Entry e = sp.keys.get(key)
-        if e is None or _dead(e, now):
+        if e is None or entry_dead(e, now):
             return None
         return e
 
@@ -146,17 +143,24 @@ cdef class KVStore:
     cpdef set(self, str ns, bytes key, bytes value, uint64_t version, int64_t expires_at, int64_t now):
         """Write ``value`` at ``version``; the old value goes to the history."""
         cdef Namespace sp = self._space(ns, True)
-        cdef Entry old = sp.keys.get(key)
+        self.put(sp, key, sp.keys.get(key), value, version, expires_at, now)
+
+    cdef int put(self, Namespace sp, bytes key, Entry old, bytes value, uint64_t version, int64_t expires_at,
+                 int64_t now) except -1:
+        """:meth:`set` for a caller that already holds the namespace (``_space(ns, True)``) and
+        the key's entry as stored (``sp.keys.get(key)``: maybe expired, None if absent) - the
+        C request loops, which looked the key up to check it: no second lookup."""
         cdef Entry e = Entry(value, version, expires_at, now)
         if old is None:
             sp.add_key(key)
-        elif _dead(old, now):
+        elif entry_dead(old, now):
             self._forget_history(old)
         elif self.history_depth > 0:
             self._push_history(e, old)
         sp.keys[key] = e
         if expires_at:
-            heapq.heappush(self._ttl_heap, (expires_at, ns, key))
+            heapq.heappush(self._ttl_heap, (expires_at, sp.name, key))
+        return 0
 
     cdef void _push_history(self, Entry e, Entry old):
         """``old`` becomes the newest earlier version of ``e``."""
@@ -195,7 +199,7 @@ cdef class KVStore:
             return False
         sp.remove_key(key)
         self._forget_history(e)
-        return not _dead(e, now)
+        return not entry_dead(e, now)
 
     cdef void _forget_history(self, Entry e):
         cdef Entry h = e.prev, nxt
@@ -237,7 +241,7 @@ cdef class KVStore:
             if after and k <= after:
                 continue
             e = sp.keys[k]
-            if _dead(e, now):
+            if entry_dead(e, now):
                 continue
             if len(out) == limit:
                 return out, True
@@ -252,7 +256,7 @@ cdef class KVStore:
         cdef Entry e
         cdef Py_ssize_t n = 0
         for e in sp.keys.values():
-            if not _dead(e, now):
+            if not entry_dead(e, now):
                 n += 1
         return n
 
@@ -270,7 +274,7 @@ cdef class KVStore:
         if e is None:
             return []
         cdef list out = []
-        if not _dead(e, now):
+        if not entry_dead(e, now):
             out.append((e.version, e.written_at, e.value))
         cdef Entry h = e.prev
         cdef int shown = 0

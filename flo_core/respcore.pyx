@@ -48,7 +48,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 from flo_core.resp cimport RespParser, _bulk, _line, _header
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
-from flo_core.kv cimport KVStore, Entry
+from flo_core.kv cimport KVStore, Entry, Namespace, entry_dead
 from flo_core.log cimport LogWriter
 from flo_core.clock cimport unix_ms
 from flo_core.records cimport log_kv_set, log_stream_append, log_list_push, log_list_pop
@@ -341,11 +341,18 @@ cdef class RespCore(RespParser):
         return self._log is not None or not self.durable
 
     cdef bint _set(self, bytes key, bytes value) except -1:
-        if PyBytes_GET_SIZE(key) > MAX_KEY or PyBytes_GET_SIZE(value) > MAX_KV_VALUE:
+        cdef Namespace sp
+        cdef Entry old = None
+        if PyBytes_GET_SIZE(key) > MAX_KEY or PyBytes_GET_SIZE(value) > MAX_KV_VALUE or not self._can_write():
             return False
-        if not self._can_write() or self._other_type(key):
+        sp = self.kv._space(self._ns, False)
+        if sp is not None:
+            old = sp.keys.get(key)
+        # a live string is what RESP sees at the key (TYPE answers "string" first): only a key
+        # with no live string needs the list/stream check
+        if (old is None or entry_dead(old, self._now)) and self._other_type(key):
             return False  # SET replaces a list/stream: Python does that
-        self._write(key, value, 0)  # plain SET clears the TTL
+        self._write(key, value, 0, sp, old)  # plain SET clears the TTL
         _line(self.out, b'+', b"OK", 2)
         return True
 
@@ -353,20 +360,25 @@ cdef class RespCore(RespParser):
         cdef long long current = 0
         cdef int64_t expires_at = 0
         cdef char text[COUNTER_TEXT_MAX]
-        cdef Entry e
+        cdef Namespace sp
+        cdef Entry old = None
         cdef bytes v = None
-        if PyBytes_GET_SIZE(key) > MAX_KEY or not self._can_write() or self._other_type(key):
+        if PyBytes_GET_SIZE(key) > MAX_KEY or not self._can_write():
             return False
-        e = self.kv.get(self._ns, key, self._now)
-        if e is not None:
-            v = e.value
-            expires_at = e.expires_at  # INCR keeps the TTL
+        sp = self.kv._space(self._ns, False)
+        if sp is not None:
+            old = sp.keys.get(key)
+        if old is not None and not entry_dead(old, self._now):
+            v = old.value
+            expires_at = old.expires_at  # INCR keeps the TTL
+        elif self._other_type(key):
+            return False
         # not a counter or overflow: the Python command answers the error (flo_core/counters.pxd)
         if counter_add(<const uint8_t *>PyBytes_AS_STRING(v) if v is not None else NULL,
                        PyBytes_GET_SIZE(v) if v is not None else 0, v is not None, 1, &current) != COUNTER_OK:
             return False
         value = PyBytes_FromStringAndSize(text, counter_text(text, current))
-        self._write(key, value, expires_at)
+        self._write(key, value, expires_at, sp, old)
         _header(self.out, b':', current)
         return True
 
@@ -451,8 +463,11 @@ cdef class RespCore(RespParser):
         _bulk(self.out, PyBytes_AS_STRING(idb), PyBytes_GET_SIZE(idb))
         return True
 
-    cdef uint64_t _write(self, bytes key, bytes value, int64_t expires_at) except 0:
-        """The ``kv.set`` applier, inline: log, store, wake. Returns the new version."""
+    cdef uint64_t _write(self, bytes key, bytes value, int64_t expires_at, Namespace sp, Entry old) except 0:
+        """The ``kv.set`` applier, inline: log, store, wake. Returns the new version.
+
+        ``sp``/``old``: the namespace (None if it has no keys yet) and the key's stored entry,
+        as the caller looked them up (KVStore.put)."""
         cdef uint64_t lsn
         if self._log is not None:
             lsn = log_kv_set(self._log, self._rec, self._now,
@@ -462,7 +477,9 @@ cdef class RespCore(RespParser):
                              expires_at, &self._logged)
         else:
             lsn = self.journal.append(KIND_SET, (self._now, self._ns, key, value, expires_at))
-        self.kv.set(self._ns, key, value, lsn, expires_at, self._now)
+        if sp is None:
+            sp = self.kv._space(self._ns, True)
+        self.kv.put(sp, key, old, value, lsn, expires_at, self._now)
         if self.waiting:
             self.srv.waiters.notify(("kv", self._ns, key), 0)
         return lsn
