@@ -448,3 +448,46 @@ async def test_data_dir_is_locked(tmp_path):
     other = Server(cfg)
     other.journal = open_journal(other, cfg)  # free again after close
     other.journal.close()
+
+
+async def test_a_failed_log_write_stops_writes_on_every_path_until_it_recovers(tmp_path):
+    """everysec: while the log cannot be written, writes are refused - the C request loops of
+    both protocols included (they read the journal's state off the writer) - and reads go on;
+    once a retry succeeds, writes are taken again. Every appended byte counts toward a snapshot."""
+    import redis.asyncio as aioredis
+
+    from flo_server.persistence import _WriteFailure
+
+    cfg = ServerConfig(host="127.0.0.1", port=0, data_dir=str(tmp_path), fsync="everysec")
+    srv = Server(cfg)
+    await srv.start()
+    r = aioredis.Redis(host="127.0.0.1", port=srv.port)
+    try:
+        async with FloClient(f"127.0.0.1:{srv.port}") as c:
+            j = srv.journal
+            before = j.bytes_since_snapshot
+            await c.kv.put("k", b"v1")  # C path
+            await c.kv.incr("n")  # C path
+            assert await r.set("rk", b"r1")  # RESP C path
+            assert j.bytes_since_snapshot > before
+            assert j.bytes_since_snapshot == j.writer.bytes_appended - j._snap_base
+            j.failed = _WriteFailure("disk gone (test)")  # what _io_failed records
+            assert not j.writer.accepting
+            with pytest.raises(FloError, match="writes stopped"):
+                await c.kv.put("k", b"v2")
+            with pytest.raises(FloError, match="writes stopped"):
+                await c.kv.incr("n")
+            with pytest.raises(Exception, match="writes stopped"):
+                await r.set("rk", b"r2")
+            with pytest.raises(Exception, match="writes stopped"):
+                await r.incr("rn")
+            assert (await c.kv.get("k")).value == b"v1"  # reads go on
+            assert await r.get("rk") == b"r1"
+            j.failed = None  # a retry succeeded (_every_second)
+            assert j.writer.accepting
+            await c.kv.put("k", b"v3")
+            assert await r.set("rk", b"r3")
+            assert (await c.kv.get("k")).value == b"v3" and await r.get("rk") == b"r3"
+    finally:
+        await r.aclose()
+        await srv.stop()

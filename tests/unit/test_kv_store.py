@@ -367,3 +367,10 @@ def test_random_operations_against_a_model() -> None:
         assert (e.value, e.version) == (m[0], m[1]) if m else e is None
         names, more = s.scan(NS, b"", b"", 100, now)
         assert names == sorted(x for x in model if live(x)) and not more
+
+
+def test_an_entry_stays_in_the_64_byte_allocator_class() -> None:
+    """Memory per key is a target (≤ 2× Redis): one more field would cost 16 B on every key."""
+    from flo_core.kv import Entry
+
+    assert Entry.__basicsize__ <= 64
