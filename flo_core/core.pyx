@@ -160,7 +160,7 @@ cdef class ServerCore(FrameReader):
             self.feed(data)
         finally:
             if self._logged and not self._log.flush_scheduled:
-                journal.appended_raw(self._logged)
+                journal.flush_soon()
             self._log = None
             self._streams = None
             self._queues = None
@@ -336,15 +336,13 @@ cdef class ServerCore(FrameReader):
                           int64_t expires_at, Namespace sp, Entry old) except 0:
         """The ``kv.set`` applier, inline: log, store, wake. Returns the new version.
 
-        ``sp``/``old``: the namespace (None if it has no keys yet) and the key's stored entry,
-        as the caller looked them up (KVStore.put)."""
+        ``sp``/``old``: the namespace and the key's stored entry as the caller looked them up
+        (KVStore.put)."""
         if self._log is not None:
             lsn = self._log_set(ns, nsb, nslen, key, value, expires_at)
         else:
             lsn = self.srv.journal.append(KIND_SET, (self._now, ns, key, value, expires_at))
-        if sp is None:
-            sp = self.kv._space(ns, True)
-        self.kv.put(sp, key, old, value, lsn, expires_at, self._now)
+        self.kv.put(ns, sp, key, old, value, lsn, expires_at, self._now)
         if self.waiting:
             self.srv.waiters.notify(("kv", ns, key), 0)
         return lsn

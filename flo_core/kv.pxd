@@ -12,7 +12,6 @@ cdef class Entry:
 
 
 cdef class Namespace:
-    cdef readonly str name
     cdef public dict keys
     cdef public object index
     cdef public set fresh
@@ -37,8 +36,8 @@ cdef class KVStore:
     cpdef Entry get(self, str ns, bytes key, int64_t now)
     cpdef Entry raw(self, str ns, bytes key)
     cpdef set(self, str ns, bytes key, bytes value, uint64_t version, int64_t expires_at, int64_t now)
-    cdef int put(self, Namespace sp, bytes key, Entry old, bytes value, uint64_t version, int64_t expires_at,
-                 int64_t now) except -1
+    cdef int put(self, str ns, Namespace sp, bytes key, Entry old, bytes value, uint64_t version,
+                 int64_t expires_at, int64_t now) except -1
     cpdef bint delete(self, str ns, bytes key, int64_t now)
     cpdef bint set_expiry(self, str ns, bytes key, int64_t expires_at, int64_t now)
 

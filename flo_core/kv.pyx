@@ -119,7 +119,6 @@ cdef class KVStore:
         cdef Namespace sp = self.spaces.get(ns)
         if sp is None and create:
             sp = Namespace()
-            sp.name = ns
             self.spaces[ns] = sp
         return sp
 
@@ -143,14 +142,17 @@ cdef class KVStore:
     cpdef set(self, str ns, bytes key, bytes value, uint64_t version, int64_t expires_at, int64_t now):
         """Write ``value`` at ``version``; the old value goes to the history."""
         cdef Namespace sp = self._space(ns, True)
-        self.put(sp, key, sp.keys.get(key), value, version, expires_at, now)
+        self.put(ns, sp, key, sp.keys.get(key), value, version, expires_at, now)
 
-    cdef int put(self, Namespace sp, bytes key, Entry old, bytes value, uint64_t version, int64_t expires_at,
-                 int64_t now) except -1:
-        """:meth:`set` for a caller that already holds the namespace (``_space(ns, True)``) and
-        the key's entry as stored (``sp.keys.get(key)``: maybe expired, None if absent) - the
-        C request loops, which looked the key up to check it: no second lookup."""
+    cdef int put(self, str ns, Namespace sp, bytes key, Entry old, bytes value, uint64_t version,
+                 int64_t expires_at, int64_t now) except -1:
+        """:meth:`set` for a caller that already looked the key up: ``sp`` is ``_space(ns, False)``
+        (None: the namespace has no keys yet) and ``old`` the key's entry as stored
+        (``sp.keys.get(key)``: maybe expired, None if absent) - the C request loops, which
+        look the key up to check it: no second lookup."""
         cdef Entry e = Entry(value, version, expires_at, now)
+        if sp is None:
+            sp = self._space(ns, True)
         if old is None:
             sp.add_key(key)
         elif entry_dead(old, now):
@@ -159,7 +161,7 @@ cdef class KVStore:
             self._push_history(e, old)
         sp.keys[key] = e
         if expires_at:
-            heapq.heappush(self._ttl_heap, (expires_at, sp.name, key))
+            heapq.heappush(self._ttl_heap, (expires_at, ns, key))
         return 0
 
     cdef void _push_history(self, Entry e, Entry old):

@@ -29,7 +29,7 @@ log = logging.getLogger("flo.server")
 
 
 cdef class Output:
-    def __init__(self, srv, transport, on_drained=None):
+    def __init__(self, srv, transport):
         journal = srv.journal
         self.transport = transport
         self._write = transport.write
@@ -39,7 +39,7 @@ cdef class Output:
         self._held = []
         self._head = 0
         self._registered = False
-        self.on_drained = on_drained
+        self.on_drained = None
 
     @property
     def holding(self):
@@ -78,14 +78,9 @@ cdef class Output:
             self._log.holders.append(self)
         return 0
 
-    def release(self, uint64_t safe):
-        """The journal covers every LSN up to ``safe``: write what waited for it.
-
-        Returns True while some answer still waits (the journal keeps this Output listed).
-        """
-        return self.release_c(safe)
-
     cdef bint release_c(self, uint64_t safe) except -1:
+        """The log covers every LSN up to ``safe``: write what waited for it. True while some
+        answer still waits (release_held keeps this Output listed)."""
         self._drain(safe)
         if self._head < len(self._held):
             return True

@@ -160,7 +160,8 @@ cdef inline uint64_t log_kv_set(LogWriter log, bytearray scratch, int64_t now, c
                                 Py_ssize_t *logged) except 0:
     """Encode the record in ``scratch`` and append it with ``LogWriter.append_c``; returns its LSN.
 
-    Adds the bytes appended (record + header) to ``logged[0]`` for ``journal.appended_raw``.
+    Adds the bytes appended (record + header) to ``logged[0]``: the core asks the journal
+    for its flush (``journal.flush_soon``) after a read batch that appended some.
     """
     cdef Py_ssize_t need = kv_set_record_max(nslen, klen, vlen)
     cdef Py_ssize_t n = encode_kv_set(_scratch(scratch, need), now, nsb, nslen, key, klen, value, vlen, expires_at)

@@ -186,7 +186,7 @@ cdef class RespCore(RespParser):
             self.executing = False
             self.out = None
             if self._logged and not self._log.flush_scheduled:
-                journal.appended_raw(self._logged)
+                journal.flush_soon()
             self._log = None
 
     cdef int _refresh(self) except -1:
@@ -248,12 +248,16 @@ cdef class RespCore(RespParser):
             self.stopped = r
         return 0
 
-    cdef bint _other_type(self, bytes key) except -1:
-        """``key`` holds a list or a stream (RespSession.other_type)."""
-        sp = self._lists.get(self._ns)
-        if sp and key in sp:
+    cdef bint _holds(self, bytes key, bint string, bint list_, bint stream) except -1:
+        """``key`` holds one of the flagged types: the WRONGTYPE check of a command on the
+        other one (RespSession.other_type). Cheapest lookups first."""
+        if list_:
+            sp = self._lists.get(self._ns)
+            if sp and key in sp:
+                return True
+        if string and self.kv.get(self._ns, key, self._now) is not None:
             return True
-        return self._is_stream(key)
+        return stream and self._is_stream(key)
 
     cdef bint _push(self, list args, Py_ssize_t argc, bint left) except -1:
         """``LPUSH``/``RPUSH key value ...``: ``_push`` of flo_server.resp and the ``l.push`` applier."""
@@ -264,7 +268,7 @@ cdef class RespCore(RespParser):
         sp = self._lists.get(self._ns)
         d = sp.get(key) if sp is not None else None
         if d is None:
-            if self.kv.get(self._ns, key, self._now) is not None or self._is_stream(key):
+            if self._holds(key, True, False, True):
                 return False  # WRONGTYPE
         else:
             have = len(d)
@@ -314,13 +318,6 @@ cdef class RespCore(RespParser):
         except UnicodeDecodeError:
             return False
 
-    cdef bint _other_type_kv(self, bytes key) except -1:
-        """``key`` holds a string or a list (a new stream's WRONGTYPE check)."""
-        if self.kv.get(self._ns, key, self._now) is not None:
-            return True
-        sp = self._lists.get(self._ns)
-        return bool(sp) and key in sp
-
     cdef bint _get(self, bytes key) except -1:
         cdef Entry e = self.kv.get(self._ns, key, self._now)
         cdef bytes v
@@ -328,7 +325,7 @@ cdef class RespCore(RespParser):
             v = e.value
             _bulk(self.out, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
             return True
-        if self._other_type(key):
+        if self._holds(key, False, True, True):
             return False  # WRONGTYPE: the Python command words it
         if self._resp3:
             _line(self.out, b'_', b"", 0)
@@ -350,7 +347,7 @@ cdef class RespCore(RespParser):
             old = sp.keys.get(key)
         # a live string is what RESP sees at the key (TYPE answers "string" first): only a key
         # with no live string needs the list/stream check
-        if (old is None or entry_dead(old, self._now)) and self._other_type(key):
+        if (old is None or entry_dead(old, self._now)) and self._holds(key, False, True, True):
             return False  # SET replaces a list/stream: Python does that
         self._write(key, value, 0, sp, old)  # plain SET clears the TTL
         _line(self.out, b'+', b"OK", 2)
@@ -371,7 +368,7 @@ cdef class RespCore(RespParser):
         if old is not None and not entry_dead(old, self._now):
             v = old.value
             expires_at = old.expires_at  # INCR keeps the TTL
-        elif self._other_type(key):
+        elif self._holds(key, False, True, True):
             return False
         # not a counter or overflow: the Python command answers the error (flo_core/counters.pxd)
         if counter_add(<const uint8_t *>PyBytes_AS_STRING(v) if v is not None else NULL,
@@ -405,7 +402,7 @@ cdef class RespCore(RespParser):
         d = self._streams.get(self._ns)
         so = d.get(name) if d is not None else None
         if so is None:
-            if self._other_type_kv(key):
+            if self._holds(key, True, True, False):
                 return False  # WRONGTYPE
         elif type(so) is not Stream:
             return False
@@ -466,8 +463,8 @@ cdef class RespCore(RespParser):
     cdef uint64_t _write(self, bytes key, bytes value, int64_t expires_at, Namespace sp, Entry old) except 0:
         """The ``kv.set`` applier, inline: log, store, wake. Returns the new version.
 
-        ``sp``/``old``: the namespace (None if it has no keys yet) and the key's stored entry,
-        as the caller looked them up (KVStore.put)."""
+        ``sp``/``old``: the namespace and the key's stored entry as the caller looked them up
+        (KVStore.put)."""
         cdef uint64_t lsn
         if self._log is not None:
             lsn = log_kv_set(self._log, self._rec, self._now,
@@ -477,9 +474,7 @@ cdef class RespCore(RespParser):
                              expires_at, &self._logged)
         else:
             lsn = self.journal.append(KIND_SET, (self._now, self._ns, key, value, expires_at))
-        if sp is None:
-            sp = self.kv._space(self._ns, True)
-        self.kv.put(sp, key, old, value, lsn, expires_at, self._now)
+        self.kv.put(self._ns, sp, key, old, value, lsn, expires_at, self._now)
         if self.waiting:
             self.srv.waiters.notify(("kv", self._ns, key), 0)
         return lsn

@@ -13,8 +13,8 @@ fsync policies:
 
 * ``always``  — the writes of one loop iteration go to the file with one
   ``write``, then one ``fdatasync`` on the log's syncer thread; answers of those writes
-  are held by the connection edge (``flo_core.output.Output``, ``hold``)
-  until it is done. An acknowledged write survives kill -9 and power loss.
+  are held by the connection's ``flo_core.output.Output`` (listed in the
+  writer's ``holders``) until it is done. An acknowledged write survives kill -9 and power loss.
 * ``everysec`` — same single write per iteration, and answers leave after it
   (so kill -9 loses nothing acknowledged); ``fdatasync`` once a second on the
   syncer thread: a power loss risks about a second.
@@ -426,9 +426,7 @@ class DiskJournal:
             lsn = self.writer.append(RECORD_WRITE, payload)
         except ValueError as e:
             raise Refusal(Reason.FIELD_TOO_LONG, str(e)) from None
-        if not self.writer.flush_scheduled:
-            self.writer.flush_scheduled = True
-            self.loop.call_soon(self._flush_now)
+        self.flush_soon()
         return lsn
 
     def raw_writer(self) -> Any:
@@ -436,14 +434,14 @@ class DiskJournal:
 
         A core appends RECORD_WRITE records (msgpack ``[kind, args]``, the same bytes
         :func:`pack_record` makes) with ``LogWriter.append_c`` while ``writer.accepting``
-        holds, and calls :meth:`appended_raw` after a read batch that appended some when
+        holds, and calls :meth:`flush_soon` after a read batch that appended some when
         ``writer.flush_scheduled`` is not set yet. Answers waiting for the log list their
         Output in ``writer.holders`` (flo_core.output).
         """
         return self.writer
 
-    def appended_raw(self, nbytes: int) -> None:
-        """A core appended records and no flush is queued yet: queue the loop's one flush."""
+    def flush_soon(self) -> None:
+        """Records were appended: queue the loop's one flush of this iteration (once)."""
         if not self.writer.flush_scheduled:
             self.writer.flush_scheduled = True
             self.loop.call_soon(self._flush_now)
