@@ -10,7 +10,18 @@ import redis
 import redis.asyncio as aioredis
 from flo import FloClient
 
+from tests.helpers import wait_for, wait_until
+
 pytestmark = [pytest.mark.conformance, pytest.mark.timeout(60)]
+
+
+async def _blocked(r: aioredis.Redis, n: int) -> None:
+    """Wait until the server counts ``n`` clients parked in blocking commands."""
+
+    async def parked() -> bool:
+        return (await r.info("clients")).get("blocked_clients", 0) >= n
+
+    await wait_for(parked, timeout=5, what=f"{n} blocked client(s)")
 
 
 def _hp(endpoint: str) -> tuple[str, int]:
@@ -152,9 +163,7 @@ def test_expiry(r: redis.Redis) -> None:
     assert r.expire("e", 10, nx=True) is True and r.expire("e", 20, nx=True) is False
     assert r.expire("e", 5, gt=True) is False and r.expire("e", 50, gt=True) is True
     r.pexpire("e", 1)
-    deadline = time.monotonic() + 5
-    while r.exists("e") and time.monotonic() < deadline:
-        time.sleep(0.005)  # bounded poll for the key to lapse (1 ms TTL)
+    wait_until(lambda: not r.exists("e"))  # the 1 ms TTL lapses
     assert r.get("e") is None
 
 
@@ -210,12 +219,7 @@ async def test_blocking_pops(server: str) -> None:
     try:
         assert await waiter.blpop(["q1", "q2"], timeout=0.1) is None  # times out: nil
         task = asyncio.ensure_future(waiter.brpop(["q1", "q2"], timeout=10))
-        # the pop is parked once the server counts a blocked client
-        for _ in range(500):
-            info = await pusher.info("clients")
-            if info.get("blocked_clients", 0) >= 1:
-                break
-            await asyncio.sleep(0.01)
+        await _blocked(pusher, 1)  # the pop is parked once the server counts a blocked client
         await pusher.rpush("q2", "job")
         assert await asyncio.wait_for(task, 5) == (b"q2", b"job") or await task == [b"q2", b"job"]
         await pusher.rpush("q1", "now")
@@ -235,10 +239,7 @@ async def test_blocking_keeps_pipeline_order(server: str) -> None:
         pipe.blpop(["pq"], timeout=5)
         pipe.get("before")
         task = asyncio.ensure_future(pipe.execute())
-        for _ in range(500):
-            if (await other.info("clients")).get("blocked_clients", 0) >= 1:
-                break
-            await asyncio.sleep(0.01)
+        await _blocked(other, 1)
         await other.rpush("pq", "x")
         res = await asyncio.wait_for(task, 5)
         assert res[0] is True and list(res[1]) == [b"pq", b"x"] and res[2] == b"1"
@@ -317,10 +318,7 @@ async def test_xread_block_wakes(server: str) -> None:
         gtask = asyncio.ensure_future(
             aioredis.Redis(host=host, port=port).xreadgroup("g", "c", {"bs": ">"}, block=5000)
         )
-        for _ in range(500):
-            if (await writer.info("clients")).get("blocked_clients", 0) >= 2:
-                break
-            await asyncio.sleep(0.01)
+        await _blocked(writer, 2)
         new_id = await writer.xadd("bs", {"a": "1"})
         got = await asyncio.wait_for(task, 5)
         assert got == [[b"bs", [(new_id, {b"a": b"1"})]]]
