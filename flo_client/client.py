@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from functools import cached_property
 from typing import Any
+from urllib.parse import unquote
 
 from flo_core.body import Writer
 from flo_core.errors import (
@@ -37,13 +39,34 @@ _RETRY_STATUSES = (Status.OVERLOADED, Status.UNAVAILABLE)
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``host:port`` (optionally ``flo://``, IPv6 in brackets) -> (host, port)."""
+    """``host:port`` (optionally ``flo://`` / ``flos://``, credentials, IPv6 in brackets) -> (host, port)."""
+    return parse_url(endpoint)[:2]
+
+
+def parse_url(endpoint: str) -> tuple[str, int, str | None, str | None, bool]:
+    """``[flo[s]://][user[:password]@]host[:port]`` -> (host, port, user, password, tls).
+
+    ``flos://`` means TLS. User and password are percent-decoded.
+
+    >>> parse_url("flo://alice:p%40ss@db.local:9100")
+    ('db.local', 9100, 'alice', 'p@ss', False)
+    >>> parse_url("[::1]:9000")
+    ('::1', 9000, None, None, False)
+    """
     ep = endpoint.strip()
+    tls = False
+    user = password = None
     if "://" in ep:
         scheme, ep = ep.split("://", 1)
-        if scheme != "flo":
-            raise BadRequestError(f"unsupported scheme {scheme!r}: use host:port or flo://host:port")
+        if scheme not in ("flo", "flos"):
+            raise BadRequestError(f"unsupported scheme {scheme!r}: use host:port, flo://host:port or flos://host:port")
+        tls = scheme == "flos"
         ep = ep.split("/", 1)[0]
+    if "@" in ep:
+        cred, ep = ep.rsplit("@", 1)
+        name, sep, pw = cred.partition(":")
+        user = unquote(name) or None
+        password = unquote(pw) if sep else None
     if ep.startswith("["):
         host, _, rest = ep[1:].partition("]")
         port = rest.lstrip(":") or "9000"
@@ -52,9 +75,18 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         if not host:
             host, port = port, "9000"
     try:
-        return host or "localhost", int(port)
+        return host or "localhost", int(port), user, password, tls
     except ValueError:
         raise BadRequestError(f"bad endpoint {endpoint!r}") from None
+
+
+def client_tls_context(tls: bool | ssl.SSLContext | None, ca_file: str | None = None) -> ssl.SSLContext | None:
+    """``tls=True`` (or a CA file): the system's trust store plus ``ca_file``; an SSLContext is used as given."""
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if not tls and not ca_file:
+        return None
+    return ssl.create_default_context(cafile=ca_file)
 
 
 class FloClient:
@@ -65,6 +97,11 @@ class FloClient:
         namespace: default namespace of every call (each call can override it).
         timeout_ms: how long a request may take beyond its own wait (``block_ms``).
         max_retries: attempts in all when the server says OVERLOADED/UNAVAILABLE and nothing ran.
+        username, password: sent with AUTH on every new connection (also from
+            ``flo://user:password@host:port``); a wrong pair raises UnauthorizedError on connect.
+        tls: ``True`` (verify against the system's CAs, or ``ca_file``), or an ``ssl.SSLContext``;
+            ``flos://`` in the endpoint means ``tls=True``.
+        ca_file: a CA bundle to verify the server's certificate with (implies TLS).
 
     One pipelined connection carries every ordinary request (many in flight at
     once, from any number of coroutines); long polls go on a second one. Both
@@ -79,9 +116,20 @@ class FloClient:
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
         max_retries: int = DEFAULT_RETRIES,
         debug: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self.host, self.port = parse_endpoint(endpoint)
+        self.host, self.port, url_user, url_password, url_tls = parse_url(endpoint)
+        self.username = username if username is not None else url_user
+        self.password = password if password is not None else url_password
+        if self.username is not None and self.password is None:
+            raise BadRequestError("a user name needs a password")
+        self._tls_arg = tls if tls is not None else (url_tls or None)
+        self._ca_file = ca_file
+        self.ssl = client_tls_context(self._tls_arg, ca_file)
         self.namespace = namespace or DEFAULT_NAMESPACE
         self.timeout_ms = timeout_ms
         self.max_retries = max(1, max_retries)
@@ -154,7 +202,8 @@ class FloClient:
 
     async def _clone(self) -> "FloClient":
         """A new connected client with the same endpoint, namespace and timeouts (for workers)."""
-        c = FloClient(self.endpoint, namespace=self.namespace, timeout_ms=self.timeout_ms, max_retries=self.max_retries)
+        c = FloClient(self.endpoint, namespace=self.namespace, timeout_ms=self.timeout_ms, max_retries=self.max_retries,
+                      username=self.username, password=self.password, tls=self.ssl)
         return await c.connect()
 
     async def _open(self, attr: str) -> Connection:
@@ -168,7 +217,8 @@ class FloClient:
         async with self._connecting:
             conn = getattr(self, attr)
             if conn is None or conn.closed:
-                conn = await Connection.open(self.host, self.port, self.timeout_ms / 1000)
+                auth = None if self.password is None else (self.username or "default", self.password)
+                conn = await Connection.open(self.host, self.port, self.timeout_ms / 1000, ssl=self.ssl, auth=auth)
                 setattr(self, attr, conn)
         return conn
 
@@ -247,4 +297,9 @@ class FloClient:
         return msgpack.unpackb(await self._call_vo(Op.SERVER_INFO, b""), raw=False)
 
 
-__all__ = ["FloClient", "parse_endpoint", "ConnectionClosedError"]
+    async def whoami(self) -> str:
+        """The user this client's connection is (``SERVER_INFO``'s ``user``)."""
+        return (await self.server_info()).get("user", "")
+
+
+__all__ = ["FloClient", "parse_endpoint", "parse_url", "ConnectionClosedError"]

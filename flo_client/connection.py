@@ -44,13 +44,31 @@ class Connection(asyncio.Protocol):
         self._can_write.set()
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float) -> "Connection":
+    async def open(cls, host: str, port: int, timeout: float, *, ssl: Any = None,
+                   auth: tuple[str, str] | None = None) -> "Connection":
+        """Connect (over TLS with an ``ssl`` context), then AUTH as ``auth = (user, password)``."""
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(cls, host, port), timeout)
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(cls, host, port, ssl=ssl, server_hostname=host if ssl else None), timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise ConnectionClosedError(f"cannot connect to {host}:{port}: {e or type(e).__name__}") from e
+        if auth is not None:
+            await conn.authenticate(auth[0], auth[1], timeout)
         return conn
+
+    async def authenticate(self, user: str, password: str, timeout: float) -> None:
+        """Send AUTH; a refusal closes this connection and raises (UnauthorizedError)."""
+        from flo_core.body import Writer
+        from flo_core.spec import Op
+
+        nb, pw = user.encode("utf-8"), password.encode("utf-8")
+        payload = b"\x00\x00" + len(nb).to_bytes(2, "little") + nb + Writer().bytes32(pw).options({}).getvalue()
+        status, data = await self.request(Op.AUTH, payload, timeout)
+        if status != 0:
+            reason, ran, msg = parse_refusal_body(data)
+            self.close()
+            raise error_from_refusal(status, reason, ran, msg)
 
     @property
     def closed(self) -> bool:

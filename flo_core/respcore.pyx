@@ -95,6 +95,7 @@ cdef class RespCore(RespParser):
     cdef public object srv
     cdef public object stopped   # what made the last run() stop, or None
     cdef public Py_ssize_t fast_count   # commands served in C (tests, stats)
+    cdef public bint fast        # False: every command goes to ``slow`` (a user whose rights are checked)
     cdef KVStore kv
     cdef object waiting          # the waiters' key dict: notify only when someone waits
     cdef object journal          # srv.journal as last seen, and what run() needs of it:
@@ -127,6 +128,7 @@ cdef class RespCore(RespParser):
         self.waiting = srv.waiters._by_key
         self.stopped = None
         self.fast_count = 0
+        self.fast = True
         self._rec = bytearray(256)
         self._ns = None
         self._clock = getattr(srv, "now", None)  # used once this core is the protocol
@@ -217,7 +219,7 @@ cdef class RespCore(RespParser):
             return 0
         cdef Py_ssize_t argc = PyList_GET_SIZE(args)
         cdef bint done = False
-        if self._ns_ok and argc >= 2:
+        if self.fast and self._ns_ok and argc >= 2:
             name = args[0]
             try:
                 if argc == 2 and _named(name, b"get", 3):

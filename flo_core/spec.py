@@ -52,6 +52,7 @@ class Op(IntEnum):
 
     PING = 0x000
     SERVER_INFO = 0x001  # ext: server/stat summary as msgpack
+    AUTH = 0x002  # ext: key = user name, value = password
     NAMESPACE_CREATE = 0x010
     NAMESPACE_DELETE = 0x011
     NAMESPACE_LIST = 0x012
@@ -190,6 +191,7 @@ T, R, W, B, X = Flag.TABLE, Flag.READ, Flag.WRITE, Flag.BLOCKING, Flag.EXT
 _OPS: tuple[OpSpec, ...] = (
     OpSpec(Op.PING, R, "liveness"),
     OpSpec(Op.SERVER_INFO, R | X, "server information (msgpack map)"),
+    OpSpec(Op.AUTH, R | X, "authenticate this connection as a user (changes no data)"),
     OpSpec(Op.KV_PUT, T | W, "set a value (+TTL, condition, CAS, txn)"),
     OpSpec(Op.KV_GET, T | R | B, "get value and version, optional wait"),
     OpSpec(Op.KV_MGET, T | R, "multi-key get"),
@@ -285,7 +287,12 @@ class Status(IntEnum):
 
 
 class Reason(IntEnum):
-    """First field of every refusal body (flo-wire-v2 §2.4)."""
+    """First field of every refusal body (flo-wire-v2 §2.4).
+
+    The table hash covers this list (the SDK refuses a reason it does not know), so
+    extensions add none: authentication and permission refusals are status
+    UNAUTHORIZED with reason UNCLASSIFIED, and their message says which.
+    """
 
     UNKNOWN_OP = 1
     MALFORMED = 2

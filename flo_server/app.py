@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from typing import Any
@@ -28,6 +30,7 @@ from flo_core.stream import Streams
 from flo_server import handlers  # noqa: F401 - registers every handler and applier
 from flo_server import persistence
 from flo_server.actions import Actions
+from flo_server.auth import Rule, Users
 from flo_server.config import ServerConfig
 from flo_server.dispatch import HANDLERS
 from flo_server.handlers.kv import ScanCursors, Txns
@@ -64,11 +67,14 @@ class Server:
         self.connections: set[FloProtocol] = set()
         self.started_at = time.time()
         self._server: asyncio.AbstractServer | None = None
+        self._tls_server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
         self._executor_stop: asyncio.Event | None = None
         self._executor_task: asyncio.Task | None = None
         self._closed = asyncio.Event()
         self.port = self.config.port
+        self.tls_port: int | None = None  # the TLS listener's port, when there is one
+        self.users = Users.from_config(cfg)
 
     # --- the write path -------------------------------------------------------------
 
@@ -95,6 +101,9 @@ class Server:
             "fsync": self.config.fsync,
             "data_dir": self.config.data_dir,
             "ops": len(HANDLERS),
+            "auth_required": self.users.required,
+            "auth_failures": self.users.failures,
+            "tls_port": self.tls_port,
             "journal": self.journal.stats() if hasattr(self.journal, "stats") else {},
         }
 
@@ -106,23 +115,48 @@ class Server:
         if cfg.data_dir:
             os.makedirs(cfg.data_dir, exist_ok=True)
             self.journal = persistence.open_journal(self, cfg)  # recovers the stores first
+        check_protected_mode(cfg, self.users)
+        tls = server_tls_context(cfg)
         loop = asyncio.get_running_loop()
+        main_tls = tls if tls is not None and cfg.tls_port is None else None
         self._server = await loop.create_server(
-            lambda: FloProtocol(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
+            lambda: FloProtocol(self), cfg.host, cfg.port, reuse_address=True, backlog=1024, ssl=main_tls
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if main_tls is not None:
+            self.tls_port = self.port
+        elif tls is not None:
+            self._tls_server = await loop.create_server(
+                lambda: FloProtocol(self), cfg.host, cfg.tls_port, reuse_address=True, backlog=1024, ssl=tls
+            )
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.ensure_future(self._ticker()))
         if cfg.executor:
             self._start_executor()
-        log.info("flo-server listening on %s:%d (data %s, fsync %s)", cfg.host, self.port, cfg.data_dir, cfg.fsync)
+        log.info("flo-server listening on %s:%d%s (data %s, fsync %s, %s)", cfg.host, self.port,
+                 "" if self.tls_port is None else (" TLS" if self.tls_port == self.port else f", TLS on {self.tls_port}"),
+                 cfg.data_dir, cfg.fsync, "auth required" if self.users.required else "no auth")
 
     def _start_executor(self) -> None:
         """The flamepy executor manager, in-process, as a client of this server (``--no-executor`` disables)."""
         from flamepy.executor import run_embedded_executor
 
-        host = self.config.host if self.config.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        from flamepy.core.records import NAMESPACE
+
+        cfg = self.config
+        host = cfg.host if cfg.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        opts: dict = {}
+        if self.users.required:
+            # Its own user: the flamepy namespace without flame:register (its service processes
+            # get the same credentials: they read and finish tasks, they cannot register commands).
+            rule = Rule(namespaces=(NAMESPACE,), rights=frozenset({"read", "flame:invoke"}))
+            opts.update(username="flo:executor", password=self.users.add_internal("executor", (rule,)))
+        if self.tls_port == self.port:
+            # TLS only: it connects to itself and trusts this server's CA (or its self-signed certificate)
+            opts.update(tls=True, ca_file=cfg.tls_ca or cfg.tls_cert)
         self._executor_stop = asyncio.Event()
-        self._executor_task = asyncio.ensure_future(run_embedded_executor(f"{host}:{self.port}", self._executor_stop))
+        self._executor_task = asyncio.ensure_future(run_embedded_executor(
+            f"{host}:{self.port}", self._executor_stop, client_options=opts, allow_dirs=tuple(cfg.executor_allow)))
 
     async def _ticker(self) -> None:
         while True:
@@ -135,6 +169,8 @@ class Server:
         """Stop listening, close connections, flush the journal."""
         if self._server is not None:
             self._server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
         if self._executor_task is not None:
             assert self._executor_stop is not None
             self._executor_stop.set()  # stops its service instances (SIGTERM, then a grace period)
@@ -154,6 +190,54 @@ class Server:
         await self._closed.wait()
 
 
+class ConfigError(FloError):
+    """The options cannot make a safe server (flo-server says why and exits)."""
+
+
+def is_loopback(host: str) -> bool:
+    """``127.0.0.1``, ``::1``, ``localhost``: only this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name or "" (every interface): assume reachable from elsewhere
+
+
+def check_protected_mode(cfg: ServerConfig, users: Users) -> None:
+    """Refuse to listen beyond loopback with no users and no password (Redis's protected mode)."""
+    if not is_loopback(cfg.host) and not users.required and not cfg.insecure_bind:
+        raise ConfigError(
+            f"refusing to listen on {cfg.host or 'every interface'} with no authentication: anyone who reaches "
+            "the port could read and delete every key and run commands through flamepy. Give --users FILE "
+            "or --requirepass, bind 127.0.0.1, or pass --insecure-bind if a firewall already guards the port.")
+
+
+def server_tls_context(cfg: ServerConfig) -> ssl.SSLContext | None:
+    """The listeners' TLS context from --tls-cert/--tls-key/--tls-ca/--tls-auth-clients, or None."""
+    if not cfg.tls_cert and not cfg.tls_key:
+        if cfg.tls_port is not None:
+            raise ConfigError("--tls-port needs --tls-cert and --tls-key")
+        return None
+    if not (cfg.tls_cert and cfg.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        if cfg.tls_ca:
+            ctx.load_verify_locations(cfg.tls_ca)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cannot load the TLS certificate, key or CA: {e}") from None
+    modes = {"no": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "yes": ssl.CERT_REQUIRED}
+    if cfg.tls_auth_clients not in modes:
+        raise ConfigError("--tls-auth-clients is no, optional or yes")
+    if cfg.tls_auth_clients != "no" and not cfg.tls_ca:
+        raise ConfigError("--tls-auth-clients needs --tls-ca to verify client certificates with")
+    ctx.verify_mode = modes[cfg.tls_auth_clients]
+    return ctx
+
+
 def serve(config: ServerConfig) -> None:
     """Run a server until SIGINT/SIGTERM (the ``flo-server`` command)."""
     try:
@@ -164,10 +248,10 @@ def serve(config: ServerConfig) -> None:
         pass
 
     async def main() -> None:
-        srv = Server(config)
         try:
+            srv = Server(config)
             await srv.start()
-        except FloError as e:  # e.g. a corrupt log: say why, no traceback
+        except (FloError, OSError) as e:  # a corrupt log, an unsafe bind, a port in use: say why, no traceback
             print(f"flo-server: cannot start: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         loop = asyncio.get_running_loop()
@@ -177,7 +261,8 @@ def serve(config: ServerConfig) -> None:
         # Everything recovered is long-lived: keep it out of the collector's scans.
         gc.collect()
         gc.freeze()
-        print(f"flo-server ready on {config.host}:{srv.port}", flush=True)
+        tls = "" if srv.tls_port is None else (" (TLS)" if srv.tls_port == srv.port else f", TLS on {srv.tls_port}")
+        print(f"flo-server ready on {config.host}:{srv.port}{tls}", flush=True)
         await stop.wait()
         log.info("shutting down")
         await srv.stop()

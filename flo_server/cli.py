@@ -55,10 +55,26 @@ def _env(name: str, default):
                    "each counts its value plus ~112 bytes of objects); past it a key written keeps only its last one")
 @click.option("--no-executor", is_flag=True, help="do not run the flamepy executor manager in-process")
 @click.option("--repair-log", is_flag=True, help="start even if the log is corrupt in the middle: cut it at the first bad record")
+@click.option("--users", "users_file", default=lambda: os.environ.get("FLO_USERS"), metavar="FILE",
+              help="users, password hashes and permissions (TOML or YAML; docs/security.md)")
+@click.option("--requirepass", default=lambda: os.environ.get("FLO_REQUIREPASS"), metavar="PASSWORD",
+              help="one password for the default user (prefer FLO_REQUIREPASS: argv is visible to other users)")
+@click.option("--insecure-bind", is_flag=True, help="allow a non-loopback address without users or a password")
+@click.option("--tls-cert", default=lambda: os.environ.get("FLO_TLS_CERT"), metavar="PEM", help="server certificate (chain)")
+@click.option("--tls-key", default=lambda: os.environ.get("FLO_TLS_KEY"), metavar="PEM", help="its private key")
+@click.option("--tls-ca", default=lambda: os.environ.get("FLO_TLS_CA"), metavar="PEM", help="CA to verify client certificates")
+@click.option("--tls-auth-clients", type=click.Choice(["no", "optional", "yes"]), default="no", show_default=True,
+              help="ask for client certificates (verified against --tls-ca)")
+@click.option("--tls-port", type=int, default=None,
+              help="serve TLS on this second port and keep --port plaintext (default: with a certificate, --port is TLS)")
+@click.option("--executor-allow", multiple=True, metavar="DIR",
+              help="applications' working_directory must be inside one of these (repeatable; default: anywhere)")
 @click.pass_context
 def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bool, fsync: str, log_level: str,
          max_frame: int, max_connections: int, queue_lease_ms: int, queue_max_deliveries: int, snapshot_bytes: int,
-         history_bytes: int, no_executor: bool, repair_log: bool) -> None:
+         history_bytes: int, no_executor: bool, repair_log: bool, users_file: str | None, requirepass: str | None,
+         insecure_bind: bool, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, tls_auth_clients: str,
+         tls_port: int | None, executor_allow: tuple) -> None:
     """Flo server: versioned KV, leased priority queues, streams and actions on one port."""
     if ctx.invoked_subcommand is not None:
         return
@@ -69,9 +85,30 @@ def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bo
         host=host, port=port, data_dir=None if no_persist else data_dir, fsync=fsync, log_level=log_level,
         max_frame=max_frame, max_connections=max_connections, queue_lease_ms=queue_lease_ms,
         queue_max_deliveries=queue_max_deliveries, snapshot_bytes=snapshot_bytes, executor=not no_executor,
-        repair_log=repair_log, history_bytes=history_bytes,
+        repair_log=repair_log, history_bytes=history_bytes, users_file=users_file, requirepass=requirepass or None,
+        insecure_bind=insecure_bind, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+        tls_auth_clients=tls_auth_clients, tls_port=tls_port,
+        executor_allow=tuple(os.path.realpath(d) for d in executor_allow),
     ))
+
+
+@click.command()
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input (one line)")
+def hash_password_cmd(password_stdin: bool) -> None:
+    """Print a scrypt hash of a password for a users file (the password is prompted for)."""
+    import sys
+
+    from flo_server.auth import hash_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.UsageError("the password is empty")
+    click.echo(hash_password(password))
 
 
 main.add_command(check_log_cmd, "check-log")
 main.add_command(dump_log_cmd, "dump-log")
+main.add_command(hash_password_cmd, "hash-password")

@@ -36,4 +36,14 @@ class ServerConfig:
     history_bytes: int = DEFAULT_HISTORY_BYTES
     executor: bool = True  # run the flamepy executor manager in-process
     repair_log: bool = False  # cut a corrupt log at the first bad record instead of refusing to start
+    # --- security (docs/security.md) ---
+    users_file: str | None = None  # TOML/YAML users, password hashes and permissions
+    requirepass: str | None = None  # one password for the default user
+    insecure_bind: bool = False  # allow a non-loopback bind without users or a password
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None  # CA bundle to verify client certificates with
+    tls_auth_clients: str = "no"  # no | optional | yes: client certificates
+    tls_port: int | None = None  # TLS on a second port; None: with a certificate, --port itself is TLS
+    executor_allow: tuple = ()  # directories an application's working_directory must be inside (empty: any)
     extra: dict = field(default_factory=dict)

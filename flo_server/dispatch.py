@@ -1,5 +1,8 @@
 """The handler table and the checks every request gets once, before any handler.
 
+Those checks are the payload's bounds and, for a connection whose user may not do
+everything, its permissions (:func:`flo_server.auth.check_flo`).
+
 Handlers register with :func:`handler` (one per op, checked at import). The
 edge calls :func:`dispatch` per frame; it splits the payload, applies the
 generic bounds, runs the handler and turns any exception into a refusal
@@ -14,6 +17,7 @@ from typing import Any, Callable
 from flo_core import wire
 from flo_core.errors import Refusal, refusal_body, refusal_of
 from flo_core.spec import DEFAULT_NAMESPACE, MAX_KEY, MAX_NAMESPACE, SPEC, TABLE_OPS, Reason, Status
+from flo_server.auth import check_flo
 
 log = logging.getLogger("flo_server.dispatch")
 
@@ -85,6 +89,8 @@ def dispatch(srv: Any, rid: int, op: int, payload: bytes, conn: Any, now: int) -
         return refused(Refusal(Reason.UNKNOWN_OP, f"unknown op 0x{op:03x}"))
     try:
         req = parse(op, rid, payload, conn, now)
+        if conn is not None and not conn.trusted:
+            check_flo(conn.user, req)  # the one permission check (flo_server.auth)
         out = fn(srv, req)
     except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
         return refused(e)

@@ -47,6 +47,21 @@ class FloProtocol(asyncio.Protocol):
         self._sniff = b""
         self._paused = False
         self.core = False
+        # Who this connection is (flo_server.auth): None until AUTH when the server requires it.
+        # ``trusted`` (every right on everything) lets requests skip the permission check and
+        # run on the C fast paths.
+        self.user = srv.users.default
+        self.trusted = self.user is not None and self.user.superuser
+        self.auth_failures = 0
+
+    def set_user(self, user: Any) -> None:
+        """AUTH succeeded: the connection's rights are ``user``'s from its next request on."""
+        self.user = user
+        self.trusted = user.superuser
+        if self.resp is not None:
+            self.resp.set_user(user)
+        elif self.core:
+            self.reader.fast = self.trusted
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -112,7 +127,7 @@ class FloProtocol(asyncio.Protocol):
         from flo_server.resp import RespSession
 
         self._sniff = b""
-        self.resp = RespSession(self.srv, self.transport)
+        self.resp = RespSession(self.srv, self.transport, self)
         core = self.resp._core
         if core is not None:
             core.output = self.resp._output
@@ -197,5 +212,5 @@ def make_reader(proto: FloProtocol) -> Any:
         from flo_core.core import ServerCore  # type: ignore[import-not-found]
 
         proto.core = True
-        return ServerCore(proto.srv, proto._slow, cfg.max_frame)
+        return ServerCore(proto.srv, proto._slow, cfg.max_frame, proto.trusted)
     return wire.FrameReader(is_request=True, max_payload=cfg.max_frame)

@@ -54,7 +54,7 @@ from flo_core.resp import (
 )
 from flo_core.spec import DEFAULT_NAMESPACE, MAX_KEY, MAX_KV_VALUE, Reason
 from flo_core.stream import next_id_for  # type: ignore[import-not-found]
-from flo_server import jsonpath
+from flo_server import auth, jsonpath
 from flo_server.handlers import kv as kvh
 from flo_server.handlers.list import MAX_LIST_LEN, lists_of
 from flo_core.output import Output  # type: ignore[import-not-found]
@@ -246,9 +246,12 @@ class RespSession:
         transport: the asyncio transport replies are written to.
     """
 
-    def __init__(self, srv: Any, transport: Any) -> None:
+    def __init__(self, srv: Any, transport: Any, conn: Any = None) -> None:
         self.srv = srv
         self.transport = transport
+        self.conn = conn  # the edge (FloProtocol): who the connection is, failed AUTH count
+        self.user = conn.user if conn is not None else srv.users.default
+        self.trusted = self.user is not None and self.user.superuser
         self.id = next(_ids)
         self.db = 0
         self.ns = DEFAULT_NAMESPACE
@@ -263,6 +266,7 @@ class RespSession:
         self._core: Any = None  # flo_core.respcore.RespCore: parser + C fast path
         if RespCore is not None and not os.environ.get("FLO_NO_FASTPATH"):
             self._core = self._parser = RespCore(srv, self, self._exec)
+            self._core.fast = self.trusted
         else:
             self._parser = RespParser()
         self._blocked: asyncio.Task | None = None
@@ -309,6 +313,13 @@ class RespSession:
         out = bytearray()
         self._run(cmds, out, error)
 
+    def set_user(self, user: Any) -> None:
+        """AUTH succeeded (``FloProtocol.set_user``): this user's rights from the next command on."""
+        self.user = user
+        self.trusted = user.superuser
+        if self._core is not None:
+            self._core.fast = self.trusted
+
     def connection_lost(self) -> None:
         """The peer went away: stop a blocked command (it takes nothing)."""
         self.closed = True
@@ -348,6 +359,11 @@ class RespSession:
         if (arity > 0 and len(argv) != arity) or len(argv) < -arity:
             add_error(out, f"ERR wrong number of arguments for '{cmd.name}' command")
             return None
+        if not self.trusted:
+            refused = auth.check_resp(self.user, cmd, argv, self.ns)  # the one permission check
+            if refused is not None:
+                add_error(out, refused)
+                return None
         try:
             r = cmd.fn(self, argv, out)
         except RespError as e:
@@ -532,14 +548,44 @@ def cmd_reset(s: RespSession, argv: list, out: bytearray) -> None:
 
 
 @command("auth", -2, "fast", group="connection")
-def cmd_auth(s: RespSession, argv: list, out: bytearray) -> None:
-    """Authenticate (flo-server has no password: Redis's answer for that case)."""
+def cmd_auth(s: RespSession, argv: list, out: bytearray) -> Any:
+    """AUTH [username] password: become that user (``default`` with one argument)."""
     if len(argv) > 3:
         raise RespError(SYNTAX)
-    raise RespError(
-        "ERR AUTH <password> called without any password configured for the default user. "
-        "Are you sure your configuration is correct?"
-    )
+    if not s.srv.users.required:
+        raise RespError(
+            "ERR AUTH <password> called without any password configured for the default user. "
+            "Are you sure your configuration is correct?"
+        )
+    r = _login(s, argv[1] if len(argv) == 3 else b"default", argv[-1])
+    if r is True:
+        add_ok(out)
+        return None
+    if r is False:
+        raise RespError(auth.WRONGPASS)
+
+    async def later() -> bytearray:
+        if not await r:
+            add_error(out, auth.WRONGPASS)
+        else:
+            add_ok(out)
+        return out
+
+    return later()
+
+
+def _login(s: RespSession, user: bytes, password: bytes) -> Any:
+    """True / False now, or a coroutine yielding it (scrypt runs off the loop; see auth.login)."""
+    if s.conn is None:
+        return False
+    r = auth.login(s.srv, s.conn, user.decode("utf-8", "replace"), password)
+    if r is None or isinstance(r, auth.User):
+        return r is not None
+
+    async def done() -> bool:
+        return await r is not None
+
+    return done()
 
 
 def _hello_map(s: RespSession) -> dict:
@@ -555,7 +601,7 @@ def _hello_map(s: RespSession) -> dict:
 
 
 @command("hello", -1, "fast", group="connection")
-def cmd_hello(s: RespSession, argv: list, out: bytearray) -> None:
+def cmd_hello(s: RespSession, argv: list, out: bytearray) -> Any:
     """Handshake: HELLO [protover [AUTH user pass] [SETNAME name]]."""
     proto = None
     if len(argv) >= 2:
@@ -566,10 +612,11 @@ def cmd_hello(s: RespSession, argv: list, out: bytearray) -> None:
             raise RespError("NOPROTO unsupported protocol version")
     i = 2
     name = None
+    credentials = None
     while i < len(argv):
         opt = _upper(argv[i])
         if opt == b"AUTH" and i + 2 < len(argv):
-            cmd_auth(s, [b"AUTH", argv[i + 1], argv[i + 2]], out)
+            credentials = (argv[i + 1], argv[i + 2])
             i += 3
         elif opt == b"SETNAME" and i + 1 < len(argv):
             name = argv[i + 1]
@@ -577,11 +624,51 @@ def cmd_hello(s: RespSession, argv: list, out: bytearray) -> None:
             i += 2
         else:
             raise RespError("ERR Syntax error in HELLO option '%s'" % _text(argv[i]))
-    if proto is not None:
-        s.resp3 = proto == 3
-    if name is not None:
-        s.name = name
-    add_value(out, _hello_map(s), s.resp3)
+
+    def finish(authenticated: bool) -> None:
+        if not authenticated:
+            raise RespError(auth.WRONGPASS if credentials is not None else (
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> "
+                "AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol "
+                "version at the same time"))
+        if proto is not None:
+            s.resp3 = proto == 3
+        if name is not None:
+            s.name = name
+        add_value(out, _hello_map(s), s.resp3)
+
+    if credentials is None or not s.srv.users.required:
+        if credentials is not None:
+            cmd_auth(s, [b"AUTH", *credentials], bytearray())  # Redis's answer when no password is set
+        finish(s.user is not None)
+        return None
+    r = _login(s, *credentials)
+    if not isinstance(r, bool):
+        async def later() -> bytearray:
+            try:
+                finish(await r)
+            except RespError as e:
+                add_error(out, e.message)
+            return out
+
+        return later()
+    finish(r)
+    return None
+
+
+@command("acl", -2, "", group="connection")
+def cmd_acl(s: RespSession, argv: list, out: bytearray) -> None:
+    """ACL WHOAMI | LIST | USERS (users and rules come from --users / --requirepass)."""
+    sub = _upper(argv[1])
+    if sub == b"WHOAMI" and len(argv) == 2:
+        add_bulk(out, (s.user.name if s.user is not None else "default").encode())
+    elif sub == b"LIST" and len(argv) == 2:
+        add_value(out, [line.encode() for line in s.srv.users.acl_list()], s.resp3)
+    elif sub == b"USERS" and len(argv) == 2:
+        add_value(out, [n.encode() for n in sorted(s.srv.users.by_name) if not n.startswith(auth.INTERNAL_PREFIX)],
+                  s.resp3)
+    else:
+        raise _unknown_subcommand(argv)
 
 
 @command("select", 2, "fast", group="connection")
@@ -622,7 +709,7 @@ def _client_info(s: RespSession) -> bytes:
     return (
         f"id={s.id} addr={addr} laddr=? fd=-1 name={_text(s.name)} age=0 idle=0 flags=N db={max(s.db, 0)} "
         f"sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 "
-        f"omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp={3 if s.resp3 else 2} "
+        f"omem=0 tot-mem=0 events=r cmd=client|info user={s.user.name if s.user is not None else 'default'} redir=-1 resp={3 if s.resp3 else 2} "
         f"lib-name={_text(s.lib_name)} lib-ver={_text(s.lib_ver)}\n"
     ).encode()
 
@@ -742,7 +829,7 @@ def _config_values(s: RespSession) -> dict[bytes, bytes]:
     }
 
 
-@command("config", -2, "", group="server")
+@command("config", -2, "admin", group="server")
 def cmd_config(s: RespSession, argv: list, out: bytearray) -> None:
     """CONFIG GET pattern... (read only: SET answers an error, RESETSTAT is a no-op)."""
     sub = _upper(argv[1])
@@ -829,7 +916,7 @@ def _flush_ns(s: RespSession, ns: str) -> None:
             _delete_stream(s, name.encode())
 
 
-@command("flushdb", -1, "write", group="server")
+@command("flushdb", -1, "write admin", group="server")
 def cmd_flushdb(s: RespSession, argv: list, out: bytearray) -> None:
     """Delete every key of the selected database (namespace)."""
     if len(argv) > 2 or (len(argv) == 2 and _upper(argv[1]) not in (b"ASYNC", b"SYNC")):
@@ -838,7 +925,7 @@ def cmd_flushdb(s: RespSession, argv: list, out: bytearray) -> None:
     add_ok(out)
 
 
-@command("flushall", -1, "write", group="server")
+@command("flushall", -1, "write admin", group="server")
 def cmd_flushall(s: RespSession, argv: list, out: bytearray) -> None:
     """Delete every key of every namespace."""
     if len(argv) > 2 or (len(argv) == 2 and _upper(argv[1]) not in (b"ASYNC", b"SYNC")):

@@ -31,17 +31,21 @@ if TYPE_CHECKING:
     from flo_client import FloClient
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"flo-server ready on ([\d.]+):(\d+)")
+READY = re.compile(r"flo-server ready on ([\d.]+):(\d+)(?: \(TLS\)|, TLS on (\d+))?")
 
 
 class ServerProc:
     """A flo-server subprocess we started (and stop, by pid)."""
 
-    def __init__(self, data_dir: Path, *args: str, fsync: str = "everysec") -> None:
+    def __init__(self, data_dir: Path, *args: str, fsync: str = "everysec", executor: bool = False,
+                 env: dict | None = None) -> None:
         self.data_dir = data_dir
         self.args = list(args)
         self.fsync = fsync
+        self.executor = executor  # run the in-process flamepy executor manager
+        self.env = env or {}
         self.port = 0
+        self.tls_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.output: deque[str] = deque(maxlen=400)
 
@@ -54,8 +58,9 @@ class ServerProc:
             self.args = list(extra)
         # Reuse the same port across restarts so clients can reconnect to one endpoint.
         cmd = [sys.executable, "-m", "flo_server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--fsync", self.fsync, "--no-executor", *self.args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+               "--data-dir", str(self.data_dir), "--fsync", self.fsync, *([] if self.executor else ["--no-executor"]),
+               *self.args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         ready = threading.Event()
         matched: list[bool] = []
@@ -67,6 +72,7 @@ class ServerProc:
                 m = READY.search(line)
                 if m:
                     self.port = int(m.group(2))
+                    self.tls_port = int(m.group(3)) if m.group(3) else (self.port if "(TLS)" in line else None)
                     matched.append(True)
                     ready.set()
             ready.set()  # end of output: it exited
@@ -156,3 +162,24 @@ async def parked(client: "FloClient | str", n: int, timeout: float = 10.0) -> No
         return (await client.server_info())["waiters"] == n
 
     await wait_for(check, timeout)
+
+
+def make_test_ca(where: Path) -> dict[str, str]:
+    """A throwaway CA and, signed by it, a server certificate for 127.0.0.1/localhost and a client
+    certificate (openssl CLI). Returns the PEM paths: ca, cert, key, client_cert, client_key."""
+    where.mkdir(parents=True, exist_ok=True)
+    p = {k: str(where / f"{k}.pem") for k in ("ca", "ca_key", "cert", "key", "client_cert", "client_key")}
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=flo test CA",
+        "-keyout", p["ca_key"], "-out", p["ca"])
+    ext = where / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for cert, key, cn in (("cert", "key", "localhost"), ("client_cert", "client_key", "flo test client")):
+        csr = where / f"{cert}.csr"
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", p[key], "-out", str(csr))
+        run("x509", "-req", "-in", str(csr), "-CA", p["ca"], "-CAkey", p["ca_key"], "-CAcreateserial",
+            "-days", "2", "-extfile", str(ext), "-out", p[cert])
+    return p

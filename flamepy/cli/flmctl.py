@@ -88,7 +88,7 @@ class _Ctx:
         if self._conn is None:
             ctx = FlameContext.load(self.config or os.path.join(os.path.expanduser("~"), ".flame", "flame.yaml"),
                                     env=True, required=self.config is not None)
-            self._conn = Connection(ctx.endpoint)
+            self._conn = Connection(ctx.endpoint, client_options=ctx.client_options())
         return self._conn
 
 

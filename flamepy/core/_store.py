@@ -15,6 +15,7 @@ from . import records as R
 from .types import FlameError, FlameErrorCode
 
 from flo_core.spec import MAX_MPUT_ITEMS
+from flo_core.errors import UnauthorizedError
 from flo_client import (ConflictError, DequeueOptions, EnqueueOptions, GetOptions, KVIncrOptions, PutOptions,
                         ScanOptions)
 
@@ -35,19 +36,27 @@ class Conflict(Exception):
 class Store:
     """Thin async wrapper over one FloClient in the flamepy namespace."""
 
-    def __init__(self, endpoint: str, namespace: str = R.NAMESPACE) -> None:
+    def __init__(self, endpoint: str, namespace: str = R.NAMESPACE, client_options: Optional[dict] = None) -> None:
+        from .config import default_client_options
+
         self.endpoint = endpoint
         self.namespace = namespace
+        # username / password / tls / ca_file for FloClient: given, or from FLAME_* and flame.yaml
+        self.client_options = default_client_options() if client_options is None else dict(client_options)
         self.client: Optional[FloClient] = None
 
     async def connect(self, timeout: float = 10.0) -> "Store":
-        client = FloClient(self.endpoint, namespace=self.namespace)
+        client = FloClient(self.endpoint, namespace=self.namespace, **self.client_options)
         try:
             await asyncio.wait_for(client.connect(), timeout)
         except asyncio.TimeoutError:
             raise FlameError(FlameErrorCode.INVALID_CONFIG, f"timeout connecting to {self.endpoint}") from None
         except OSError as exc:
             raise FlameError(FlameErrorCode.INVALID_CONFIG, f"failed to connect to {self.endpoint}: {exc}") from None
+        except UnauthorizedError as exc:
+            raise FlameError(FlameErrorCode.INVALID_CONFIG,
+                             f"{self.endpoint} refused the credentials (cluster.username / cluster.password in "
+                             f"flame.yaml, or FLAME_USERNAME / FLAME_PASSWORD): {exc}") from None
         self.client = client
         return self
 

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 from . import _runtime, ops
 from . import records as R
 from ._store import Store
-from .config import FlameContext, normalize_endpoint
+from .config import FlameContext, default_client_options, normalize_endpoint
 from .types import (Application, ApplicationAttributes, Event, FlameError, FlameErrorCode, ResourceRequirement,
                     SessionAttributes, SessionState, Task, TaskState)
 
@@ -57,9 +57,9 @@ class TaskFuture(concurrent.futures.Future):
 class Connection:
     """A connection to a flo-server serving flamepy (``connect("127.0.0.1:9000")``)."""
 
-    def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 10.0, client_options: Optional[dict] = None) -> None:
         self.endpoint = normalize_endpoint(endpoint)
-        self._store = Store(self.endpoint)
+        self._store = Store(self.endpoint, client_options=client_options)
         _runtime.run(self._store.connect(timeout))
         self.client_id = uuid.uuid4().hex
         self._reply_queue = R.q_reply(self.client_id)
@@ -338,7 +338,11 @@ def connect(addr: str, tls_config: Any = None) -> Connection:
     """Open a new connection (the module-level functions use their own default one)."""
     if not addr:
         raise FlameError(FlameErrorCode.INVALID_CONFIG, "address is empty")
-    return Connection(addr)
+    opts = None
+    if tls_config is not None:
+        ca = getattr(tls_config, "ca_file", None) or (tls_config.get("ca_file") if isinstance(tls_config, dict) else None)
+        opts = {**default_client_options(), "tls": True, **({"ca_file": ca} if ca else {})}
+    return Connection(addr, client_options=opts)
 
 
 def connection() -> Connection:
@@ -346,7 +350,8 @@ def connection() -> Connection:
     global _default
     with _default_lock:
         if _default is None or _default._closed:
-            _default = Connection(FlameContext.load().endpoint)
+            ctx = FlameContext.load()
+            _default = Connection(ctx.endpoint, client_options=ctx.client_options())
         return _default
 
 

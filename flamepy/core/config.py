@@ -7,10 +7,16 @@ Example file::
       - name: local
         cluster:
           endpoint: "flo://127.0.0.1:9000"
+          username: alice              # a flo-server user (--users / --requirepass)
+          password: "..."
+          tls:
+            ca_file: /etc/flame/ca.pem # TLS, verified with this CA (or enabled: true for the system's)
 
 ``FLAME_ENDPOINT`` (e.g. ``127.0.0.1:9000``) overrides the file and lets a
-program run with no file at all; service processes get it from the executor
-manager. flmctl reads the file only (``env=False``), as Flame's does.
+program run with no file at all; ``FLAME_USERNAME`` / ``FLAME_PASSWORD`` /
+``FLAME_CA_FILE`` / ``FLAME_TLS=1`` do the same for credentials and TLS.
+Service processes get all of them from the executor manager. flmctl reads
+the file only (``env=False``), as Flame's does.
 """
 
 from __future__ import annotations
@@ -67,6 +73,21 @@ class FlameContext:
     package_storage: Optional[str] = None
     package_excludes: list = field(default_factory=list)
     runner_template: str = "flmrun"
+    username: Optional[str] = None
+    password: Optional[str] = None
+    tls: bool = False
+
+    def client_options(self) -> dict:
+        """FloClient's keyword arguments for this context: credentials and TLS."""
+        opts: dict = {}
+        if self.password is not None:
+            opts["username"] = self.username or "default"
+            opts["password"] = self.password
+        if self.tls or self.ca_file:
+            opts["tls"] = True
+            if self.ca_file:
+                opts["ca_file"] = self.ca_file
+        return opts
 
     @classmethod
     def load(cls, path: Optional[str] = None, env: bool = True, required: bool = False) -> "FlameContext":
@@ -85,6 +106,14 @@ class FlameContext:
                 ctx.cache_storage = os.environ["FLAME_CACHE_STORAGE"]
             if os.environ.get("FLAME_CA_FILE") and not ctx.ca_file:
                 ctx.ca_file = os.environ["FLAME_CA_FILE"]
+            if os.environ.get("FLAME_USERNAME"):
+                ctx.username = os.environ["FLAME_USERNAME"]
+            if "FLAME_PASSWORD" in os.environ:
+                ctx.password = os.environ["FLAME_PASSWORD"]
+            if os.environ.get("FLAME_TLS", "").lower() in ("1", "true", "yes"):
+                ctx.tls = True
+        if str(ctx.endpoint).startswith(("flos://", "https://")):
+            ctx.tls = True
         ctx.endpoint = normalize_endpoint(ctx.endpoint)
         return ctx
 
@@ -111,9 +140,26 @@ class FlameContext:
         runner = item.get("runner") or {}
         if cluster.get("endpoint"):
             self.endpoint = str(cluster["endpoint"])
-        self.ca_file = (cluster.get("tls") or {}).get("ca_file")
+        tls = cluster.get("tls") or {}
+        self.ca_file = tls.get("ca_file")
+        self.tls = bool(tls.get("enabled", False))
+        if cluster.get("username") is not None:
+            self.username = str(cluster["username"])
+        if cluster.get("password") is not None:
+            self.password = str(cluster["password"])
         self.cache_endpoint = cache.get("endpoint")
         self.cache_storage = cache.get("storage")
         self.package_storage = package.get("storage")
         self.package_excludes = list(package.get("excludes") or [])
         self.runner_template = runner.get("template") or "flmrun"
+
+
+def default_client_options() -> dict:
+    """Credentials and TLS for a flamepy connection made without explicit ones: FLAME_* env, then flame.yaml.
+
+    A missing or unreadable file means none (the endpoint may still come from elsewhere).
+    """
+    try:
+        return FlameContext.load().client_options()
+    except FlameError:
+        return {}

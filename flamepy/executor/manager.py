@@ -102,6 +102,28 @@ def _set_pdeathsig() -> None:
         pass
 
 
+# What a service process inherits from the manager's own environment; everything else it gets
+# comes from its application's ``environments`` (so a server's FLO_REQUIREPASS never leaks into one).
+BASE_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TERM", "VIRTUAL_ENV", "SYSTEMROOT"})
+
+
+def _credentials_env(opts: dict) -> dict:
+    """The manager's credentials and TLS settings as the FLAME_* variables a service process reads."""
+    env = {}
+    if opts.get("password") is not None:
+        env["FLAME_USERNAME"] = opts.get("username") or "default"
+        env["FLAME_PASSWORD"] = opts["password"]
+    if opts.get("tls"):
+        env["FLAME_TLS"] = "1"
+    if opts.get("ca_file"):
+        env["FLAME_CA_FILE"] = opts["ca_file"]
+    return env
+
+
+def _inside(path: str, dirs: tuple) -> bool:
+    return any(path == d or path.startswith(d.rstrip(os.sep) + os.sep) for d in dirs)
+
+
 def _safe_node_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", name)[:64] or "node"
 
@@ -115,7 +137,7 @@ class ExecutorManager:
 
     def __init__(self, endpoint: str, node_name: Optional[str] = None, capacity: Optional[NodeCapacity] = None,
                  work_dir: Optional[str] = None, interval: float = 0.1, startup_timeout: float = 30.0,
-                 bind_retry_limit: int = 5) -> None:
+                 bind_retry_limit: int = 5, client_options: Optional[dict] = None, allow_dirs: tuple = ()) -> None:
         self.endpoint = endpoint
         self.node = _safe_node_name(node_name or os.environ.get("FLAME_EXECUTOR_NODE") or socket.gethostname())
         self.capacity = capacity or NodeCapacity.from_env()
@@ -123,7 +145,9 @@ class ExecutorManager:
         self.interval = interval
         self.startup_timeout = float(os.environ.get("FLAME_STARTUP_TIMEOUT", startup_timeout))
         self.bind_retry_limit = bind_retry_limit
-        self.store = Store(endpoint)
+        self.store = Store(endpoint, client_options=client_options)
+        # applications' working_directory must lie inside one of these (empty: anywhere)
+        self.allow_dirs = tuple(os.path.realpath(d) for d in allow_dirs)
         self.instances: dict[str, _Instance] = {}
         self._task: Optional[asyncio.Task] = None
         self._stopping = False
@@ -300,7 +324,9 @@ class ExecutorManager:
         inst.supervisor = asyncio.get_running_loop().create_task(self._supervise(inst, rec, app))
 
     def _environment(self, inst: _Instance, app: dict) -> dict:
-        env = dict(os.environ)
+        """What a service process gets: a few basics of ours (never the server's secrets), the
+        application's declared environment, and the FLAME_* variables it needs to serve."""
+        env = {k: v for k, v in os.environ.items() if k in BASE_ENV or k.startswith("LC_")}
         for k, v in (app.get("environments") or {}).items():
             env[k] = os.path.expandvars(v)
         env.update({
@@ -313,6 +339,7 @@ class ExecutorManager:
             "FLAME_INSTANCE_STATE": inst.state_path or "",
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(_credentials_env(self.store.client_options))
         return env
 
     async def _spawn(self, inst: _Instance, app: dict) -> tuple[asyncio.subprocess.Process, str]:
@@ -323,6 +350,9 @@ class ExecutorManager:
             os.makedirs(cwd, exist_ok=True)
         elif not os.path.isdir(cwd):
             raise RuntimeError(f"working directory {cwd} does not exist")
+        if app.get("working_directory") and self.allow_dirs and not _inside(os.path.realpath(cwd), self.allow_dirs):
+            raise RuntimeError(f"working directory {cwd} is outside the executor's allowed directories "
+                               f"(--executor-allow {' '.join(self.allow_dirs)})")
         tmp = os.path.join(cwd, "work", app["name"], "tmp") if inst.temp_dir else None
         if tmp:
             os.makedirs(tmp, exist_ok=True)
