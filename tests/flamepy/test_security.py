@@ -1,0 +1,169 @@
+"""flamepy on a server with users: who may register commands, what service processes get.
+
+A real flo-server with its in-process executor manager (its own internal user),
+flmctl as a subprocess with credentials from flame.yaml, and real service processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flo_client import FloClient
+from flo_server.auth import hash_password
+from tests.helpers import ROOT, ServerProc, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+BIN = Path(sys.executable).parent
+PW = {"admin": "admin-pw", "dev": "dev-pw", "runner": "runner-pw"}
+SECRET = "server-side-secret-7f3a"
+
+SERVICE = '''\
+import json, os, pathlib
+from flamepy import service
+ins = service.FlameInstance()
+pathlib.Path("started-" + os.environ["FLAME_INSTANCE_ID"]).write_text(json.dumps(dict(os.environ)))
+@ins.entrypoint
+def echo(req):
+    return req.upper()
+if __name__ == "__main__":
+    ins.run()
+'''
+
+
+@pytest.fixture
+def secured(tmp_path: Path):
+    h = {u: hash_password(p, log2_n=10) for u, p in PW.items()}
+    (tmp_path / "users.toml").write_text(f'''
+[users.admin]
+password = "{h['admin']}"
+allow = ["*"]
+[users.dev]                 # may register applications and run them
+password = "{h['dev']}"
+[[users.dev.allow]]
+namespaces = ["flame"]
+rights = ["flame:register", "flame:invoke"]
+[users.runner]              # may run registered applications, not register any
+password = "{h['runner']}"
+[[users.runner.allow]]
+namespaces = ["flame"]
+rights = ["flame:invoke"]
+''')
+    apps = tmp_path / "apps"
+    allowed = tmp_path / "allowed"
+    for d in (apps, allowed):
+        d.mkdir()
+        (d / "svc.py").write_text(SERVICE)
+    sp = ServerProc(tmp_path / "data", "--users", str(tmp_path / "users.toml"), "--executor-allow", str(allowed),
+                    executor=True, env={"FLO_REQUIREPASS": "", "SERVER_TOKEN": SECRET}).start()
+    homes = {}
+    for user in (*PW, "anonymous"):
+        home = tmp_path / f"home-{user}"
+        (home / ".flame").mkdir(parents=True)
+        (home / ".flame" / "flame.yaml").write_text(textwrap.dedent(f"""\
+            current-context: c
+            contexts:
+              - name: c
+                cluster:
+                  endpoint: "flo://{sp.endpoint}"
+            """) + (f'      username: {user}\n      password: "{PW[user]}"\n' if user in PW else ""))
+        homes[user] = home
+    try:
+        yield sp, homes, apps, allowed, tmp_path
+    finally:
+        sp.stop()
+
+
+def flmctl(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    env["HOME"] = str(home)
+    return subprocess.run([str(BIN / "flmctl"), *args], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+
+
+def app_file(where: Path, name: str, workdir: Path, **env: str) -> Path:
+    envs = "".join(f"\n    {k}: {v}" for k, v in env.items())
+    path = where / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        metadata:
+          name: {name}
+        spec:
+          command: {sys.executable}
+          arguments: [svc.py]
+          working_directory: {workdir}
+        """) + (f"  environments:{envs}\n" if env else ""))
+    return path
+
+
+def run_session(sp: ServerProc, user: str, app: str, text: str) -> str:
+    """A client process with the user's credentials from FLAME_* (what a user's program does)."""
+    code = textwrap.dedent(f"""\
+        from flamepy.service import Session
+        with Session({app!r}) as s:
+            print(s.invoke({text!r}))
+        """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    env.update(FLAME_ENDPOINT=sp.endpoint, FLAME_USERNAME=user, FLAME_PASSWORD=PW[user], HOME="/nonexistent")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+async def app_records(sp: ServerProc) -> list:
+    async with FloClient(sp.endpoint, username="admin", password=PW["admin"], namespace="flame") as c:
+        return list((await c.kv.scan("app/")).names)
+
+
+def test_register_needs_flame_register(secured):
+    sp, homes, apps, allowed, tmp = secured
+    spec = app_file(tmp, "sneaky", allowed)
+    res = flmctl(homes["runner"], "register", "--file", str(spec))
+    assert res.returncode != 0
+    assert "register flamepy applications" in res.stderr + res.stdout
+    assert asyncio.run(app_records(sp)) == []
+    assert not list(allowed.glob("started-*"))  # and no process ran
+    # without credentials at all: refused before anything
+    anon = flmctl(homes["anonymous"], "register", "--file", str(spec))
+    assert anon.returncode != 0 and "authentication required" in anon.stderr + anon.stdout
+    assert asyncio.run(app_records(sp)) == []
+
+
+def test_registered_app_runs_with_the_executors_credentials_only(secured):
+    sp, homes, apps, allowed, tmp = secured
+    res = flmctl(homes["dev"], "register", "--file", str(app_file(tmp, "echo", allowed, GREETING="declared")))
+    assert res.returncode == 0, res.stderr
+    assert asyncio.run(app_records(sp)) == ["app/echo"]
+    assert run_session(sp, "runner", "echo", "hello") == "HELLO"  # flame:invoke is enough to run it
+    started = list(allowed.glob("started-*"))
+    assert started
+    env = __import__("json").loads(started[0].read_text())
+    assert env["GREETING"] == "declared"  # what the application declares ...
+    assert SECRET not in repr(env) and "SERVER_TOKEN" not in env  # ... and none of the server's environment
+    assert env["FLAME_USERNAME"] == "flo:executor"  # the manager's internal user, not an admin
+    assert SECRET not in sp.log() and PW["dev"] not in sp.log()
+
+
+def test_working_directory_outside_executor_allow_fails_the_bind(secured):
+    sp, homes, apps, allowed, tmp = secured
+    res = flmctl(homes["dev"], "register", "--file", str(app_file(tmp, "outside", apps)))
+    assert res.returncode == 0, res.stderr
+    code = textwrap.dedent("""\
+        from flamepy.service import Session
+        from flamepy import FlameError
+        with Session("outside") as s:
+            try:
+                s.invoke("x")
+            except FlameError as e:
+                print("FAILED", e)
+        """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_")}
+    env.update(FLAME_ENDPOINT=sp.endpoint, FLAME_USERNAME="dev", FLAME_PASSWORD=PW["dev"], HOME="/nonexistent")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, env=env)
+    assert "FAILED" in out.stdout and "outside the executor's allowed directories" in out.stdout, out.stdout + out.stderr
+    assert not list(apps.glob("started-*"))
