@@ -51,6 +51,7 @@ import base64
 import fnmatch
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -58,6 +59,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from flo_core.errors import FloError
+
+log = logging.getLogger("flo_server.auth")
 
 RIGHTS = ("read", "write", "admin", "flame:register", "flame:invoke")
 PRIMITIVES = ("kv", "queue", "stream", "list", "action")
@@ -599,6 +602,8 @@ def login(srv: Any, conn: Any, name: str, password: bytes) -> Any:
             conn.auth_failures += 1
             users.failures += 1
             if conn.auth_failures >= MAX_AUTH_FAILURES:
+                peer = conn.transport.get_extra_info("peername")
+                log.warning("closing the connection from %s after %d failed AUTH attempts", peer, conn.auth_failures)
                 loop.call_soon(conn.transport.close)  # after this answer is written
             return None
         conn.set_user(user)

@@ -55,9 +55,9 @@ class FloProtocol(asyncio.Protocol):
         self.auth_failures = 0
 
     def set_user(self, user: Any) -> None:
-        """AUTH succeeded: the connection's rights are ``user``'s from its next request on."""
+        """AUTH succeeded (or RESP RESET): the connection's rights are ``user``'s (None: none) from now on."""
         self.user = user
-        self.trusted = user.superuser
+        self.trusted = user is not None and user.superuser
         if self.resp is not None:
             self.resp.set_user(user)
         elif self.core:

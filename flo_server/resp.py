@@ -314,9 +314,9 @@ class RespSession:
         self._run(cmds, out, error)
 
     def set_user(self, user: Any) -> None:
-        """AUTH succeeded (``FloProtocol.set_user``): this user's rights from the next command on."""
+        """AUTH succeeded or RESET (``FloProtocol.set_user``): this user's rights from the next command on."""
         self.user = user
-        self.trusted = user.superuser
+        self.trusted = user is not None and user.superuser
         if self._core is not None:
             self._core.fast = self.trusted
 
@@ -542,8 +542,10 @@ def cmd_quit(s: RespSession, argv: list, out: bytearray) -> None:
 
 @command("reset", 1, "fast", group="connection")
 def cmd_reset(s: RespSession, argv: list, out: bytearray) -> None:
-    """Reset the connection: database 0, RESP2, no name."""
+    """Reset the connection: database 0, RESP2, no name, and (as Redis) back to the default user."""
     s.db, s.ns, s.resp3, s.name = 0, DEFAULT_NAMESPACE, False, b""
+    if s.conn is not None and s.srv.users.required:
+        s.conn.set_user(s.srv.users.default)
     add_simple(out, b"RESET")
 
 
@@ -826,6 +828,9 @@ def _config_values(s: RespSession) -> dict[bytes, bytes]:
         b"proto-max-bulk-len": str(16 * 1024 * 1024).encode(),
         b"maxclients": str(getattr(cfg, "max_connections", 10000)).encode(),
         b"dir": str(getattr(cfg, "data_dir", "") or "").encode(),
+        b"protected-mode": b"no" if getattr(cfg, "insecure_bind", False) else b"yes",
+        b"tls-port": str(getattr(s.srv, "tls_port", None) or 0).encode(),
+        # requirepass and the users file are never shown (Redis shows requirepass; we do not)
     }
 
 

@@ -27,6 +27,8 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from flo_server.testing import make_test_ca  # noqa: F401 - re-exported for the test modules
+
 if TYPE_CHECKING:
     from flo_client import FloClient
 
@@ -163,23 +165,3 @@ async def parked(client: "FloClient | str", n: int, timeout: float = 10.0) -> No
 
     await wait_for(check, timeout)
 
-
-def make_test_ca(where: Path) -> dict[str, str]:
-    """A throwaway CA and, signed by it, a server certificate for 127.0.0.1/localhost and a client
-    certificate (openssl CLI). Returns the PEM paths: ca, cert, key, client_cert, client_key."""
-    where.mkdir(parents=True, exist_ok=True)
-    p = {k: str(where / f"{k}.pem") for k in ("ca", "ca_key", "cert", "key", "client_cert", "client_key")}
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=flo test CA",
-        "-keyout", p["ca_key"], "-out", p["ca"])
-    ext = where / "san.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
-    for cert, key, cn in (("cert", "key", "localhost"), ("client_cert", "client_key", "flo test client")):
-        csr = where / f"{cert}.csr"
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", p[key], "-out", str(csr))
-        run("x509", "-req", "-in", str(csr), "-CA", p["ca"], "-CAkey", p["ca_key"], "-CAcreateserial",
-            "-days", "2", "-extfile", str(ext), "-out", p[cert])
-    return p

@@ -167,3 +167,41 @@ def test_working_directory_outside_executor_allow_fails_the_bind(secured):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, env=env)
     assert "FAILED" in out.stdout and "outside the executor's allowed directories" in out.stdout, out.stdout + out.stderr
     assert not list(apps.glob("started-*"))
+
+
+def test_flamepy_over_tls_with_a_password(tmp_path: Path):
+    """TLS-only port: the embedded executor and its service processes connect over TLS too."""
+    from flo_server.testing import make_test_ca
+
+    ca = make_test_ca(tmp_path / "ca")
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "svc.py").write_text(SERVICE)
+    sp = ServerProc(tmp_path / "data", "--tls-cert", ca["cert"], "--tls-key", ca["key"], executor=True,
+                    env={"FLO_REQUIREPASS": "tls-pw"}).start()
+    try:
+        assert sp.tls_port == sp.port
+        home = tmp_path / "home"
+        (home / ".flame").mkdir(parents=True)
+        (home / ".flame" / "flame.yaml").write_text(textwrap.dedent(f"""\
+            current-context: c
+            contexts:
+              - name: c
+                cluster:
+                  endpoint: "flos://{sp.endpoint}"
+                  password: tls-pw
+                  tls:
+                    ca_file: {ca['ca']}
+            """))
+        res = flmctl(home, "register", "--file", str(app_file(tmp_path, "tls-echo", apps)))
+        assert res.returncode == 0, res.stderr
+        code = "from flamepy.service import Session\nwith Session('tls-echo') as s:\n    print(s.invoke('over tls'))\n"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FLAME_", "FLO_"))}
+        env.update(HOME=str(home))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+        assert out.stdout.strip() == "OVER TLS", out.stderr
+        started = list(apps.glob("started-*"))
+        env_seen = __import__("json").loads(started[0].read_text())
+        assert env_seen["FLAME_TLS"] == "1" and "tls-pw" not in repr(env_seen)
+    finally:
+        sp.stop()
