@@ -14,12 +14,14 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 system-deps:
-	@# zlib headers for the CRC in flo_core.frame; redis-server/redis-cli for RESP tests and benches
-	@if [ ! -f /usr/include/zlib.h ] || ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then \
+	@# zlib headers for the CRC in flo_core.frame; redis-server/redis-cli for RESP tests and benches;
+	@# openssl for the TLS tests' throwaway CA and `openssl s_client`
+	@if [ ! -f /usr/include/zlib.h ] || ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
+	    || ! command -v openssl >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zlib1g-dev redis-server redis-tools) >/dev/null \
-	      || echo "warning: could not install zlib1g-dev/redis-server/redis-tools"; \
-	  else echo "warning: install zlib1g-dev redis-server redis-tools"; fi; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zlib1g-dev redis-server redis-tools openssl) >/dev/null \
+	      || echo "warning: could not install zlib1g-dev/redis-server/redis-tools/openssl"; \
+	  else echo "warning: install zlib1g-dev redis-server redis-tools openssl"; fi; \
 	fi
 
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py

@@ -451,13 +451,16 @@ def _flo_access() -> dict[int, tuple[str | None, str | None]]:
 FLO_ACCESS = _flo_access()
 
 
-def _listing_ops() -> frozenset[int]:
+def _namespace_ops() -> frozenset[int]:
+    """Ops checked against the namespace, not a key: list ops (no key patterns, as Redis's SCAN),
+    and commit / rollback (their key field is empty; each buffered write was checked when sent)."""
     from flo_core.spec import Op
 
-    return frozenset(int(o) for o in (Op.STREAM_LIST, Op.QUEUE_LIST, Op.ACTION_LIST, Op.ACTION_LIST_RUNS, Op.WORKER_LIST))
+    return frozenset(int(o) for o in (Op.STREAM_LIST, Op.QUEUE_LIST, Op.ACTION_LIST, Op.ACTION_LIST_RUNS, Op.WORKER_LIST,
+                                      Op.KV_COMMIT_TXN, Op.KV_ROLLBACK_TXN))
 
 
-LISTING_OPS = _listing_ops()
+NAMESPACE_OPS = _namespace_ops()
 
 
 def flo_keys(req: Any) -> list[bytes]:
@@ -495,7 +498,7 @@ def check_flo(user: User | None, req: Any) -> None:
     keys: list[bytes] = []
     if right == "admin":
         ok = user.allows("admin", None, ns, None)
-    elif req.op in LISTING_OPS:
+    elif req.op in NAMESPACE_OPS:
         ok = user.allows(right, prim, ns, None)
     elif req.op == Op.KV_SCAN:
         ok = user.allows_prefix(right, prim, ns, req.key)

@@ -37,11 +37,11 @@ def _reset_default_connection() -> None:
 
 
 class ExecutorProc:
-    def __init__(self, endpoint: str, work_dir: Path, *args: str) -> None:
+    def __init__(self, endpoint: str, work_dir: Path, *args: str, env: dict | None = None) -> None:
         self.output: deque[str] = deque(maxlen=300)
         cmd = [str(BIN / "flame-executor"), "--server", endpoint, "--work-dir", str(work_dir), *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
         self.ready = threading.Event()
         threading.Thread(target=self._pump, daemon=True).start()
         if not self.ready.wait(20):

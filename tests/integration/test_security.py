@@ -270,3 +270,27 @@ async def test_tls_on_a_second_port_with_client_certificates(make_server, ca):
         await without.connect()
         await without.kv.get("k")
     await without.close()
+
+
+async def test_key_patterns_and_transactions(make_server, tmp_path):
+    (tmp_path / "u.toml").write_text(f'''
+[users.app]
+password = "{hash_password("app-pw", log2_n=10)}"
+[[users.app.allow]]
+namespaces = ["shop"]
+primitives = ["kv"]
+keys = ["cart:*"]
+rights = ["read", "write"]
+''')
+    sp = make_server("--users", str(tmp_path / "u.toml"))
+    async with FloClient(sp.endpoint, username="app", password="app-pw", namespace="shop") as c:
+        async with c.kv.begin("cart:1") as txn:
+            await txn.put("cart:1", b"apple")
+            await txn.commit()
+        assert (await c.kv.get("cart:1")).value == b"apple"
+        assert (await c.kv.scan("cart:")).names == ["cart:1"]
+        for call in (c.kv.put("order:1", b"x"), c.kv.scan(""), c.kv.mget(["cart:1", "order:1"]),
+                     c.kv.put_many([("cart:2", b"ok"), ("order:2", b"no")])):
+            with pytest.raises(UnauthorizedError):
+                await call
+        assert await c.kv.get("cart:2") is None  # the refused MPUT wrote nothing

@@ -205,3 +205,46 @@ def test_flamepy_over_tls_with_a_password(tmp_path: Path):
         assert env_seen["FLAME_TLS"] == "1" and "tls-pw" not in repr(env_seen)
     finally:
         sp.stop()
+
+
+def test_standalone_executor_with_its_own_credentials(tmp_path: Path):
+    """flame-executor on another host: credentials from FLAME_*; a wrong password stops it with a clear error."""
+    from tests.flamepy.conftest import ExecutorProc
+
+    h = {u: hash_password(p, log2_n=10) for u, p in PW.items()}
+    (tmp_path / "users.toml").write_text(f'''
+[users.dev]
+password = "{h['dev']}"
+[[users.dev.allow]]
+namespaces = ["flame"]
+rights = ["flame:register", "flame:invoke"]
+[users.runner]
+password = "{h['runner']}"
+[[users.runner.allow]]
+namespaces = ["flame"]
+rights = ["read", "flame:invoke"]
+''')
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "svc.py").write_text(SERVICE)
+    sp = ServerProc(tmp_path / "data", "--users", str(tmp_path / "users.toml")).start()
+    try:
+        bad = subprocess.run([str(BIN / "flame-executor"), "--server", sp.endpoint], capture_output=True, text=True,
+                             timeout=60, env=dict(os.environ, FLAME_USERNAME="runner", FLAME_PASSWORD="wrong"))
+        assert bad.returncode != 0 and "refused the credentials" in bad.stderr + bad.stdout
+        ex = ExecutorProc(sp.endpoint, tmp_path / "work", "--startup-timeout", "10",
+                          env={"FLAME_USERNAME": "runner", "FLAME_PASSWORD": PW["runner"]})
+        try:
+            from flamepy.core.client import Connection
+
+            conn = Connection(sp.endpoint, client_options={"username": "dev", "password": PW["dev"]})
+            conn.register_application("remote-echo", {"command": sys.executable, "arguments": ["svc.py"],
+                                                      "working_directory": str(apps)})
+            conn.close()
+            assert run_session(sp, "runner", "remote-echo", "far") == "FAR"
+            started = list(apps.glob("started-*"))
+            assert __import__("json").loads(started[0].read_text())["FLAME_USERNAME"] == "runner"
+        finally:
+            ex.stop()
+    finally:
+        sp.stop()
