@@ -113,6 +113,17 @@ class ServerProc:
         return "\n".join(self.output)
 
 
+def recv_until(sock, suffix: bytes) -> bytes:
+    """Read a socket until what came ends with ``suffix`` (or the peer closes); returns it all."""
+    data = b""
+    while not data.endswith(suffix):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def wait_until(pred, timeout: float = 5.0, interval: float = 0.01):
     """Poll ``pred`` until truthy (returns it) or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

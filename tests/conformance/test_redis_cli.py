@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from tests.helpers import recv_until
+
 pytestmark = [
     pytest.mark.conformance,
     pytest.mark.timeout(120),
@@ -51,12 +53,7 @@ def test_pipe_mode_and_inline(server: str) -> None:
     host, port = server.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b'SET "two words" \'it\\\'s\'\r\nGET "two words"\r\n*1\r\n$x\r\n')
-        data = b""
-        while not data.endswith(b"invalid bulk length\r\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_until(sock, b"invalid bulk length\r\n")
         assert data == b"+OK\r\n$4\r\nit's\r\n-ERR Protocol error: invalid bulk length\r\n"
         assert sock.recv(10) == b""  # closed after a protocol error, as Redis does
 

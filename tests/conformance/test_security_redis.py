@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flo_server.auth import hash_password
-from tests.helpers import ServerProc, make_test_ca
+from tests.helpers import ServerProc, make_test_ca, recv_until
 
 pytestmark = [pytest.mark.conformance, pytest.mark.timeout(120)]
 
@@ -74,13 +74,7 @@ def raw(sp: ServerProc, request: bytes) -> bytes:
     """One request on a fresh plain socket, and the first answer line."""
     with socket.create_connection(("127.0.0.1", sp.port), timeout=10) as s:
         s.sendall(request)
-        data = b""
-        while not data.endswith(b"\r\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return recv_until(s, b"\r\n")
 
 
 def test_wrong_password(secured):

@@ -65,17 +65,20 @@ class ExecutorProc:
                 self.proc.wait(5)
 
 
+def flame_home(home: Path, endpoint: str, **cluster) -> Path:
+    """A HOME whose ``~/.flame/flame.yaml`` points at ``endpoint``, with more ``cluster`` fields
+    (username, password, tls) when given."""
+    import yaml
+
+    (home / ".flame").mkdir(parents=True, exist_ok=True)
+    doc = {"current-context": "flame", "contexts": [{"name": "flame", "cluster": {"endpoint": endpoint, **cluster}}]}
+    (home / ".flame" / "flame.yaml").write_text(yaml.safe_dump(doc))
+    return home
+
+
 @pytest.fixture
 def flame(server: str, tmp_path: Path, monkeypatch):
-    home = tmp_path / "home"
-    (home / ".flame").mkdir(parents=True)
-    (home / ".flame" / "flame.yaml").write_text(textwrap.dedent(f"""\
-        current-context: flame
-        contexts:
-          - name: flame
-            cluster:
-              endpoint: "flo://{server}"
-        """))
+    home = flame_home(tmp_path / "home", f"flo://{server}")
     monkeypatch.setenv("FLAME_ENDPOINT", server)
     _reset_default_connection()
     executor = ExecutorProc(server, tmp_path / "executor", "--cpu", "8", "--memory", "64g", "--node", "test-node",

@@ -17,7 +17,8 @@ import pytest
 
 from flo_client import FloClient
 from flo_server.auth import hash_password
-from tests.helpers import ROOT, ServerProc, wait_until
+from tests.flamepy.conftest import ExecutorProc, flame_home
+from tests.helpers import ROOT, ServerProc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -63,18 +64,9 @@ rights = ["flame:invoke"]
         (d / "svc.py").write_text(SERVICE)
     sp = ServerProc(tmp_path / "data", "--users", str(tmp_path / "users.toml"), "--executor-allow", str(allowed),
                     executor=True, env={"FLO_REQUIREPASS": "", "SERVER_TOKEN": SECRET}).start()
-    homes = {}
-    for user in (*PW, "anonymous"):
-        home = tmp_path / f"home-{user}"
-        (home / ".flame").mkdir(parents=True)
-        (home / ".flame" / "flame.yaml").write_text(textwrap.dedent(f"""\
-            current-context: c
-            contexts:
-              - name: c
-                cluster:
-                  endpoint: "flo://{sp.endpoint}"
-            """) + (f'      username: {user}\n      password: "{PW[user]}"\n' if user in PW else ""))
-        homes[user] = home
+    homes = {user: flame_home(tmp_path / f"home-{user}", f"flo://{sp.endpoint}", username=user, password=PW[user])
+             for user in PW}
+    homes["anonymous"] = flame_home(tmp_path / "home-anonymous", f"flo://{sp.endpoint}")
     try:
         yield sp, homes, apps, allowed, tmp_path
     finally:
@@ -181,18 +173,7 @@ def test_flamepy_over_tls_with_a_password(tmp_path: Path):
                     env={"FLO_REQUIREPASS": "tls-pw"}).start()
     try:
         assert sp.tls_port == sp.port
-        home = tmp_path / "home"
-        (home / ".flame").mkdir(parents=True)
-        (home / ".flame" / "flame.yaml").write_text(textwrap.dedent(f"""\
-            current-context: c
-            contexts:
-              - name: c
-                cluster:
-                  endpoint: "flos://{sp.endpoint}"
-                  password: tls-pw
-                  tls:
-                    ca_file: {ca['ca']}
-            """))
+        home = flame_home(tmp_path / "home", f"flos://{sp.endpoint}", password="tls-pw", tls={"ca_file": ca["ca"]})
         res = flmctl(home, "register", "--file", str(app_file(tmp_path, "tls-echo", apps)))
         assert res.returncode == 0, res.stderr
         code = "from flamepy.service import Session\nwith Session('tls-echo') as s:\n    print(s.invoke('over tls'))\n"
@@ -209,8 +190,6 @@ def test_flamepy_over_tls_with_a_password(tmp_path: Path):
 
 def test_standalone_executor_with_its_own_credentials(tmp_path: Path):
     """flame-executor on another host: credentials from FLAME_*; a wrong password stops it with a clear error."""
-    from tests.flamepy.conftest import ExecutorProc
-
     h = {u: hash_password(p, log2_n=10) for u, p in PW.items()}
     (tmp_path / "users.toml").write_text(f'''
 [users.dev]
