@@ -7,5 +7,6 @@ Example:
 
 from flo_server.app import Server, serve
 from flo_server.config import ServerConfig
+from flo_server.embedded import EmbeddedServer
 
-__all__ = ["Server", "ServerConfig", "serve"]
+__all__ = ["EmbeddedServer", "Server", "ServerConfig", "serve"]
