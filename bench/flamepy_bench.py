@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import re
 import threading
 import time
 import uuid
@@ -158,6 +159,9 @@ def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: floa
 
 # -- a private flo-server for __main__ ------------------------------------------------------------------------
 
+
+READY = re.compile(r"flo-server ready on (\S+?:\d+)")
+
 class _Server:
     """``flo-server --port 0`` (with the embedded executor) in a temp data dir, stopped by its pid."""
 
@@ -173,8 +177,9 @@ class _Server:
 
         def pump() -> None:
             for line in self.proc.stdout:
-                if self.endpoint is None and "flo-server ready on" in line:
-                    self.endpoint = line.rsplit(" ", 1)[1].strip()
+                m = READY.search(line)
+                if self.endpoint is None and m:
+                    self.endpoint = m.group(1)
                     found.set()
             found.set()
 

@@ -45,6 +45,7 @@ from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue
 from flo_core.stream cimport Stream, next_id_of
 from flo_core.pqueue cimport PriorityQueue, Queues
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
+from flo_core.metrics cimport Metrics, mono_ns
 
 cdef enum:
     OP_KV_PUT = 0x100
@@ -100,6 +101,7 @@ cdef class ServerCore(FrameReader):
     cdef object _streams  # srv.streams (flo_core.stream.Streams) for this run(), or None
     cdef object _queues  # srv.queues (flo_core.pqueue.Queues) for this run(), or None
     cdef int64_t _qwindow  # the default dedup window for this run(); -2 not read yet, -1 out of range
+    cdef Metrics metrics  # srv.metrics: counts and sampled timings of what the fast paths serve
 
     def __init__(self, srv, slow, max_payload=16 * 1024 * 1024 + 65536, bint fast=True):
         FrameReader.__init__(self, True, max_payload, True)
@@ -114,6 +116,7 @@ cdef class ServerCore(FrameReader):
         self._rec = bytearray(256)
         self._clock = srv.now
         self._c_clock = self._clock is now_ms
+        self.metrics = getattr(srv, "metrics", None)
 
     @property
     def now(self):
@@ -124,6 +127,8 @@ cdef class ServerCore(FrameReader):
 
     def data_received(self, data):
         cdef list deferred
+        if self.metrics is not None:
+            self.metrics.bytes_in += len(data)
         try:
             self._run(data, unix_ms() if self._c_clock else self._clock())
         except FrameError as e:
@@ -167,24 +172,46 @@ cdef class ServerCore(FrameReader):
         return 0
 
     cdef int _on_frame(self, uint64_t rid, uint32_t op, const uint8_t *p, uint32_t n, list out) except -1:
+        cdef Metrics m
+        cdef int64_t t0
+        cdef Py_ssize_t at
         if self.fast:
-            if op == OP_KV_GET or op == OP_KV_PUT:
-                if self._fast_kv(rid, op, p, n):
-                    return 0
-            elif op == OP_STREAM_APPEND:
-                if self._fast_append(rid, p, n):
-                    return 0
-            elif op == OP_KV_INCR:
-                if self._fast_incr(rid, p, n):
-                    return 0
-            elif op == OP_QUEUE_ENQUEUE:
-                if self._fast_enqueue(rid, p, n):
-                    return 0
+            m = self.metrics
+            t0 = mono_ns() if m is not None and m.sample() else -1
+            at = PyByteArray_GET_SIZE(self.out)
+            if self._fast_one(rid, op, p, n):
+                if m is not None:
+                    self._count(m, op, at, t0)
+                return 0
         r = self.slow(rid, op, PyBytes_FromStringAndSize(<const char *>p, n))
         if type(r) is tuple:
             append_reply(self.out, rid, r[0], r[1])
         else:
             self.deferred.append((rid, r))
+        return 0
+
+    cdef bint _fast_one(self, uint64_t rid, uint32_t op, const uint8_t *p, uint32_t n) except -1:
+        """Serve one request in C if a fast path covers it (True: answered)."""
+        if op == OP_KV_GET or op == OP_KV_PUT:
+            return self._fast_kv(rid, op, p, n)
+        if op == OP_STREAM_APPEND:
+            return self._fast_append(rid, p, n)
+        if op == OP_KV_INCR:
+            return self._fast_incr(rid, p, n)
+        if op == OP_QUEUE_ENQUEUE:
+            return self._fast_enqueue(rid, p, n)
+        return False
+
+    cdef int _count(self, Metrics m, uint32_t op, Py_ssize_t at, int64_t t0) except -1:
+        """Count a request the fast path answered, with the status byte of its answer
+        (the Python dispatcher counts the others, flo_server.dispatch)."""
+        cdef int slot = m.slot_of_op(op)
+        cdef int status = 0
+        if PyByteArray_GET_SIZE(self.out) >= at + HEADER:
+            status = (<uint8_t *>PyByteArray_AS_STRING(self.out))[at + 21]
+        m.count(slot, status)
+        if t0 >= 0:
+            m.observe_ns(slot, mono_ns() - t0)
         return 0
 
     cdef Py_ssize_t _head(self, const uint8_t *p, uint32_t n) except -2:

@@ -59,6 +59,8 @@ cdef struct Syncer:
     uint64_t req_lsn, req_size, req_gen     # what the loop has flushed (to make durable)
     uint64_t done_lsn, done_size, done_gen  # what the thread has made durable
     int err                   # errno of a failed fdatasync, 0 = none
+    uint64_t fsyncs, fsync_ns    # every fdatasync of the log (both threads), and their time
+    uint64_t fsync_hist[16]      # ... by duration (flo_core.metrics.BUCKET_BOUNDS)
 
 
 cdef class LogWriter:

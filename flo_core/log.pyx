@@ -57,15 +57,36 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memset, strerror
 from libc.errno cimport errno, EINTR
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from posix.unistd cimport write as c_write, fdatasync, ftruncate, close as c_close
 
 from flo_core.wirefmt cimport crc32, ld32, ld64, st32, st64
+from flo_core.metrics cimport mono_ns
 
 from posix.unistd cimport read as c_read, pwrite
 from posix.types cimport off_t
 
 cdef uint8_t _ZEROS[65536]  # zero-initialised (static storage): the source of _zero_ahead's writes
+
+
+cdef int64_t[15] _FSYNC_BOUNDS_NS = [1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000,
+                                     2500000, 5000000, 10000000, 100000000, 1000000000]  # metrics.BUCKET_BOUNDS
+
+
+cdef int _timed_fdatasync(Syncer *ss, int fd) noexcept nogil:
+    """fdatasync, counted and timed into the syncer's histogram (for /metrics)."""
+    cdef int64_t t0 = mono_ns()
+    cdef int rc = fdatasync(fd)  # errno stays as it left it: pthread calls below do not set errno
+    cdef int64_t ns = mono_ns() - t0
+    cdef int b = 0
+    while b < 15 and ns > _FSYNC_BOUNDS_NS[b]:
+        b += 1
+    pthread_mutex_lock(&ss.mu)
+    ss.fsyncs += 1
+    ss.fsync_ns += <uint64_t>ns
+    ss.fsync_hist[b] += 1
+    pthread_mutex_unlock(&ss.mu)
+    return rc
 
 
 cdef void *_syncer_main(void *arg) noexcept nogil:
@@ -89,7 +110,7 @@ cdef void *_syncer_main(void *arg) noexcept nogil:
         gen = ss.req_gen
         fd = ss.fd
         pthread_mutex_unlock(&ss.mu)
-        rc = fdatasync(fd) if fd >= 0 else 0
+        rc = _timed_fdatasync(ss, fd) if fd >= 0 else 0
         e = errno
         pthread_mutex_unlock(&ss.fd_mu)
         pthread_mutex_lock(&ss.mu)
@@ -577,7 +598,7 @@ cdef class LogWriter:
             with nogil:
                 rc = ftruncate(fd, <off_t>self.segment_size)  # a closed segment ends at its data
                 if rc == 0:
-                    rc = fdatasync(fd)
+                    rc = _timed_fdatasync(self._ss, fd)
             if rc != 0:
                 raise OSError(errno, strerror(errno).decode(), self.segment_path)
             self._fd = -1
@@ -711,7 +732,7 @@ cdef class LogWriter:
             size = self.segment_size
             fd = self._fd
             with nogil:
-                rc = fdatasync(fd)
+                rc = _timed_fdatasync(self._ss, fd)
             if rc != 0:
                 raise OSError(errno, strerror(errno).decode(), self.segment_path)
             if target > self.synced_lsn:
@@ -722,6 +743,16 @@ cdef class LogWriter:
             pthread_mutex_unlock(&self._ss.fd_mu)
 
     # --- the syncer thread (see the module docstring) ---------------------------------------
+
+    def fsync_stats(self):
+        """``(count, seconds, bucket counts)`` of every fdatasync so far (flo_core.metrics.BUCKET_BOUNDS)."""
+        cdef list hist
+        with nogil:
+            pthread_mutex_lock(&self._ss.mu)
+        hist = [self._ss.fsync_hist[i] for i in range(16)]
+        count, ns = self._ss.fsyncs, self._ss.fsync_ns
+        pthread_mutex_unlock(&self._ss.mu)
+        return count, ns / 1e9, hist
 
     def start_syncer(self):
         """Start the syncer thread; returns the eventfd that turns readable after each fdatasync."""

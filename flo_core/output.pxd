@@ -1,6 +1,7 @@
 from libc.stdint cimport uint64_t
 
 from flo_core.log cimport LogWriter
+from flo_core.metrics cimport Metrics
 
 
 cdef class Output:
@@ -12,6 +13,7 @@ cdef class Output:
     cdef Py_ssize_t _head    # index of the oldest chunk still held
     cdef bint _registered    # listed in the log writer's holders
     cdef public object on_drained  # called after held answers went out (None: nothing to do)
+    cdef Metrics _metrics    # srv.metrics: bytes out (None: not counted)
 
     cdef int send_c(self, object data) except -1
     cdef bint release_c(self, uint64_t safe) except -1

@@ -40,6 +40,7 @@ cdef class Output:
         self._head = 0
         self._registered = False
         self.on_drained = None
+        self._metrics = getattr(srv, "metrics", None)
 
     @property
     def holding(self):
@@ -55,6 +56,8 @@ cdef class Output:
         cdef list chunk
         if not data:
             return 0
+        if self._metrics is not None:
+            self._metrics.bytes_out += len(data)
         if self._log is None:
             if not self.closed:
                 self._write(data)

@@ -42,6 +42,7 @@ Example:
     b'+OK\\r\\n'
 """
 
+from flo_core.metrics cimport Metrics, mono_ns
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -87,6 +88,10 @@ cdef inline bint _named(object name, const char *lower, Py_ssize_t n) noexcept:
     return True
 
 
+#: The commands served in C, in the order of ``which`` in ``_emit`` (their metrics slots).
+FAST_COMMANDS = ("get", "set", "incr", "xadd", "lpush", "rpush", "rpop", "lpop")
+
+
 cdef class RespCore(RespParser):
     """One RESP connection's parser + request loop. See the module docstring."""
 
@@ -118,6 +123,8 @@ cdef class RespCore(RespParser):
     cdef public Output output    # the session's Output
     cdef object _clock           # srv.now
     cdef bint _c_clock           # srv.now is now_ms: read the clock in C
+    cdef Metrics metrics         # srv.metrics (None: not counted)
+    cdef int _slots[8]           # metrics slots of FAST_COMMANDS
 
     def __init__(self, srv, session, slow, **limits):
         RespParser.__init__(self, **limits)
@@ -133,10 +140,15 @@ cdef class RespCore(RespParser):
         self._ns = None
         self._clock = getattr(srv, "now", None)  # used once this core is the protocol
         self._c_clock = self._clock is now_ms
+        self.metrics = getattr(srv, "metrics", None)
+        for i, c in enumerate(FAST_COMMANDS):
+            self._slots[i] = self.metrics.slot_of_command(c) if self.metrics is not None else -1
 
     # --- the transport's data_received, once the edge handed it over -----------------------
 
     def data_received(self, data):
+        if self.metrics is not None:
+            self.metrics.bytes_in += len(data)
         s = self.session
         if s._blocked is not None or s.closed or s._close_after:
             s.feed(data)  # queued behind a blocking command, or closing
@@ -219,29 +231,38 @@ cdef class RespCore(RespParser):
             return 0
         cdef Py_ssize_t argc = PyList_GET_SIZE(args)
         cdef bint done = False
+        cdef int which = -1  # index into FAST_COMMANDS
+        cdef Metrics m = self.metrics
+        cdef int64_t t0 = -1
         if self.fast and self._ns_ok and argc >= 2:
             name = args[0]
+            if m is not None and m.sample():
+                t0 = mono_ns()
             try:
                 if argc == 2 and _named(name, b"get", 3):
-                    done = self._get(args[1])
+                    which, done = 0, self._get(args[1])
                 elif argc == 3 and _named(name, b"set", 3):
-                    done = self._set(args[1], args[2])
+                    which, done = 1, self._set(args[1], args[2])
                 elif argc == 2 and _named(name, b"incr", 4):
-                    done = self._incr(args[1])
+                    which, done = 2, self._incr(args[1])
                 elif argc >= 5 and _named(name, b"xadd", 4):
-                    done = self._xadd(args, argc)
+                    which, done = 3, self._xadd(args, argc)
                 elif _named(name, b"lpush", 5):
-                    done = self._push(args, argc, True)
+                    which, done = 4, self._push(args, argc, True)
                 elif _named(name, b"rpush", 5):
-                    done = self._push(args, argc, False)
+                    which, done = 5, self._push(args, argc, False)
                 elif argc == 2 and _named(name, b"rpop", 4):
-                    done = self._pop(args[1], False)
+                    which, done = 6, self._pop(args[1], False)
                 elif argc == 2 and _named(name, b"lpop", 4):
-                    done = self._pop(args[1], True)
+                    which, done = 7, self._pop(args[1], True)
             except Exception:
                 done = False  # nothing was answered or changed: the Python command decides
         if done:
             self.fast_count += 1
+            if m is not None:
+                m.count(self._slots[which], 0)
+                if t0 >= 0:
+                    m.observe_ns(self._slots[which], mono_ns() - t0)
             return 0
         r = self.slow(args, self.out)
         self._refresh()

@@ -31,6 +31,7 @@ from flo_server import handlers  # noqa: F401 - registers every handler and appl
 from flo_server import persistence
 from flo_server.actions import Actions
 from flo_server.auth import Rule, Users
+from flo_server.metrics import new_metrics
 from flo_server.config import ServerConfig
 from flo_server.dispatch import HANDLERS
 from flo_server.handlers.kv import ScanCursors, Txns
@@ -66,6 +67,7 @@ class Server:
         self.journal: Any = MemoryJournal()
         self.connections: set[FloProtocol] = set()
         self.started_at = time.time()
+        self.ready = False  # recovery done and listening (/readyz)
         self._server: asyncio.AbstractServer | None = None
         self._tls_server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
@@ -74,7 +76,10 @@ class Server:
         self._closed = asyncio.Event()
         self.port = self.config.port
         self.tls_port: int | None = None  # the TLS listener's port, when there is one
+        self.http_port: int | None = None  # the HTTP side port's, when it is served
+        self._http_server: asyncio.AbstractServer | None = None
         self.users = Users.from_config(cfg)
+        self.metrics = new_metrics()  # counted by the request loops, read by /metrics (flo_server.metrics)
 
     # --- the write path -------------------------------------------------------------
 
@@ -90,6 +95,9 @@ class Server:
     #: Unix time in ms: the only clock the stores see, passed in as ``now``. The C request
     #: loops read the same clock without a call when ``srv.now`` is this function.
     now = staticmethod(now_ms)
+
+    def uptime(self) -> float:
+        return time.time() - self.started_at
 
     def info(self) -> dict:
         return {
@@ -130,12 +138,29 @@ class Server:
                 lambda: FloProtocol(self), cfg.host, cfg.tls_port, reuse_address=True, backlog=1024, ssl=tls
             )
             self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+        await self._start_http()
+        self.ready = True
         self._tasks.append(asyncio.ensure_future(self._ticker()))
         if cfg.executor:
             self._start_executor()
         log.info("flo-server listening on %s:%d%s (data %s, fsync %s, %s)", cfg.host, self.port,
                  "" if self.tls_port is None else (" TLS" if self.tls_port == self.port else f", TLS on {self.tls_port}"),
                  cfg.data_dir, cfg.fsync, "auth required" if self.users.required else "no auth")
+
+    async def _start_http(self) -> None:
+        """The HTTP side port (flo_server.http). flo-server's default port being taken is a warning, not a failure."""
+        from flo_server.config import DEFAULT_HTTP_PORT
+        from flo_server.http import start_http
+
+        port = self.config.http_port
+        if port == 0:
+            return
+        try:
+            self._http_server, self.http_port = await start_http(self, self.config.host, max(port, 0))
+        except OSError as e:
+            if port != DEFAULT_HTTP_PORT:
+                raise
+            log.warning("HTTP side port %d not served: %s (choose one with --http-port)", port, e.strerror)
 
     def _start_executor(self) -> None:
         """The flamepy executor manager, in-process, as a client of this server (``--no-executor`` disables)."""
@@ -171,6 +196,8 @@ class Server:
             self._server.close()
         if self._tls_server is not None:
             self._tls_server.close()
+        if self._http_server is not None:
+            self._http_server.close()
         if self._executor_task is not None:
             assert self._executor_stop is not None
             self._executor_stop.set()  # stops its service instances (SIGTERM, then a grace period)
@@ -262,7 +289,8 @@ def serve(config: ServerConfig) -> None:
         gc.collect()
         gc.freeze()
         tls = "" if srv.tls_port is None else (" (TLS)" if srv.tls_port == srv.port else f", TLS on {srv.tls_port}")
-        print(f"flo-server ready on {config.host}:{srv.port}{tls}", flush=True)
+        http = "" if srv.http_port is None else f", http on {srv.http_port}"
+        print(f"flo-server ready on {config.host}:{srv.port}{tls}{http}", flush=True)
         await stop.wait()
         log.info("shutting down")
         await srv.stop()

@@ -16,6 +16,7 @@ from flo_server.config import (
     DEFAULT_FSYNC,
     DEFAULT_HISTORY_BYTES,
     DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_PORT,
     DEFAULT_QUEUE_LEASE_MS,
@@ -69,12 +70,15 @@ def _env(name: str, default):
               help="serve TLS on this second port and keep --port plaintext (default: with a certificate, --port is TLS)")
 @click.option("--executor-allow", multiple=True, metavar="DIR",
               help="applications' working_directory must be inside one of these (repeatable; default: anywhere)")
+@click.option("--http-port", type=int, default=lambda: _env("FLO_HTTP_PORT", DEFAULT_HTTP_PORT),
+              show_default=DEFAULT_HTTP_PORT,
+              help="HTTP side port for /metrics, /healthz, /readyz and the web console (0 = off, -1 = any free port)")
 @click.pass_context
 def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bool, fsync: str, log_level: str,
          max_frame: int, max_connections: int, queue_lease_ms: int, queue_max_deliveries: int, snapshot_bytes: int,
          history_bytes: int, no_executor: bool, repair_log: bool, users_file: str | None, requirepass: str | None,
          insecure_bind: bool, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, tls_auth_clients: str,
-         tls_port: int | None, executor_allow: tuple) -> None:
+         tls_port: int | None, executor_allow: tuple, http_port: int) -> None:
     """Flo server: versioned KV, leased priority queues, streams and actions on one port."""
     if ctx.invoked_subcommand is not None:
         return
@@ -88,7 +92,7 @@ def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bo
         repair_log=repair_log, history_bytes=history_bytes, users_file=users_file, requirepass=requirepass or None,
         insecure_bind=insecure_bind, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
         tls_auth_clients=tls_auth_clients, tls_port=tls_port,
-        executor_allow=tuple(os.path.realpath(d) for d in executor_allow),
+        executor_allow=tuple(os.path.realpath(d) for d in executor_allow), http_port=http_port,
     ))
 
 

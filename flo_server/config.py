@@ -8,6 +8,7 @@ from flo_core.spec import DEFAULT_MAX_FRAME
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
+DEFAULT_HTTP_PORT = 9001  # flo-server's default; a ServerConfig made in code has HTTP off (embedded servers)
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_FSYNC = "everysec"
 DEFAULT_MAX_CONNECTIONS = 10_000
@@ -46,4 +47,5 @@ class ServerConfig:
     tls_auth_clients: str = "no"  # no | optional | yes: client certificates
     tls_port: int | None = None  # TLS on a second port; None: with a certificate, --port itself is TLS
     executor_allow: tuple = ()  # directories an application's working_directory must be inside (empty: any)
+    http_port: int = 0  # metrics, health, console (flo_server.http): 0 off, -1 any free port
     extra: dict = field(default_factory=dict)

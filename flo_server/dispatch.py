@@ -12,6 +12,7 @@ through :func:`flo_core.errors.refusal_of` - the server's only translation point
 from __future__ import annotations
 
 import logging
+from time import monotonic_ns
 from typing import Any, Callable
 
 from flo_core import wire
@@ -84,26 +85,36 @@ def parse(op: int, rid: int, payload: bytes, conn: Any, now: int) -> Request:
 
 def dispatch(srv: Any, rid: int, op: int, payload: bytes, conn: Any, now: int) -> tuple[int, bytes] | Any:
     """Run one request: ``(status, data)`` now, or a coroutine that yields it later."""
+    m = srv.metrics
+    t0 = monotonic_ns() if m is not None and m.want_sample() else -1
     fn = HANDLERS.get(op)
     if fn is None:
-        return refused(Refusal(Reason.UNKNOWN_OP, f"unknown op 0x{op:03x}"))
+        return _counted(m, op, refused(Refusal(Reason.UNKNOWN_OP, f"unknown op 0x{op:03x}")), t0)
     try:
         req = parse(op, rid, payload, conn, now)
         if conn is not None and not conn.trusted:
             check_flo(conn.user, req)  # the one permission check (flo_server.auth)
         out = fn(srv, req)
     except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
-        return refused(e)
+        return _counted(m, op, refused(e), t0)
     if type(out) is bytes:
-        return 0, out
-    return _finish(out)
+        return _counted(m, op, (0, out), t0)
+    return _finish(m, op, out)
 
 
-async def _finish(coro: Any) -> tuple[int, bytes]:
+def _counted(m: Any, op: int, answer: tuple[int, bytes], t0: int) -> tuple[int, bytes]:
+    """Count an answer of the Python path in the server's metrics (the C paths count their own)."""
+    if m is not None:
+        m.record(m.slot_of_op(op), answer[0], monotonic_ns() - t0 if t0 >= 0 else -1)
+    return answer
+
+
+async def _finish(m: Any, op: int, coro: Any) -> tuple[int, bytes]:
     try:
-        return 0, await coro
+        answer = 0, await coro
     except Exception as e:  # noqa: BLE001
-        return refused(e)
+        answer = refused(e)
+    return _counted(m, op, answer, -1)  # a blocking request's wait is not its service time
 
 
 def refused(exc: BaseException) -> tuple[int, bytes]:

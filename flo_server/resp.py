@@ -32,6 +32,7 @@ import logging
 import os
 import re
 from collections import deque
+from time import monotonic_ns
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -76,6 +77,7 @@ NOT_FLOAT = "ERR value is not a valid float"
 SYNTAX = "ERR syntax error"
 OVERFLOW = "ERR increment or decrement would overflow"
 
+_ERROR_MARKS = (ord("-"), ord("!"))  # first byte of a RESP2 / RESP3 error reply
 REDIS_VERSION = "7.0.15"  # what we claim in HELLO/INFO: the command surface we follow
 NUM_DATABASES = 16
 MAX_BLOCK_S = 365 * 24 * 3600  # "0 = forever" is waited in chunks of this
@@ -275,6 +277,7 @@ class RespSession:
         self._paused = False
         self._close_after = False
         self._output = Output(srv, transport)
+        self._metrics = getattr(srv, "metrics", None)
         self._scans: dict[int, tuple[int, bytes]] = {}
         self._scan_ids = itertools.count(1)
 
@@ -347,7 +350,20 @@ class RespSession:
 
         Returns None to go on, a coroutine for a command that blocks, or
         :data:`_CLOSE` after QUIT: either stops the batch (``RespCore`` calls this too).
+        Counted in the server's metrics, ok or error by its reply (the C paths count their own).
         """
+        m = self._metrics
+        if m is None:
+            return self._exec_one(argv, out)
+        at = len(out)
+        t0 = monotonic_ns() if m.want_sample() else -1
+        r = self._exec_one(argv, out)
+        error = len(out) > at and out[at] in _ERROR_MARKS
+        m.record(m.slot_of_command(argv[0].decode("latin-1").lower()), 1 if error else 0,
+                 monotonic_ns() - t0 if t0 >= 0 and r is None else -1)
+        return r
+
+    def _exec_one(self, argv: list, out: bytearray) -> Any:
         name = argv[0]
         cmd = COMMANDS.get(name)
         if cmd is None:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from flo_client import FloClient
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"flo-server ready on ([\d.]+):(\d+)(?: \(TLS\)|, TLS on (\d+))?")
+READY = re.compile(r"flo-server ready on ([\d.]+):(\d+)(?: \(TLS\)|, TLS on (\d+))?(?:, http on (\d+))?")
 
 
 class ServerProc:
@@ -48,6 +48,7 @@ class ServerProc:
         self.env = env or {}
         self.port = 0
         self.tls_port: int | None = None
+        self.http_port: int | None = None  # with "--http-port", "-1" (tests default to no HTTP port)
         self.proc: subprocess.Popen | None = None
         self.output: deque[str] = deque(maxlen=400)
 
@@ -61,7 +62,7 @@ class ServerProc:
         # Reuse the same port across restarts so clients can reconnect to one endpoint.
         cmd = [sys.executable, "-m", "flo_server", "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--fsync", self.fsync, *([] if self.executor else ["--no-executor"]),
-               *self.args]
+               *([] if "--http-port" in self.args else ["--http-port", "0"]), *self.args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         ready = threading.Event()
@@ -75,6 +76,7 @@ class ServerProc:
                 if m:
                     self.port = int(m.group(2))
                     self.tls_port = int(m.group(3)) if m.group(3) else (self.port if "(TLS)" in line else None)
+                    self.http_port = int(m.group(4)) if m.group(4) else None
                     matched.append(True)
                     ready.set()
             ready.set()  # end of output: it exited
