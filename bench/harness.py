@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -39,6 +40,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Callable
 
 from flo_core.spec import Reason, Status
@@ -52,6 +54,8 @@ from .workloads import WORKLOADS
 
 FLO, REDIS, CEILING = "flo-server", "redis", "ceiling"
 RESULTS = REPO / "bench" / "results"
+#: The security group's flo-server variants; each is compared with plain flo-server (FLO) in the same cell.
+AUTH, TLS, RESTRICTED, AGAIN = report.SECURITY
 
 
 # --- the grid -----------------------------------------------------------------------
@@ -61,7 +65,7 @@ RESULTS = REPO / "bench" / "results"
 class Cell:
     """One comparison point: a workload at one load shape, run against several servers."""
 
-    group: str  # kv | resp | durability | stream | queue | action
+    group: str  # kv | resp | durability | stream | queue | action | security
     workload: str
     proto: str  # how flo-server is driven: flo (our load generator) | resp (redis-benchmark)
     conns: int
@@ -70,6 +74,7 @@ class Cell:
     fsync: str | None = None  # durability cells: always | everysec | no
     servers: tuple[str, ...] = (FLO, REDIS)
     workers: int = 0  # action cells: ActionWorker processes taking the runs
+    namespace: str = ""  # the load's namespace when not "default" (security: the restricted user's one)
 
     @property
     def id(self) -> str:
@@ -132,6 +137,7 @@ def grid(quick: bool) -> list[Cell]:
         cells.append(Cell("stream", "stream.group", "flo", 50, 1, 100))
         cells.append(Cell("queue", "queue.cycle", "flo", 50, 16, 100))
         cells += _action_cells()
+        cells += _security_cells(("kv.set",))  # keeps the TLS and AUTH plumbing exercised; ratios need the full run
         cells.append(Cell("durability", "kv.set", "flo", 50, 1, 100, fsync="always"))
         return cells
     for wl in ("kv.set", "kv.get", "kv.incr"):
@@ -149,6 +155,7 @@ def grid(quick: bool) -> list[Cell]:
         for k in (1, 16):
             cells.append(Cell(wl.split(".")[0], wl, "flo", 50, k, 100))
     cells += _action_cells()
+    cells += _security_cells()
     for fsync in ("always", "everysec", "no"):
         for conns in (50, 1):
             cells.append(Cell("durability", "kv.set", "flo", conns, 1, 100, fsync=fsync))
@@ -162,6 +169,62 @@ def _action_cells() -> list[Cell]:
         Cell("action", "action.roundtrip", "flo", ACTION_CONNS, 1, 100, servers=(FLO,), workers=ACTION_WORKERS),
         Cell("action", "queue.cycle", "flo", ACTION_CONNS, 1, 100, servers=(FLO,)),
     ]
+
+
+def _security_cells(workloads: tuple[str, ...] = ("kv.set", "kv.get")) -> list[Cell]:
+    """KV at K=16 on plain flo-server and on each security variant (``VARIANTS``), in the same run."""
+    # Plain runs between auth and its A/A control in either order, so both are measured next to it and
+    # see the same drift of the machine (which, on a shared VM, can be larger than the 3 % judged).
+    order = (AUTH, FLO, AGAIN, TLS, RESTRICTED)
+    return [Cell("security", wl, "flo", 50, 16, 100, servers=order, namespace=SECURITY_NAMESPACE) for wl in workloads]
+
+
+# --- security variants ------------------------------------------------------------------
+
+#: Every load of the security group runs in this namespace (plain included): the restricted user's only one.
+SECURITY_NAMESPACE = "bench"
+RESTRICTED_USER = "app"
+
+
+class Secrets:
+    """One run's throwaway password, test CA and users file, made on first use (and deleted with the run's data)."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+        self.password = token_urlsafe(16)
+
+    @functools.cached_property
+    def pems(self) -> dict[str, str]:
+        from flo_server.testing import make_test_ca
+
+        return make_test_ca(self.where / "tls")
+
+    @functools.cached_property
+    def users_file(self) -> str:
+        from flo_server.auth import hash_password
+
+        # scrypt at N = 2^10: AUTH is untimed, but 50 connections per load need not wait on a 16 MiB hash each.
+        u = RESTRICTED_USER
+        path = self.where / "users.toml"
+        self.where.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'[users.{u}]\npassword = "{hash_password(self.password, log2_n=10)}"\n'
+                        f'[[users.{u}.allow]]\nnamespaces = ["{SECURITY_NAMESPACE}"]\nrights = ["read", "write"]\n')
+        return str(path)
+
+
+#: How each variant is started (flo-server flags) and reached (load generator flags: AUTH and TLS are set up on
+#: every connection before the clock starts).
+VARIANTS: dict[str, Callable[[Secrets], tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    # --requirepass: after AUTH the connection is the unrestricted default user, on the C fast paths.
+    AUTH: lambda s: (("--requirepass", s.password), ("--user", "default", "--password", s.password)),
+    # TLS as it would be deployed, with the password too (AUTH itself costs nothing once done: see AUTH).
+    TLS: lambda s: (("--tls-cert", s.pems["cert"], "--tls-key", s.pems["key"], "--requirepass", s.password),
+                    ("--tls-ca", s.pems["ca"], "--user", "default", "--password", s.password)),
+    # Read and write in one namespace only: not a superuser, so every request takes the Python permission check.
+    RESTRICTED: lambda s: (("--users", s.users_file), ("--user", RESTRICTED_USER, "--password", s.password)),
+    # Nothing: one flo-server process against another, so a ratio can be told from noise.
+    AGAIN: lambda s: ((), ()),
+}
 
 
 def total_for(cell: Cell, b: Budget) -> int:
@@ -234,6 +297,10 @@ class Run:
     records: list[dict] = field(default_factory=list)
     supported: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict)
     fresh_keys: int = 0  # numbering of Workload.fresh_key keys
+
+    @functools.cached_property
+    def secrets(self) -> Secrets:
+        return Secrets(self.fleet.rundir / "security")
 
     def emit(self, rec: dict) -> None:
         self.records.append(rec)
@@ -327,7 +394,8 @@ def measure(run: Run, cell: Cell, server: str, sp: ServerProc, key: str = "") ->
     if w.fresh_key and not key:
         run.fresh_keys += 1
         key = f"{(w.fixed_key or b'bench').decode()}:{run.fresh_keys}"
-    extra = ("--server-pid", str(sp.pid)) + (("--key", key) if key else ())
+    extra = ("--server-pid", str(sp.pid)) + (("--key", key) if key else ()) + tuple(sp.info.get("client", ()))
+    extra += ("--namespace", cell.namespace) if cell.namespace else ()
     return _loadgen(run, sp.port, proto, cell.workload, cell.conns, cell.window, cell.value_size, total,
                     b.max_seconds, extra=extra)
 
@@ -411,10 +479,11 @@ def summarize(records: list[dict], cells: list[Cell]) -> list[dict]:
             for r in mine:
                 by_rep.setdefault(r["rep"], {})[name] = r["ops_s"]
         ratios = {}
-        for other in (REDIS, CEILING):
-            per = [v[FLO] / v[other] for v in by_rep.values() if v.get(FLO) and v.get(other)]
+        # flo-server against Redis and the ceiling; each security variant against plain flo-server.
+        for num, den in [(FLO, REDIS), (FLO, CEILING)] + [(v, FLO) for v in VARIANTS]:
+            per = [v[num] / v[den] for v in by_rep.values() if v.get(num) and v.get(den)]
             if per:
-                ratios[f"{FLO}/{other}"] = round(statistics.median(per), 3)
+                ratios[f"{num}/{den}"] = round(statistics.median(per), 3)
         row["ratios"] = ratios
         out.append(row)
     return out
@@ -675,9 +744,9 @@ def run_bench(opts: Options) -> Path:
         finally:
             fleet.stop_all()
             progress.close()
-            # The servers' data dirs can reach gigabytes: keep only their logs.
+            # The servers' data dirs can reach gigabytes: keep only their logs (and no throwaway keys).
             for d in (outdir / "run").iterdir() if (outdir / "run").is_dir() else ():
-                if d.is_dir() and (d.name.startswith("data-") or d.name.startswith("redis-")):
+                if d.is_dir() and (d.name.startswith(("data-", "redis-")) or d.name == "security"):
                     shutil.rmtree(d, ignore_errors=True)
         summary = summarize(run.records, cells)
         for row in summary:
@@ -694,21 +763,13 @@ def run_bench(opts: Options) -> Path:
 
 
 def _run_grid(run: Run, fleet: Fleet, cells: list[Cell], have_redis: bool) -> None:
-    """Normal cells share one set of servers; each durability mode gets its own pair."""
-    normal = [c for c in cells if c.fsync is None]
-    durable: dict[str, list[Cell]] = {}
+    """Normal cells share one set of servers; each durability mode gets its own pair; the security group gets
+    fresh servers (plain flo-server beside its variants, every store starting empty, so they differ in nothing else)."""
+    batches: dict[tuple[str | None, bool], list[Cell]] = {}
     for c in cells:
-        if c.fsync:
-            durable.setdefault(c.fsync, []).append(c)
-    if normal:
-        servers = _start(run, fleet, {c2 for c in normal for c2 in c.servers}, None, have_redis)
-        for cell in normal:
-            run_cell(run, cell, servers)
-        for sp in servers.values():
-            if sp is not None:
-                fleet.stop(sp)
-    for mode, group in durable.items():
-        servers = _start(run, fleet, {FLO, REDIS}, mode, have_redis)
+        batches.setdefault((c.fsync, c.group == "security"), []).append(c)
+    for (fsync, _), group in batches.items():
+        servers = _start(run, fleet, {name for c in group for name in c.servers}, fsync, have_redis)
         for cell in group:
             run_cell(run, cell, servers)
         for sp in servers.values():
@@ -723,6 +784,14 @@ def _start(run: Run, fleet: Fleet, names: set[str], fsync: str | None, have_redi
             if name == FLO:
                 # Plain cells run flo-server as a user gets it (its default fsync policy).
                 servers[name] = fleet.start_flo(fsync=fsync) if run.opts.flo else None
+            elif name in VARIANTS:
+                # The same flo-server plus one security setting; measure() tells the load generator how to connect.
+                sp = None
+                if run.opts.flo:
+                    flags, client = VARIANTS[name](run.secrets)
+                    sp = fleet.start_flo(fsync=fsync, label=name, extra=flags)
+                    sp.info["client"] = client
+                servers[name] = sp
             elif name == REDIS:
                 servers[name] = fleet.start_redis(AOF_OF_FSYNC[fsync or "no"]) if have_redis else None
             elif name == CEILING:

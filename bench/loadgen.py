@@ -15,6 +15,11 @@ counted as an error (the harness reports errors; it never hides them).
 Prints one JSON line: ``ops_s``, ``p50_us``, ``p99_us``, ... and the CPU seconds
 this process used (a generator near 100 % CPU is the limit, not the server).
 
+``--tls-ca PEM`` connects with TLS (verifying the server against that CA) and
+``--user U --password P`` sends AUTH first on every connection, before the
+clock starts; ``--namespace`` moves single-request workloads out of
+``default`` (a user restricted to one namespace).
+
 Example (in-process)::
 
     >>> import asyncio, uvloop  # doctest: +SKIP
@@ -25,18 +30,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
+import ssl
 import sys
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass
 
-from flo_core.spec import Status
+from flo_core.body import Writer
+from flo_core.spec import Op, Status
 from flo_core.wire import FrameError, FrameReader, encode_request
 
-from .workloads import WORKLOADS, Workload, kv_put, resp_command, stream_append_batch
+from .workloads import WORKLOADS, Workload, in_namespace, resp_command, stream_append_batch
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -64,6 +72,13 @@ class LoadSpec:
     key: str = ""
     #: Most records seeded into a stream for a load that consumes them (stream.group).
     seed_max: int = 200_000
+    #: Every connection sends AUTH as this user first (untimed); Flo wire only.
+    user: str = ""
+    password: str = ""
+    #: Connect with TLS, verifying the server certificate against this CA (PEM).
+    tls_ca: str = ""
+    #: The requests' namespace instead of ``default`` (single-request workloads).
+    namespace: str = ""
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -93,8 +108,9 @@ def _keys(w: Workload, spec: LoadSpec, n: int, start: int = 0) -> list[bytes]:
     return [w.key_prefix + b"%d" % rnd.randrange(spec.keyspace) for _ in range(n)]
 
 
-def build_frames(w: Workload, proto: str, keys: list[bytes], value: bytes, first_rid: int = 1) -> tuple[list[bytes], list[int]]:
-    """Pre-encode one request per key; Flo request ids are ``first_rid, first_rid+1, ...``."""
+def build_frames(w: Workload, proto: str, keys: list[bytes], value: bytes, first_rid: int = 1,
+                 ns: str = "") -> tuple[list[bytes], list[int]]:
+    """Pre-encode one request per key (in namespace ``ns`` if given); Flo request ids are ``first_rid, ...``."""
     frames: list[bytes] = []
     rids: list[int] = []
     if proto == "flo":
@@ -103,7 +119,7 @@ def build_frames(w: Workload, proto: str, keys: list[bytes], value: bytes, first
         rid = first_rid
         for k in keys:
             op, payload = w.flo(k, value)
-            frames.append(encode_request(rid, op, payload))
+            frames.append(encode_request(rid, op, in_namespace(payload, ns) if ns else payload))
             rids.append(rid)
             rid += 1
     else:
@@ -169,8 +185,10 @@ async def exchange(spec: LoadSpec, reqs: list, window: int = 64, timeout: float 
 
     A refused request stops the load (seeding that failed would make every measurement wrong).
     """
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(spec.host, spec.port), timeout=10)
-    frames, rids = build_requests(reqs, spec.proto)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(spec.host, spec.port, **_tls(spec)), timeout=10)
+    auth = [auth_request(spec)] if spec.user else []  # answered first, and dropped
+    frames, rids = build_requests(auth + reqs, spec.proto)
     fr = FrameReader(is_request=False, check_crc=False)
     out: list = []
     buf = b""
@@ -206,7 +224,7 @@ async def exchange(spec: LoadSpec, reqs: list, window: int = 64, timeout: float 
                     buf = buf[pos:]
     finally:
         writer.close()
-    return out
+    return out[len(auth):]
 
 
 async def seed_stream(spec: LoadSpec, w: Workload, key: bytes, n: int, value: bytes) -> list:
@@ -225,6 +243,76 @@ async def seed_stream(spec: LoadSpec, w: Workload, key: bytes, n: int, value: by
     if w.seed is not None and w.seed.redis_group:
         await exchange(spec, [[b"XGROUP", b"CREATE", key, w.seed.redis_group, b"0"]])
     return ids
+
+
+# --- connecting: TLS and AUTH ---------------------------------------------------
+
+
+def auth_request(spec: LoadSpec) -> tuple[int, bytes]:
+    """AUTH ``spec.user`` / ``spec.password``: [ns str16 ""][user str16][password bytes32][options]."""
+    user = spec.user.encode()
+    return Op.AUTH, (b"\x00\x00" + len(user).to_bytes(2, "little") + user
+                     + Writer().bytes32(spec.password.encode()).options({}).getvalue())
+
+
+@functools.lru_cache(maxsize=4)
+def _ssl_context(cafile: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=cafile)  # one per CA, shared by every connection
+
+
+def _tls(spec: LoadSpec) -> dict:
+    """``create_connection`` arguments for TLS (server certificate verified against ``spec.tls_ca``), or none."""
+    if not spec.tls_ca:
+        return {}
+    return {"ssl": _ssl_context(spec.tls_ca), "server_hostname": spec.host}
+
+
+class _Auth(asyncio.Protocol):
+    """A connection's first exchange: AUTH, before the load protocol takes the transport over."""
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+        self.done = asyncio.get_running_loop().create_future()
+        self.reader = FrameReader(is_request=False, check_crc=False)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.frame)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        for _rid, status, body in self.reader.feed(data):
+            if not self.done.done():
+                if status == 0:
+                    self.done.set_result(None)
+                else:
+                    self.done.set_exception(SystemExit(f"AUTH refused: {_describe_refusal(status, body)}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(SystemExit(f"connection closed during AUTH: {exc}"))
+
+
+async def connect(spec: LoadSpec, factory) -> asyncio.Protocol:  # type: ignore[no-untyped-def]
+    """Open one connection (TLS if asked), AUTH on it if asked, then hand it to ``factory()``'s protocol.
+
+    The load protocols never see the AUTH answer, so their reply loops stay as they are.
+    """
+    loop = asyncio.get_running_loop()
+    if not spec.user:
+        _, proto = await asyncio.wait_for(loop.create_connection(factory, spec.host, spec.port, **_tls(spec)),
+                                          timeout=10)
+        return proto
+    frame = encode_request(1, *auth_request(spec))
+    transport, hs = await asyncio.wait_for(
+        loop.create_connection(lambda: _Auth(frame), spec.host, spec.port, **_tls(spec)), timeout=10)
+    try:
+        await asyncio.wait_for(hs.done, timeout=10)
+    except BaseException:
+        transport.close()
+        raise
+    proto = factory()
+    transport.set_protocol(proto)
+    proto.connection_made(transport)
+    return proto
 
 
 # --- the closed loop --------------------------------------------------------------
@@ -513,7 +601,6 @@ def pct(sorted_vals: list[int], p: float) -> float:
 async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: int, window: int, total: int,
                  max_seconds: float, exact: bool) -> tuple[_State, float, float]:
     """Run one closed loop; ``exact`` gives each connection its own slice of the pool, sent once."""
-    loop = asyncio.get_running_loop()
     st = _State()
     cls = RespLoad if spec.proto == "resp" else FloLoad
     w = WORKLOADS[spec.workload]
@@ -523,9 +610,8 @@ async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: in
         budget = per + (1 if c < total % conns else 0)
         if w.chain is not None and not exact:
             key = spec.key.encode() if spec.key else (w.fixed_key or w.key_prefix + b"%d" % c)
-            _, proto = await asyncio.wait_for(loop.create_connection(
-                lambda b=budget, key=key: ChainLoad(st, window, w, key, b"v" * spec.value_size, b, spec.proto),
-                spec.host, spec.port), timeout=10)
+            proto = await connect(spec, lambda b=budget, key=key: ChainLoad(st, window, w, key,
+                                                                            b"v" * spec.value_size, b, spec.proto))
             clients.append(proto)  # type: ignore[arg-type]
             continue
         if exact:
@@ -535,9 +621,7 @@ async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: in
             fr, rd, off = frames, rids, c * 97
         if budget <= 0 or not fr:
             continue
-        _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda fr=fr, rd=rd, off=off, b=budget: cls(st, window, fr, rd, off, b),
-                                   spec.host, spec.port), timeout=10)
+        proto = await connect(spec, lambda fr=fr, rd=rd, off=off, b=budget: cls(st, window, fr, rd, off, b))
         clients.append(proto)  # type: ignore[arg-type]
     cpu0 = proc_cpu_seconds(spec.server_pid)
     t0 = time.perf_counter()  # every connection is open before the clock starts
@@ -610,12 +694,7 @@ async def run(spec: LoadSpec) -> dict:
             # Reads must find their key: one SET per distinct pool key, untimed.
             t = time.perf_counter()
             setw = WORKLOADS["kv.set"]
-            uniq = sorted(set(keys))
-            if spec.proto == "flo":
-                pf = [encode_request(i + 1, *kv_put(k, value)) for i, k in enumerate(uniq)]
-                prid = list(range(1, len(uniq) + 1))
-            else:
-                pf, prid = build_frames(setw, "resp", uniq, value)
+            pf, prid = build_frames(setw, spec.proto, sorted(set(keys)), value, ns=spec.namespace)
             pre, _, _ = await _phase(spec, pf, prid, 1, 64, len(pf), 60.0, exact=True)
             if pre.errors:
                 raise SystemExit(f"prefill failed: {pre.error_sample}")
@@ -628,12 +707,12 @@ async def run(spec: LoadSpec) -> dict:
             reqs = [at(spec.key.encode(), ids[rnd.randrange(hi)]) for _ in range(spec.pool)]
             frames, rids = build_requests(reqs, spec.proto)
         else:
-            frames, rids = build_frames(w, spec.proto, keys, value) if keys else ([], [])
+            frames, rids = build_frames(w, spec.proto, keys, value, ns=spec.namespace) if keys else ([], [])
         st, elapsed, _ = await _phase(spec, frames, rids, spec.conns, spec.window, spec.total, spec.max_seconds,
                                       exact=False)
     lat = sorted(st.lat)
     return {
-        **{k: v for k, v in asdict(spec).items() if k not in ("host", "seed", "pool", "server_pid")},
+        **{k: v for k, v in asdict(spec).items() if k not in ("host", "seed", "pool", "server_pid", "password")},
         "completed": st.completed,
         "errors": st.errors,
         "error_statuses": {Status(s).name if s in Status._value2member_map_ else str(s): n
@@ -684,6 +763,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--server-pid", type=int, default=0, help="report this pid's CPU %% over the timed phase")
     ap.add_argument("--key", default="", help="the workload's key instead of its fixed one (an action name)")
     ap.add_argument("--seed-max", type=int, default=200_000, help="most records seeded for a consuming stream load")
+    ap.add_argument("--user", default="", help="send AUTH as this user first on every connection (untimed)")
+    ap.add_argument("--password", default="", help="its password")
+    ap.add_argument("--tls-ca", default="", help="connect with TLS, verifying the server against this CA (PEM)")
+    ap.add_argument("--namespace", default="", help="the requests' namespace (single-request workloads)")
     a = ap.parse_args(argv)
     if a.host not in LOOPBACK:
         ap.error("loopback only: the load generator never targets another machine")
@@ -696,10 +779,16 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--key is at most 200 bytes")
     if not 0 < a.max_seconds <= 3600:
         ap.error("--max-seconds must be in (0, 3600]")
+    if a.user and a.proto != "flo":
+        ap.error("--user sends a Flo wire AUTH: --proto flo only")
+    wl = WORKLOADS[a.workload]
+    if a.namespace and (a.proto != "flo" or wl.chain is not None or wl.seed is not None):
+        ap.error("--namespace applies to single-request Flo workloads (kv.*, stream.append, queue.enqueue)")
     spec = LoadSpec(port=a.port, workload=a.workload, proto=a.proto, host=a.host, conns=a.conns, window=a.window,
                     total=a.total, max_seconds=a.max_seconds, value_size=a.value_size, keyspace=a.keyspace,
                     pool=a.pool, sequential=a.sequential, key_width=a.key_width,
-                    server_pid=a.server_pid, key=a.key, seed_max=a.seed_max)
+                    server_pid=a.server_pid, key=a.key, seed_max=a.seed_max, user=a.user, password=a.password,
+                    tls_ca=a.tls_ca, namespace=a.namespace)
     print(json.dumps(run_sync(spec)), flush=True)
 
 

@@ -16,8 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FLO, REDIS, CEILING = "flo-server", "redis", "ceiling"
-SERVERS = (FLO, REDIS, CEILING)
-COLORS = {FLO: "#1f77b4", REDIS: "#d62728", CEILING: "#7f7f7f"}
+#: flo-server with security on (the harness's ``VARIANTS`` say how each is started), group ``security``, and a
+#: second plain one: its ratio to the first is the noise floor the others are read against (A/A).
+SECURITY = AUTH, TLS, RESTRICTED, AGAIN = "flo+auth", "flo+tls", "flo+restricted", "flo-server-2"
+SETTINGS = {FLO: "plain: no auth, no TLS", AUTH: "--requirepass, AUTH first (default user)",
+            TLS: "TLS + --requirepass", RESTRICTED: "users file: read/write in one namespace",
+            AGAIN: "plain again, another process (A/A)"}
+SERVERS = (FLO, REDIS, CEILING, *SECURITY)
+COLORS = {FLO: "#1f77b4", REDIS: "#d62728", CEILING: "#7f7f7f", AUTH: "#2ca02c", TLS: "#ff7f0e",
+          RESTRICTED: "#9467bd", AGAIN: "#aec7e8"}
 
 
 @dataclass
@@ -31,8 +38,9 @@ def _find(rows: list[dict], **want: object) -> list[dict]:
     return [r for r in rows if all(r.get(k) == v for k, v in want.items())]
 
 
-def _ratio_target(rows: list[dict], name: str, ratio: str, goal: float, workloads: tuple[str, ...],
+def _ratio_target(rows: list[dict], name: str, ratio: str, goal: float | None, workloads: tuple[str, ...],
                   **shape: object) -> Verdict:
+    """Met when every matching cell's ratio reaches ``goal``; with no goal the ratios are just reported."""
     parts, vals = [], []
     for wl in workloads:
         for r in _find(rows, workload=wl, **shape):
@@ -42,6 +50,8 @@ def _ratio_target(rows: list[dict], name: str, ratio: str, goal: float, workload
                 parts.append(f"{wl} {v:.2f}x")
     if not vals:
         return Verdict(name, "-", "not measured")
+    if goal is None:
+        return Verdict(name, ", ".join(parts), "reported")
     return Verdict(name, ", ".join(parts), "met" if min(vals) >= goal else "not met")
 
 
@@ -123,6 +133,7 @@ def verdicts(rows: list[dict], memory: list[dict], extras: list[dict] | None = N
     k1 = dict(group="kv", proto="flo", conns=50, window=1, value_size=100)
     setget = ("kv.set", "kv.get")
     resp = ("kv.set", "kv.get", "kv.incr", "list.lpush", "list.rpop", "stream.append")  # issue 8's list
+    sec = dict(group="security", conns=50, window=16, value_size=100)
     return [
         _ratio_target(rows, "KV K=16 ≥ 0.7× the ceiling", f"{FLO}/{CEILING}", 0.7, setget, **k16),
         _ratio_target(rows, "KV K=16 ≥ 1.0× Redis (SET/GET P16)", f"{FLO}/{REDIS}", 1.0, setget, **k16),
@@ -140,6 +151,13 @@ def verdicts(rows: list[dict], memory: list[dict], extras: list[dict] | None = N
         _policy_target(rows, "durable everysec ≥ 0.9× flo-server's fsync=no (SET K=1, 50 conns)", 0.9),
         _memory_target(memory),
         _flamepy_target(extras),
+        _ratio_target(rows, "auth costs ≤ 3 % (--requirepass + AUTH vs plain flo-server, KV K=16)", f"{AUTH}/{FLO}",
+                      0.97, setget, **sec),
+        _ratio_target(rows, "TLS (+ --requirepass) vs plain flo-server, KV K=16", f"{TLS}/{FLO}", None, setget, **sec),
+        _ratio_target(rows, "restricted user (Python permission check) vs plain flo-server, KV K=16",
+                      f"{RESTRICTED}/{FLO}", None, setget, **sec),
+        _ratio_target(rows, "A/A: a second plain flo-server vs the first (the noise of the three above)",
+                      f"{AGAIN}/{FLO}", None, setget, **sec),
         *_recovery_rows(extras),
     ]
 
@@ -215,6 +233,7 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str], 
             cells.append("-" if cpu is None else f"{cpu:.0f}")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+    out += _security_table(rows)
     if memory:
         out += ["## Memory (fresh servers, sequential 16-byte keys, 100-byte values)", "",
                 "| server | keys | resident B/key | INFO used_memory B/key |", "|---|---|---|---|"]
@@ -250,6 +269,33 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str], 
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(out)
+
+
+def _security_table(rows: list[dict]) -> list[str]:
+    """One line per (cell, variant): ops/s and its same-run ratio to plain flo-server."""
+    mine = [r for r in rows if r["group"] == "security"]
+    if not mine:
+        return []
+    out = ["## Security: the cost of auth, TLS and a restricted user (KV over Flo wire v2, fresh servers, "
+           "ratios to plain flo-server in the same run)", "",
+           "| workload | K | conns | value | server | setting | ops/s | × plain | p50/p99 µs | flo CPU % "
+           "| flo CPU µs/op | load CPU % |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in mine:
+        for name in (FLO, *SECURITY):
+            s = r["servers"].get(name)
+            if s is None:
+                continue
+            ratio = 1.0 if name == FLO else r["ratios"].get(f"{name}/{FLO}")
+            cpu, ops = s.get("server_cpu_pct"), s.get("ops_s")
+            # The server's CPU time per op: its cost, less swayed than ops/s when the machine loses time to others.
+            per_op = f"{cpu * 1e4 / ops:.2f}" if cpu and ops else "-"
+            load = s.get("loadgen_cpu_pct")
+            out.append(f"| {r['workload']} | {r['window']} | {r['conns']} | {r['value_size']} B | {name} | "
+                       f"{SETTINGS[name]} | {_fmt_ops(ops)} | {'-' if ratio is None else f'{ratio:.3f}'} | "
+                       f"{_fmt_lat(s)} | {'-' if cpu is None else f'{cpu:.0f}'} | {per_op} | "
+                       f"{'-' if load is None else f'{load:.0f}'} |")
+    return out + [""]
 
 
 # --- plots ---------------------------------------------------------------------------
@@ -327,7 +373,7 @@ def write(outdir: Path, env: dict, rows: list[dict], memory: list[dict], notes: 
     md = markdown(env, rows, memory, notes, extras)
     images: list[str] = []
     if plots:
-        for group in ("kv", "resp", "stream", "queue", "action", "durability"):
+        for group in ("kv", "resp", "stream", "queue", "action", "security", "durability"):
             if plot_group(rows, group, outdir / f"{group}.png"):
                 images.append(f"{group}.png")
         if plot_memory(memory, outdir / "memory.png"):

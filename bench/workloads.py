@@ -113,6 +113,16 @@ def _head(key: bytes, ns: str = DEFAULT_NAMESPACE) -> Writer:
     return Writer().str16(ns).bytes16(key)
 
 
+def in_namespace(payload: bytes, ns: str) -> bytes:
+    """The same request in namespace ``ns`` (every payload starts with ``[ns str16]``).
+
+    >>> in_namespace(kv_get(b"k", b"")[1], "bench")[:7]
+    b'\\x05\\x00bench'
+    """
+    old = int.from_bytes(payload[:2], "little")
+    return Writer().str16(ns).getvalue() + payload[2 + old :]
+
+
 # --- KV (table ops, flo-wire-v2 §3.1) ----------------------------------------
 
 

@@ -47,6 +47,10 @@ def test_quick_bench_writes_results(tmp_path: Path) -> None:
     # The ceiling needs nothing but this repository, so its runs always complete.
     ceiling = [r for r in runs if r["server"] == "ceiling"]
     assert ceiling and all(r["completed"] > 0 for r in ceiling), ceiling
+    # The security cell reached every variant (AUTH and TLS by the load generator) with nothing refused.
+    sec = [r for r in runs if r["cell"].startswith("security/")]
+    assert {r["server"] for r in sec} == {"flo-server", "flo+auth", "flo+tls", "flo+restricted", "flo-server-2"}, sec
+    assert all(r["completed"] > 0 and not r["errors"] for r in sec), sec
     # The workloads added for streams and actions have cells (flo-server may refuse them; then they are noted).
     cells = {r["cell"] for r in records if r["type"] == "summary"}
     for wl in ("stream.read", "stream.group", "action.roundtrip"):
