@@ -31,7 +31,7 @@ from flo_server import handlers  # noqa: F401 - registers every handler and appl
 from flo_server import persistence
 from flo_server.actions import Actions
 from flo_server.auth import Rule, Users
-from flo_server.metrics import new_metrics
+from flo_server.metrics import SlowLog, new_metrics
 from flo_server.config import ServerConfig
 from flo_server.dispatch import HANDLERS
 from flo_server.handlers.kv import ScanCursors, Txns
@@ -79,7 +79,12 @@ class Server:
         self.http_port: int | None = None  # the HTTP side port's, when it is served
         self._http_server: asyncio.AbstractServer | None = None
         self.users = Users.from_config(cfg)
-        self.metrics = new_metrics()  # counted by the request loops, read by /metrics (flo_server.metrics)
+        # Counted by the request loops, read by /metrics and INFO (flo_server.metrics); FLO_NO_METRICS=1
+        # turns counting off, for the bench's measure of what it costs.
+        self.metrics = None if os.environ.get("FLO_NO_METRICS") else new_metrics()
+        self.slowlog = SlowLog()  # SLOWLOG / LATENCY: commands of the Python paths slower than 10 ms
+        self.connections_received = 0
+        self.connections_rejected = 0
 
     # --- the write path -------------------------------------------------------------
 
@@ -112,6 +117,10 @@ class Server:
             "auth_required": self.users.required,
             "auth_failures": self.users.failures,
             "tls_port": self.tls_port,
+            "http_port": self.http_port,
+            "commands": sum(self.metrics.snapshot()["calls"].values()) if self.metrics is not None else 0,
+            "bytes_in": self.metrics.bytes_in if self.metrics is not None else 0,
+            "bytes_out": self.metrics.bytes_out if self.metrics is not None else 0,
             "journal": self.journal.stats() if hasattr(self.journal, "stats") else {},
         }
 

@@ -549,7 +549,8 @@ def check_resp(user: User | None, cmd: Any, argv: list, ns: str) -> str | None:
     """The Redis error a command gets from this user, or None when it may run."""
     if user is None:
         return None if cmd.name in RESP_NO_AUTH_NEEDED else NOAUTH
-    if "admin" in cmd.flags or (cmd.name == "acl" and argv[1].upper() != b"WHOAMI"):
+    if "admin" in cmd.flags or (cmd.name == "acl" and argv[1].upper() != b"WHOAMI") or (
+            cmd.name in ("client", "slowlog", "latency") and argv[1].upper() in (b"KILL", b"RESET")):
         # FLUSHDB is the selected namespace's; FLUSHALL and CONFIG are the whole server's.
         scope = ns if cmd.name == "flushdb" else "*"
         return None if user.allows("admin", None, scope, None) else _noperm(cmd)

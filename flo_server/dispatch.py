@@ -85,28 +85,45 @@ def parse(op: int, rid: int, payload: bytes, conn: Any, now: int) -> Request:
 
 def dispatch(srv: Any, rid: int, op: int, payload: bytes, conn: Any, now: int) -> tuple[int, bytes] | Any:
     """Run one request: ``(status, data)`` now, or a coroutine that yields it later."""
-    m = srv.metrics
-    t0 = monotonic_ns() if m is not None and m.want_sample() else -1
+    t0 = monotonic_ns()
     fn = HANDLERS.get(op)
+    req = None
     if fn is None:
-        return _counted(m, op, refused(Refusal(Reason.UNKNOWN_OP, f"unknown op 0x{op:03x}")), t0)
+        return _counted(srv, op, req, conn, refused(Refusal(Reason.UNKNOWN_OP, f"unknown op 0x{op:03x}")), t0)
     try:
         req = parse(op, rid, payload, conn, now)
         if conn is not None and not conn.trusted:
             check_flo(conn.user, req)  # the one permission check (flo_server.auth)
         out = fn(srv, req)
     except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
-        return _counted(m, op, refused(e), t0)
+        return _counted(srv, op, req, conn, refused(e), t0)
     if type(out) is bytes:
-        return _counted(m, op, (0, out), t0)
-    return _finish(m, op, out)
+        return _counted(srv, op, req, conn, (0, out), t0)
+    _counted(srv, op, req, conn, None, t0)  # its service time; the answer is counted when it comes
+    return _finish(srv.metrics, op, out)
 
 
-def _counted(m: Any, op: int, answer: tuple[int, bytes], t0: int) -> tuple[int, bytes]:
-    """Count an answer of the Python path in the server's metrics (the C paths count their own)."""
+def _counted(srv: Any, op: int, req: Request | None, conn: Any, answer: tuple[int, bytes] | None,
+             t0: int) -> Any:
+    """The Python path's metrics hook: count the answer, time one request in 32, note a slow one
+    (the C paths count their own, flo_core.metrics)."""
+    m = srv.metrics
     if m is not None:
-        m.record(m.slot_of_op(op), answer[0], monotonic_ns() - t0 if t0 >= 0 else -1)
+        ns = monotonic_ns() - t0
+        if answer is not None:
+            m.record(m.slot_of_op(op), answer[0], ns if m.want_sample() else -1)
+        if srv.slowlog.wants(ns):
+            spec = SPEC.get(op)
+            argv = [(spec.op.name if spec else f"op 0x{op:03x}").encode()]
+            if req is not None:
+                argv += [req.ns.encode(), req.key]
+            srv.slowlog.add(ns, argv, _peer(conn), b"")
     return answer
+
+
+def _peer(conn: Any) -> str:
+    peer = conn.transport.get_extra_info("peername") if conn is not None and conn.transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""
 
 
 async def _finish(m: Any, op: int, coro: Any) -> tuple[int, bytes]:
@@ -114,7 +131,9 @@ async def _finish(m: Any, op: int, coro: Any) -> tuple[int, bytes]:
         answer = 0, await coro
     except Exception as e:  # noqa: BLE001
         answer = refused(e)
-    return _counted(m, op, answer, -1)  # a blocking request's wait is not its service time
+    if m is not None:
+        m.record(m.slot_of_op(op), answer[0], -1)  # a blocking request's wait is not its service time
+    return answer
 
 
 def refused(exc: BaseException) -> tuple[int, bytes]:

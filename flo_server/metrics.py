@@ -53,7 +53,8 @@ class _Collector:
 
     def collect(self) -> Iterator[Any]:
         srv = self.srv
-        yield from _commands(srv.metrics)
+        if srv.metrics is not None:
+            yield from _commands(srv.metrics)
         yield from _server(srv)
         yield from _journal(srv)
         now = srv.now()
@@ -232,3 +233,64 @@ def _flame(srv: Any, now: int) -> Iterator[Any]:
         instances.add_metric([app, state], v)
     yield tasks
     yield instances
+
+
+class SlowLog:
+    """The last commands that took longer than ``threshold_us`` on the Python paths (Redis's SLOWLOG),
+    and the latency events of Redis's LATENCY monitor, kept from the same measurements.
+
+    The C fast paths are not in it: they answer in microseconds.
+
+    >>> sl = SlowLog(threshold_us=0, max_len=2)
+    >>> sl.add(5000, [b"SET", b"k", b"v"], "127.0.0.1:5000", b"", now_s=1)
+    >>> sl.entries()[0][2:4]
+    (5, [b'SET', b'k', b'v'])
+    """
+
+    MAX_ARGS = 32  # Redis keeps at most 32 arguments of a command ...
+    MAX_ARG = 128  # ... each at most 128 bytes
+    REDACTED = {b"auth", b"hello", b"acl"}  # their arguments may be passwords
+
+    def __init__(self, threshold_us: int = 10_000, max_len: int = 128) -> None:
+        from collections import deque
+
+        self.threshold_us = threshold_us  # -1: off, 0: every command
+        self.max_len = max_len
+        self._entries: deque = deque(maxlen=max_len)
+        self._next_id = 0
+        self.latency: dict[str, list] = {}  # event -> [(unix s, ms), ...] (newest last, at most 160)
+
+    def wants(self, ns: int) -> bool:
+        return self.threshold_us >= 0 and ns >= self.threshold_us * 1000
+
+    def add(self, ns: int, argv: list, client: str, name: bytes, now_s: int | None = None) -> None:
+        import time
+
+        now_s = int(time.time()) if now_s is None else now_s
+        if argv and argv[0].lower() in self.REDACTED:
+            argv = [argv[0], b"(redacted)"]
+        shown = [a if len(a) <= self.MAX_ARG else a[: self.MAX_ARG - 32] + b"... (%d more bytes)" % (len(a) - self.MAX_ARG + 32)
+                 for a in argv[: self.MAX_ARGS]]
+        if len(argv) > self.MAX_ARGS:
+            shown[-1] = b"... (%d more arguments)" % (len(argv) - self.MAX_ARGS + 1)
+        self._entries.appendleft((self._next_id, now_s, ns // 1000, shown, client.encode(), name))
+        self._next_id += 1
+        events = self.latency.setdefault("command", [])
+        events.append((now_s, ns // 1_000_000))
+        del events[:-160]
+
+    def resize(self, max_len: int) -> None:
+        from collections import deque
+
+        self.max_len = max_len
+        self._entries = deque(self._entries, maxlen=max_len)
+
+    def entries(self, count: int | None = None) -> list:
+        items = list(self._entries)
+        return items if count is None or count < 0 else items[:count]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def reset(self) -> None:
+        self._entries.clear()

@@ -16,6 +16,7 @@ mark and resumes when it drains.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 from typing import Any
@@ -29,6 +30,7 @@ from flo_core.output import Output  # type: ignore[import-not-found]
 log = logging.getLogger("flo_server.protocol")
 
 _append_reply = wire.append_reply
+_ids = itertools.count(1)  # connection ids (CLIENT ID / LIST / KILL), both protocols
 
 
 class FloProtocol(asyncio.Protocol):
@@ -53,6 +55,8 @@ class FloProtocol(asyncio.Protocol):
         self.user = srv.users.default
         self.trusted = self.user is not None and self.user.superuser
         self.auth_failures = 0
+        self.created_ms = srv.now()
+        self.id = next(_ids)
 
     def set_user(self, user: Any) -> None:
         """AUTH succeeded (or RESP RESET): the connection's rights are ``user``'s (None: none) from now on."""
@@ -68,7 +72,9 @@ class FloProtocol(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         srv = self.srv
+        srv.connections_received += 1
         if len(srv.connections) >= srv.config.max_connections:
+            srv.connections_rejected += 1
             log.warning("refusing a connection: %d open", len(srv.connections))
             self.closed = True
             transport.close()
@@ -98,12 +104,19 @@ class FloProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        # (the compiled loops count their own reads: flo_core.metrics)
         if self.reader is not None:
+            self._count_in(data)
             self._flo(data)
         elif self.resp is not None:
+            self._count_in(data)
             self.resp.feed(data)
         else:
             self._choose(data)
+
+    def _count_in(self, data: bytes) -> None:
+        if self.srv.metrics is not None:
+            self.srv.metrics.bytes_in += len(data)
 
     # --- protocol choice --------------------------------------------------------------
 
@@ -122,6 +135,7 @@ class FloProtocol(asyncio.Protocol):
                 self._read_in_c(self.reader)
                 self.reader.data_received(head)
             else:
+                self._count_in(head)
                 self._flo(head)
             return
         from flo_server.resp import RespSession
@@ -134,6 +148,7 @@ class FloProtocol(asyncio.Protocol):
             self._read_in_c(core)
             core.data_received(head)
         else:
+            self._count_in(head)
             self.resp.feed(head)
 
     def _read_in_c(self, core: Any) -> None:

@@ -31,6 +31,7 @@ import itertools
 import logging
 import os
 import re
+import sys
 from collections import deque
 from time import monotonic_ns
 from dataclasses import dataclass
@@ -254,7 +255,7 @@ class RespSession:
         self.conn = conn  # the edge (FloProtocol): who the connection is, failed AUTH count
         self.user = conn.user if conn is not None else srv.users.default
         self.trusted = self.user is not None and self.user.superuser
-        self.id = next(_ids)
+        self.id = conn.id if conn is not None else next(_ids)
         self.db = 0
         self.ns = DEFAULT_NAMESPACE
         self.resp3 = False
@@ -316,6 +317,10 @@ class RespSession:
         out = bytearray()
         self._run(cmds, out, error)
 
+    def peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return f"{peer[0]}:{peer[1]}" if peer else ""
+
     def set_user(self, user: Any) -> None:
         """AUTH succeeded or RESET (``FloProtocol.set_user``): this user's rights from the next command on."""
         self.user = user
@@ -356,11 +361,14 @@ class RespSession:
         if m is None:
             return self._exec_one(argv, out)
         at = len(out)
-        t0 = monotonic_ns() if m.want_sample() else -1
+        t0 = monotonic_ns()
         r = self._exec_one(argv, out)
+        ns = monotonic_ns() - t0
         error = len(out) > at and out[at] in _ERROR_MARKS
         m.record(m.slot_of_command(argv[0].decode("latin-1").lower()), 1 if error else 0,
-                 monotonic_ns() - t0 if t0 >= 0 and r is None else -1)
+                 ns if r is None and m.want_sample() else -1)
+        if self.srv.slowlog.wants(ns):
+            self.srv.slowlog.add(ns, argv, self.peer(), self.name)
         return r
 
     def _exec_one(self, argv: list, out: bytearray) -> Any:
@@ -722,14 +730,65 @@ def _check_client_name(name: bytes) -> None:
 
 
 def _client_info(s: RespSession) -> bytes:
-    peer = s.transport.get_extra_info("peername") if s.transport is not None else None
-    addr = f"{peer[0]}:{peer[1]}" if peer else "?"
-    return (
-        f"id={s.id} addr={addr} laddr=? fd=-1 name={_text(s.name)} age=0 idle=0 flags=N db={max(s.db, 0)} "
-        f"sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 "
-        f"omem=0 tot-mem=0 events=r cmd=client|info user={s.user.name if s.user is not None else 'default'} redir=-1 resp={3 if s.resp3 else 2} "
-        f"lib-name={_text(s.lib_name)} lib-ver={_text(s.lib_ver)}\n"
-    ).encode()
+    line = _client_line(s.conn) if s.conn is not None else f"id={s.id} addr=? name={_text(s.name)}"
+    return line.encode() + b"\n"
+
+
+def _client_line(conn: Any) -> str:
+    """One CLIENT LIST line for a connection of either protocol (Redis's fields; what we do not track is 0)."""
+    def addr(key: str) -> str:
+        a = conn.transport.get_extra_info(key) if conn.transport is not None else None
+        return f"{a[0]}:{a[1]}" if a else "?"
+
+    r = conn.resp
+    user = conn.user.name if conn.user is not None else "(none)"
+    age = max(0, (conn.srv.now() - conn.created_ms) // 1000)
+    name = _text(r.name) if r is not None else ""
+    db = max(r.db, 0) if r is not None else 0
+    proto = (3 if r.resp3 else 2) if r is not None else 0
+    lib = (f"lib-name={_text(r.lib_name)} lib-ver={_text(r.lib_ver)}" if r is not None
+           else f"lib-name={'flo' if conn.reader is not None else ''} lib-ver=")
+    return (f"id={conn.id} addr={addr('peername')} laddr={addr('sockname')} fd=-1 name={name} age={age} idle=0 "
+            f"flags=N db={db} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 "
+            f"obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={'resp' if r is not None else 'flo'} user={user} redir=-1 "
+            f"resp={proto} {lib} flo-protocol={'resp' if r is not None else ('flo' if conn.reader is not None else '?')}")
+
+
+def _client_kill(s: RespSession, argv: list) -> int | None:
+    """CLIENT KILL addr (old form: None if no such client) or filters ID / ADDR / LADDR / USER / SKIPME."""
+    conns = list(s.srv.connections)
+    if len(argv) == 3:
+        hits = [c for c in conns if _client_line(c).split(" ")[1] == "addr=" + _text(argv[2])]
+        for c in hits:
+            c.transport.close()
+        return 1 if hits else None
+    if len(argv) % 2:
+        raise RespError(SYNTAX)
+    skipme = True
+    tests = []
+    for i in range(2, len(argv), 2):
+        field, value = _upper(argv[i]), _text(argv[i + 1])
+        if field == b"ID":
+            cid = parse_int(argv[i + 1])
+            if cid is None:
+                raise RespError("ERR client-id should be greater than 0")
+            tests.append(lambda c, cid=cid: c.id == cid)
+        elif field in (b"ADDR", b"LADDR"):
+            key = "addr=" if field == b"ADDR" else "laddr="
+            tests.append(lambda c, want=key + value, k=key: any(f == want for f in _client_line(c).split(" ")))
+        elif field == b"USER":
+            tests.append(lambda c, u=value: c.user is not None and c.user.name == u)
+        elif field == b"SKIPME":
+            skipme = value.lower() != "no"
+        else:
+            raise RespError(SYNTAX)
+    killed = 0
+    for c in conns:
+        if (skipme and c is s.conn) or not all(t(c) for t in tests):
+            continue
+        c.transport.close()
+        killed += 1
+    return killed
 
 
 @command("client", -2, "", group="connection")
@@ -750,7 +809,16 @@ def cmd_client(s: RespSession, argv: list, out: bytearray) -> None:
     elif sub == b"INFO" and len(argv) == 2:
         add_bulk(out, _client_info(s))
     elif sub == b"LIST":
-        add_bulk(out, _client_info(s))
+        add_bulk(out, "".join(_client_line(c) + "\n" for c in sorted(s.srv.connections, key=lambda c: c.id)
+                              if c.transport is not None).encode())
+    elif sub == b"KILL" and len(argv) >= 3:
+        n = _client_kill(s, argv)
+        if len(argv) == 3:
+            if n is None:
+                raise RespError("ERR No such client")
+            add_ok(out)
+        else:
+            add_int(out, n)
     elif sub == b"SETINFO" and len(argv) == 4:
         attr = _upper(argv[2])
         if attr == b"LIB-NAME":
@@ -845,6 +913,17 @@ def _config_values(s: RespSession) -> dict[bytes, bytes]:
         b"maxclients": str(getattr(cfg, "max_connections", 10000)).encode(),
         b"dir": str(getattr(cfg, "data_dir", "") or "").encode(),
         b"protected-mode": b"no" if getattr(cfg, "insecure_bind", False) else b"yes",
+        b"slowlog-log-slower-than": str(s.srv.slowlog.threshold_us).encode(),
+        b"slowlog-max-len": str(s.srv.slowlog.max_len).encode(),
+        b"flo-fsync": str(fsync).encode(),
+        b"flo-http-port": str(getattr(s.srv, "http_port", None) or 0).encode(),
+        b"flo-snapshot-bytes": str(getattr(cfg, "snapshot_bytes", 0)).encode(),
+        b"flo-history-bytes": str(getattr(cfg, "history_bytes", 0)).encode(),
+        b"flo-max-frame": str(getattr(cfg, "max_frame", 0)).encode(),
+        b"flo-queue-lease-ms": str(getattr(cfg, "queue_lease_ms", 0)).encode(),
+        b"flo-queue-max-deliveries": str(getattr(cfg, "queue_max_deliveries", 0)).encode(),
+        b"flo-executor": b"yes" if getattr(cfg, "executor", False) else b"no",
+        b"flo-auth": b"required" if s.srv.users.required else b"off",
         b"tls-port": str(getattr(s.srv, "tls_port", None) or 0).encode(),
         # requirepass and the users file are never shown (Redis shows requirepass; we do not)
     }
@@ -852,7 +931,7 @@ def _config_values(s: RespSession) -> dict[bytes, bytes]:
 
 @command("config", -2, "admin", group="server")
 def cmd_config(s: RespSession, argv: list, out: bytearray) -> None:
-    """CONFIG GET pattern... (read only: SET answers an error, RESETSTAT is a no-op)."""
+    """CONFIG GET pattern... | SET (the slow log's two settings only) | RESETSTAT (a no-op)."""
     sub = _upper(argv[1])
     if sub == b"GET" and len(argv) >= 3:
         values = _config_values(s)
@@ -863,8 +942,24 @@ def cmd_config(s: RespSession, argv: list, out: bytearray) -> None:
                 if fnmatch.fnmatchcase(k.decode(), pat.decode("utf-8", "replace")):
                     found[k] = v
         add_value(out, found, s.resp3)
-    elif sub == b"SET" and len(argv) >= 4:
-        raise RespError("ERR CONFIG SET is not supported by flo-server; use its command line options")
+    elif sub == b"SET" and len(argv) >= 4 and len(argv) % 2 == 0:
+        sl = s.srv.slowlog
+        changes = {}
+        for name, value in zip(argv[2::2], argv[3::2]):
+            key, n = name.lower(), parse_int(value)
+            if key not in (b"slowlog-log-slower-than", b"slowlog-max-len"):
+                raise RespError(f"ERR CONFIG SET of '{_text(name)}' is not supported by flo-server; "
+                                "use its command line options")
+            if n is None or n < (-1 if key == b"slowlog-log-slower-than" else 0):
+                raise RespError(f"ERR CONFIG SET failed (possibly related to argument '{_text(name)}') - "
+                                "argument must be a number")
+            changes[key] = n
+        for key, n in changes.items():
+            if key == b"slowlog-log-slower-than":
+                sl.threshold_us = n
+            else:
+                sl.resize(n)
+        add_ok(out)
     elif sub == b"RESETSTAT" and len(argv) == 2:
         add_ok(out)
     elif sub in (b"GET", b"SET", b"RESETSTAT"):
@@ -875,29 +970,9 @@ def cmd_config(s: RespSession, argv: list, out: bytearray) -> None:
 
 @command("info", -1, "", group="server")
 def cmd_info(s: RespSession, argv: list, out: bytearray) -> None:
-    """INFO [section]: Redis-style text; keyspace lists the first 16 databases."""
-    srv = s.srv
-    info = srv.info() if hasattr(srv, "info") else {}
-    sections = {
-        "server": [
-            ("redis_version", REDIS_VERSION),
-            ("redis_mode", "standalone"),
-            ("flo_version", info.get("version", "")),
-            ("os", "Linux"),
-            ("tcp_port", getattr(srv, "port", 0)),
-            ("uptime_in_seconds", info.get("uptime_s", 0)),
-        ],
-        "clients": [("connected_clients", info.get("connections", 0)), ("blocked_clients", info.get("waiters", 0))],
-        "persistence": [("loading", 0), ("aof_enabled", 1 if getattr(srv.config, "data_dir", None) else 0),
-                        ("flo_fsync", info.get("fsync", "")), ("flo_last_lsn", info.get("last_lsn", 0))],
-        "replication": [("role", "master"), ("connected_slaves", 0)],
-    }
-    keyspace = []
-    for db in range(NUM_DATABASES):
-        n = _dbsize(s, db_namespace(db))
-        if n:
-            keyspace.append((f"db{db}", f"keys={n},expires=0,avg_ttl=0"))
-    sections["keyspace"] = keyspace
+    """INFO [section ...]: server, clients, memory, persistence, stats, replication, keyspace (Redis's fields
+    where flo-server has the fact, flo_* fields for its own)."""
+    sections = _info_sections(s)
     wanted = {a.decode("utf-8", "replace").lower() for a in argv[1:]}
     if not wanted or wanted & {"all", "everything", "default"}:
         wanted = set(sections)
@@ -909,6 +984,112 @@ def cmd_info(s: RespSession, argv: list, out: bytearray) -> None:
         lines.extend(f"{k}:{v}" for k, v in rows)
         lines.append("")
     add_bulk(out, "\r\n".join(lines).encode())
+
+
+def _info_sections(s: RespSession) -> dict[str, list]:
+    from flo_server.metrics import _rss
+
+    srv = s.srv
+    cfg = srv.config
+    info = srv.info()
+    journal = info.get("journal") or {}
+    snap = srv.metrics.snapshot() if srv.metrics is not None else {"calls": {}}
+    total = sum(snap["calls"].values())
+    errors = sum(n for (proto, _, st), n in snap["calls"].items() if st != 0 and (proto == "resp" or st != 2))
+    rss = _rss()
+    uptime = int(srv.uptime())
+    fsyncs = srv.journal.writer.fsync_stats()[0] if getattr(srv.journal, "writer", None) is not None else 0
+    sections = {
+        "server": [
+            ("redis_version", REDIS_VERSION), ("redis_mode", "standalone"), ("flo_version", info.get("version", "")),
+            ("os", f"{os.uname().sysname} {os.uname().release} {os.uname().machine}"), ("arch_bits", 64),
+            ("process_id", os.getpid()), ("tcp_port", getattr(srv, "port", 0)),
+            ("tls_port", getattr(srv, "tls_port", None) or 0), ("flo_http_port", getattr(srv, "http_port", None) or 0),
+            ("uptime_in_seconds", uptime), ("uptime_in_days", uptime // 86400),
+            ("executable", sys.executable), ("flo_auth", "required" if srv.users.required else "off"),
+        ],
+        "clients": [
+            ("connected_clients", len(srv.connections)), ("maxclients", cfg.max_connections),
+            ("blocked_clients", len(srv.waiters)), ("flo_resp_clients", sum(1 for c in srv.connections if c.resp)),
+        ],
+        "memory": [
+            ("used_memory", rss), ("used_memory_human", _human(rss)), ("used_memory_rss", rss),
+            ("used_memory_rss_human", _human(rss)), ("maxmemory", 0), ("maxmemory_policy", "noeviction"),
+            ("flo_history_budget_bytes", cfg.history_bytes),
+        ],
+        "persistence": [
+            ("loading", 0), ("aof_enabled", 1 if cfg.data_dir else 0),
+            ("aof_last_write_status", "err" if journal.get("failed") else "ok"), ("flo_fsync", cfg.fsync),
+            ("flo_last_lsn", info.get("last_lsn", 0)), ("flo_log_bytes_appended", journal.get("bytes_appended", 0)),
+            ("flo_log_segments", journal.get("segments", 0)), ("flo_fsyncs", fsyncs),
+            ("rdb_saves", journal.get("snapshots", 0)),
+            ("rdb_last_bgsave_time_sec", round(journal.get("last_snapshot_seconds") or 0, 3)),
+            ("flo_snapshot_lsn", journal.get("snapshot_lsn") or 0),
+            ("flo_snapshot_size", journal.get("last_snapshot_size") or 0),
+        ],
+        "stats": [
+            ("total_connections_received", srv.connections_received), ("total_commands_processed", total),
+            ("total_net_input_bytes", srv.metrics.bytes_in if srv.metrics is not None else 0),
+            ("total_net_output_bytes", srv.metrics.bytes_out if srv.metrics is not None else 0),
+            ("rejected_connections", srv.connections_rejected), ("total_error_replies", errors),
+            ("flo_auth_failures", srv.users.failures), ("flo_slowlog_len", len(srv.slowlog)),
+        ],
+        "replication": [("role", "master"), ("connected_slaves", 0)],
+    }
+    keyspace = []
+    for db in range(NUM_DATABASES):
+        n = _dbsize(s, db_namespace(db))
+        if n:
+            space = srv.kv.spaces.get(db_namespace(db))
+            expires = sum(1 for e in space.keys.values() if e.expires_at) if space is not None and len(space.keys) <= 100_000 else 0
+            keyspace.append((f"db{db}", f"keys={n},expires={expires},avg_ttl=0"))
+    sections["keyspace"] = keyspace
+    return sections
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.2f}{unit}" if unit != "B" else f"{n}B"
+        n /= 1024
+    return str(n)
+
+
+@command("slowlog", -2, "", group="server")
+def cmd_slowlog(s: RespSession, argv: list, out: bytearray) -> None:
+    """SLOWLOG GET [count] | LEN | RESET: commands slower than slowlog-log-slower-than (10 ms)."""
+    sub = _upper(argv[1])
+    sl = s.srv.slowlog
+    if sub == b"GET" and len(argv) <= 3:
+        count = 10 if len(argv) == 2 else parse_int(argv[2])
+        if count is None or count < -1:
+            raise RespError("ERR count should be greater than or equal to -1")
+        add_value(out, [[i, ts, us, args, client, name] for i, ts, us, args, client, name in sl.entries(count)], s.resp3)
+    elif sub == b"LEN" and len(argv) == 2:
+        add_int(out, len(sl))
+    elif sub == b"RESET" and len(argv) == 2:
+        sl.reset()
+        add_ok(out)
+    else:
+        raise _unknown_subcommand(argv)
+
+
+@command("latency", -2, "", group="server")
+def cmd_latency(s: RespSession, argv: list, out: bytearray) -> None:
+    """LATENCY LATEST | HISTORY event | RESET [event ...]: the "command" event (slow commands, see SLOWLOG)."""
+    sub = _upper(argv[1])
+    events = s.srv.slowlog.latency
+    if sub == b"LATEST" and len(argv) == 2:
+        add_value(out, [[name.encode(), ev[-1][0], ev[-1][1], max(ms for _, ms in ev)]
+                        for name, ev in sorted(events.items()) if ev], s.resp3)
+    elif sub == b"HISTORY" and len(argv) == 3:
+        add_value(out, [[ts, ms] for ts, ms in events.get(_text(argv[2]), [])], s.resp3)
+    elif sub == b"RESET":
+        names = [_text(a) for a in argv[2:]] or list(events)
+        n = sum(1 for name in names if events.pop(name, None) is not None)
+        add_int(out, n)
+    else:
+        raise _unknown_subcommand(argv)
 
 
 def _dbsize(s: RespSession, ns: str) -> int:
