@@ -382,11 +382,18 @@ def _known(srv: Any, req: Request) -> tuple[str, Any]:
 
 def _write_seqs(srv: Any, req: Request, kind: str) -> bytes:
     """The ops that name messages by seq (value = seqs): one record, answer [affected u32]."""
-    name, q = _known(srv, req)
-    seqs = _seqs(req.value)
+    name = _name(req)
+    return _count_answer(write_seqs(srv, kind, req.ns, name, _seqs(req.value), req.now))
+
+
+def write_seqs(srv: Any, kind: str, ns: str, name: str, seqs: list[int], now: int) -> int:
+    """One ``kind`` record (``q.ack``, ``q.requeue``, ``q.dlqdel``) for ``seqs`` of a queue; how many it affected.
+
+    The seq ops' write path, shared by their handlers and the console's DLQ requeue (flo_server.api)."""
+    q = srv.queues.get(ns, name)
     if q is None or not seqs:
-        return _count_answer(0)
-    return _count_answer(srv.write(kind, _clock(q, req.now), req.ns, name, seqs))
+        return 0
+    return srv.write(kind, _clock(q, now), ns, name, seqs)
 
 
 @handler(Op.QUEUE_COMPLETE)
