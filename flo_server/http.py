@@ -169,10 +169,31 @@ class HttpProtocol(asyncio.Protocol):
             from flo_server import api
 
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            body = json.loads(self._body or b"{}") if method == "POST" else {}
+            try:
+                body = json.loads(self._body or b"{}") if method == "POST" else {}
+            except ValueError:
+                raise HttpError(400, "the request body is not JSON") from None
             result = api.handle(srv, user, method, path[len("/api"):], query, body)
+            if method == "POST":
+                await self._durable()
             return 200, "application/json", json.dumps(result, default=str).encode(), []
         return self._static(path)
+
+    async def _durable(self, timeout_s: float = 10.0) -> None:
+        """Answer a write only once the log covers it as the server promises (``fsync=always``: synced),
+        like the data port's answers."""
+        journal = self.srv.journal
+        writer = getattr(journal, "writer", None) if getattr(journal, "durable", False) else None
+        if writer is None:
+            return
+        lsn = journal.last_lsn
+        journal.flush_soon()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (writer.synced_lsn if writer.ack_on_sync else writer.flushed_lsn) < lsn:
+            if loop.time() > deadline:
+                raise HttpError(503, "the write is not durable yet (the log is not keeping up)")
+            await asyncio.sleep(0.002)
 
     async def _authenticate(self, req: h11.Request) -> Any:
         """The request's user: HTTP Basic when the server has users, else the open default user."""

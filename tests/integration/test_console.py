@@ -3,7 +3,8 @@
 One server with data in every primitive and a real flamepy session (its embedded
 executor runs the service) is shown in headless Chromium (Debian's ``chromium``,
 driven by Playwright; no browser download): every page must show what was made,
-and a screenshot of each goes to ``docs/console/<page>.png``. The API is also
+and a screenshot of each goes to ``docs/console/<page>.png`` (with
+``FLO_UPDATE_SCREENSHOTS=1``; a temp dir otherwise). The API is also
 checked over plain HTTP, with ``--requirepass`` (401 / 200) and with a users file
 (a reader's requeue is refused with 403, in the API and on the queue page).
 """
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -30,7 +32,9 @@ from tests.helpers import ROOT, ServerProc
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-SHOTS = ROOT / "docs" / "console"
+# Screenshots refresh docs/console/ with FLO_UPDATE_SCREENSHOTS=1; a plain run keeps them in a temp dir,
+# so `make test` leaves the tree as it found it.
+SHOTS = ROOT / "docs" / "console" if os.environ.get("FLO_UPDATE_SCREENSHOTS") else Path(tempfile.mkdtemp(prefix="console-"))
 NS = "shop"
 QUEUE = "console-jobs"
 APP = "console-app"
