@@ -1,0 +1,5 @@
+"""``python -m flo_client.cli``: the ``flo`` command."""
+
+from . import main
+
+main(prog_name="flo")
