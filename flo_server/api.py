@@ -46,8 +46,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import os
-import resource
 import secrets
 import time
 import weakref
@@ -55,6 +53,7 @@ from collections import deque
 from typing import Any, Callable
 
 from flo_server.http import HttpError
+from flo_server.metrics import each_named, rss_bytes
 
 MAX_ITEMS = 1000  # items of one list in one answer
 PREVIEW_BYTES = 4096  # of a value, a message payload
@@ -219,14 +218,6 @@ def _decoded(data: bytes) -> Any:
     return _jsonable(obj)
 
 
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _is_server_admin(user: Any) -> bool:
     return bool(user.superuser) or user.allows("admin", None, "*", None)
 
@@ -372,7 +363,7 @@ def overview(srv: Any, user: Any, query: dict) -> dict:
         "connections": {"total": len(srv.connections), **by_proto, "waiters": len(srv.waiters),
                         "received": getattr(srv, "connections_received", None),
                         "rejected": getattr(srv, "connections_rejected", None)},
-        "memory": {"rss_bytes": _rss()},
+        "memory": {"rss_bytes": rss_bytes()},
         "log": {"last_lsn": j.last_lsn, **(j.stats() if hasattr(j, "stats") else {})},
         "fsync": {
             "count": cur["fsyncs"], "seconds": cur["fsync_s"], "per_s": fs_n / dt,
@@ -512,6 +503,15 @@ def _namespaces_of(user: Any, prim: str, all_ns: list[str], ns: str) -> list[str
     return [n for n in all_ns if _readable(user, prim, n)]
 
 
+def _visible(store: Any, user: Any, prim: str, query: dict) -> tuple[list, bool]:
+    """``(ns, name, object)`` of a queue or stream store the user may read, at most MAX_ITEMS;
+    and whether more were left out."""
+    wanted = set(_namespaces_of(user, prim, store.namespaces(), _str(query, "ns")))
+    found = list(each_named(store, MAX_ITEMS + 1,
+                            lambda ns, name: ns in wanted and user.allows("read", prim, ns, name.encode("utf-8"))))
+    return found[:MAX_ITEMS], len(found) > MAX_ITEMS
+
+
 def _message(m: Any, limit: int = SHORT_PREVIEW) -> dict:
     return {"seq": m.seq, "priority": m.priority, "enqueued_at_ms": m.enqueued_at_ms,
             "delivery_count": m.delivery_count, "due_ms": m.due or None, "payload": _preview(m.payload, limit)}
@@ -520,22 +520,13 @@ def _message(m: Any, limit: int = SHORT_PREVIEW) -> dict:
 def queues(srv: Any, user: Any, query: dict) -> dict:
     now = srv.now()
     out = []
-    more = False
-    for ns in _namespaces_of(user, "queue", srv.queues.namespaces(), _str(query, "ns")):
-        for name in srv.queues.names(ns):
-            if not user.allows("read", "queue", ns, name.encode("utf-8")):
-                continue
-            if len(out) >= MAX_ITEMS:
-                more = True
-                break
-            q = srv.queues.get(ns, name)
-            if q is None:
-                continue
-            s = q.stats(now)
-            out.append({"ns": ns, "name": name, "ready": s["ready"], "inflight": s["leased"],
-                        "delayed": s["delayed"], "dlq": s["dlq"], "last_seq": s["last_seq"],
-                        "total_enqueued": s["total_enqueued"], "total_acked": s["total_acked"],
-                        "total_dead": s["total_dead"]})
+    found, more = _visible(srv.queues, user, "queue", query)
+    for ns, name, q in found:
+        s = q.stats(now)
+        out.append({"ns": ns, "name": name, "ready": s["ready"], "inflight": s["leased"],
+                    "delayed": s["delayed"], "dlq": s["dlq"], "last_seq": s["last_seq"],
+                    "total_enqueued": s["total_enqueued"], "total_acked": s["total_acked"],
+                    "total_dead": s["total_dead"]})
     return {"queues": out, "more": more}
 
 
@@ -589,32 +580,23 @@ def queue_requeue(srv: Any, user: Any, body: dict) -> dict:
 def streams(srv: Any, user: Any, query: dict) -> dict:
     now = srv.now()
     out = []
-    more = False
-    for ns in _namespaces_of(user, "stream", srv.streams.namespaces(), _str(query, "ns")):
-        for name in srv.streams.names(ns):
-            if not user.allows("read", "stream", ns, name.encode("utf-8")):
-                continue
-            if len(out) >= MAX_ITEMS:
-                more = True
-                break
-            s = srv.streams.get(ns, name)
-            if s is None:
-                continue
-            first_ts, first_seq, last_ts, last_seq, count, size = s.info(now)
-            groups = []
-            for gname, g in list(s.groups.items())[:100]:
-                by_consumer = g.pending_by_consumer()
-                groups.append({"name": gname, "consumers": len(g.consumers), "lag": g.lag(s, now),
-                               "pending": sum(by_consumer.values()),
-                               "pending_by_consumer": dict(sorted(by_consumer.items())[:50]),
-                               "delivered": g.delivered, "acked": g.acked, "dead": g.dead_count,
-                               "last_delivered_id": f"{g.last_ts}-{g.last_seq}"})
-            out.append({"ns": ns, "name": name, "length": count, "bytes": size,
-                        "first_id": f"{first_ts}-{first_seq}" if count else None,
-                        "last_id": f"{last_ts}-{last_seq}" if (last_ts or last_seq) else None,
-                        "retention": {"max_len": s.max_len or None, "max_age_ms": s.max_age_ms or None,
-                                      "max_bytes": s.max_bytes or None},
-                        "groups": groups, "more_groups": len(s.groups) > 100})
+    found, more = _visible(srv.streams, user, "stream", query)
+    for ns, name, s in found:
+        first_ts, first_seq, last_ts, last_seq, count, size = s.info(now)
+        groups = []
+        for gname, g in list(s.groups.items())[:100]:
+            by_consumer = g.pending_by_consumer()
+            groups.append({"name": gname, "consumers": len(g.consumers), "lag": g.lag(s, now),
+                           "pending": sum(by_consumer.values()),
+                           "pending_by_consumer": dict(sorted(by_consumer.items())[:50]),
+                           "delivered": g.delivered, "acked": g.acked, "dead": g.dead_count,
+                           "last_delivered_id": f"{g.last_ts}-{g.last_seq}"})
+        out.append({"ns": ns, "name": name, "length": count, "bytes": size,
+                    "first_id": f"{first_ts}-{first_seq}" if count else None,
+                    "last_id": f"{last_ts}-{last_seq}" if (last_ts or last_seq) else None,
+                    "retention": {"max_len": s.max_len or None, "max_age_ms": s.max_age_ms or None,
+                                  "max_bytes": s.max_bytes or None},
+                    "groups": groups, "more_groups": len(s.groups) > 100})
     return {"streams": out, "more": more}
 
 

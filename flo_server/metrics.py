@@ -109,12 +109,13 @@ def _server(srv: Any) -> Iterator[Any]:
     yield conns
     yield GaugeMetricFamily("flo_waiters", "Requests parked waiting (blocking reads, long polls)", value=len(srv.waiters))
     yield CounterMetricFamily("flo_auth_failures", "Failed AUTH attempts", value=srv.users.failures)
-    yield GaugeMetricFamily("flo_resident_memory_bytes", "Resident memory of the server process", value=_rss())
+    yield GaugeMetricFamily("flo_resident_memory_bytes", "Resident memory of the server process", value=rss_bytes())
     yield GaugeMetricFamily("flo_uptime_seconds", "Seconds since the server started", value=srv.uptime())
     yield GaugeMetricFamily("flo_ready", "1 once recovery is done and the server listens", value=1 if srv.ready else 0)
 
 
-def _rss() -> int:
+def rss_bytes() -> int:
+    """Resident memory of this process (/proc; peak RSS where there is no /proc)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -145,6 +146,23 @@ def _journal(srv: Any) -> Iterator[Any]:
     yield GaugeMetricFamily("flo_snapshot_lsn", "LSN the newest snapshot covers", value=st.get("snapshot_lsn") or 0)
 
 
+def each_named(store: Any, limit: int = MAX_LABELLED, keep: Any = None) -> Iterator[tuple[str, str, Any]]:
+    """``(namespace, name, object)`` of a queue or stream store, at most ``limit`` of them
+    (``keep(ns, name)`` filters first): the one walk of /metrics and the console's API."""
+    n = 0
+    for ns in store.namespaces():
+        for name in store.names(ns):
+            if keep is not None and not keep(ns, name):
+                continue
+            obj = store.get(ns, name)
+            if obj is None:
+                continue
+            if n >= limit:
+                return
+            n += 1
+            yield ns, name, obj
+
+
 def _stores(srv: Any, now: int) -> Iterator[Any]:
     keys = GaugeMetricFamily("flo_kv_keys", "KV keys per namespace (expired ones not yet reclaimed included)",
                              labels=["namespace"])
@@ -152,32 +170,21 @@ def _stores(srv: Any, now: int) -> Iterator[Any]:
         keys.add_metric([ns], len(space.keys))
     yield keys
     msgs = GaugeMetricFamily("flo_queue_messages", "Queue messages by state", labels=["namespace", "queue", "state"])
-    n = 0
-    for ns in srv.queues.namespaces():
-        for name in srv.queues.names(ns):
-            if n >= MAX_LABELLED:
-                break
-            n += 1
-            s = srv.queues.get(ns, name).stats(now)
-            for state, field in (("ready", "ready"), ("inflight", "leased"), ("delayed", "delayed"), ("dlq", "dlq")):
-                msgs.add_metric([ns, name, state], s[field])
+    for ns, name, q in each_named(srv.queues):
+        s = q.stats(now)
+        for state, field in (("ready", "ready"), ("inflight", "leased"), ("delayed", "delayed"), ("dlq", "dlq")):
+            msgs.add_metric([ns, name, state], s[field])
     yield msgs
     length = GaugeMetricFamily("flo_stream_length", "Records in a stream", labels=["namespace", "stream"])
     lag = GaugeMetricFamily("flo_stream_group_lag", "Records a consumer group has not been given yet",
                             labels=["namespace", "stream", "group"])
     pending = GaugeMetricFamily("flo_stream_group_pending", "Records delivered to a group and not acknowledged",
                                 labels=["namespace", "stream", "group"])
-    n = 0
-    for ns in srv.streams.namespaces():
-        for name in srv.streams.names(ns):
-            if n >= MAX_LABELLED:
-                break
-            n += 1
-            st = srv.streams.get(ns, name)
-            length.add_metric([ns, name], st.info(now)[4])
-            for gname, g in st.groups.items():
-                lag.add_metric([ns, name, gname], g.lag(st, now))
-                pending.add_metric([ns, name, gname], sum(g.pending_by_consumer().values()))
+    for ns, name, st in each_named(srv.streams):
+        length.add_metric([ns, name], st.info(now)[4])
+        for gname, g in st.groups.items():
+            lag.add_metric([ns, name, gname], g.lag(st, now))
+            pending.add_metric([ns, name, gname], sum(g.pending_by_consumer().values()))
     yield length
     yield lag
     yield pending

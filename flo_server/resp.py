@@ -987,7 +987,7 @@ def cmd_info(s: RespSession, argv: list, out: bytearray) -> None:
 
 
 def _info_sections(s: RespSession) -> dict[str, list]:
-    from flo_server.metrics import _rss
+    from flo_server.metrics import rss_bytes
 
     srv = s.srv
     cfg = srv.config
@@ -996,7 +996,7 @@ def _info_sections(s: RespSession) -> dict[str, list]:
     snap = srv.metrics.snapshot() if srv.metrics is not None else {"calls": {}}
     total = sum(snap["calls"].values())
     errors = sum(n for (proto, _, st), n in snap["calls"].items() if st != 0 and (proto == "resp" or st != 2))
-    rss = _rss()
+    rss = rss_bytes()
     uptime = int(srv.uptime())
     fsyncs = srv.journal.writer.fsync_stats()[0] if getattr(srv.journal, "writer", None) is not None else 0
     sections = {
