@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import math
 import os
@@ -36,12 +37,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from secrets import token_urlsafe
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from flo_core.spec import Reason, Status
 from flo_core.wire import FrameReader, encode_request
@@ -54,8 +56,9 @@ from .workloads import WORKLOADS
 
 FLO, REDIS, CEILING = "flo-server", "redis", "ceiling"
 RESULTS = REPO / "bench" / "results"
-#: The security group's flo-server variants; each is compared with plain flo-server (FLO) in the same cell.
-AUTH, TLS, RESTRICTED, AGAIN = report.SECURITY
+#: The security group's flo-server variants; each is compared with plain flo-server (FLO) in the same cell, and
+#: flo+metrics with flo+nometrics too (the cost of metrics).
+AUTH, TLS, RESTRICTED, AGAIN, NOMETRICS, METRICS = report.SECURITY
 
 
 # --- the grid -----------------------------------------------------------------------
@@ -65,7 +68,7 @@ AUTH, TLS, RESTRICTED, AGAIN = report.SECURITY
 class Cell:
     """One comparison point: a workload at one load shape, run against several servers."""
 
-    group: str  # kv | resp | durability | stream | queue | action | security
+    group: str  # kv | resp | durability | stream | queue | action | security (security and metrics costs)
     workload: str
     proto: str  # how flo-server is driven: flo (our load generator) | resp (redis-benchmark)
     conns: int
@@ -172,10 +175,11 @@ def _action_cells() -> list[Cell]:
 
 
 def _security_cells(workloads: tuple[str, ...] = ("kv.set", "kv.get")) -> list[Cell]:
-    """KV at K=16 on plain flo-server and on each security variant (``VARIANTS``), in the same run."""
+    """KV at K=16 on plain flo-server and on each variant (``VARIANTS``), in the same run."""
     # Plain runs between auth and its A/A control in either order, so both are measured next to it and
-    # see the same drift of the machine (which, on a shared VM, can be larger than the 3 % judged).
-    order = (AUTH, FLO, AGAIN, TLS, RESTRICTED)
+    # see the same drift of the machine (which, on a shared VM, can be larger than the 3 % judged); so do
+    # nometrics and metrics, next to each other.
+    order = (AUTH, FLO, AGAIN, NOMETRICS, METRICS, TLS, RESTRICTED)
     return [Cell("security", wl, "flo", 50, 16, 100, servers=order, namespace=SECURITY_NAMESPACE) for wl in workloads]
 
 
@@ -212,19 +216,81 @@ class Secrets:
         return str(path)
 
 
-#: How each variant is started (flo-server flags) and reached (load generator flags: AUTH and TLS are set up on
-#: every connection before the clock starts).
-VARIANTS: dict[str, Callable[[Secrets], tuple[tuple[str, ...], tuple[str, ...]]]] = {
+class Variant(NamedTuple):
+    """How one variant is started and reached."""
+
+    flags: tuple[str, ...] = ()  # flo-server's
+    client: tuple[str, ...] = ()  # the load generator's: AUTH and TLS are set up on every connection untimed
+    env: tuple[tuple[str, str], ...] = ()  # flo-server's extra environment
+    scrape: bool = False  # GET /metrics once a second while it is loaded (Scraper)
+
+
+VARIANTS: dict[str, Callable[[Secrets], Variant]] = {
     # --requirepass: after AUTH the connection is the unrestricted default user, on the C fast paths.
-    AUTH: lambda s: (("--requirepass", s.password), ("--user", "default", "--password", s.password)),
+    AUTH: lambda s: Variant(("--requirepass", s.password), ("--user", "default", "--password", s.password)),
     # TLS as it would be deployed, with the password too (AUTH itself costs nothing once done: see AUTH).
-    TLS: lambda s: (("--tls-cert", s.pems["cert"], "--tls-key", s.pems["key"], "--requirepass", s.password),
-                    ("--tls-ca", s.pems["ca"], "--user", "default", "--password", s.password)),
+    TLS: lambda s: Variant(("--tls-cert", s.pems["cert"], "--tls-key", s.pems["key"], "--requirepass", s.password),
+                           ("--tls-ca", s.pems["ca"], "--user", "default", "--password", s.password)),
     # Read and write in one namespace only: not a superuser, so every request takes the Python permission check.
-    RESTRICTED: lambda s: (("--users", s.users_file), ("--user", RESTRICTED_USER, "--password", s.password)),
+    RESTRICTED: lambda s: Variant(("--users", s.users_file), ("--user", RESTRICTED_USER, "--password", s.password)),
     # Nothing: one flo-server process against another, so a ratio can be told from noise.
-    AGAIN: lambda s: ((), ()),
+    AGAIN: lambda s: Variant(),
+    # The baseline of metrics: no counting (the server has no metrics object) and no HTTP side port.
+    NOMETRICS: lambda s: Variant(("--http-port", "0"), env=(("FLO_NO_METRICS", "1"),)),
+    # Counting on, the HTTP side port on a free port, and /metrics scraped once a second during the load.
+    METRICS: lambda s: Variant(("--http-port", "-1"), scrape=True),
 }
+#: Same-run ratios of the group besides every variant's to plain: metrics to its baseline, and plain (counting, no
+#: HTTP) to it too, which tells the counting from the HTTP side port and the scrapes.
+EXTRA_RATIOS = [(METRICS, NOMETRICS), (FLO, NOMETRICS)]
+
+
+class Scraper:
+    """GETs ``/metrics`` once a second on a thread while a load runs (what a Prometheus costs the server), on one
+    keep-alive connection; at most ``limit`` scrapes. ``times`` holds the wall clock of each good one."""
+
+    def __init__(self, port: int, limit: int) -> None:
+        self.port, self.limit = port, limit
+        self.times: list[float] = []
+        self.errors, self.error_sample = 0, ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "Scraper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+        try:
+            while len(self.times) + self.errors < self.limit:
+                t = time.time()
+                try:
+                    conn.request("GET", "/metrics")
+                    r = conn.getresponse()
+                    body = r.read()
+                    if r.status != 200 or b"flo_" not in body:
+                        raise OSError(f"HTTP {r.status}: {body[:80]!r}")
+                    self.times.append(t)
+                except (OSError, http.client.HTTPException) as e:
+                    conn.close()  # the next request reconnects
+                    self.errors += 1
+                    self.error_sample = self.error_sample or str(e)
+                if self._stop.wait(max(0.0, t + 1.0 - time.time())):
+                    return
+        finally:
+            conn.close()
+
+    def result(self, res: dict) -> dict:
+        """Its counts for the run record: all scrapes, and those inside the load generator's timed phase."""
+        t0, el = res.get("timed_from_unix"), res.get("elapsed_s") or 0
+        timed = sum(1 for t in self.times if t0 is not None and t0 <= t <= t0 + el)
+        return {"scrapes": len(self.times), "scrapes_timed": timed, "scrape_errors": self.errors,
+                "scrape_error_sample": self.error_sample}
 
 
 def total_for(cell: Cell, b: Budget) -> int:
@@ -396,8 +462,13 @@ def measure(run: Run, cell: Cell, server: str, sp: ServerProc, key: str = "") ->
         key = f"{(w.fixed_key or b'bench').decode()}:{run.fresh_keys}"
     extra = ("--server-pid", str(sp.pid)) + (("--key", key) if key else ()) + tuple(sp.info.get("client", ()))
     extra += ("--namespace", cell.namespace) if cell.namespace else ()
-    return _loadgen(run, sp.port, proto, cell.workload, cell.conns, cell.window, cell.value_size, total,
-                    b.max_seconds, extra=extra)
+    if not sp.info.get("scrape"):
+        return _loadgen(run, sp.port, proto, cell.workload, cell.conns, cell.window, cell.value_size, total,
+                        b.max_seconds, extra=extra)
+    with Scraper(sp.info["http_port"], limit=int(b.max_seconds) + 100) as scraper:  # as long as the load generator
+        res = _loadgen(run, sp.port, proto, cell.workload, cell.conns, cell.window, cell.value_size, total,
+                       b.max_seconds, extra=extra)
+    return {**res, **scraper.result(res)}
 
 
 def run_cell(run: Run, cell: Cell, servers: dict[str, ServerProc | None]) -> None:
@@ -441,6 +512,9 @@ def run_cell(run: Run, cell: Cell, servers: dict[str, ServerProc | None]) -> Non
                 run.emit(rec)
                 if res.get("errors"):
                     run.note(f"{name} {cell.label}: {res['errors']} errors, e.g. {res.get('error_sample', '')!r}")
+                if res.get("scrape_errors"):
+                    run.note(f"{name} {cell.label}: {res['scrape_errors']} failed /metrics scrapes, e.g. "
+                             f"{res.get('scrape_error_sample', '')!r}")
                 run.progress.step(f"{cell.label:<40} {name:<10} {res.get('ops_s', 0):>11,.0f} ops/s")
     finally:
         for wp in workers:
@@ -476,11 +550,14 @@ def summarize(records: list[dict], cells: list[Cell]) -> list[dict]:
                 "reps": len(mine),
                 "tool": mine[0].get("tool", ""),
             }
+            if any("scrapes" in r for r in mine):
+                row["servers"][name].update({k: sum(r.get(k, 0) for r in mine)
+                                             for k in ("scrapes", "scrapes_timed", "scrape_errors")})
             for r in mine:
                 by_rep.setdefault(r["rep"], {})[name] = r["ops_s"]
         ratios = {}
-        # flo-server against Redis and the ceiling; each security variant against plain flo-server.
-        for num, den in [(FLO, REDIS), (FLO, CEILING)] + [(v, FLO) for v in VARIANTS]:
+        # flo-server against Redis and the ceiling; each variant against plain flo-server (and EXTRA_RATIOS).
+        for num, den in [(FLO, REDIS), (FLO, CEILING)] + [(v, FLO) for v in VARIANTS] + EXTRA_RATIOS:
             per = [v[num] / v[den] for v in by_rep.values() if v.get(num) and v.get(den)]
             if per:
                 ratios[f"{num}/{den}"] = round(statistics.median(per), 3)
@@ -785,12 +862,15 @@ def _start(run: Run, fleet: Fleet, names: set[str], fsync: str | None, have_redi
                 # Plain cells run flo-server as a user gets it (its default fsync policy).
                 servers[name] = fleet.start_flo(fsync=fsync) if run.opts.flo else None
             elif name in VARIANTS:
-                # The same flo-server plus one security setting; measure() tells the load generator how to connect.
+                # The same flo-server plus one setting; measure() tells the load generator how to connect.
                 sp = None
                 if run.opts.flo:
-                    flags, client = VARIANTS[name](run.secrets)
-                    sp = fleet.start_flo(fsync=fsync, label=name, extra=flags)
-                    sp.info["client"] = client
+                    v = VARIANTS[name](run.secrets)
+                    sp = fleet.start_flo(fsync=fsync, label=name, extra=v.flags, env=dict(v.env))
+                    sp.info.update(client=v.client, scrape=v.scrape)
+                    if v.scrape and not sp.info["http_port"]:
+                        fleet.stop(sp)
+                        raise RuntimeError("no HTTP side port in its ready line")
                 servers[name] = sp
             elif name == REDIS:
                 servers[name] = fleet.start_redis(AOF_OF_FSYNC[fsync or "no"]) if have_redis else None

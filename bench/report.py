@@ -16,15 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FLO, REDIS, CEILING = "flo-server", "redis", "ceiling"
-#: flo-server with security on (the harness's ``VARIANTS`` say how each is started), group ``security``, and a
-#: second plain one: its ratio to the first is the noise floor the others are read against (A/A).
-SECURITY = AUTH, TLS, RESTRICTED, AGAIN = "flo+auth", "flo+tls", "flo+restricted", "flo-server-2"
-SETTINGS = {FLO: "plain: no auth, no TLS", AUTH: "--requirepass, AUTH first (default user)",
-            TLS: "TLS + --requirepass", RESTRICTED: "users file: read/write in one namespace",
-            AGAIN: "plain again, another process (A/A)"}
+#: flo-server with security on (the harness's ``VARIANTS`` say how each is started), group ``security``, a
+#: second plain one: its ratio to the first is the noise floor the others are read against (A/A), and flo-server
+#: without metrics and with them scraped (the cost of metrics: flo+metrics / flo+nometrics).
+SECURITY = AUTH, TLS, RESTRICTED, AGAIN, NOMETRICS, METRICS = (
+    "flo+auth", "flo+tls", "flo+restricted", "flo-server-2", "flo+nometrics", "flo+metrics")
+SETTINGS = {FLO: "plain: no auth, no TLS (metrics counted, no HTTP port)",
+            AUTH: "--requirepass, AUTH first (default user)", TLS: "TLS + --requirepass",
+            RESTRICTED: "users file: read/write in one namespace",
+            AGAIN: "plain again, another process (A/A)", NOMETRICS: "FLO_NO_METRICS=1 --http-port 0: no counting",
+            METRICS: "--http-port -1, /metrics scraped 1/s"}
+#: The ratio shown for each in the security table: to plain, except metrics: to no metrics.
+BASELINE = {METRICS: NOMETRICS}
 SERVERS = (FLO, REDIS, CEILING, *SECURITY)
 COLORS = {FLO: "#1f77b4", REDIS: "#d62728", CEILING: "#7f7f7f", AUTH: "#2ca02c", TLS: "#ff7f0e",
-          RESTRICTED: "#9467bd", AGAIN: "#aec7e8"}
+          RESTRICTED: "#9467bd", AGAIN: "#aec7e8", NOMETRICS: "#8c564b", METRICS: "#e377c2"}
 
 
 @dataclass
@@ -153,10 +159,14 @@ def verdicts(rows: list[dict], memory: list[dict], extras: list[dict] | None = N
         _flamepy_target(extras),
         _ratio_target(rows, "auth costs ≤ 3 % (--requirepass + AUTH vs plain flo-server, KV K=16)", f"{AUTH}/{FLO}",
                       0.97, setget, **sec),
+        _ratio_target(rows, "metrics cost ≤ 3 %: metrics ≥ 0.97× (counting, HTTP port, /metrics scraped 1/s vs "
+                      "FLO_NO_METRICS=1 --http-port 0, KV K=16)", f"{METRICS}/{NOMETRICS}", 0.97, setget, **sec),
+        _ratio_target(rows, "metrics counting alone (plain flo-server, no HTTP port, vs FLO_NO_METRICS=1), KV K=16",
+                      f"{FLO}/{NOMETRICS}", None, setget, **sec),
         _ratio_target(rows, "TLS (+ --requirepass) vs plain flo-server, KV K=16", f"{TLS}/{FLO}", None, setget, **sec),
         _ratio_target(rows, "restricted user (Python permission check) vs plain flo-server, KV K=16",
                       f"{RESTRICTED}/{FLO}", None, setget, **sec),
-        _ratio_target(rows, "A/A: a second plain flo-server vs the first (the noise of the three above)",
+        _ratio_target(rows, "A/A: a second plain flo-server vs the first (the noise of the ratios above)",
                       f"{AGAIN}/{FLO}", None, setget, **sec),
         *_recovery_rows(extras),
     ]
@@ -276,9 +286,9 @@ def _security_table(rows: list[dict]) -> list[str]:
     mine = [r for r in rows if r["group"] == "security"]
     if not mine:
         return []
-    out = ["## Security: the cost of auth, TLS and a restricted user (KV over Flo wire v2, fresh servers, "
-           "ratios to plain flo-server in the same run)", "",
-           "| workload | K | conns | value | server | setting | ops/s | × plain | p50/p99 µs | flo CPU % "
+    out = ["## Security and metrics: the cost of auth, TLS, a restricted user and metrics (KV over Flo wire v2, "
+           "fresh servers, ratios to plain flo-server - flo+metrics: to flo+nometrics - in the same run)", "",
+           "| workload | K | conns | value | server | setting | ops/s | ratio (to) | p50/p99 µs | flo CPU % "
            "| flo CPU µs/op | load CPU % |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in mine:
@@ -286,13 +296,17 @@ def _security_table(rows: list[dict]) -> list[str]:
             s = r["servers"].get(name)
             if s is None:
                 continue
-            ratio = 1.0 if name == FLO else r["ratios"].get(f"{name}/{FLO}")
+            base = BASELINE.get(name, FLO)
+            ratio = 1.0 if name == FLO else r["ratios"].get(f"{name}/{base}")
+            shown = "-" if ratio is None else f"{ratio:.3f}" + ("" if base == FLO else f" ({base})")
+            setting = SETTINGS[name] + (f" ({s['scrapes_timed']} in the timed phases, {s['scrape_errors']} failed)"
+                                        if "scrapes" in s else "")
             cpu, ops = s.get("server_cpu_pct"), s.get("ops_s")
             # The server's CPU time per op: its cost, less swayed than ops/s when the machine loses time to others.
             per_op = f"{cpu * 1e4 / ops:.2f}" if cpu and ops else "-"
             load = s.get("loadgen_cpu_pct")
             out.append(f"| {r['workload']} | {r['window']} | {r['conns']} | {r['value_size']} B | {name} | "
-                       f"{SETTINGS[name]} | {_fmt_ops(ops)} | {'-' if ratio is None else f'{ratio:.3f}'} | "
+                       f"{setting} | {_fmt_ops(ops)} | {shown} | "
                        f"{_fmt_lat(s)} | {'-' if cpu is None else f'{cpu:.0f}'} | {per_op} | "
                        f"{'-' if load is None else f'{load:.0f}'} |")
     return out + [""]

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -192,11 +193,15 @@ class Fleet:
         return self._spawn("ceiling", argv, port, timeout=15)
 
     def start_flo(self, fsync: str | None = None, label: str = "flo-server", *, data_dir: Path | None = None,
-                  extra: tuple[str, ...] = (), executor: bool = True, timeout: float = 30) -> ServerProc:
+                  extra: tuple[str, ...] = (), executor: bool = True, timeout: float = 30,
+                  env: dict[str, str] | None = None) -> ServerProc:
         """flo-server on a free port; ``sp.ready_s`` = seconds until it printed ``flo-server ready``.
 
         ``data_dir`` reuses a directory (a restart); ``executor=False`` passes ``--no-executor``.
         With the executor it runs in its own session, so the service instances it starts are stopped with it.
+        No HTTP side port (``--http-port 0``) unless ``extra`` asks for one: flo-server's default, 9001, would be
+        taken by the first of the servers running at once; ``sp.info["http_port"]`` is the one it printed.
+        ``env``: extra environment variables (``FLO_NO_METRICS``).
         """
         port = free_port()
         data = data_dir or self.rundir / f"data-{label}-{port}"
@@ -204,12 +209,16 @@ class Fleet:
         exe = Path(self.python).with_name("flo-server")
         argv = [str(exe)] if exe.exists() else [self.python, "-m", "flo_server.cli"]
         argv += ["--host", HOST, "--port", str(port), "--data-dir", str(data), *extra]
+        if "--http-port" not in extra:
+            argv += ["--http-port", "0"]
         if fsync:
             argv += ["--fsync", fsync]
         if not executor:
             argv.append("--no-executor")
-        sp = self._spawn(label, argv, port, timeout=timeout, ready_line="flo-server ready", own_group=executor)
-        sp.info.update(fsync=fsync or "default", data_dir=str(data))
+        sp = self._spawn(label, argv, port, timeout=timeout, ready_line="flo-server ready", own_group=executor,
+                         env={**os.environ, **env} if env else None)
+        http = re.search(r"http on (\d+)", sp.info.get("ready_line", ""))
+        sp.info.update(fsync=fsync or "default", data_dir=str(data), http_port=int(http.group(1)) if http else None)
         return sp
 
     def start_action_workers(self, port: int, action: str, n: int, max_seconds: float,
@@ -262,6 +271,7 @@ def _pump(sp: ServerProc, ready: bytes, t0: float) -> None:
         for line in out:
             if not sp.ready.is_set() and ready in line:
                 sp.ready_s = time.monotonic() - t0
+                sp.info["ready_line"] = line.decode(errors="replace").strip()
                 sp.ready.set()
             lf.write(line)
             lf.flush()

@@ -49,8 +49,16 @@ def test_quick_bench_writes_results(tmp_path: Path) -> None:
     assert ceiling and all(r["completed"] > 0 for r in ceiling), ceiling
     # The security cell reached every variant (AUTH and TLS by the load generator) with nothing refused.
     sec = [r for r in runs if r["cell"].startswith("security/")]
-    assert {r["server"] for r in sec} == {"flo-server", "flo+auth", "flo+tls", "flo+restricted", "flo-server-2"}, sec
+    assert {r["server"] for r in sec} == {"flo-server", "flo+auth", "flo+tls", "flo+restricted", "flo-server-2",
+                                          "flo+nometrics", "flo+metrics"}, sec
     assert all(r["completed"] > 0 and not r["errors"] for r in sec), sec
+    # flo+metrics was scraped (the first GET /metrics goes out as its load starts), and nothing else served HTTP:
+    # the bench passes --http-port 0 unless a variant asks for a port, so no two servers fight over 9001.
+    scraped = [r for r in sec if r["server"] == "flo+metrics"]
+    assert all(r["scrapes"] >= 1 and not r["scrape_errors"] for r in scraped), scraped
+    ready = [ln for log in (out / "run").glob("*.log") for ln in log.read_text(errors="replace").splitlines()
+             if "flo-server ready" in ln or "HTTP side port" in ln]
+    assert sum("http on" in ln for ln in ready) == 1 and not any("HTTP side port" in ln for ln in ready), ready
     # The workloads added for streams and actions have cells (flo-server may refuse them; then they are noted).
     cells = {r["cell"] for r in records if r["type"] == "summary"}
     for wl in ("stream.read", "stream.group", "action.roundtrip"):
