@@ -28,6 +28,7 @@ queue's line of parked dequeues), so live writes
 and replay stay identical whichever path served a request.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
@@ -74,6 +75,7 @@ def now_ms():
     return unix_ms()
 
 
+@cython.final  # nothing subclasses it: its cdef methods are plain C calls
 cdef class ServerCore(FrameReader):
     """One connection's request loop. ``out`` holds answers not yet written."""
 
@@ -102,6 +104,9 @@ cdef class ServerCore(FrameReader):
     cdef object _queues  # srv.queues (flo_core.pqueue.Queues) for this run(), or None
     cdef int64_t _qwindow  # the default dedup window for this run(); -2 not read yet, -1 out of range
     cdef Metrics metrics  # srv.metrics: counts and sampled timings of what the fast paths serve
+    # The client's output limit (0: none): once one read's answers pass it, the rest of the read
+    # is not served and the edge drops the connection (``proto._output_full``).
+    cdef public Py_ssize_t out_cap
 
     def __init__(self, srv, slow, max_payload=16 * 1024 * 1024 + 65536, bint fast=True):
         FrameReader.__init__(self, True, max_payload, True)
@@ -133,6 +138,11 @@ cdef class ServerCore(FrameReader):
             self._run(data, unix_ms() if self._c_clock else self._clock())
         except FrameError as e:
             self.proto._broken(e)
+            return
+        if self.out_cap and PyByteArray_GET_SIZE(self.out) > self.out_cap:
+            deferred, self.deferred = self.deferred, []
+            n, self.out = PyByteArray_GET_SIZE(self.out), bytearray()
+            self.proto._output_full(n, deferred)
             return
         if self.deferred:
             deferred, self.deferred = self.deferred, []
@@ -175,6 +185,8 @@ cdef class ServerCore(FrameReader):
         cdef Metrics m
         cdef int64_t t0
         cdef Py_ssize_t at
+        if self.out_cap and PyByteArray_GET_SIZE(self.out) > self.out_cap:
+            return 0  # past the client's output limit: the connection is dropped after this read
         if self.fast:
             m = self.metrics
             t0 = mono_ns() if m is not None and m.sample() else -1
@@ -205,7 +217,7 @@ cdef class ServerCore(FrameReader):
     cdef int _count(self, Metrics m, uint32_t op, Py_ssize_t at, int64_t t0) except -1:
         """Count a request the fast path answered, with the status byte of its answer
         (the Python dispatcher counts the others, flo_server.dispatch)."""
-        cdef int slot = m.slot_of_op(op)
+        cdef int slot = m.op_slot(op)
         cdef int status = 0
         if PyByteArray_GET_SIZE(self.out) >= at + HEADER:
             status = (<uint8_t *>PyByteArray_AS_STRING(self.out))[at + 21]

@@ -1,4 +1,5 @@
-from libc.stdint cimport uint8_t, uint64_t, int64_t
+cimport cython
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 # Command slots: Flo ops take the slots of their index in flo_core.spec, RESP commands
@@ -18,6 +19,7 @@ cdef inline int64_t mono_ns() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
+@cython.final
 cdef class Metrics:
     cdef uint64_t calls[256][13]
     cdef uint64_t hist[256][16]   # cumulative counts are made at scrape time
@@ -37,6 +39,10 @@ cdef class Metrics:
     cdef inline void count(self, int slot, int status) noexcept:
         if 0 <= slot < SLOTS and 0 <= status < STATUSES:
             self.calls[slot][status] += 1
+
+    cdef inline int op_slot(self, uint32_t op) noexcept:
+        """The slot of a Flo op code (-1: none), without a call: the C loops' lookup."""
+        return self.slot[op] if op < OP_INDEX and self.slot[op] != 255 else -1
 
     cdef void observe_ns(self, int slot, int64_t ns) noexcept
     cpdef int slot_of_op(self, int op)

@@ -42,6 +42,7 @@ Example:
     b'+OK\\r\\n'
 """
 
+cimport cython
 from flo_core.metrics cimport Metrics, mono_ns
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_SIZE
@@ -91,7 +92,12 @@ cdef inline bint _named(object name, const char *lower, Py_ssize_t n) noexcept:
 #: The commands served in C, in the order of ``which`` in ``_emit`` (their metrics slots).
 FAST_COMMANDS = ("get", "set", "incr", "xadd", "lpush", "rpush", "rpop", "lpop")
 
+#: ``stopped`` when one read's replies passed ``out_cap`` (the client's output limit): the
+#: commands after that point were not run, and the session drops the connection.
+OUT_FULL = object()
 
+
+@cython.final  # nothing subclasses it: its cdef methods are plain C calls
 cdef class RespCore(RespParser):
     """One RESP connection's parser + request loop. See the module docstring."""
 
@@ -125,6 +131,7 @@ cdef class RespCore(RespParser):
     cdef bint _c_clock           # srv.now is now_ms: read the clock in C
     cdef Metrics metrics         # srv.metrics (None: not counted)
     cdef int _slots[8]           # metrics slots of FAST_COMMANDS
+    cdef public Py_ssize_t out_cap   # the client's output limit (0: none): see OUT_FULL
 
     def __init__(self, srv, session, slow, **limits):
         RespParser.__init__(self, **limits)
@@ -228,6 +235,10 @@ cdef class RespCore(RespParser):
     cdef int _emit(self, list args, list out) except -1:
         if not self.executing:
             out.append(args)  # stopped (or plain feed()): the session queues it
+            return 0
+        if self.out_cap and PyByteArray_GET_SIZE(self.out) > self.out_cap:
+            self.executing = False
+            self.stopped = OUT_FULL  # the session drops the connection (RespSession._settle)
             return 0
         cdef Py_ssize_t argc = PyList_GET_SIZE(args)
         cdef bint done = False
