@@ -14,7 +14,11 @@ cdef class Output:
     cdef bint _registered    # listed in the log writer's holders
     cdef public object on_drained  # called after held answers went out (None: nothing to do)
     cdef Metrics _metrics    # srv.metrics: bytes out (None: not counted)
+    cdef Py_ssize_t _held_bytes  # bytes of the chunks still held
+    cdef public Py_ssize_t limit  # the client's output limit (0: none): see on_full
+    cdef public object on_full    # on_full(bytes): held answers plus the transport's buffer passed ``limit``
 
     cdef int send_c(self, object data) except -1
     cdef bint release_c(self, uint64_t safe) except -1
     cdef int _drain(self, uint64_t safe) except -1
+    cdef int _check_full(self) except -1

@@ -41,11 +41,19 @@ cdef class Output:
         self._registered = False
         self.on_drained = None
         self._metrics = getattr(srv, "metrics", None)
+        self._held_bytes = 0
+        self.limit = 0
+        self.on_full = None
 
     @property
     def holding(self):
         """Some answers still wait for the journal."""
         return self._head < len(self._held)
+
+    @property
+    def held_bytes(self):
+        """Bytes of answers still waiting for the journal (not handed to the transport yet)."""
+        return self._held_bytes
 
     def send(self, data):
         """Queue ``data`` (the caller hands it over and must not change it afterwards)."""
@@ -70,6 +78,9 @@ cdef class Output:
             if not self.closed:
                 self._write(data)
             return 0
+        self._held_bytes += len(data)
+        if self.limit and self._held_bytes > self.limit - self.limit // 4:
+            self._check_full()  # (only near the limit: asks the transport how much it buffers)
         if self._head < len(self._held):
             chunk = self._held[len(self._held) - 1]
             if <uint64_t>chunk[0] == last:
@@ -79,6 +90,15 @@ cdef class Output:
         if not self._registered:
             self._registered = True
             self._log.holders.append(self)
+        return 0
+
+    cdef int _check_full(self) except -1:
+        cdef Py_ssize_t total
+        if self.closed or self.on_full is None:
+            return 0
+        total = self._held_bytes + self.transport.get_write_buffer_size()
+        if total > self.limit:
+            self.on_full(total)
         return 0
 
     cdef bint release_c(self, uint64_t safe) except -1:
@@ -100,10 +120,12 @@ cdef class Output:
                 return 0
             held[self._head] = None
             self._head += 1
+            self._held_bytes -= len(chunk[1])
             if not self.closed:
                 self._write(chunk[1])
         del held[:]
         self._head = 0
+        self._held_bytes = 0
         if self.on_drained is not None:
             self.on_drained()
         return 0

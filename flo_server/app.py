@@ -85,6 +85,7 @@ class Server:
         self.slowlog = SlowLog()  # SLOWLOG / LATENCY: commands of the Python paths slower than 10 ms
         self.connections_received = 0
         self.connections_rejected = 0
+        self.clients_dropped_output_limit = 0  # clients that did not read their answers (--client-output-limit)
 
     # --- the write path -------------------------------------------------------------
 
@@ -109,6 +110,8 @@ class Server:
             "version": "0.1.0",
             "uptime_s": int(time.time() - self.started_at),
             "connections": len(self.connections),
+            "connections_rejected": self.connections_rejected,
+            "clients_dropped_output_limit": self.clients_dropped_output_limit,
             "waiters": len(self.waiters),
             "last_lsn": self.journal.last_lsn,
             "fsync": self.config.fsync,

@@ -12,6 +12,7 @@ import os
 import click
 
 from flo_server.config import (
+    DEFAULT_CLIENT_OUTPUT_LIMIT,
     DEFAULT_DATA_DIR,
     DEFAULT_FSYNC,
     DEFAULT_HISTORY_BYTES,
@@ -45,7 +46,12 @@ def _env(name: str, default):
 @click.option("--log-level", "-l", default=lambda: _env("FLO_LOG_LEVEL", "info"), show_default="info",
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--max-frame", type=int, default=DEFAULT_MAX_FRAME, show_default=True, help="largest request payload, bytes")
-@click.option("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, show_default=True)
+@click.option("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, show_default=True,
+              help="connections past it get one refusal (Flo OVERLOADED / RESP -ERR) and are closed")
+@click.option("--client-output-limit", type=click.IntRange(min=0), default=DEFAULT_CLIENT_OUTPUT_LIMIT,
+              show_default=True, metavar="BYTES",
+              help="drop a client whose answers it has not read (socket buffer plus answers held for an fsync) "
+                   "pass this many bytes; 0 = no limit")
 @click.option("--queue-lease-ms", type=int, default=DEFAULT_QUEUE_LEASE_MS, show_default=True, help="default dequeue lease")
 @click.option("--queue-max-deliveries", type=int, default=DEFAULT_QUEUE_MAX_DELIVERIES, show_default=True,
               help="deliveries before a message goes to the DLQ")
@@ -75,10 +81,11 @@ def _env(name: str, default):
               help="HTTP side port for /metrics, /healthz, /readyz and the web console (0 = off, -1 = any free port)")
 @click.pass_context
 def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bool, fsync: str, log_level: str,
-         max_frame: int, max_connections: int, queue_lease_ms: int, queue_max_deliveries: int, snapshot_bytes: int,
-         history_bytes: int, no_executor: bool, repair_log: bool, users_file: str | None, requirepass: str | None,
-         insecure_bind: bool, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, tls_auth_clients: str,
-         tls_port: int | None, executor_allow: tuple, http_port: int) -> None:
+         max_frame: int, max_connections: int, client_output_limit: int, queue_lease_ms: int,
+         queue_max_deliveries: int, snapshot_bytes: int, history_bytes: int, no_executor: bool, repair_log: bool,
+         users_file: str | None, requirepass: str | None, insecure_bind: bool, tls_cert: str | None,
+         tls_key: str | None, tls_ca: str | None, tls_auth_clients: str, tls_port: int | None,
+         executor_allow: tuple, http_port: int) -> None:
     """Flo server: versioned KV, leased priority queues, streams and actions on one port."""
     if ctx.invoked_subcommand is not None:
         return
@@ -87,7 +94,8 @@ def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bo
 
     serve(ServerConfig(
         host=host, port=port, data_dir=None if no_persist else data_dir, fsync=fsync, log_level=log_level,
-        max_frame=max_frame, max_connections=max_connections, queue_lease_ms=queue_lease_ms,
+        max_frame=max_frame, max_connections=max_connections, client_output_limit=client_output_limit,
+        queue_lease_ms=queue_lease_ms,
         queue_max_deliveries=queue_max_deliveries, snapshot_bytes=snapshot_bytes, executor=not no_executor,
         repair_log=repair_log, history_bytes=history_bytes, users_file=users_file, requirepass=requirepass or None,
         insecure_bind=insecure_bind, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,

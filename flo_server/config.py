@@ -13,6 +13,7 @@ DEFAULT_DATA_DIR = "./data"
 DEFAULT_FSYNC = "everysec"
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_HIGH_WATER = 4 * 1024 * 1024  # bytes of unsent answers before a connection stops being read
+DEFAULT_CLIENT_OUTPUT_LIMIT = 64 * 1024 * 1024  # bytes of answers a client has not read before it is dropped
 DEFAULT_QUEUE_LEASE_MS = 30_000
 DEFAULT_QUEUE_MAX_DELIVERIES = 5
 DEFAULT_DEDUP_WINDOW_MS = 5 * 60_000
@@ -30,6 +31,7 @@ class ServerConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     high_water: int = DEFAULT_HIGH_WATER
+    client_output_limit: int = DEFAULT_CLIENT_OUTPUT_LIMIT  # 0: none (docs/reliability.md)
     queue_lease_ms: int = DEFAULT_QUEUE_LEASE_MS
     queue_max_deliveries: int = DEFAULT_QUEUE_MAX_DELIVERIES
     dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS

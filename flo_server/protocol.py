@@ -10,7 +10,19 @@ Answers of a batch that wrote are held until the journal's fsync covers them
 when the server runs with ``fsync=always`` (group commit); a connection's
 answers always leave in the order they were produced. A client that does not
 read its answers is back-pressured: reading pauses at the transport's high-water
-mark and resumes when it drains.
+mark and resumes when it drains; once the answers it has not read (the
+transport's buffer plus what the Output holds for an fsync) pass
+``client_output_limit`` it is dropped. That is checked where the buffer can grow
+past the high-water mark, not per request: in ``pause_writing``, when a blocking
+request answers a paused connection, when the Output holds answers, and in the
+compiled loops as one size compare per request (a single read of pipelined GETs
+of big values must not build gigabytes before anything is written).
+
+Past ``max_connections`` a connection gets one refusal it can understand: the
+edge waits (at most ``REFUSE_WAIT_S``) for its first bytes, then answers a Flo
+refusal frame (request id 0, OVERLOADED / SHARD_BUSY) to ``FLO\\0`` and Redis's
+``-ERR max number of clients reached`` to anything else, and closes.
+See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -19,11 +31,12 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from typing import Any
 
 from flo_core import wire
 from flo_core.errors import refusal_body
-from flo_core.spec import MAGIC_BYTES, Ran, Status
+from flo_core.spec import MAGIC_BYTES, Ran, Reason, Status
 from flo_server.dispatch import dispatch
 from flo_core.output import Output  # type: ignore[import-not-found]
 
@@ -31,6 +44,14 @@ log = logging.getLogger("flo_server.protocol")
 
 _append_reply = wire.append_reply
 _ids = itertools.count(1)  # connection ids (CLIENT ID / LIST / KILL), both protocols
+
+REFUSE_WAIT_S = 1.0  # a connection over max_connections has this long to show its protocol
+MAX_REFUSING = 1024  # refusals waiting for first bytes at once; past it, further ones are closed at once
+RESP_REFUSAL = b"-ERR max number of clients reached\r\n"  # Redis's wording
+FLO_REFUSAL = wire.encode_reply(0, Status.OVERLOADED, refusal_body(
+    Reason.SHARD_BUSY, Ran.NO, "max number of clients reached"))
+_refusing = 0  # refusals now waiting for first bytes (all servers of this process)
+TRIM_FROM = 1000  # after this many connections were open, half of them closing gives memory back
 
 
 class FloProtocol(asyncio.Protocol):
@@ -48,6 +69,7 @@ class FloProtocol(asyncio.Protocol):
         self.resp: Any = None
         self._sniff = b""
         self._paused = False
+        self._refusal: Any = None  # the timer of a connection being refused (over max_connections)
         self.core = False
         # Who this connection is (flo_server.auth): None until AUTH when the server requires it.
         # ``trusted`` (every right on everything) lets requests skip the permission check and
@@ -75,28 +97,48 @@ class FloProtocol(asyncio.Protocol):
         srv.connections_received += 1
         if len(srv.connections) >= srv.config.max_connections:
             srv.connections_rejected += 1
-            log.warning("refusing a connection: %d open", len(srv.connections))
+            log.warning("refusing a connection from %s: %d open (--max-connections)", _peer(transport),
+                        len(srv.connections))
             self.closed = True
-            transport.close()
+            self._refuse_later()
             return
         srv.connections.add(self)
+        _open_peak.note(srv)
         transport.set_write_buffer_limits(high=srv.config.high_water)
         self.output = Output(srv, transport)
+        if srv.config.client_output_limit:
+            self.output.limit = srv.config.client_output_limit
+            self.output.on_full = self._output_full
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refusal is not None:
+            self._refused()
         self.closed = True
         if self.output is not None:
             self.output.closed = True
         self.srv.connections.discard(self)
+        _open_peak.closed(self.srv)
         for t in list(self.tasks):
             t.cancel()
         if self.resp is not None:
             self.resp.connection_lost()
+        self._unlink()
+
+    def _unlink(self) -> None:
+        """Break the references this connection's objects hold to each other (the edge, its request
+        loop, the Output's callback) so a closed connection is freed at once, not by a full pass of
+        the cyclic collector."""
+        self.__dict__.pop("data_received", None)  # the compiled loop's bound method (_read_in_c)
+        if self.output is not None:
+            self.output.on_full = None
+        if self.core:
+            self.reader.proto = self.reader.slow = None
 
     def pause_writing(self) -> None:
-        # The peer is not reading its answers: stop reading its requests.
+        # The peer is not reading its answers: stop reading its requests (and drop it past its limit).
         self._paused = True
         self.transport.pause_reading()
+        self._check_output()
 
     def resume_writing(self) -> None:
         self._paused = False
@@ -123,6 +165,11 @@ class FloProtocol(asyncio.Protocol):
     def _choose(self, data: bytes) -> None:
         head = self._sniff + data
         n = min(len(head), 4)
+        if self._refusal is not None:
+            self._sniff = head
+            if head[:n] != MAGIC_BYTES[:n] or n == 4:
+                self._refuse()
+            return
         if head[:n] == MAGIC_BYTES[:n]:
             if n < 4:
                 self._sniff = head  # wait for all four bytes
@@ -132,6 +179,7 @@ class FloProtocol(asyncio.Protocol):
             if self.core:
                 self.reader.proto = self
                 self.reader.output = self.output
+                self.reader.out_cap = self.srv.config.client_output_limit
                 self._read_in_c(self.reader)
                 self.reader.data_received(head)
             else:
@@ -142,8 +190,13 @@ class FloProtocol(asyncio.Protocol):
 
         self._sniff = b""
         self.resp = RespSession(self.srv, self.transport, self)
+        limit = self.srv.config.client_output_limit
+        if limit:
+            self.resp.out_cap = self.resp._output.limit = limit
+            self.resp._output.on_full = self._output_full
         core = self.resp._core
         if core is not None:
+            core.out_cap = limit
             core.output = self.resp._output
             self._read_in_c(core)
             core.data_received(head)
@@ -166,8 +219,13 @@ class FloProtocol(asyncio.Protocol):
     def _flo(self, data: bytes) -> None:
         """The Python request loop (no compiled core, or ``FLO_NO_FASTPATH``)."""
         now = self.srv.now()
+        cap = self.srv.config.client_output_limit
         try:
             for rid, op, payload in self.reader.feed(data):
+                if cap and len(self.out) > cap:
+                    n, self.out = len(self.out), bytearray()
+                    self._output_full(n)
+                    return
                 r = dispatch(self.srv, rid, op, payload, self, now)
                 if type(r) is tuple:
                     _append_reply(self.out, rid, r[0], r[1])
@@ -211,6 +269,70 @@ class FloProtocol(asyncio.Protocol):
             return
         _append_reply(self.out, rid, status, data)
         self._flush()
+        if self._paused:
+            self._check_output()  # an answer to a client that does not read
+
+    # --- limits -------------------------------------------------------------------------
+
+    def _check_output(self) -> None:
+        """Drop the client if the answers it has not read pass its output limit (not per request:
+        when the transport's buffer passes the high-water mark, and on answers while paused)."""
+        limit = self.srv.config.client_output_limit
+        if not limit or self.closed:
+            return
+        out = self.resp._output if self.resp is not None else self.output
+        size = self.transport.get_write_buffer_size() + out.held_bytes
+        if size > limit:
+            self._output_full(size)
+
+    def _output_full(self, size: int, deferred: Any = ()) -> None:
+        """The client's unread answers passed ``client_output_limit``: count it, say so once, drop it.
+
+        ``size`` is what was pending (buffered, held, or one read's answers); ``deferred`` the
+        blocking requests of that read, not started. The connection is aborted: its buffered answers
+        are discarded, not flushed to a peer that does not read them.
+        """
+        for _, coro in deferred:
+            coro.close()
+        if self.closed:
+            return
+        srv = self.srv
+        srv.clients_dropped_output_limit += 1
+        log.warning("closing connection %d from %s: %d bytes of answers not read pass the client output limit "
+                    "of %d bytes (--client-output-limit)", self.id, _peer(self.transport), size,
+                    srv.config.client_output_limit)
+        self.closed = True
+        for out in (self.output, self.resp._output if self.resp is not None else None):
+            if out is not None:
+                out.closed = True
+        if self.resp is not None:
+            self.resp.closed = True
+        self.transport.abort()
+
+    def _refuse_later(self) -> None:
+        """Over max_connections: wait (bounded) for the first bytes, to refuse in the client's protocol."""
+        global _refusing
+        if _refusing >= MAX_REFUSING:
+            self.transport.abort()  # a flood of connections: no time to be polite to each
+            return
+        _refusing += 1
+        self._refusal = asyncio.get_running_loop().call_later(REFUSE_WAIT_S, self._refuse)
+
+    def _refused(self) -> None:
+        global _refusing
+        self._refusal.cancel()
+        self._refusal = None
+        _refusing -= 1
+
+    def _refuse(self) -> None:
+        """Answer the refusal (Flo frame after ``FLO\\0`` or part of it, else RESP's -ERR) and close."""
+        if self._refusal is None:
+            return
+        self._refused()
+        flo = bool(self._sniff) and MAGIC_BYTES.startswith(self._sniff[:4])
+        self._sniff = b""
+        self.transport.write(FLO_REFUSAL if flo else RESP_REFUSAL)
+        self.transport.close()
 
     # --- output -------------------------------------------------------------------------
 
@@ -218,6 +340,60 @@ class FloProtocol(asyncio.Protocol):
         """Send ``self.out``, or hold it until the pending fsync when the server promised one."""
         self.output.send(self.out)
         self.out = bytearray()
+
+
+class _OpenPeak:
+    """Gives the memory of many closed connections back to the system.
+
+    A closed connection's objects are freed as it closes (``_unlink`` breaks their cycles), but
+    the C allocator keeps the holes they leave in its heap: RSS would stay near the peak. Once the
+    open connections fall to half of a peak of at least TRIM_FROM, a second later one
+    ``malloc_trim(0)`` (glibc; a few ms, once) returns those pages. Per connection this is one
+    comparison when it opens and one when it closes.
+    """
+
+    def __init__(self) -> None:
+        self.peak: dict[int, int] = {}  # id(server) -> most connections open since the last trim
+        self.pending = False
+        self._trim: Any = None
+
+    def note(self, srv: Any) -> None:
+        n = len(srv.connections)
+        if n > self.peak.get(id(srv), 0):
+            self.peak[id(srv)] = n
+
+    def closed(self, srv: Any) -> None:
+        peak = self.peak.get(id(srv), 0)
+        if peak >= TRIM_FROM and len(srv.connections) <= peak // 2 and not self.pending:
+            self.peak[id(srv)] = len(srv.connections)
+            self.pending = True
+            try:
+                asyncio.get_running_loop().call_later(1.0, self.trim)
+            except RuntimeError:  # no loop (a server being torn down)
+                self.pending = False
+
+    def trim(self) -> None:
+        self.pending = False
+        t0 = time.perf_counter()
+        if self._trim is None:
+            self._trim = False
+            try:
+                import ctypes
+
+                self._trim = ctypes.CDLL(None).malloc_trim
+            except (OSError, AttributeError):  # not glibc
+                pass
+        if self._trim:
+            self._trim(0)
+        log.info("many connections closed: memory given back in %.1f ms", (time.perf_counter() - t0) * 1e3)
+
+
+_open_peak = _OpenPeak()
+
+
+def _peer(transport: Any) -> str:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer or "?")
 
 
 def make_reader(proto: FloProtocol) -> Any:

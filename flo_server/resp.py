@@ -62,9 +62,10 @@ from flo_server.handlers.list import MAX_LIST_LEN, lists_of
 from flo_core.output import Output  # type: ignore[import-not-found]
 
 try:  # the compiled request loop (GET/SET/INCR in C); FLO_NO_FASTPATH=1 turns it off per connection
-    from flo_core.respcore import RespCore
+    from flo_core.respcore import OUT_FULL, RespCore
 except ImportError:  # pragma: no cover - an old build without it
     RespCore = None
+    OUT_FULL = object()
 
 log = logging.getLogger("flo_server.resp")
 
@@ -278,6 +279,7 @@ class RespSession:
         self._paused = False
         self._close_after = False
         self._output = Output(srv, transport)
+        self.out_cap = 0  # the client's output limit (FloProtocol sets it): one batch's replies past it drop the client
         self._metrics = getattr(srv, "metrics", None)
         self._scans: dict[int, tuple[int, bytes]] = {}
         self._scan_ids = itertools.count(1)
@@ -336,13 +338,22 @@ class RespSession:
             self._blocked.cancel()
             self._blocked = None
         self._backlog.clear()
+        # freed at once rather than by the cyclic collector (thousands of connections closing)
+        self._output.on_full = self._output.on_drained = None
+        if self._core is not None:
+            self._core.session = self._core.slow = None
+        self.conn = None
 
     def _run(self, cmds: list, out: bytearray, error: str | None) -> None:
         """Run parsed commands in order (the Python path; also the backlog after a blocking command)."""
         self.now = self.srv.now()
         n = len(cmds)
         i = 0
+        cap = self.out_cap
         while i < n:
+            if cap and len(out) > cap:
+                self._settle(OUT_FULL, [], out, error)
+                return
             r = self._exec(cmds[i], out)
             i += 1
             if r is not None:
@@ -406,6 +417,14 @@ class RespSession:
 
     def _settle(self, r: Any, rest: list, out: bytearray, error: str | None) -> None:
         """End of a batch: park behind a blocking command, or answer a protocol error; then send."""
+        if r is OUT_FULL:
+            # this batch's replies passed the client's output limit: drop the client, not them on the wire
+            if self.conn is not None:
+                self.conn._output_full(len(out))
+            else:
+                self.closed = self._output.closed = True
+                self.transport.abort()
+            return
         if r is not None and r is not _CLOSE:
             # A blocking command: send what is ready, hold the rest until it answers.
             self._flush(out)
@@ -460,6 +479,8 @@ class RespSession:
 
     def _flush(self, out: bytearray) -> None:
         self._output.send(out)  # ``out`` is not touched again by the caller
+        if self.conn is not None and self.conn._paused:
+            self.conn._check_output()  # a blocked command's reply to a client that does not read
 
     def _sent(self) -> None:
         if self._close_after and not self.closed:
@@ -1032,6 +1053,7 @@ def _info_sections(s: RespSession) -> dict[str, list]:
             ("total_net_input_bytes", srv.metrics.bytes_in if srv.metrics is not None else 0),
             ("total_net_output_bytes", srv.metrics.bytes_out if srv.metrics is not None else 0),
             ("rejected_connections", srv.connections_rejected), ("total_error_replies", errors),
+            ("client_output_buffer_limit_disconnections", getattr(srv, "clients_dropped_output_limit", 0)),
             ("flo_auth_failures", srv.users.failures), ("flo_slowlog_len", len(srv.slowlog)),
         ],
         "replication": [("role", "master"), ("connected_slaves", 0)],
