@@ -192,6 +192,17 @@ def flood_stream(proto: str) -> bytes:
     return resp(b"GET", b"big") * 4000
 
 
+def end_flood(flood: subprocess.Popen, peak) -> tuple[list, int]:
+    """Wait for the flooder process (kill it if it overran), stop the RSS sampler: (its rounds, peak RSS)."""
+    try:
+        out, _ = flood.communicate(timeout=30)
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+        top = peak.stop()
+    return [json.loads(line) for line in out.splitlines()], top
+
+
 def run_flood(tmp_path, port: int, stream: bytes, seconds: float, step: int = 65536,
               gap: float = 0.0) -> subprocess.Popen:
     """A flooder process: for ``seconds``, connections that send ``stream`` round and round (at most
@@ -236,12 +247,8 @@ def test_flood_that_never_reads_is_dropped_and_others_keep_their_latency(make_se
         while time.time() < t_end:  # a few hundred requests spread over the flood
             during += latencies(sp.port, proto, 50)
             time.sleep(0.05)
-        out, _ = flood.communicate(timeout=30)
     finally:
-        if flood.poll() is None:
-            flood.kill()
-        top = peak.stop()
-    rounds = [json.loads(line) for line in out.splitlines()]
+        rounds, top = end_flood(flood, peak)
     dropped = [r for r in rounds if r["why"] != "deadline"]
     print(f"{proto}: p99 quiet {p99(quiet) * 1e3:.2f} ms, during the flood {p99(during) * 1e3:.2f} ms over "
           f"{len(during)} GETs; {len(dropped)} flooders dropped; RSS {base // 1024} MiB -> peak {top // 1024} MiB")
@@ -282,12 +289,8 @@ def test_answers_held_for_an_fsync_count_toward_the_limit(make_server, tmp_path)
     flood = run_flood(tmp_path, sp.port, unit * 500, seconds=2.0)
     try:
         lat = latencies(sp.port, "flo", 200)
-        out, _ = flood.communicate(timeout=30)
     finally:
-        if flood.poll() is None:
-            flood.kill()
-        top = peak.stop()
-    rounds = [json.loads(line) for line in out.splitlines()]
+        rounds, top = end_flood(flood, peak)
     assert sum(r["why"] != "deadline" for r in rounds) >= 2, rounds
     assert top - base < (3 * LIMIT + 64 * MiB) // 1024, (base, top)
     assert p99(lat) < 0.1
