@@ -7,7 +7,7 @@ PORT   ?= 9000
 DATA   ?= ./data
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test build compile test-unit test-pure bench bench-quick debug clean system-deps
+.PHONY: run test build compile test-unit test-pure bench bench-quick debug clean system-deps fuzz
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -42,6 +42,29 @@ run: build
 test: build
 	$(PY) -m pytest -q -p no:cacheprovider
 	FLO_PUREPYTHON=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+# Longer fuzzing than the suite's bounded run (docs/reliability.md): every hypothesis target with
+# FUZZ_EXAMPLES examples (fresh random ones each run), the live-server test for FUZZ_LIVE_SECONDS,
+# the pure codec too, then FUZZ_ATHERIS_SECONDS of coverage-guided atheris per target (0: skip;
+# logs and crashing inputs in build/fuzz/).
+FUZZ_EXAMPLES ?= 2000
+FUZZ_LIVE_SECONDS ?= 30
+FUZZ_ATHERIS_SECONDS ?= 20
+FUZZ_TARGETS ?= frame payload resp jsonpath dispatch log
+fuzz: build
+	@mkdir -p build/fuzz
+	FLO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FLO_FUZZ_LIVE_SECONDS=$(FUZZ_LIVE_SECONDS) FLO_FUZZ_STATS=build/fuzz/stats.json \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+	FLO_PUREPYTHON=1 FLO_FUZZ_EXAMPLES=$$(( $(FUZZ_EXAMPLES) / 5 )) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz -m unit
+	@if [ "$(FUZZ_ATHERIS_SECONDS)" != 0 ]; then \
+	  mkdir -p build/fuzz; \
+	  for t in $(FUZZ_TARGETS); do \
+	    FLO_FUZZ_ARTIFACTS=build/fuzz $(PY) -m tests.fuzz.atheris_fuzz $$t -max_total_time=$(FUZZ_ATHERIS_SECONDS) \
+	      -print_final_stats=1 > build/fuzz/$$t.log 2>&1; rc=$$?; \
+	    echo "atheris $$t: $$(grep -o 'number_of_executed_units: [0-9]*' build/fuzz/$$t.log) in $(FUZZ_ATHERIS_SECONDS) s"; \
+	    if [ $$rc != 0 ]; then tail -40 build/fuzz/$$t.log; echo "inputs: build/fuzz/crash-*"; exit 1; fi; \
+	  done; \
+	fi
 
 bench: build
 	$(PY) -m bench

@@ -64,9 +64,12 @@ class StreamID:
         """``"<ms>-<seq>"`` or ``"<ms>"`` (sequence 0)."""
         ms, _, seq = text.strip().partition("-")
         try:
-            return cls(int(ms), int(seq or 0))
+            ts, sq = int(ms), int(seq or 0)
         except ValueError:
             raise ValueError(f"bad stream id {text!r}: use <ms>-<seq>") from None
+        if not (0 <= ts <= _U64_MAX and 0 <= sq <= _U64_MAX):  # else to_bytes() fails later (struct.error)
+            raise ValueError(f"bad stream id {text!r}: both parts are 0..{_U64_MAX}")
+        return cls(ts, sq)
 
     def __str__(self) -> str:
         return f"{self.timestamp_ms}-{self.sequence}"

@@ -334,6 +334,8 @@ cdef class ServerCore(FrameReader):
             if pos + 9 > n:
                 return False
             ttl = ld64(p + pos + 1)
+            if ttl > 18446744073709ULL:
+                return False  # kv.MAX_TTL_MS: the handler refuses (now + ttl would overflow the expiry)
             pos += 9
         elif pos < n:
             if p[pos] != 0:
@@ -500,6 +502,9 @@ cdef class ServerCore(FrameReader):
         if so is not None and type(so) is not Stream:
             return False
         next_id_of(<Stream>so, <uint64_t>self._now, count, &ts, &seq)
+        if so is not None and ((<Stream>so).last_ts or (<Stream>so).last_seq) and not (
+                ts > (<Stream>so).last_ts or (ts == (<Stream>so).last_ts and seq > (<Stream>so).last_seq)):
+            return False  # ids used up (XADD put the largest one there): the handler refuses, nothing is logged
         # srv.write("s.append", now, ns, name, ts, seq, records): log, then the applier
         lsn = log_stream_append(self._log, self._rec, self._now, p + 2, nslen, p + kpos, klen, ts, seq,
                                 count, v + 4, recs_len, &self._logged)

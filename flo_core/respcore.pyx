@@ -258,9 +258,9 @@ cdef class RespCore(RespParser):
                     which, done = 2, self._incr(args[1])
                 elif argc >= 5 and _named(name, b"xadd", 4):
                     which, done = 3, self._xadd(args, argc)
-                elif _named(name, b"lpush", 5):
+                elif argc >= 3 and _named(name, b"lpush", 5):  # (without a value: the arity error, in Python)
                     which, done = 4, self._push(args, argc, True)
-                elif _named(name, b"rpush", 5):
+                elif argc >= 3 and _named(name, b"rpush", 5):
                     which, done = 5, self._push(args, argc, False)
                 elif argc == 2 and _named(name, b"rpop", 4):
                     which, done = 6, self._pop(args[1], False)
@@ -480,6 +480,9 @@ cdef class RespCore(RespParser):
             memcpy(w + pos + 2, PyBytes_AS_STRING(v), vl)
             pos += 2 + vl
         next_id_of(<Stream>so, <uint64_t>self._now, 1, &ts, &seq)
+        if so is not None and ((<Stream>so).last_ts or (<Stream>so).last_seq) and not (
+                ts > (<Stream>so).last_ts or (ts == (<Stream>so).last_ts and seq > (<Stream>so).last_seq)):
+            return False  # ids used up: cmd_xadd refuses; nothing may be logged
         # srv.write("s.append", now, ns, name, ts, seq, [[payload, headers or None]]), then the applier
         log_stream_append(self._log, self._rec, self._now,
                           <const uint8_t *>PyBytes_AS_STRING(self._nsb), PyBytes_GET_SIZE(self._nsb),

@@ -11,6 +11,7 @@ through :func:`flo_core.errors.refusal_of` - the server's only translation point
 
 from __future__ import annotations
 
+import inspect
 import logging
 from time import monotonic_ns
 from typing import Any, Callable
@@ -124,6 +125,20 @@ def _counted(srv: Any, op: int, req: Request | None, conn: Any, answer: tuple[in
 def _peer(conn: Any) -> str:
     peer = conn.transport.get_extra_info("peername") if conn is not None and conn.transport is not None else None
     return f"{peer[0]}:{peer[1]}" if peer else ""
+
+
+def discard(r: Any) -> None:
+    """Drop an answer-to-come that :func:`dispatch` returned, without running it (its connection is
+    closing): closes the handler's coroutine and the ``_finish`` around it, so that neither is
+    collected un-awaited (a RuntimeWarning in the server's log per dropped blocking request)."""
+    todo = [r]
+    while todo:
+        c = todo.pop()
+        if inspect.iscoroutine(c) and inspect.getcoroutinestate(c) == inspect.CORO_CREATED:
+            todo += [v for v in c.cr_frame.f_locals.values() if inspect.iscoroutine(v)]  # its arguments, not started
+        close = getattr(c, "close", None)
+        if close is not None:
+            close()
 
 
 async def _finish(m: Any, op: int, coro: Any) -> tuple[int, bytes]:

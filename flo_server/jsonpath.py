@@ -39,12 +39,15 @@ def parse_path(path: str) -> Path:
         if m is None:
             raise Refusal(Reason.MALFORMED, f"bad JSON path {path!r} at offset {pos}")
         name, index, dq, sq = m.groups()
-        if name is not None:
-            out.append(name)
-        elif index is not None:
-            out.append(int(index))
-        else:
-            out.append(json.loads(f'"{dq}"') if dq is not None else sq)
+        try:
+            if name is not None:
+                out.append(name)
+            elif index is not None:
+                out.append(int(index))  # ValueError past Python's 4300-digit limit
+            else:
+                out.append(json.loads(f'"{dq}"') if dq is not None else sq)  # ValueError: a bad escape
+        except ValueError:
+            raise Refusal(Reason.MALFORMED, f"bad JSON path {path!r} at offset {pos}") from None
         pos = m.end()
     return out
 
@@ -52,12 +55,17 @@ def parse_path(path: str) -> Path:
 def loads(doc: bytes) -> Any:
     try:
         return json.loads(doc)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise Refusal(Reason.WRONG_TYPE, "value is not a JSON document") from None
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in a document or path): keep it escaped
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+    except RecursionError:
+        raise Refusal(Reason.OUT_OF_RANGE, "JSON document nested too deeply") from None
 
 
 def _step(node: Any, tok: Any) -> Any:
@@ -99,7 +107,9 @@ def set_at(doc: Any, path: Path, value: Any) -> Any:
 
 
 def del_at(doc: Any, path: Path) -> bool:
-    """Delete the value at ``path``; False if there was none."""
+    """Delete the value at ``path``; False if there was none. The root (``[]``) is the caller's to delete."""
+    if not path:
+        raise Refusal(Reason.MALFORMED, "the document root cannot be deleted in place")
     try:
         parent = get_at(doc, path[:-1])
         _step(parent, path[-1])

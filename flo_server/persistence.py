@@ -197,8 +197,11 @@ def read_snapshot(path: str) -> tuple[int, dict]:
         raise ValueError(f"body is {len(body)} bytes, header says {length}")
     if zlib.crc32(body) != crc:
         raise ValueError("CRC mismatch")
-    doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    if doc.get("lsn") != lsn or not isinstance(doc.get("stores"), dict):
+    try:
+        doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except (TypeError, ValueError, msgpack.UnpackException) as e:  # TypeError: a list as a map key
+        raise ValueError(f"body does not decode: {e}") from None
+    if not isinstance(doc, dict) or doc.get("lsn") != lsn or not isinstance(doc.get("stores"), dict):
         raise ValueError("body does not match its header")
     return lsn, doc["stores"]
 
@@ -254,10 +257,14 @@ def recover(srv: Any, data_dir: str, *, repair: bool = False) -> Recovery:
     lsn, stores, path = newest_valid_snapshot(data_dir)
     if stores is not None:
         for name, state in stores.items():
-            store = srv.stores.get(name)
+            store = srv.stores.get(name) if isinstance(name, str) else None
             if store is None:
                 raise RecoveryError(f"snapshot {path} holds store {name!r} which this server does not have")
-            store.load(state)
+            try:
+                store.load(state)
+            except Exception as e:  # noqa: BLE001 - its CRC matched: written by another version or a bug
+                raise RecoveryError(f"snapshot {path}: store {name!r} does not load "
+                                    f"({type(e).__name__}: {e})") from None
         rec.snapshot_lsn, rec.snapshot_path = lsn, path
     reader = LogReader(log_dir(data_dir), lsn + 1)
     segs = reader.segments
@@ -271,8 +278,12 @@ def recover(srv: Any, data_dir: str, *, repair: bool = False) -> Recovery:
         for rlsn, rkind, payload in reader:
             if rkind != RECORD_WRITE:
                 raise RecoveryError(f"record {rlsn} in {reader.path} has unknown record type {rkind}")
-            kind, args = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-            fn = appliers.get(kind)
+            try:
+                kind, args = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+                fn = appliers.get(kind)
+            except Exception as e:  # noqa: BLE001 - its CRC matched: written by another program or a bug
+                raise RecoveryError(f"record {rlsn} in {reader.path} at offset {reader.offset} does not decode "
+                                    f"({type(e).__name__}: {e}); `flo-server check-log {data_dir}` lists it") from None
             if fn is None:
                 raise RecoveryError(f"record {rlsn} in {reader.path} has kind {kind!r} which no applier handles "
                                     f"(written by a newer flo-server?)")
@@ -701,6 +712,8 @@ def check_log_cmd(data_dir: str, repair: bool) -> None:
         for lsn, rkind, payload in reader:
             try:
                 kind, _ = unpack_record(payload) if rkind == RECORD_WRITE else (f"<type {rkind}>", None)
+                if not isinstance(kind, str):  # (sorting the summary would mix types and raise)
+                    raise ValueError(f"record kind {kind!r} is not a name")
                 kinds[kind] += 1
             except Exception as e:  # noqa: BLE001 - reported, not raised
                 bad_payloads += 1

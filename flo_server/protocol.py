@@ -37,7 +37,7 @@ from typing import Any
 from flo_core import wire
 from flo_core.errors import refusal_body
 from flo_core.spec import MAGIC_BYTES, Ran, Reason, Status
-from flo_server.dispatch import dispatch
+from flo_server.dispatch import discard, dispatch
 from flo_core.output import Output  # type: ignore[import-not-found]
 
 log = logging.getLogger("flo_server.protocol")
@@ -236,6 +236,8 @@ class FloProtocol(asyncio.Protocol):
                 r = dispatch(self.srv, rid, op, payload, self, now)
                 if type(r) is tuple:
                     _append_reply(self.out, rid, r[0], r[1])
+                else:
+                    discard(r)  # a blocking request: the connection closes now, it never runs
             self._broken(e)
             return
         if self.out:
@@ -246,6 +248,9 @@ class FloProtocol(asyncio.Protocol):
         if self.core:
             self.out += self.reader.out
             self.reader.out = bytearray()
+            for _, coro in self.reader.deferred:  # blocking requests before the bad frame never run
+                discard(coro)
+            self.reader.deferred = []
         _append_reply(self.out, 0, Status.BAD_REQUEST, refusal_body(e.reason, Ran.NO, e.message))
         self._flush()
         self.closed = True

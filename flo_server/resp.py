@@ -2105,12 +2105,14 @@ def cmd_xadd(s: RespSession, argv: list, out: bytearray) -> None:
     last = st.last_id if st is not None else (0, 0)
     if id_arg == b"*":
         ts, seq = next_id_for(st, now)
+        if st is not None and last != (0, 0) and (ts, seq) <= tuple(last):  # the top is the largest id
+            raise RespError("ERR The stream has exhausted the last possible ID, unable to add more items")
     else:
         ms_b, dash, seq_b = id_arg.partition(b"-")
         if dash and seq_b == b"*":
             ts = _parse_id(ms_b)[0]
             seq = last[1] + 1 if ts == last[0] else (0 if ts else 1)
-            if ts < last[0]:
+            if ts < last[0] or seq > U64_MAX:
                 raise RespError("ERR The ID specified in XADD is equal or smaller than the target stream top item")
         else:
             ts, seq = _parse_id(id_arg)
@@ -2260,6 +2262,8 @@ def cmd_xread(s: RespSession, argv: list, out: bytearray) -> Any:
             if st is None:
                 continue
             ts, seq = after
+            if (ts, seq) == (U64_MAX, U64_MAX):
+                continue  # nothing can come after the largest id
             lo = (ts, seq + 1) if seq < U64_MAX else (ts + 1, 0)
             entries = _range(s, st, lo, (U64_MAX, U64_MAX), count, False)
             if entries:
@@ -2317,6 +2321,8 @@ def cmd_xgroup(s: RespSession, argv: list, out: bytearray) -> None:
         start: Any = "$" if id_arg == b"$" else None
         if start is None:
             ts, seq = _parse_id(id_arg)
+            if (ts, seq) == (U64_MAX, U64_MAX):  # no id comes after it: the group's start cannot be stored
+                raise RespError("ERR Invalid stream ID specified as stream command argument")
             start = None if (ts, seq) == (0, 0) else ([ts, seq + 1] if seq < U64_MAX else [ts + 1, 0])
         # Redis groups never redeliver on their own: no ack timeout, no delivery limit.
         s.srv.write("s.gcreate", s.now, s.ns, _stream_name(key), _text(group), start, 0, 0)
@@ -2438,6 +2444,7 @@ def cmd_xpending(s: RespSession, argv: list, out: bytearray) -> None:
 
 def _claim(s: RespSession, key: bytes, group: bytes, consumer: bytes, min_idle: int, start: tuple, count: int) -> tuple:
     st, _ = _group_of(s, key, group)
+    min_idle = max(0, min_idle)  # Redis takes a negative min-idle-time as 0 (the store's field is unsigned)
     # Flo's claim with min_idle 0 takes only the caller's own entries; Redis's takes anyone's.
     ords, nxt = s.srv.write("s.claim", s.now, s.ns, _stream_name(key), _text(group), _text(consumer),
                             min_idle, list(start), count, True)

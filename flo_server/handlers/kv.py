@@ -40,6 +40,7 @@ from flo_server.dispatch import Request, handler
 from flo_server.journal import applier
 
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_TTL_MS = 18_446_744_073_709  # ~584 years: now + ttl stays a timestamp the log and the store can hold
 MGET_ANSWER_BUDGET = 8 * 1024 * 1024  # answer a prefix (next_index) past this
 
 
@@ -317,6 +318,8 @@ def kv_put(srv: Any, req: Request) -> bytes:
     condition = r.opt_u8() or Condition.ALWAYS
     cas = r.opt_u64()
     routing, tid = _routing_and_txn(r)
+    if ttl_ms is not None and ttl_ms > MAX_TTL_MS:  # (the log's u64 expiry would overflow: was INTERNAL_ERROR)
+        raise Refusal(Reason.OUT_OF_RANGE, "ttl too large")
     if condition > Condition.IF_PRESENT:
         raise Refusal(Reason.OUT_OF_RANGE, "unknown condition")
     if cas is not None and condition == Condition.IF_ABSENT and cas != 0:
@@ -367,7 +370,7 @@ def kv_expire(srv: Any, req: Request) -> bytes:
     ttl_ms = r.u64()
     cas = r.opt_u64()
     routing, tid = _routing_and_txn(r)
-    if ttl_ms > 18_446_744_073_709:
+    if ttl_ms > MAX_TTL_MS:
         raise Refusal(Reason.OUT_OF_RANGE, "ttl too large")
     if tid is not None:
         _txn_write(srv, req, tid, routing, ("exp", req.key, ttl_ms, cas), len(req.key) + 8)
@@ -633,6 +636,8 @@ def kv_mput(srv: Any, req: Request) -> bytes:
     for key, value, cas, ttl_ms in items:
         if len(value) > MAX_KV_VALUE:
             raise Refusal(Reason.FIELD_TOO_LONG, f"value longer than {MAX_KV_VALUE} bytes")
+        if ttl_ms is not None and ttl_ms > MAX_TTL_MS:
+            raise Refusal(Reason.OUT_OF_RANGE, "ttl too large")
         if key in seen:
             raise Refusal(Reason.CONFLICTING_FIELDS, "a key appears twice in one mput")
         seen[key] = len(results)

@@ -273,10 +273,14 @@ def stream_append(srv: Any, req: Request) -> bytes:
         headers = [[r.str16(), r.str16()] for _ in range(hc)] or None
         records.append([payload, headers])
     ns, now = req.ns, req.now
-    ts, seq = next_id_for(srv.streams.get(ns, name), now, n)
+    st = srv.streams.get(ns, name)
+    ts, seq = next_id_for(st, now, n)
+    if st is not None and st.last_id != (0, 0) and (ts, seq) <= tuple(st.last_id):
+        # the last id is the largest there is (RESP XADD can put it there): the generator wrapped around
+        raise Refusal(Reason.OUT_OF_RANGE, "the stream has used up its ids: no id is larger than its last one")
     srv.write("s.append", now, ns, name, ts, seq, records)
     srv.waiters.notify(_wkey(ns, name), 0)
-    return Writer().u64(seq).i64(ts).getvalue()
+    return Writer().u64(seq).u64(ts).getvalue()  # the C path's bytes; ts >= 2**63 (an XADD id) is no i64
 
 
 @handler(Op.STREAM_READ)
