@@ -20,6 +20,7 @@ import pytest
 from flo_client import FloClient
 from flo_core.errors import ConnectionClosedError, UnauthorizedError
 from flo_server import EmbeddedServer
+from tests.helpers import parked
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -105,11 +106,11 @@ async def test_a_parked_dequeue_does_not_hold_up_stop() -> None:
     srv = EmbeddedServer().start()
     c = srv.client()
     try:
-        parked = asyncio.ensure_future(c.queue.dequeue("empty", 1, _block(20_000)))
-        await asyncio.sleep(0.2)
+        parked_dequeue = asyncio.ensure_future(c.queue.dequeue("empty", 1, _block(20_000)))
+        await parked(srv.address, 1)  # the server holds it
         await asyncio.to_thread(srv.stop)
         with pytest.raises(ConnectionClosedError):
-            await asyncio.wait_for(parked, 5)
+            await asyncio.wait_for(parked_dequeue, 5)
     finally:
         await c.close()
         srv.stop()
