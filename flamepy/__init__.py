@@ -14,8 +14,8 @@ from .core import (DEFAULT_FLAME_CACHE_ENDPOINT, DEFAULT_FLAME_CONF, DEFAULT_FLA
                    FlameService, Message, ObjectRef, ResourceRequirement, Session, SessionAttributes, SessionContext,
                    SessionID, SessionState, Shim, Task, TaskContext, TaskID, TaskInformer, TaskInput, TaskOutput,
                    TaskState, TaskWatcher, close_session, connect, create_session, get_application, get_object,
-                   get_session, list_applications, list_sessions, open_session, put_object, register_application,
-                   run, unregister_application, update_object)
+                   get_session, list_applications, list_executors, list_nodes, list_sessions, open_session,
+                   put_object, register_application, run, unregister_application, update_object)
 
 __version__ = "0.6.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "FlameService", "Message", "ObjectRef", "ResourceRequirement", "Session", "SessionAttributes", "SessionContext",
     "SessionID", "SessionState", "Shim", "Task", "TaskContext", "TaskID", "TaskInformer", "TaskInput",
     "TaskOutput", "TaskState", "TaskWatcher", "close_session", "connect", "create_session", "get_application",
-    "get_object", "get_session", "list_applications", "list_sessions", "open_session", "put_object",
+    "get_object", "get_session", "list_applications", "list_executors", "list_nodes", "list_sessions",
+    "open_session", "put_object",
     "register_application", "run", "unregister_application", "update_object",
 ]

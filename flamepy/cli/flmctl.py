@@ -3,11 +3,14 @@
 Examples::
 
     flmctl register --file echo-app.yaml
-    flmctl list --application
-    flmctl list --session
+    flmctl list --application            # also -s, -e, -n; -o json for any list or view
     flmctl view -s echo-app-a1b2c3 -o json
+    flmctl view -s echo-app-a1b2c3 -t 1
     flmctl create -a echo-app -r "cpu=1,mem=1g"
     flmctl close -s echo-app-a1b2c3
+    flmctl deploy --name my-app --application ./my-project
+    flmctl migrate --url sqlite:///var/lib/flame/flame.db     # import a Flame session manager's database
+    flmctl completion bash > /etc/bash_completion.d/flmctl
 
 The config file is ``--config`` (must exist) or ``~/.flame/flame.yaml``. Unlike
 Flame 0.6.0, whose flmctl refuses to start without that file, a missing default
@@ -18,20 +21,23 @@ serves), so the seed guide's ``flmctl register --file`` works on a fresh machine
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import enum
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import click
 import yaml
 
 from ..core.client import Connection
 from ..core.config import FlameContext
-from ..core.types import Application, FlameError, ResourceRequirement, SessionAttributes, Shim, format_memory
+from ..core.types import (Application, FlameError, FlameErrorCode, Node, ResourceRequirement, SessionAttributes,
+                          Shim, format_memory)
 
-__all__ = ["main", "format_table"]
+__all__ = ["main", "cli", "format_table", "app_attrs_from_spec"]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -44,15 +50,19 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                      for r in [header, *rows])
 
 
-def _hms(ms: Optional[int]) -> str:
-    if not ms:
+def _hms(t: Optional[_dt.datetime]) -> str:
+    return t.astimezone(_dt.timezone.utc).strftime("%H:%M:%S") if t else "-"
+
+
+def _hms_ms(t: Optional[_dt.datetime]) -> str:
+    if not t:
         return "-"
-    return _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).strftime("%H:%M:%S")
-
-
-def _hms_ms(ms: int) -> str:
-    t = _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc)
+    t = t.astimezone(_dt.timezone.utc)
     return t.strftime("%H:%M:%S.") + f"{t.microsecond // 1000:03d}"
+
+
+def _epoch(t: Optional[_dt.datetime]) -> Optional[int]:
+    return None if t is None else int(t.timestamp())
 
 
 def _duration(seconds: Optional[int]) -> str:
@@ -78,22 +88,48 @@ def _schema_type(text: Optional[str]) -> str:
         return "-"
 
 
+def _plain(obj: Any) -> Any:
+    """Dataclasses, enums, datetimes and bytes as JSON values (enums by name, times as epoch seconds)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.name
+    if isinstance(obj, _dt.datetime):
+        return _epoch(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).decode("utf-8", "replace")
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2))
+
+
 class _Ctx:
     def __init__(self, config: Optional[str]) -> None:
         self.config = config
         self._conn: Optional[Connection] = None
 
     @property
+    def context(self) -> FlameContext:
+        return FlameContext.load(self.config or os.path.join(os.path.expanduser("~"), ".flame", "flame.yaml"),
+                                 env=True, required=self.config is not None)
+
+    @property
     def conn(self) -> Connection:
         if self._conn is None:
-            ctx = FlameContext.load(self.config or os.path.join(os.path.expanduser("~"), ".flame", "flame.yaml"),
-                                    env=True, required=self.config is not None)
+            ctx = self.context
             self._conn = Connection(ctx.endpoint, client_options=ctx.client_options())
         return self._conn
 
 
 def _fail(exc: Exception) -> None:
-    click.echo(f"Error: {exc!r}" if not isinstance(exc, FlameError) else f"Error: {exc}", err=True)
+    click.echo(f"Error: {exc}" if isinstance(exc, (FlameError, click.ClickException)) else f"Error: {exc!r}",
+               err=True)
     sys.exit(1)
 
 
@@ -103,6 +139,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (FlameError, OSError, ValueError, yaml.YAMLError) as exc:
             _fail(exc)
+
+
+_OUTPUT = click.option("-o", "--output-format", "--output", "output", default=None,
+                       type=click.Choice(["json", "table"]), help="json, or a human table/view (the default)")
 
 
 @click.group(cls=_Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -116,8 +156,11 @@ def cli(ctx: click.Context, config: Optional[str]) -> None:
         click.echo(ctx.get_help())
 
 
-def _app_attrs(spec: dict) -> dict:
+def app_attrs_from_spec(spec: dict) -> dict:
+    """ApplicationAttributes (as a dict) from the ``spec:`` block of an application YAML."""
     spec = spec or {}
+    if not isinstance(spec, dict):
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "spec must be a mapping")
     schema = spec.get("schema") or None
     for key in ("input", "output", "common_data"):
         if schema and schema.get(key) is not None and not isinstance(schema.get(key), str):
@@ -135,16 +178,15 @@ def _app_attrs(spec: dict) -> dict:
 
 def _read_docs(path: str, single: bool = False) -> list[dict]:
     if not os.path.isfile(path):
-        raise FlameError(2, f"{path} is not a file")
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"{path} is not a file")
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     if single and len(docs) != 1:
-        raise FlameError(2, f"{path} must contain exactly one application")
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"{path} must contain exactly one application")
     for doc in docs:
         if not isinstance(doc, dict) or not (doc.get("metadata") or {}).get("name"):
-            raise FlameError(2, f"{path}: each document needs metadata.name")
+            raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"{path}: each document needs metadata.name")
     return docs
-
 
 @cli.command()
 @click.option("-f", "--file", "path", required=True, help="application YAML (several documents allowed)")
@@ -152,7 +194,7 @@ def _read_docs(path: str, single: bool = False) -> list[dict]:
 def register(obj: _Ctx, path: str) -> None:
     """Register the application(s) of a YAML file."""
     for doc in _read_docs(path):
-        obj.conn.register_application(doc["metadata"]["name"], _app_attrs(doc.get("spec")))
+        obj.conn.register_application(doc["metadata"]["name"], app_attrs_from_spec(doc.get("spec")))
 
 
 @cli.command()
@@ -169,85 +211,89 @@ def unregister(obj: _Ctx, application: str) -> None:
 def update(obj: _Ctx, path: str) -> None:
     """Update an application from a YAML file (refused while it has open sessions)."""
     doc = _read_docs(path, single=True)[0]
-    obj.conn.update_application(doc["metadata"]["name"], _app_attrs(doc.get("spec")))
+    obj.conn.update_application(doc["metadata"]["name"], app_attrs_from_spec(doc.get("spec")))
+
+
+def _app_row(a: Application) -> list[str]:
+    return [a.name, a.state.name.capitalize(), a.shim.label(), ", ".join(a.labels), _hms(a.creation_time),
+            a.command or "-"]
+
+
+def _node_status(n: Node) -> str:
+    return n.status.state.label()
 
 
 @cli.command(name="list")
-@click.option("-a", "--application", "--app", "application", is_flag=True)
-@click.option("-s", "--session", "session", is_flag=True)
-@click.option("-e", "--executor", "executor", is_flag=True)
-@click.option("-n", "--node", "node", is_flag=True)
+@click.option("-a", "--application", "--app", "application", is_flag=True, help="list the applications")
+@click.option("-s", "--session", "session", is_flag=True, help="list the sessions (open first, then by creation)")
+@click.option("-e", "--executor", "executor", is_flag=True, help="list the executors (one per service instance)")
+@click.option("-n", "--node", "node", is_flag=True, help="list the nodes (executor managers)")
+@_OUTPUT
 @click.pass_obj
-def list_cmd(obj: _Ctx, application: bool, session: bool, executor: bool, node: bool) -> None:
-    """List applications, sessions, executors or nodes."""
+def list_cmd(obj: _Ctx, application: bool, session: bool, executor: bool, node: bool, output: Optional[str]) -> None:
+    """List applications, sessions, executors or nodes (the first flag given, in that order, wins)."""
+    as_json = output == "json"
     if application:
-        rows = [[a.name, a.state.name.capitalize() if a.state.name != "ENABLED" else "Enabled",
-                 a.shim.label(), ", ".join(a.labels), _hms(a.creation_time), a.command or "-"]
-                for a in obj.conn.list_applications()]
-        click.echo(format_table(["Name", "State", "Shim", "Tags", "Created", "Command"], rows))
+        apps = obj.conn.list_applications()
+        if as_json:
+            return _echo_json([_plain(a) for a in apps])
+        click.echo(format_table(["Name", "State", "Shim", "Tags", "Created", "Command"], [_app_row(a) for a in apps]))
     elif session:
+        ssns = obj.conn.list_sessions()
+        if as_json:
+            return _echo_json([_session_summary(s) for s in ssns])
         rows = [[s.id, s.state.name.capitalize(), s.application, _resources(s.resreq), str(s.priority),
-                 str(s.pending), str(s.running), str(s.succeed), str(s.failed), _hms(s.creation_time)]
-                for s in obj.conn.list_sessions()]
+                 str(s.pending), str(s.running), str(s.succeed), str(s.failed), _hms(s.creation_time)] for s in ssns]
         click.echo(format_table(["ID", "State", "App", "Resources", "Priority", "Pending", "Running", "Succeed",
                                  "Failed", "Created"], rows))
     elif executor:
-        click.echo(format_table(["ID", "State", "Session", "Node"], _executors(obj.conn)))
+        execs = obj.conn.list_executors()
+        if as_json:
+            return _echo_json([_plain(e) for e in execs])
+        click.echo(format_table(["ID", "State", "Session", "Node"],
+                                [[e.metadata.id, e.status.state.label(), e.status.session_id or "-", e.spec.node]
+                                 for e in execs]))
     elif node:
+        nodes = obj.conn.list_nodes()
+        if as_json:
+            return _echo_json([_plain(n) for n in nodes])
         click.echo(format_table(["NAME", "HOSTNAME", "STATUS", "CPU", "MEMORY", "ARCH", "OS"],
-                                [[n["name"], n["name"], "Ready", str(n["cpu"]), format_memory(n["memory"]),
-                                  os.uname().machine, "linux"] for n in _nodes(obj.conn)]))
+                                [[n.metadata.name, n.spec.hostname, _node_status(n), str(n.status.capacity.cpu),
+                                  format_memory(n.status.capacity.memory), n.status.info.arch or "-",
+                                  n.status.info.os or "-"] for n in nodes]))
     else:
-        raise FlameError(2, "unsupported parameters")
-
-
-def _nodes(conn: Connection) -> list[dict]:
-    from ..core import _runtime
-    from ..core import records as R
-    keys = _runtime.run(conn.store.scan("node/"))
-    vals = _runtime.run(conn.store.mget(keys))
-    return [dict(R.unpack(v[0]), name=k[len("node/"):]) for k, v in zip(keys, vals) if v]
-
-
-def _executors(conn: Connection) -> list[list[str]]:
-    """Instances currently serving sessions (their ``cur``/``ready`` keys)."""
-    from ..core import _runtime
-    keys = _runtime.run(conn.store.scan("ready/"))
-    rows = []
-    for key in keys:
-        iid = key[len("ready/"):]
-        node = iid.rsplit("-", 1)[0]
-        rows.append([iid, "Bound", "-", node])
-    return rows
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "unsupported parameters")
 
 
 @cli.command()
-@click.option("-a", "--application", "--app", "application", default=None)
-@click.option("-s", "--session", "session", default=None)
-@click.option("-t", "--task", "task", default=None)
-@click.option("-n", "--node", "node", default=None)
-@click.option("-o", "--output-format", "output", default=None, type=click.Choice(["json"]))
+@click.option("-a", "--application", "--app", "application", default=None, help="the application to show")
+@click.option("-s", "--session", "session", default=None, help="the session to show")
+@click.option("-t", "--task", "task", default=None, help="with -s: the task to show")
+@click.option("-n", "--node", "node", default=None, help="the node to show")
+@_OUTPUT
 @click.pass_obj
 def view(obj: _Ctx, application, session, task, node, output) -> None:
-    """Show one application, session, task or node."""
+    """Show one application (-a), session (-s), task (-s -t) or node (-n)."""
     conn = obj.conn
+    as_json = output == "json"
     if application and not (session or task or node):
         app = conn.get_application(application)
         if app is None:
-            raise FlameError(5, f"application <{application}> not found")
-        click.echo(_view_app(app))
-    elif session and task and not (application or node):
+            raise FlameError(FlameErrorCode.NOT_FOUND, f"application <{application}> not found")
+        return _echo_json(_plain(app)) if as_json else click.echo(_view_app(app))
+    if session and task and not (application or node):
         ssn = conn.get_session(session)
         t = ssn.get_task(task)
+        if as_json:
+            return _echo_json(_task_json(t))
         lines = [_row("Task", t.id), _row("Session", t.session_id), _row("Application", ssn.application),
                  _row("State", t.state.name.capitalize()), "Events:"]
         lines += [f"  {_hms_ms(e.creation_time)}: {e.message} ({e.code})" for e in t.events]
-        click.echo("\n".join(lines))
-    elif session and not (application or node):
+        return click.echo("\n".join(lines))
+    if session and not (application or node):
         ssn = conn.get_session(session)
-        if output == "json":
-            click.echo(json.dumps(_session_json(ssn), indent=2))
-            return
+        if as_json:
+            return _echo_json(_session_json(ssn))
         lines = [_row("Session", ssn.id), _row("Application", ssn.application),
                  _row("State", ssn.state.name.capitalize()), _row("Resources", _resources(ssn.resreq)),
                  _row("Creation Time", _hms(ssn.creation_time)),
@@ -255,18 +301,21 @@ def view(obj: _Ctx, application, session, task, node, output) -> None:
                                f"{ssn.failed} failed" + (f", {ssn.cancelled} cancelled" if ssn.cancelled else "")),
                  "Events:"]
         lines += [f"  {_hms_ms(e.creation_time)}: {e.message} ({e.code})" for e in ssn.events]
-        click.echo("\n".join(lines))
-    elif node and not (application or session or task):
-        for n in _nodes(conn):
-            if n["name"] == node:
-                click.echo("\n".join([_row("Name", n["name"]), _row("Hostname", n["name"]), _row("Status", "Ready"),
-                                      "Capacity:", f"  {'CPU':<13}{n['cpu']}",
-                                      f"  {'Memory':<13}{format_memory(n['memory'])}", "Info:",
-                                      f"  {'Arch':<13}{os.uname().machine}", f"  {'OS':<13}linux"]))
-                return
-        raise FlameError(5, f"node <{node}> not found")
-    else:
-        raise FlameError(2, "unsupported parameters")
+        return click.echo("\n".join(lines))
+    if node and not (application or session or task):
+        n = conn.get_node(node)
+        if as_json:
+            return _echo_json(_plain(n))
+        return click.echo("\n".join([
+            _row("Name", n.metadata.name), _row("Hostname", n.spec.hostname), _row("Status", _node_status(n)),
+            "Capacity:", f"  {'CPU:':<13}{n.status.capacity.cpu}",
+            f"  {'Memory:':<13}{format_memory(n.status.capacity.memory)}",
+            f"  {'GPU:':<13}{n.status.capacity.gpu}", "Allocatable:", f"  {'CPU:':<13}{n.status.allocatable.cpu}",
+            f"  {'Memory:':<13}{format_memory(n.status.allocatable.memory)}",
+            f"  {'GPU:':<13}{n.status.allocatable.gpu}",
+            "Info:", f"  {'Arch:':<13}{n.status.info.arch or '-'}", f"  {'OS:':<13}{n.status.info.os or '-'}",
+            _row("Instances", f"{n.status.instances} of {n.status.max_instances}")]))
+    raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "unsupported parameters")
 
 
 def _row(label: str, value) -> str:
@@ -291,31 +340,45 @@ def _view_app(app: Application) -> str:
     return "\n".join(lines)
 
 
-def _session_json(ssn) -> dict:
-    cd = ssn.common_data()
-    tasks = []
-    for t in ssn.list_tasks():
-        tasks.append({"id": int(t.id), "ssn_id": t.session_id, "state": int(t.state),
-                      "input": t.input.decode("utf-8", "replace") if t.input is not None else None,
-                      "output": t.output.decode("utf-8", "replace") if t.output is not None else None,
-                      "events": [{"code": e.code, "message": e.message, "creation_time": e.creation_time // 1000}
-                                 for e in t.events]})
-    return {"id": ssn.id, "application": ssn.application,
-            "common_data": cd.decode("utf-8", "replace") if cd is not None else None,
-            "creation_time": ssn.creation_time // 1000, "state": int(ssn.state), "pending": ssn.pending,
-            "running": ssn.running, "succeed": ssn.succeed, "failed": ssn.failed,
-            "events": [{"code": e.code, "message": e.message, "creation_time": e.creation_time // 1000}
-                       for e in ssn.events],
-            "tasks": tasks, "priority": ssn.priority,
+def _events_json(events) -> list[dict]:
+    return [{"code": e.code, "message": e.message, "creation_time": _epoch(e.creation_time)} for e in events]
+
+
+def _text(data: Optional[bytes]) -> Optional[str]:
+    return None if data is None else bytes(data).decode("utf-8", "replace")
+
+
+def _task_json(t) -> dict:
+    return {"id": int(t.id), "ssn_id": t.session_id, "state": int(t.state), "input": _text(t.input),
+            "output": _text(t.output), "creation_time": _epoch(t.creation_time),
+            "completion_time": _epoch(t.completion_time), "events": _events_json(t.events)}
+
+
+def _session_summary(ssn) -> dict:
+    return {"id": ssn.id, "application": ssn.application, "creation_time": _epoch(ssn.creation_time),
+            "completion_time": _epoch(ssn.completion_time), "state": int(ssn.state), "pending": ssn.pending,
+            "running": ssn.running, "succeed": ssn.succeed, "failed": ssn.failed, "cancelled": ssn.cancelled,
+            "priority": ssn.priority, "min_instances": ssn.min_instances, "max_instances": ssn.max_instances,
             "resreq": {"cpu": ssn.resreq.cpu, "memory": ssn.resreq.memory, "gpu": ssn.resreq.gpu}
             if ssn.resreq else None}
 
 
+def _session_json(ssn) -> dict:
+    """Flame's ``view -s -o json`` document (plus completion_time, cancelled and the instance bounds)."""
+    doc = _session_summary(ssn)
+    doc["common_data"] = _text(ssn.common_data())
+    doc["events"] = _events_json(ssn.events)
+    doc["tasks"] = [_task_json(t) for t in ssn.list_tasks()]
+    return doc
+
+
 @cli.command()
-@click.option("-a", "--app", "--application", "application", required=True)
-@click.option("-p", "--priority", default=0, type=int, show_default=True)
-@click.option("-r", "--resreq", default=None, help='"cpu=N,mem=SIZE,gpu=N"')
-@click.option("-b", "--batch-size", default=1, type=int, show_default=True)
+@click.option("-a", "--app", "--application", "application", required=True, help="the application")
+@click.option("-p", "--priority", default=0, type=click.IntRange(0), show_default=True,
+              help="higher is scheduled first")
+@click.option("-r", "--resreq", default=None, help='per instance: "cpu=N,mem=SIZE,gpu=N" (default cpu=1,mem=1g)')
+@click.option("-b", "--batch-size", default=1, type=click.IntRange(1), show_default=True,
+              help="executors per batch (stored; instances are not gang-scheduled)")
 @click.pass_obj
 def create(obj: _Ctx, application: str, priority: int, resreq: Optional[str], batch_size: int) -> None:
     """Create a session of an application."""
@@ -326,12 +389,29 @@ def create(obj: _Ctx, application: str, priority: int, resreq: Optional[str], ba
 
 
 @cli.command()
-@click.option("-s", "--session", "session", required=True)
+@click.option("-s", "--session", "session", required=True, help="the session")
 @click.pass_obj
 def close(obj: _Ctx, session: str) -> None:
     """Close a session (pending tasks are cancelled)."""
     obj.conn.close_session(session)
     click.echo(f"Session {session} was closed.")
+
+
+_SHELLS = ("bash", "zsh", "fish")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(_SHELLS))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL (bash, zsh or fish).
+
+    \b
+    bash:  flmctl completion bash > ~/.local/share/bash-completion/completions/flmctl
+    zsh:   flmctl completion zsh > "${fpath[1]}/_flmctl"
+    fish:  flmctl completion fish > ~/.config/fish/completions/flmctl.fish
+    """
+    from click.shell_completion import get_completion_class
+    click.echo(get_completion_class(shell)(cli, {}, "flmctl", "_FLMCTL_COMPLETE").source())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -28,13 +28,13 @@ from . import _runtime, ops
 from . import records as R
 from ._store import Store
 from .config import FlameContext, default_client_options, normalize_endpoint
-from .types import (Application, ApplicationAttributes, Event, FlameError, FlameErrorCode, ResourceRequirement,
-                    SessionAttributes, SessionState, Task, TaskState)
+from .types import (Application, ApplicationAttributes, Event, Executor, FlameError, FlameErrorCode, Node,
+                    ResourceRequirement, SessionAttributes, SessionState, Task, TaskInformer, TaskState, utc_datetime)
 
-__all__ = ["Connection", "Session", "TaskWatcher", "connect", "connection",
+__all__ = ["Connection", "ConnectionInstance", "Session", "TaskWatcher", "TaskIterator", "connect", "connection",
            "register_application", "unregister_application", "update_application", "get_application",
-           "list_applications", "create_session", "open_session", "get_session", "list_sessions",
-           "close_session"]
+           "list_applications", "list_executors", "list_nodes", "create_session", "open_session", "get_session",
+           "list_sessions", "close_session"]
 
 _APP_KEYS = set(ApplicationAttributes.__dataclass_fields__)
 # A fallback check of outstanding tasks when no notice came for this long (a lost notice must not hang a client).
@@ -54,10 +54,23 @@ class TaskFuture(concurrent.futures.Future):
         return False
 
 
+# How long one watch_task read waits for the record to change before it looks again.
+_WATCH_WAIT_MS = 250
+# Threads that follow tasks for TaskInformers (Flame's 10-thread watcher pool; only informer users pay for it).
+_INFORMER_THREADS = 10
+
+
 class Connection:
-    """A connection to a flo-server serving flamepy (``connect("127.0.0.1:9000")``)."""
+    """A connection to a flo-server serving flamepy.
+
+    >>> conn = flamepy.connect("127.0.0.1:9000")                 # doctest: +SKIP
+    >>> [a.name for a in conn.list_applications()]               # doctest: +SKIP
+    ['flmrun', 'flmexec', 'flmping']
+    >>> ssn = conn.create_session(flamepy.SessionAttributes(application="flmping"))  # doctest: +SKIP
+    """
 
     def __init__(self, endpoint: str, timeout: float = 10.0, client_options: Optional[dict] = None) -> None:
+        self.addr = endpoint
         self.endpoint = normalize_endpoint(endpoint)
         self._store = Store(self.endpoint, client_options=client_options)
         _runtime.run(self._store.connect(timeout))
@@ -66,7 +79,13 @@ class Connection:
         self._waiters: dict[tuple[str, int], concurrent.futures.Future] = {}
         self._early: dict[tuple[str, int], list] = {}
         self._reply_task: Optional[asyncio.Task] = None
+        self._informer_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._closed = False
+
+    @classmethod
+    def connect(cls, addr: str, tls_config: Any = None) -> "Connection":
+        """Flame's spelling of :func:`connect`."""
+        return connect(addr, tls_config)
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -83,7 +102,15 @@ class Connection:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._informer_pool is not None:
+                self._informer_pool.shutdown(wait=False, cancel_futures=True)
             _runtime.run(self._store.close())
+
+    def _informers(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._informer_pool is None:
+            self._informer_pool = concurrent.futures.ThreadPoolExecutor(_INFORMER_THREADS,
+                                                                        thread_name_prefix="flamepy-informer")
+        return self._informer_pool
 
     # -- applications -----------------------------------------------------------------------------------------
 
@@ -102,6 +129,23 @@ class Connection:
 
     def list_applications(self) -> list[Application]:
         return [R.app_from_record(r) for r in self._call(ops.list_applications(self._store))]
+
+    # -- cluster ----------------------------------------------------------------------------------------------
+
+    def list_executors(self) -> list[Executor]:
+        """Every executor (one per service instance) of every live node, Flame's ``.metadata/.spec/.status`` shape."""
+        return [R.executor_from_record(iid, rec) for iid, rec in self._call(ops.list_executor_records(self._store))]
+
+    def list_nodes(self) -> list[Node]:
+        """Every node whose executor manager heartbeats, with capacity, allocatable resources and info."""
+        return self._call(ops.list_nodes(self._store))
+
+    def get_node(self, name: str) -> Node:
+        """One node by name (Flame's Rust/flmctl ``get_node``); FlameError(NOT_FOUND) when it is not alive."""
+        for node in self.list_nodes():
+            if node.metadata.name == name:
+                return node
+        raise FlameError(FlameErrorCode.NOT_FOUND, f"node <{name}> not found")
 
     # -- sessions ---------------------------------------------------------------------------------------------
 
@@ -237,8 +281,8 @@ class Session:
         self.id: str = rec["id"]
         self.application: str = rec["app"]
         self.state = SessionState(rec["state"])
-        self.creation_time: int = rec["ctime"]
-        self.completion_time: Optional[int] = rec.get("dtime")
+        self.creation_time = utc_datetime(rec["ctime"])
+        self.completion_time = utc_datetime(rec.get("dtime"))
         counters = counters or {}
         self.pending = counters.get("pending", 0)
         self.running = counters.get("running", 0)
@@ -259,31 +303,58 @@ class Session:
         conn = self.connection
         tid = conn._call(ops.create_tasks(conn.store, self.id, [input], None))[0]
         return Task(id=str(tid), session_id=self.id, state=TaskState.PENDING,
-                    creation_time=int(time.time() * 1000), input=input)
+                    creation_time=utc_datetime(int(time.time() * 1000)), input=input,
+                    events=[Event(int(TaskState.PENDING), "Task was created with state <Pending>",
+                                  utc_datetime(int(time.time() * 1000)))])
 
     def get_task(self, task_id) -> Task:
         return self.connection._call(ops.load_task(self.connection.store, self.id, task_id))
 
-    def list_tasks(self) -> Iterator[Task]:
-        store = self.connection.store
-        keys = self.connection._call(store.scan(f"task/{self.id}/"))
-        keys.sort(key=lambda k: int(k.rsplit("/", 1)[1]))
-        for key in keys:
-            yield self.get_task(key.rsplit("/", 1)[1])
+    def list_tasks(self) -> "TaskIterator":
+        """Every task of the session in id order, read lazily a page (256 tasks, one ``mget``) at a time.
+
+        >>> for task in ssn.list_tasks():                         # doctest: +SKIP
+        ...     print(task.id, task.state.name)
+        """
+        return TaskIterator(self)
 
     def watch_task(self, task_id, timeout: Optional[float] = None) -> "TaskWatcher":
         return TaskWatcher(self, str(task_id), timeout)
 
-    def run(self, input: Optional[bytes]) -> concurrent.futures.Future:
-        """Create one task now; the Future gets its output bytes (or None) or a FlameError."""
-        return self.connection._submit(self.id, [input])[0]
+    def run(self, input: Optional[bytes], informer: Optional[TaskInformer] = None) -> concurrent.futures.Future:
+        """Create one task now; the Future gets its output bytes (or None) or a FlameError.
+
+        With an ``informer`` (flamepy 0.5's argument, which Flame's own 0.6 examples still pass), a pooled
+        thread follows the task and calls ``informer.on_update(task)`` at each state change.
+
+        >>> fut = ssn.run(b"x"); fut.result()                     # doctest: +SKIP
+        b'x'
+        """
+        future = self.connection._submit(self.id, [input])[0]
+        if informer is not None:
+            self.connection._informers().submit(self._inform, future.task_id, informer)
+        return future
+
+    def _inform(self, task_id: str, informer: TaskInformer) -> None:
+        try:
+            for task in self.watch_task(task_id):
+                informer.on_update(task)
+        except FlameError as exc:
+            informer.on_error(exc)
+        except Exception as exc:  # the informer's own bug must not vanish silently
+            informer.on_error(FlameError(FlameErrorCode.INTERNAL, f"watch failed: {exc}"))
 
     def run_many(self, inputs: Sequence[Optional[bytes]]) -> list[concurrent.futures.Future]:
         """Create many tasks in one pipelined burst (the fast path for batches)."""
         return self.connection._submit(self.id, list(inputs)) if inputs else []
 
-    def invoke(self, input: Optional[bytes]) -> Optional[bytes]:
-        return self.run(input).result()
+    def invoke(self, input: Optional[bytes], informer: Optional[TaskInformer] = None) -> Optional[bytes]:
+        """Run one task and wait for its output (a FlameError if it failed); an ``informer`` is called in this
+        thread, so every update has been delivered when ``invoke`` returns."""
+        future = self.connection._submit(self.id, [input])[0]
+        if informer is not None:
+            self._inform(future.task_id, informer)
+        return future.result()
 
     def close(self) -> None:
         self.connection.close_session(self.id)
@@ -293,12 +364,44 @@ class Session:
         return f"Session(id={self.id!r}, application={self.application!r}, state={self.state.name})"
 
 
+class TaskIterator:
+    """The tasks of a session in id order, fetched a page at a time (``Session.list_tasks()``)."""
+
+    PAGE = 256
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._ids: Optional[list[int]] = None
+        self._page: list[Task] = []
+        self._next = 0
+
+    def __iter__(self) -> "TaskIterator":
+        return self
+
+    def __next__(self) -> Task:
+        conn, sid = self._session.connection, self._session.id
+        if self._ids is None:
+            self._ids = conn._call(ops.task_ids(conn.store, sid))
+        while not self._page:
+            if self._next >= len(self._ids):
+                raise StopIteration
+            ids = self._ids[self._next:self._next + self.PAGE]
+            self._next += len(ids)
+            self._page = conn._call(ops.load_tasks(conn.store, sid, ids))[::-1]
+        return self._page.pop()
+
+
 class TaskWatcher:
-    """Iterator over a task's state changes; ends after a terminal state."""
+    """Iterator over a task's state changes; ends after a terminal state (``Session.watch_task(id, timeout)``).
+
+    The first item is the task as it is now; then one item per change of state. ``timeout`` (seconds) bounds
+    the whole watch: TimeoutError when it passes, checked while waiting too (Flame checked only between updates).
+    """
 
     def __init__(self, session: Session, task_id: str, timeout: Optional[float]) -> None:
         self._session = session
         self._task_id = task_id
+        self._timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._last_state: Optional[int] = None
         self._done = False
@@ -309,14 +412,26 @@ class TaskWatcher:
     def __next__(self) -> Task:
         if self._done:
             raise StopIteration
-        store = self._session.connection.store
+        conn = self._session.connection
         key = R.k_task(self._session.id, self._task_id)
+        block_ms = 0  # the first read answers at once: the task as it is now
         while True:
-            if self._deadline is not None and time.monotonic() > self._deadline:
-                raise TimeoutError(f"timeout watching task {self._task_id}")
-            got = self._session.connection._call(store.get(key))
+            if self._deadline is not None:
+                left_ms = int((self._deadline - time.monotonic()) * 1000)
+                if left_ms <= 0:
+                    raise TimeoutError(f"watch_task timed out after {self._timeout} seconds")
+                block_ms = min(block_ms, left_ms) if block_ms else 0
+            try:
+                # A CHANGE read that times out answers the current value, so a change that landed between two
+                # reads shows up after at most one wait (kept short for that reason).
+                got = conn._call(conn.store.get(key, block_ms=block_ms, change=bool(block_ms)))
+            except FlameError:
+                raise
+            except Exception as exc:
+                raise FlameError(FlameErrorCode.INTERNAL, f"failed to watch task: {exc}") from None
             if got is None:
-                raise FlameError(FlameErrorCode.INTERNAL, f"failed to watch task: task <{self._task_id}> not found")
+                raise FlameError(FlameErrorCode.NOT_FOUND, f"failed to watch task: task <{self._task_id}> of "
+                                                            f"session <{self._session.id}> not found")
             state = R.unpack(got[0])["state"]
             if state != self._last_state:
                 self._last_state = state
@@ -324,11 +439,18 @@ class TaskWatcher:
                 if task.is_completed():
                     self._done = True
                 return task
-            # Block until the record changes (bounded so the timeout is honoured between waits).
-            self._session.connection._call(store.get(key, block_ms=1000, change=True))
+            block_ms = _WATCH_WAIT_MS
 
 
 # -- the process-wide default connection ----------------------------------------------------------------------
+
+class ConnectionInstance:
+    """Flame's holder of the process-wide default connection: ``ConnectionInstance.instance()``."""
+
+    @classmethod
+    def instance(cls) -> "Connection":
+        return connection()
+
 
 _default: Optional[Connection] = None
 _default_lock = threading.Lock()
@@ -369,6 +491,14 @@ def unregister_application(name: str) -> None:
 
 def get_application(name: str) -> Optional[Application]:
     return connection().get_application(name)
+
+
+def list_executors() -> list[Executor]:
+    return connection().list_executors()
+
+
+def list_nodes() -> list[Node]:
+    return connection().list_nodes()
 
 
 def list_applications() -> list[Application]:

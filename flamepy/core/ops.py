@@ -9,28 +9,20 @@ that wakes on the notice already sees the final counters (close checks them).
 from __future__ import annotations
 
 import asyncio
-import random
-import string
 import time
 from typing import Optional, Sequence
 
 from . import records as R
 from ._store import Conflict, Store
 from .types import (ApplicationState, FlameError, FlameErrorCode, ResourceRequirement, SessionState, TaskState,
-                    validate_application_name, validate_session_id)
+                    short_name, validate_application_name, validate_session_id)
 
 MAX_SESSION_EVENTS = 100
 MAX_TASK_EVENTS = 16
-_ALNUM = string.ascii_letters + string.digits
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def short_name(prefix: str, length: int = 6) -> str:
-    """``<prefix>-<length random [A-Za-z0-9]>``, the shape of generated session ids."""
-    return f"{prefix}-{''.join(random.choices(_ALNUM, k=length))}"
 
 
 def _internal(msg: str) -> FlameError:
@@ -489,3 +481,51 @@ async def fail_lost_task(store: Store, sid: str, tid: int, seq: Optional[int], m
             await store.ack(R.q_tasks(sid), [seq])
         except Exception:  # lease may already be gone; the next dequeuer skips a non-pending task anyway
             pass
+
+
+# -- cluster view ---------------------------------------------------------------------------------------------
+
+async def list_executor_records(store: Store) -> list[tuple[str, dict]]:
+    """(instance id, record) of every executor whose node is alive (a dead manager's records are ignored,
+    as its reservations are)."""
+    keys = await store.scan("exec/")
+    live = {k[len("node/"):] for k in await store.scan("node/")}
+    out = []
+    for key, got in zip(keys, await store.mget(keys) if keys else []):
+        if got is not None:
+            rec = R.unpack(got[0])
+            if rec.get("node") in live:
+                out.append((key[len("exec/"):], rec))
+    out.sort(key=lambda item: (item[1]["node"], item[1]["ctime"], item[0]))
+    return out
+
+
+async def list_nodes(store: Store) -> list:
+    """Every node whose executor manager heartbeats, with capacity and what its executors leave free."""
+    keys = await store.scan("node/")
+    vals = await store.mget(keys) if keys else []
+    used: dict[str, ResourceRequirement] = {}
+    for _, rec in await list_executor_records(store):
+        u = used.setdefault(rec["node"], ResourceRequirement())
+        cpu, mem, gpu = rec["resreq"]
+        u.cpu, u.memory, u.gpu = u.cpu + cpu, u.memory + mem, u.gpu + gpu
+    now = now_ms()
+    nodes = [R.node_from_record(key[len("node/"):], R.unpack(got[0]), used.get(key[len("node/"):],
+                                                                             ResourceRequirement()), now)
+             for key, got in zip(keys, vals) if got is not None]
+    return sorted(nodes, key=lambda n: n.metadata.name)
+
+
+async def load_tasks(store: Store, sid: str, tids: Sequence[int]) -> list:
+    """Tasks by id in one ``mget`` (+ the blob chunks of big inputs/outputs); missing ones are left out."""
+    vals = await store.mget([R.k_task(sid, t) for t in tids])
+    recs = [R.unpack(v[0]) for v in vals if v is not None]
+    blobs = await asyncio.gather(*(store.read_blob(ref) for rec in recs for ref in (rec.get("input"),
+                                                                                   rec.get("output"))))
+    return [R.task_from_record(rec, blobs[2 * i], blobs[2 * i + 1]) for i, rec in enumerate(recs)]
+
+
+async def task_ids(store: Store, sid: str) -> list[int]:
+    """Every task id of a session, in creation order."""
+    keys = await store.scan(f"task/{sid}/")
+    return sorted(int(k.rsplit("/", 1)[1]) for k in keys)

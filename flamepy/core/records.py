@@ -16,6 +16,8 @@ task/<id>/<tid>        task record (state, input, output, events)
 cnt/<id>/<counter>     pending / running / succeed / failed / cancelled
 alloc/<id>             instances reserved for the session (all managers)
 ready/<instance>       written by an instance once it serves its session
+exec/<instance>        executor record (node, session, state, resreq) kept by its executor manager
+node/<name>            a manager's heartbeat (capacity, hostname, arch, os; TTL 15 s)
 blob/<uuid>/<i>        chunks of values bigger than one KV value
 obj/<app>/<ssn>/<oid>  object cache record; objd/.../<n> its deltas
 q: tasks/<id>          pending task ids of a session (leased queue), one message per *chunk*
@@ -38,8 +40,9 @@ from typing import Any, Optional
 
 import msgpack
 
-from .types import (Application, ApplicationSchema, ApplicationState, Event, ResourceRequirement, Shim, Task,
-                    TaskState)
+from .types import (Application, ApplicationSchema, ApplicationState, Event, Executor, ExecutorSpec, ExecutorState,
+                    ExecutorStatus, Metadata, Node, NodeInfo, NodeSpec, NodeState, NodeStatus, ResourceRequirement,
+                    Shim, Task, TaskState, utc_datetime)
 
 NAMESPACE = os.environ.get("FLAME_NAMESPACE", "flame")
 # A Flo request frame is 256 KiB; keep every KV value comfortably below it.
@@ -66,6 +69,8 @@ def k_task(sid: str, tid: int | str) -> str: return f"task/{sid}/{tid}"
 def k_cnt(sid: str, name: str) -> str: return f"cnt/{sid}/{name}"
 def k_alloc(sid: str) -> str: return f"alloc/{sid}"
 def k_ready(iid: str) -> str: return f"ready/{iid}"
+def k_exec(iid: str) -> str: return f"exec/{iid}"
+def k_node(name: str) -> str: return f"node/{name}"
 def k_blob(bid: str, i: int) -> str: return f"blob/{bid}/{i}"
 def k_obj(key: str) -> str: return f"obj/{key}"
 def k_objd(key: str, n: int) -> str: return f"objd/{key}/{n}"
@@ -196,7 +201,8 @@ def app_to_record(name: str, attrs: dict, now_ms: int) -> dict:
 def app_from_record(rec: dict) -> Application:
     schema = rec.get("schema")
     return Application(
-        id=rec["name"], name=rec["name"], state=ApplicationState(rec["state"]), creation_time=rec["ctime"],
+        id=rec["name"], name=rec["name"], state=ApplicationState(rec["state"]),
+        creation_time=utc_datetime(rec["ctime"]),
         shim=Shim(rec["shim"]), image=rec.get("image"), description=rec.get("description"),
         labels=list(rec.get("labels") or []), command=rec.get("command"),
         arguments=list(rec.get("arguments") or []), environments=dict(rec.get("environments") or {}),
@@ -216,7 +222,7 @@ def new_session_record(sid: str, app: str, common_data: Optional[bytes], min_ins
 
 
 def events_of(rec: dict) -> list[Event]:
-    return [Event(code=e[0], message=e[1], creation_time=e[2]) for e in rec.get("events") or []]
+    return [Event(code=e[0], message=e[1], creation_time=utc_datetime(e[2])) for e in rec.get("events") or []]
 
 
 # -- tasks ----------------------------------------------------------------------------------------------------
@@ -229,8 +235,8 @@ def new_task_record(sid: str, tid: int, input_ref: Any, reply: Optional[str], no
 
 def task_from_record(rec: dict, input_data: Optional[bytes], output_data: Optional[bytes]) -> Task:
     return Task(id=str(rec["id"]), session_id=rec["ssn"], state=TaskState(rec["state"]),
-                creation_time=rec["ctime"], input=input_data, output=output_data,
-                completion_time=rec.get("dtime"), events=events_of(rec))
+                creation_time=utc_datetime(rec["ctime"]), input=input_data, output=output_data,
+                completion_time=utc_datetime(rec.get("dtime")), events=events_of(rec))
 
 
 def failure_message(rec: dict) -> str:
@@ -276,3 +282,35 @@ def notices_in(payload: bytes) -> list[list]:
     """The notices of one reply message, single or batched."""
     obj = unpack(payload)
     return obj if obj and isinstance(obj[0], list) else [obj]
+
+
+# -- nodes and executors --------------------------------------------------------------------------------------
+
+# A node whose heartbeat (every 5 s) is older than this is shown NotReady; its key expires after 15 s anyway.
+NODE_STALE_MS = 10_000
+
+
+def node_from_record(name: str, rec: dict, used: ResourceRequirement, now_ms: int) -> Node:
+    """The Flame-shaped view of a ``node/<name>`` heartbeat; ``used`` = resreq of its live executors."""
+    capacity = ResourceRequirement(rec.get("cpu", 0), rec.get("memory", 0), rec.get("gpu", 0))
+    allocatable = ResourceRequirement(max(0, capacity.cpu - used.cpu), max(0, capacity.memory - used.memory),
+                                      max(0, capacity.gpu - used.gpu))
+    beat = int(rec.get("time") or 0)
+    state = NodeState.READY if now_ms - beat <= NODE_STALE_MS else NodeState.NOT_READY
+    hostname = rec.get("hostname") or name
+    return Node(metadata=Metadata(id=name, name=name), spec=NodeSpec(hostname=hostname),
+                status=NodeStatus(state=state, capacity=capacity, allocatable=allocatable,
+                                  info=NodeInfo(arch=rec.get("arch", ""), os=rec.get("os", "")),
+                                  addresses=[{"type": "Hostname", "address": hostname}],
+                                  last_heartbeat_time=beat // 1000, max_instances=rec.get("max", 0),
+                                  instances=rec.get("instances", 0)))
+
+
+def executor_record(node: str, sid: str, state: ExecutorState, resreq: ResourceRequirement, now_ms: int) -> bytes:
+    return pack({"node": node, "ssn": sid, "state": int(state), "resreq": resreq.to_list(), "ctime": now_ms})
+
+
+def executor_from_record(iid: str, rec: dict) -> Executor:
+    return Executor(metadata=Metadata(id=iid, name=iid),
+                    spec=ExecutorSpec(node=rec["node"], resreq=ResourceRequirement(*rec["resreq"])),
+                    status=ExecutorStatus(state=ExecutorState(rec["state"]), session_id=rec.get("ssn")))

@@ -9,15 +9,17 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 __all__ = [
     "FlameErrorCode", "FlameError", "SessionState", "TaskState", "ApplicationState", "Shim",
     "ResourceRequirement", "Event", "ApplicationSchema", "ApplicationAttributes", "Application",
-    "SessionAttributes", "Task", "TaskInformer",
+    "SessionAttributes", "Task", "TaskInformer", "ExecutorState", "NodeState", "Metadata", "Node", "NodeSpec",
+    "NodeStatus", "NodeInfo", "NodeAddress", "Executor", "ExecutorSpec", "ExecutorStatus", "short_name",
     "TaskID", "SessionID", "ApplicationID", "Message", "TaskInput", "TaskOutput", "CommonData",
     "DEFAULT_FLAME_CONF", "DEFAULT_FLAME_ENDPOINT", "DEFAULT_FLAME_CACHE_ENDPOINT", "FLAME_INSTANCE_ENDPOINT",
-    "validate_application_name", "validate_session_id", "parse_memory",
+    "validate_application_name", "validate_session_id", "parse_memory", "utc_datetime",
 ]
 
 TaskID = str
@@ -214,11 +216,36 @@ def format_memory(n: int) -> str:
     return f"{n}B"
 
 
+def utc_datetime(ms: Optional[int]) -> Optional[datetime]:
+    """A record's unix-ms timestamp as the timezone-aware UTC datetime Flame's API returns (None stays None).
+
+    >>> utc_datetime(0)
+    datetime.datetime(1970, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)
+    """
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def short_name(prefix: str, length: int = 6) -> str:
+    """``<prefix>-<length random [A-Za-z0-9]>``, the shape of generated session ids (Flame's helper).
+
+    >>> len(short_name("echo-app"))
+    15
+    """
+    import secrets
+    return f"{prefix}-{''.join(secrets.choice(_ALNUM) for _ in range(length))}"
+
+
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
 @dataclass
 class Event:
+    """A task or session event: ``code`` (the task state number, or 1001/1002/1003 for sessions), ``message``
+    and ``creation_time`` (UTC datetime)."""
+
     code: int
-    message: str
-    creation_time: int  # unix ms
+    message: Optional[str] = None
+    creation_time: Optional[datetime] = None
 
 
 @dataclass
@@ -254,7 +281,7 @@ class Application:
     id: str
     name: str
     state: ApplicationState
-    creation_time: int
+    creation_time: datetime
     shim: Shim = Shim.HOST
     image: Optional[str] = None
     description: Optional[str] = None
@@ -286,10 +313,10 @@ class Task:
     id: TaskID
     session_id: SessionID
     state: TaskState
-    creation_time: int
+    creation_time: datetime
     input: Optional[bytes] = None
     output: Optional[bytes] = None
-    completion_time: Optional[int] = None
+    completion_time: Optional[datetime] = None
     events: list = field(default_factory=list)
 
     def is_completed(self) -> bool:
@@ -300,7 +327,12 @@ class Task:
 
 
 class TaskInformer:
-    """Callback interface kept for API compatibility with flamepy 0.6.0."""
+    """Task update callbacks: pass one to ``Session.run(input, informer)`` / ``invoke(input, informer)``.
+
+    ``on_update(task)`` gets the task at each state change (its last call is the terminal state);
+    ``on_error(error)`` a FlameError when the task cannot be followed (0.5's API, which 0.6.0 dropped
+    from ``run`` although its own example still passes one).
+    """
 
     def on_update(self, task: Task) -> None:  # pragma: no cover - interface
         pass
@@ -332,3 +364,104 @@ def validate_session_id(session_id: Any) -> str:
         raise FlameError(FlameErrorCode.INVALID_ARGUMENT,
                          f"invalid session id <{session_id}>: 1-128 letters, digits, '-', '_' or '.'")
     return session_id
+
+
+# -- cluster view: nodes and executors (the shape of Flame's protobuf objects: .metadata / .spec / .status) --------
+
+class NodeState(enum.IntEnum):
+    UNKNOWN = 0
+    READY = 1
+    NOT_READY = 2
+
+    def label(self) -> str:
+        return {0: "Unknown", 1: "Ready", 2: "NotReady"}[int(self)]
+
+
+class ExecutorState(enum.IntEnum):
+    UNKNOWN = 0
+    VOID = 1
+    IDLE = 2
+    BINDING = 3
+    BOUND = 4
+    UNBINDING = 5
+    RELEASING = 6
+    RELEASED = 7
+
+    def label(self) -> str:
+        return self.name.capitalize()
+
+
+@dataclass
+class Metadata:
+    id: str
+    name: str
+
+
+@dataclass
+class NodeSpec:
+    hostname: str
+
+
+@dataclass
+class NodeInfo:
+    arch: str = ""
+    os: str = ""
+
+
+@dataclass
+class NodeAddress:
+    type: str
+    address: str
+
+
+@dataclass
+class NodeStatus:
+    state: NodeState
+    capacity: ResourceRequirement
+    allocatable: ResourceRequirement
+    info: NodeInfo
+    addresses: list = field(default_factory=list)
+    last_heartbeat_time: int = 0  # unix seconds, as Flame's
+    max_instances: int = 0       # ours: the node's instance cap
+    instances: int = 0           # ours: instances running there now
+
+
+@dataclass
+class Node:
+    """A node running an executor manager (``flamepy.list_nodes()``): ``node.metadata.name``,
+    ``node.spec.hostname``, ``node.status.state / capacity / allocatable / info / last_heartbeat_time``."""
+
+    metadata: Metadata
+    spec: NodeSpec
+    status: NodeStatus
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+@dataclass
+class ExecutorSpec:
+    node: str
+    resreq: ResourceRequirement
+    shim: Shim = Shim.HOST
+
+
+@dataclass
+class ExecutorStatus:
+    state: ExecutorState
+    session_id: Optional[str] = None
+
+
+@dataclass
+class Executor:
+    """One service instance slot (``flamepy.list_executors()``): ``executor.metadata.id``, ``executor.spec.node /
+    resreq``, ``executor.status.state / session_id``. On Flo an executor is exactly one instance process."""
+
+    metadata: Metadata
+    spec: ExecutorSpec
+    status: ExecutorStatus
+
+    @property
+    def id(self) -> str:
+        return self.metadata.id
