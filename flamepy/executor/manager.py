@@ -39,7 +39,7 @@ from typing import Optional
 from ..core import ops
 from ..core import records as R
 from ..core._store import Conflict, Store
-from ..core.types import ResourceRequirement, TaskState
+from ..core.types import ExecutorState, ResourceRequirement, TaskState
 
 __all__ = ["ExecutorManager", "NodeCapacity", "run_embedded_executor"]
 
@@ -201,7 +201,8 @@ class ExecutorManager:
         await self.store.put(f"node/{self.node}", R.pack({
             "cpu": self.capacity.cpu, "memory": self.capacity.memory, "gpu": self.capacity.gpu,
             "max": self.capacity.max_instances, "instances": len(self.instances), "pid": os.getpid(),
-            "time": ops.now_ms()}), ttl_seconds=NODE_TTL_S)
+            "time": ops.now_ms(), "hostname": socket.gethostname(), "arch": os.uname().machine,
+            "os": sys.platform}), ttl_seconds=NODE_TTL_S)
 
     async def _forget_own_reservations(self) -> None:
         """A restarted manager has no instances: drop what it had reserved before."""
@@ -383,6 +384,7 @@ class ExecutorManager:
         err_path = None
         try:
             try:
+                await self._record_executor(inst, ExecutorState.BINDING)
                 inst.proc, err_path = await self._spawn(inst, app)
             except Exception as exc:
                 await self._bind_failed(inst, 11, f"failed to start {app.get('command')}: {exc}")
@@ -401,7 +403,7 @@ class ExecutorManager:
             if inst.proc is not None and inst.proc.returncode is None:
                 await self._kill(inst)
             with contextlib.suppress(Exception):
-                await self.store.delete(R.k_ready(inst.id))
+                await self.store.delete_many([R.k_ready(inst.id), R.k_exec(inst.id)])
             with contextlib.suppress(Exception):
                 await self._change_alloc(sid, -1)
             self.instances.pop(inst.id, None)
@@ -442,6 +444,7 @@ class ExecutorManager:
             status = R.unpack(ready.result()[0])
             if status[0] == "ok":
                 inst.ready = True
+                await self._record_executor(inst, ExecutorState.BOUND)
                 return True
             await self._kill(inst)
             await self._bind_failed(inst, 12, f"{status[1]}{_tail_of(err_path)}")
@@ -455,6 +458,11 @@ class ExecutorManager:
             await self._kill(inst)
             await self._bind_failed(inst, 11, f"not ready within {self.startup_timeout:g}s{_tail_of(err_path)}")
         return False
+
+    async def _record_executor(self, inst: _Instance, state: ExecutorState) -> None:
+        """``exec/<instance>``: what flamepy.list_executors() and ``flmctl list -e`` show."""
+        await self.store.put(R.k_exec(inst.id), R.executor_record(self.node, inst.session_id, state, inst.resreq,
+                                                                   ops.now_ms()))
 
     async def _bind_failed(self, inst: _Instance, code: int, reason: str) -> None:
         sid = inst.session_id
