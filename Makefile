@@ -16,13 +16,14 @@ $(VENV)/bin/python:
 system-deps:
 	@# zlib headers for the CRC in flo_core.frame; redis-server/redis-cli for RESP tests and benches;
 	@# openssl for the TLS tests' throwaway CA and `openssl s_client`; chromium (headless) for the
-	@# web console's browser tests (Playwright drives Debian's chromium: no browser download)
+	@# web console's browser tests (Playwright drives Debian's chromium: no browser download);
+	@# etcd-server for the cluster's coordination (tests and `make cluster` start their own members)
 	@if [ ! -f /usr/include/zlib.h ] || ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
-	    || ! command -v openssl >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
+	    || ! command -v openssl >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zlib1g-dev redis-server redis-tools openssl chromium) >/dev/null \
-	      || echo "warning: could not install zlib1g-dev/redis-server/redis-tools/openssl/chromium"; \
-	  else echo "warning: install zlib1g-dev redis-server redis-tools openssl chromium"; fi; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends zlib1g-dev redis-server redis-tools openssl chromium etcd-server) >/dev/null \
+	      || echo "warning: could not install zlib1g-dev/redis-server/redis-tools/openssl/chromium/etcd-server"; \
+	  else echo "warning: install zlib1g-dev redis-server redis-tools openssl chromium etcd-server"; fi; \
 	fi
 
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py
