@@ -147,6 +147,26 @@ class Store:
             return [r.version]
         return await self.client.kv.put_many(request)
 
+    async def put_atomic(self, items: Sequence[tuple]) -> bool:
+        """All of ``(key, value[, cas])`` or none, as one KV transaction (``cas``: a version, 0 = must
+        not exist, None = unguarded); False when a guard did not hold (nothing was written).
+
+        >>> await store.put_atomic([("head", b"v2", 17), ("part/2", b"...")])   # doctest: +SKIP
+        True
+        """
+        async with self.client.kv.begin(items[0][0]) as txn:
+            puts = []
+            for item in items:
+                cas = item[2] if len(item) > 2 else None
+                opts = None if cas is None else PutOptions(if_not_exists=True) if cas == 0 else PutOptions(cas_version=cas)
+                puts.append(txn.put(item[0], item[1], opts) if opts else txn.put(item[0], item[1]))
+            try:
+                await asyncio.gather(*puts)   # buffered server-side, in order; a guard that fails answers at once
+                await txn.commit()
+            except ConflictError:
+                return False
+        return True
+
     async def delete(self, key: str) -> None:
         await self.client.kv.delete(key)
 
