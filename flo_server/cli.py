@@ -124,3 +124,12 @@ def hash_password_cmd(password_stdin: bool) -> None:
 main.add_command(check_log_cmd, "check-log")
 main.add_command(dump_log_cmd, "dump-log")
 main.add_command(hash_password_cmd, "hash-password")
+
+
+def _add_cluster_commands() -> None:
+    from flo_server.cluster.admin import cluster_cmd
+
+    main.add_command(cluster_cmd, "cluster")
+
+
+_add_cluster_commands()

@@ -82,3 +82,25 @@ async def test_leader_keeps_its_lease_while_refreshing(etcd):
         await asyncio.sleep(2.5)  # well past one TTL: the keep-alive must have moved the deadline
         assert la.valid() and await a.is_leader(0, la.epoch)
         await la.resign()
+
+
+def test_admin_create_and_status(etcd):
+    import json
+    import subprocess
+    import sys
+
+    cl = name()
+    cmd = [sys.executable, "-m", "flo_server", "cluster"]
+    out = subprocess.run([*cmd, "create", "--etcd", etcd.urls, "--cluster", cl, "--shards", "3"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["shard 0: slots 0-5460", "shard 1: slots 5461-10922",
+                                       "shard 2: slots 10923-16383"]
+    again = subprocess.run([*cmd, "create", "--etcd", etcd.urls, "--cluster", cl, "--shards", "3"],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "exists already" in again.stderr and "Traceback" not in again.stderr
+    st = subprocess.run([*cmd, "status", "--etcd", etcd.urls, "--cluster", cl, "--json"],
+                        capture_output=True, text=True, timeout=60)
+    doc = json.loads(st.stdout)
+    assert [s["slot_count"] for s in doc["shards"]] == [5461, 5462, 5461]
+    assert all(s["leader"] is None for s in doc["shards"])
