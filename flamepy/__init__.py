@@ -16,6 +16,7 @@ from .core import (DEFAULT_FLAME_CACHE_ENDPOINT, DEFAULT_FLAME_CONF, DEFAULT_FLA
                    TaskState, TaskWatcher, close_session, connect, create_session, get_application, get_object,
                    get_session, list_applications, list_executors, list_nodes, list_sessions, open_session,
                    put_object, register_application, run, unregister_application, update_object)
+from .core import FlameContextRunner, FlamePackage
 
 __version__ = "0.6.0"
 
@@ -29,5 +30,5 @@ __all__ = [
     "TaskOutput", "TaskState", "TaskWatcher", "close_session", "connect", "create_session", "get_application",
     "get_object", "get_session", "list_applications", "list_executors", "list_nodes", "list_sessions",
     "open_session", "put_object",
-    "register_application", "run", "unregister_application", "update_object",
+    "register_application", "run", "unregister_application", "update_object", "FlameContextRunner", "FlamePackage",
 ]

@@ -1,5 +1,10 @@
-"""Small helpers kept for flamepy 0.6.0 compatibility."""
+"""flamepy.util: Flame 0.6's small helpers.
 
-from .core.ops import short_name
+>>> name = short_name("my-app")          # 'my-app-' + 6 random letters/digits
+>>> name.startswith("my-app-") and len(name) == len("my-app-") + 6
+True
+"""
+
+from .core.types import short_name
 
 __all__ = ["short_name"]
