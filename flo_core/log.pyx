@@ -69,14 +69,129 @@ from posix.types cimport off_t
 cdef uint8_t _ZEROS[65536]  # zero-initialised (static storage): the source of _zero_ahead's writes
 
 
+# --- test hooks: crash points and injected I/O errors ------------------------------
+# flo_server/faults.py arms them from FLO_CRASHPOINT / FLO_FAULT at start-up and lists
+# every point in its POINTS / FAULTS tables. Disarmed, each site costs one test of
+# _hooks_on, a C global that is false.
+
+cdef extern from "<signal.h>" nogil:
+    int kill(int pid, int sig)
+    enum: SIGKILL
+
+cdef extern from "<unistd.h>" nogil:
+    int getpid()
+
+cdef enum:
+    CP_WRITE_BEFORE = 0      # group commit: records pending, nothing of them written
+    CP_WRITE_TORN = 1        # half of the pending bytes written: a torn record in the file
+    CP_WRITE_AFTER = 2       # written (page cache), no fdatasync yet
+    CP_FSYNC_AFTER = 3       # the syncer's fdatasync returned, the loop not told (no answer sent)
+    CP_ROLL_BEFORE_SYNC = 4  # rotation: the old segment not yet cut and synced
+    CP_ROLL_AFTER_SYNC = 5   # the old segment synced and closed, the new one not created
+    CP_ROLL_AFTER_CREATE = 6 # the new segment created, the directory not fsynced
+    CP_ROLL_AFTER_DIRSYNC = 7  # the new segment durable, nothing written to it
+    CP_TRUNCATE_MID = 8      # dropping segments below a snapshot: one unlinked, the rest not
+    CP_OPEN_AFTER_CUT = 9    # start-up cut the open segment's tail (ftruncate), not yet fsynced
+    CP_CLOSE_AFTER_CUT = 10  # clean close cut the zero room, not yet fsynced
+    N_CRASH_POINTS = 11
+    FP_WRITE = 0             # the pwrite of records (flush, and the rewrite after a failed fsync)
+    FP_FSYNC = 1             # every fdatasync of the open segment
+    FP_ROLL = 2              # rotation's cut + fdatasync of the old segment
+    FP_ROLL_CREATE = 3       # rotation's creation of the new segment
+    N_FAULT_POINTS = 4
+
+#: Crash points in this module, by id (flo_server.faults.POINTS names each one).
+CRASH_POINTS = ("log.write.before", "log.write.torn", "log.write.after", "log.fsync.after",
+                "log.roll.before_sync", "log.roll.after_sync", "log.roll.after_create", "log.roll.after_dirsync",
+                "log.truncate.mid", "log.open.after_cut", "log.close.after_cut")
+#: Fault (injected errno) points in this module, by id (flo_server.faults.FAULTS).
+FAULT_POINTS = ("log.write", "log.fsync", "log.roll", "log.roll.create")
+
+cdef bint _hooks_on = False
+cdef int _crash_id = -1
+cdef uint64_t _crash_at = 0, _crash_hits = 0
+cdef int _server_pid = 0
+cdef char _crash_msg[256]
+cdef Py_ssize_t _crash_msg_len = 0
+cdef int _fault_errno[N_FAULT_POINTS]
+cdef uint64_t _fault_from[N_FAULT_POINTS]
+cdef uint64_t _fault_until[N_FAULT_POINTS]
+cdef uint64_t _fault_hits[N_FAULT_POINTS]
+
+
+cdef void _die() noexcept nogil:
+    """Die at once, as a power cut would stop us: no flush, no atexit, no unwinding."""
+    c_write(2, _crash_msg, _crash_msg_len)
+    if getpid() != _server_pid:  # a forked child (snapshot): the server goes with it
+        kill(_server_pid, SIGKILL)
+    kill(getpid(), SIGKILL)
+
+
+cdef bint _crash_due(int cp) noexcept nogil:
+    """This hit of ``cp`` is the armed crash point's N-th (each point is hit from one thread only)."""
+    global _crash_hits
+    if cp != _crash_id:
+        return False
+    _crash_hits += 1
+    return _crash_hits == _crash_at
+
+
+cdef inline void _crash_point(int cp) noexcept nogil:
+    if _crash_due(cp):
+        _die()
+
+
+cdef int _fault(int fp) noexcept nogil:
+    """The errno to inject at this hit of ``fp`` (0 = none)."""
+    _fault_hits[fp] += 1
+    if _fault_errno[fp] and _fault_from[fp] <= _fault_hits[fp] < _fault_until[fp]:
+        return _fault_errno[fp]
+    return 0
+
+
+def arm_crash_point(str name, uint64_t nth, int server_pid):
+    """Die at the ``nth`` hit of crash point ``name`` (a test hook: flo_server.faults calls it at start)."""
+    global _hooks_on, _crash_id, _crash_at, _crash_hits, _server_pid, _crash_msg_len
+    cdef bytes msg = (f"flo-server: crash point {name} hit {nth}: dying now (FLO_CRASHPOINT test hook)\n"
+                      .encode()[:255])
+    _crash_id = CRASH_POINTS.index(name)
+    _crash_at = nth
+    _crash_hits = 0
+    _server_pid = server_pid
+    memcpy(_crash_msg, PyBytes_AS_STRING(msg), len(msg))
+    _crash_msg_len = len(msg)
+    _hooks_on = True
+
+
+def arm_fault(str name, int err, uint64_t first, uint64_t times, int server_pid):
+    """Fail hits ``first .. first + times - 1`` of fault point ``name`` with ``err`` (a test hook)."""
+    global _hooks_on, _server_pid
+    cdef int fp = FAULT_POINTS.index(name)
+    _fault_errno[fp] = err
+    _fault_from[fp] = first
+    _fault_until[fp] = first + times
+    _fault_hits[fp] = 0
+    _server_pid = server_pid
+    _hooks_on = True
+
+
+def crash_point_hits():
+    """How often the armed crash point was reached (0 when none is armed)."""
+    return _crash_hits
+
+
 cdef int64_t[15] _FSYNC_BOUNDS_NS = [1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000,
                                      2500000, 5000000, 10000000, 100000000, 1000000000]  # metrics.BUCKET_BOUNDS
 
 
 cdef int _timed_fdatasync(Syncer *ss, int fd) noexcept nogil:
-    """fdatasync, counted and timed into the syncer's histogram (for /metrics)."""
+    """fdatasync, counted and timed into the syncer's histogram (for /metrics); 0 or the errno."""
     cdef int64_t t0 = mono_ns()
-    cdef int rc = fdatasync(fd)  # errno stays as it left it: pthread calls below do not set errno
+    cdef int rc = fdatasync(fd)
+    if rc != 0:
+        rc = errno
+    elif _hooks_on:
+        rc = _fault(FP_FSYNC)
     cdef int64_t ns = mono_ns() - t0
     cdef int b = 0
     while b < 15 and ns > _FSYNC_BOUNDS_NS[b]:
@@ -92,7 +207,7 @@ cdef int _timed_fdatasync(Syncer *ss, int fd) noexcept nogil:
 cdef void *_syncer_main(void *arg) noexcept nogil:
     cdef Syncer *ss = <Syncer *>arg
     cdef uint64_t lsn, size, gen, one = 1
-    cdef int fd, rc, e
+    cdef int fd, e
     pthread_mutex_lock(&ss.mu)
     while True:
         while not ss.want and not ss.stop:
@@ -110,11 +225,12 @@ cdef void *_syncer_main(void *arg) noexcept nogil:
         gen = ss.req_gen
         fd = ss.fd
         pthread_mutex_unlock(&ss.mu)
-        rc = _timed_fdatasync(ss, fd) if fd >= 0 else 0
-        e = errno
+        e = _timed_fdatasync(ss, fd) if fd >= 0 else 0
         pthread_mutex_unlock(&ss.fd_mu)
+        if e == 0 and _hooks_on:
+            _crash_point(CP_FSYNC_AFTER)
         pthread_mutex_lock(&ss.mu)
-        if rc != 0:
+        if e != 0:
             ss.err = e
         elif lsn > ss.done_lsn:
             ss.done_lsn = lsn
@@ -516,6 +632,8 @@ cdef class LogWriter:
                 fd = os.open(path, os.O_WRONLY)
                 try:
                     os.ftruncate(fd, pos)
+                    if _hooks_on:
+                        _crash_point(CP_OPEN_AFTER_CUT)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -571,16 +689,25 @@ cdef class LogWriter:
 
     cdef int _open_segment(self, uint64_t first_lsn, bint create) except -1:
         path = os.path.join(self.directory, segment_name(first_lsn))
+        rotating = self.segment_path is not None  # a segment was open before: this is a rotation
         # Not O_APPEND: records are written with pwrite into zero-filled room (flush)
         flags = os.O_WRONLY | os.O_CLOEXEC
         if create:
-            flags |= os.O_CREAT | os.O_EXCL
-        self._fd = os.open(path, flags, 0o644)
+            flags |= os.O_CREAT  # not O_EXCL: a rotation that failed after creating it may retry
+        fd = os.open(path, flags, 0o644)
+        if create and os.fstat(fd).st_size:
+            os.close(fd)  # no segment of ours is named after an LSN not yet written
+            raise FileExistsError(f"segment {path} exists and is not empty")
+        self._fd = fd
         self._zeroed = 0
         self._ss.fd = self._fd  # callers hold fd_mu once the syncer runs
         self._gen += 1
         if create:
+            if rotating and _hooks_on:
+                _crash_point(CP_ROLL_AFTER_CREATE)
             fsync_dir(self.directory)
+            if rotating and _hooks_on:
+                _crash_point(CP_ROLL_AFTER_DIRSYNC)
         self.segment_path = path
         self.segment_first_lsn = first_lsn
         self.segment_size = 0
@@ -588,24 +715,38 @@ cdef class LogWriter:
         return 0
 
     cdef int _rotate(self, uint64_t first_lsn) except -1:
-        cdef int fd, rc
+        cdef int fd, e = 0
         # The old segment is made durable before the new one exists, so only
-        # the newest segment can ever have a torn tail.
+        # the newest segment can ever have a torn tail. Each step can fail (disk full,
+        # I/O error) and be retried: a closed old segment (_fd < 0) is not closed again.
         with nogil:
             pthread_mutex_lock(&self._ss.fd_mu)
         try:
             fd = self._fd
-            with nogil:
-                rc = ftruncate(fd, <off_t>self.segment_size)  # a closed segment ends at its data
-                if rc == 0:
-                    rc = _timed_fdatasync(self._ss, fd)
-            if rc != 0:
-                raise OSError(errno, strerror(errno).decode(), self.segment_path)
-            self._fd = -1
-            self._ss.fd = -1
-            c_close(fd)
-            if self.flushed_lsn > self.synced_lsn:
-                self.synced_lsn = self.flushed_lsn
+            if fd >= 0:
+                if _hooks_on:
+                    e = _fault(FP_ROLL)
+                    _crash_point(CP_ROLL_BEFORE_SYNC)
+                if e == 0:
+                    with nogil:
+                        if ftruncate(fd, <off_t>self.segment_size) != 0:  # a closed segment ends at its data
+                            e = errno
+                        else:
+                            e = _timed_fdatasync(self._ss, fd)
+                if e != 0:
+                    raise OSError(e, strerror(e).decode(), self.segment_path)
+                self._fd = -1
+                self._ss.fd = -1
+                c_close(fd)
+                if self.flushed_lsn > self.synced_lsn:
+                    self.synced_lsn = self.flushed_lsn
+                self.synced_size = self.segment_size
+                if _hooks_on:
+                    _crash_point(CP_ROLL_AFTER_SYNC)
+            if _hooks_on:
+                e = _fault(FP_ROLL_CREATE)
+                if e != 0:
+                    raise OSError(e, strerror(e).decode(), os.path.join(self.directory, segment_name(first_lsn)))
             self._open_segment(first_lsn, True)
         finally:
             pthread_mutex_unlock(&self._ss.fd_mu)
@@ -655,29 +796,39 @@ cdef class LogWriter:
             return 0
         if self._closed:
             raise ValueError("log is closed")
-        if (self.segment_size > 0 and self.segment_size + total > self.segment_bytes
+        if self._fd < 0 or (self.segment_size > 0 and self.segment_size + total > self.segment_bytes
                 and (self.segment_size - self.synced_size < ROTATE_UNSYNCED_MAX
                      or self.segment_size + total > 2 * self.segment_bytes)):
             # Rotation fsyncs the old segment on this thread; the journal syncs a full
             # segment in the background first (rotation_due), so this sync is short.
+            # (_fd < 0: a rotation failed after closing the old segment; finish it.)
             self._rotate(self._pending_first_lsn)
         fd = self._fd
         if self.segment_size + total > self._zeroed:
             self._zero_ahead(self.segment_size + total)
-        with nogil:
-            while done < total:
-                r = pwrite(fd, self._buf + done, total - done, <off_t>(self.segment_size + done))
-                if r < 0:
-                    if errno == EINTR:
-                        continue
-                    err = errno
-                    break
-                done += r
+        if _hooks_on:
+            err = _fault(FP_WRITE)
+            _crash_point(CP_WRITE_BEFORE)
+            if _crash_due(CP_WRITE_TORN):  # half the bytes reach the file, then the power goes
+                pwrite(fd, self._buf, total // 2 or 1, <off_t>self.segment_size)
+                _die()
+        if err == 0:
+            with nogil:
+                while done < total:
+                    r = pwrite(fd, self._buf + done, total - done, <off_t>(self.segment_size + done))
+                    if r < 0:
+                        if errno == EINTR:
+                            continue
+                        err = errno
+                        break
+                    done += r
         if err:
             if done:
                 ftruncate(fd, <off_t>self.segment_size)  # back to where this flush started
                 self._zeroed = self.segment_size
             raise OSError(err, strerror(err).decode(), self.segment_path)
+        if _hooks_on:
+            _crash_point(CP_WRITE_AFTER)
         self.segment_size += total
         self._len = 0
         self.flushed_lsn = self.last_lsn
@@ -734,11 +885,69 @@ cdef class LogWriter:
             with nogil:
                 rc = _timed_fdatasync(self._ss, fd)
             if rc != 0:
-                raise OSError(errno, strerror(errno).decode(), self.segment_path)
+                raise OSError(rc, strerror(rc).decode(), self.segment_path)
             if target > self.synced_lsn:
                 self.synced_lsn = target
                 self.synced_size = size
             return self.synced_lsn
+        finally:
+            pthread_mutex_unlock(&self._ss.fd_mu)
+
+    def rewrite_unsynced(self):
+        """After a failed fdatasync: write the open segment's unsynced bytes again; returns how many.
+
+        Why: once an fdatasync has failed, the kernel may have marked the pages it could not
+        write clean, and a second fdatasync reports success without writing them. Writing
+        the bytes again dirties them, so the next fdatasync really covers them. The bytes
+        come back from the page cache and must read back as the records we wrote (CRCs,
+        rising LSNs ending at ``flushed_lsn``); if they do not, the kernel dropped them and
+        :class:`LogCorruption` says so (the journal then stops the server). No-op when
+        everything flushed is synced.
+        """
+        cdef const uint8_t *p
+        cdef Py_ssize_t n, pos = 0
+        cdef uint64_t prev, lsn = 0
+        cdef uint32_t plen = 0
+        cdef Py_ssize_t done = 0
+        cdef ssize_t r
+        cdef int fd, err = 0
+        cdef uint64_t start
+        with nogil:
+            pthread_mutex_lock(&self._ss.fd_mu)
+        try:
+            if self._fd < 0 or self.synced_size >= self.segment_size or self.flushed_lsn <= self.synced_lsn:
+                return 0
+            start = self.synced_size
+            with open(self.segment_path, "rb") as f:
+                f.seek(start)
+                data = f.read(self.segment_size - start)
+            p = <const uint8_t *>PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+            prev = self.synced_lsn
+            while pos < n:
+                if parse_at(p, n, pos, prev, &lsn, &plen) != OK:
+                    break
+                prev = lsn
+                pos += HDR + plen
+            if n != <Py_ssize_t>(self.segment_size - start) or pos != n or prev != self.flushed_lsn:
+                raise LogCorruption(self.segment_path, start + pos,
+                                    "the unsynced records no longer read back as written after a failed fdatasync")
+            fd = self._fd
+            if _hooks_on:
+                err = _fault(FP_WRITE)
+            if err == 0:
+                with nogil:
+                    while done < n:
+                        r = pwrite(fd, p + done, n - done, <off_t>(start + done))
+                        if r < 0:
+                            if errno == EINTR:
+                                continue
+                            err = errno
+                            break
+                        done += r
+            if err:
+                raise OSError(err, strerror(err).decode(), self.segment_path)
+            return n
         finally:
             pthread_mutex_unlock(&self._ss.fd_mu)
 
@@ -858,20 +1067,31 @@ cdef class LogWriter:
             if segs[i + 1][0] <= lsn and segs[i][1] != self.segment_path:
                 os.unlink(segs[i][1])
                 removed.append(segs[i][1])
+                if _hooks_on:
+                    _crash_point(CP_TRUNCATE_MID)
         if removed:
             fsync_dir(self.directory)
         return removed
 
-    def close(self, bint sync=True):
-        """Flush, optionally sync, and close the segment."""
+    def close(self, bint sync=True, bint discard=False):
+        """Flush, optionally sync, and close the segment.
+
+        ``discard``: drop what is pending instead of writing it (the journal's last resort
+        when the disk still fails at shutdown: those records were never acknowledged).
+        """
         cdef int fd
         if self._closed:
             return
         self._stop_syncer()  # waits for an fdatasync in flight
+        if discard:
+            self._len = 0
+            self.last_lsn = self.flushed_lsn
         self.flush()
         if self._fd >= 0 and self._zeroed > self.segment_size:
             os.ftruncate(self._fd, self.segment_size)  # a clean close leaves no zero room
             self._zeroed = self.segment_size
+            if _hooks_on:
+                _crash_point(CP_CLOSE_AFTER_CUT)
             if sync:
                 os.fsync(self._fd)  # the data and the new size: sync() below has nothing left
                 self.synced_lsn = self.flushed_lsn

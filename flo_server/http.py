@@ -10,7 +10,7 @@ the data port's request path.
 path               what
 =================  ===========================================================
 /healthz           200 ``ok`` while the process serves (no auth)
-/readyz            200 once recovery is done and the data port listens, else 503 (no auth)
+/readyz            200 once recovery is done and the data port listens and the log takes writes, else 503 (no auth)
 /metrics           Prometheus text format (flo_server.metrics)
 /api/...           JSON for the console (flo_server.api)
 /, /console/...    the web console (static files shipped in flo_server/console)
@@ -159,7 +159,12 @@ class HttpProtocol(asyncio.Protocol):
         if path == "/healthz":
             return 200, "text/plain", b"ok\n", []
         if path == "/readyz":
-            return (200, "text/plain", b"ready\n", []) if srv.ready else (503, "text/plain", b"recovering\n", [])
+            if not srv.ready:
+                return 503, "text/plain", b"recovering\n", []
+            failing = getattr(srv.journal, "failed", None)  # persistence.StorageFailure: writes refused
+            if failing is not None:
+                return 503, "text/plain", f"{failing}\n".encode(), []
+            return 200, "text/plain", b"ready\n", []
         user = await self._authenticate(req)
         if path == "/metrics":
             from flo_server.metrics import CONTENT_TYPE, render

@@ -130,6 +130,12 @@ def _journal(srv: Any) -> Iterator[Any]:
     yield CounterMetricFamily("flo_log_bytes", "Bytes appended to the log since start", value=st.get("bytes_appended", 0))
     yield GaugeMetricFamily("flo_log_segments", "Log segment files", value=st.get("segments", 0))
     yield GaugeMetricFamily("flo_log_failed", "1 when the log stopped taking writes", value=1 if st.get("failed") else 0)
+    yield CounterMetricFamily("flo_log_storage_failures", "Times the log started failing (disk full, I/O error)",
+                              value=st.get("storage_failures", 0))
+    yield CounterMetricFamily("flo_log_storage_retries", "Retries of a failing log write or fdatasync",
+                              value=st.get("storage_retries", 0))
+    yield CounterMetricFamily("flo_snapshot_failures", "Snapshots that failed (the log kept everything)",
+                              value=st.get("snapshot_failures", 0))
     writer = getattr(j, "writer", None)
     fs = _histogram("flo_fsync_duration_seconds", "Duration of each fdatasync of the log", [])
     if writer is not None:

@@ -20,6 +20,11 @@ fsync policies:
   syncer thread: a power loss risks about a second.
 * ``no`` — as ``everysec`` without the fsync: the OS decides when to flush.
 
+A failing disk (ENOSPC, EIO on a write, fdatasync or rotation) stops new writes with a
+refusal (``StorageFailure.refusal``) while reads go on; the records already taken stay
+pending and are retried with backoff (10 ms doubling to 1 s) until the disk takes them, then
+their answers leave and writes resume (docs/reliability.md, "Disk full and I/O errors").
+
 A snapshot (msgpack of ``{name: store.dump()}`` and its LSN) is taken after
 ``snapshot_bytes`` of log - and at least as many bytes as the last snapshot
 has, so snapshot work stays proportional to what is written (Redis rewrites its
@@ -65,10 +70,13 @@ from flo_core.log import (
 )
 from flo_core.output import release_held
 from flo_core.spec import Reason
+from flo_server import faults
 
 __all__ = [
     "DiskJournal",
     "RecoveryError",
+    "StorageFailure",
+    "StorageRefusal",
     "Recovery",
     "open_journal",
     "recover",
@@ -87,6 +95,8 @@ SNAP_MAGIC = b"FLOSNAP1"
 _SNAP_HEAD = struct.Struct("<8sQQI")  # magic, lsn, body length, crc32(body)
 SNAPSHOTS_KEPT = 2
 EVERYSEC_S = 1.0
+RETRY_FIRST_S = 0.01  # a failing log is retried after 10 ms, then twice as long each time ...
+RETRY_MAX_S = 1.0  # ... up to once a second
 MIN_SEGMENT_BYTES = 64 * 1024
 
 
@@ -143,6 +153,8 @@ def _wait_snapshot_child(pid: int) -> None:
     """Reap the snapshot child (in a worker thread); raise if it failed."""
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
+    if 0 < code < 126:  # the child exits with the errno of an OSError
+        raise OSError(code, f"{os.strerror(code)} (in snapshot process {pid})")
     if code != 0:
         raise RuntimeError(f"snapshot process {pid} exited with {code}")
 
@@ -161,20 +173,44 @@ def _newest_snapshot_size(data_dir: str, snapshots: list[tuple[int, str]] | None
 def write_snapshot(data_dir: str, lsn: int, body: bytes, keep: int = SNAPSHOTS_KEPT) -> str:
     """Write ``body`` (msgpack) as the snapshot at ``lsn`` durably; prune to the newest ``keep``.
 
-    Runs in a worker thread: temp file + fsync + rename + directory fsync, so a
-    crash leaves either the old set of snapshots or the new one, never half a file.
+    Runs in a forked child (or a worker thread): temp file + fsync + rename + directory fsync,
+    so a crash leaves either the old set of snapshots or the new one, never half a file.
+    A failure (disk full, I/O error) removes the temp file and raises: the log and the
+    snapshots already in place are untouched (the log is cut only after a snapshot is in place).
     """
     d = snap_dir(data_dir)
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, f"{lsn:020d}.snap")
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(_SNAP_HEAD.pack(SNAP_MAGIC, lsn, len(body), zlib.crc32(body)))
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    half = len(body) // 2
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_SNAP_HEAD.pack(SNAP_MAGIC, lsn, len(body), zlib.crc32(body)))
+            f.write(memoryview(body)[:half])
+            if faults.ACTIVE:
+                f.flush()
+                faults.crash("snap.mid_file")
+                faults.fault("snap.write")
+            f.write(memoryview(body)[half:])
+            f.flush()
+            if faults.ACTIVE:
+                faults.crash("snap.before_fsync")
+            os.fsync(f.fileno())
+        if faults.ACTIVE:
+            faults.crash("snap.before_rename")
+            faults.fault("snap.rename")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # not created, or already gone
+        raise
+    if faults.ACTIVE:
+        faults.crash("snap.after_rename")
     fsync_dir(d)
+    if faults.ACTIVE:
+        faults.crash("snap.before_prune")
     for _, old in list_snapshots(data_dir)[keep:]:
         os.unlink(old)
     for name in os.listdir(d):
@@ -314,10 +350,10 @@ def recover(srv: Any, data_dir: str, *, repair: bool = False) -> Recovery:
 
 
 def _exit_process(exc: BaseException) -> None:
-    """Default reaction to a failed fsync under ``always``: stop at once (as Redis does).
+    """Default reaction when records the log took are gone (after a failed fdatasync the
+    kernel dropped their pages, ``LogWriter.rewrite_unsynced``): stop at once.
 
-    Acknowledging later writes would be a lie, and a retried fsync can report
-    success for pages the kernel already dropped.
+    Acknowledging later writes would be a lie; start-up recovers what the log holds.
     """
     logging.shutdown()
     os._exit(70)
@@ -377,8 +413,14 @@ class DiskJournal:
         self._snap_base = 0
         self.bytes_since_snapshot = bytes_since_snapshot
         self.last_snapshot_size = _newest_snapshot_size(data_dir)
-        self._failed: BaseException | None = None
+        self._failed: StorageFailure | None = None
         self._closed = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_syncing = False  # a retry's fdatasync is in flight
+        self.storage_failures = 0  # times the log started failing
+        self.storage_retries = 0
+        self.snapshot_failures = 0
+        self.last_snapshot_error: str | None = None
         self._snapshot_inflight: asyncio.Future | None = None
         # fdatasync runs on the log's own C thread (flo_core.log: the syncer), which
         # never takes the GIL and says it is done through an eventfd the loop watches.
@@ -402,11 +444,11 @@ class DiskJournal:
 
     # The request loops in C read these off the writer (``accepting``) instead of asking us.
     @property
-    def failed(self) -> BaseException | None:
+    def failed(self) -> StorageFailure | None:
         return self._failed
 
     @failed.setter
-    def failed(self, exc: BaseException | None) -> None:
+    def failed(self, exc: StorageFailure | None) -> None:
         self._failed = exc
         self.writer.accepting = exc is None and not self._closed
 
@@ -429,9 +471,11 @@ class DiskJournal:
         self._snap_base = self.writer.bytes_appended - n
 
     def append(self, kind: str, args: tuple | list) -> int:
-        """Log ``(kind, args)``; returns its LSN. Refuses (WRITES_STOPPED) after a disk failure."""
+        """Log ``(kind, args)``; returns its LSN. Refuses (WRITES_STOPPED) while the log fails or is closed."""
         if self.failed is not None or self.closed:
-            raise Refusal(Reason.WRITES_STOPPED, f"writes stopped: the log cannot be written ({self.failed or 'closed'})")
+            if self.failed is not None:
+                raise self.failed.refusal()
+            raise Refusal(Reason.WRITES_STOPPED, "writes stopped: the log is closed (the server is stopping)")
         payload = pack_record(kind, args)
         try:
             lsn = self.writer.append(RECORD_WRITE, payload)
@@ -461,14 +505,16 @@ class DiskJournal:
 
     def _flush_now(self) -> None:
         self.writer.flush_scheduled = False
-        if self.closed:
-            return
+        if self.closed or self.failed is not None:
+            return  # while the log fails, _retry_storage does the writing
         try:
             if self.writer.flush():
                 self.flushes += 1
         except OSError as e:
-            self._io_failed("write", e)
+            self._storage_failed("write", e)
             return
+        if faults.ACTIVE:
+            faults.crash("group.after_flush")
         if self._always:
             self._kick_sync()
         else:
@@ -489,9 +535,15 @@ class DiskJournal:
         """The syncer's eventfd fired: one or more fdatasyncs finished."""
         err = self.writer.collect()
         if err:
-            self._io_failed("fsync", OSError(err, os.strerror(err), self.writer.segment_path))
+            self._retry_syncing = False
+            self._storage_failed("fsync", OSError(err, os.strerror(err), self.writer.segment_path))
             return
         self.syncs += 1
+        if faults.ACTIVE:
+            faults.crash("group.after_sync")
+        if self._retry_syncing and self.writer.synced_lsn >= self.writer.flushed_lsn:
+            self._retry_syncing = False
+            self._storage_recovered()
         self._run_after_sync()
 
     def _run_after_sync(self) -> None:
@@ -501,24 +553,63 @@ class DiskJournal:
         self._tick = None
         if self.closed:
             return
-        if self.failed is not None and isinstance(self.failed, _WriteFailure):
-            # A failed write left the records pending: retry it.
-            self.failed = None
-            self._flush_now()
-        elif self.failed is None and self.policy == "everysec":
+        if self.failed is None and self.policy == "everysec":
             self._kick_sync()
         self._tick = self.loop.call_later(EVERYSEC_S, self._every_second)
 
-    def _io_failed(self, what: str, exc: BaseException) -> None:
-        if self._always or what == "fsync":
-            log.critical("log %s failed: %s; stopping the server (acknowledged writes must be durable)", what, exc)
-            self.failed = exc
-            self.on_fatal(exc)
-            return
-        # everysec / no: keep the records pending, refuse new writes, retry each second (Redis does the same).
+    # --- a failing disk (ENOSPC, EIO): refuse new writes, keep and retry the records held ---
+
+    def _storage_failed(self, what: str, exc: OSError) -> None:
+        """A log write, fdatasync or rotation failed: stop taking writes and retry with backoff.
+
+        Nothing is lost or acknowledged early: records that were appended (and applied) stay
+        pending in the writer - or written but unsynced in the file - and their answers stay
+        held (flo_core.output) until a retry gets them into the log. One warning line when
+        the trouble starts; retries are counted, not logged.
+        """
         if self.failed is None:
-            log.error("log write failed: %s; refusing writes until it succeeds again", exc)
-        self.failed = _WriteFailure(str(exc))
+            self.failed = StorageFailure(what, exc)
+            self.storage_failures += 1
+            log.warning("%s; %d record(s) held for the retry", self.failed,
+                        self.writer.last_lsn - self.writer.synced_lsn if self._always
+                        else self.writer.last_lsn - self.writer.flushed_lsn)
+        else:
+            self.failed.again(what, exc)
+        if self._retry is None and not self.closed:
+            delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(self.failed.retries, 10))
+            self._retry = self.loop.call_later(delay, self._retry_storage)
+
+    def _retry_storage(self) -> None:
+        self._retry = None
+        if self.closed or self.failed is None:
+            return
+        self.failed.retries += 1
+        self.storage_retries += 1
+        w = self.writer
+        try:
+            w.rewrite_unsynced()  # after a failed fdatasync: dirty those pages again (no-op otherwise)
+            w.flush()
+        except LogCorruption as e:
+            log.critical("%s; stopping the server (acknowledged writes must be durable)", e)
+            self.on_fatal(e)
+            return
+        except OSError as e:
+            self._storage_failed("write", e)
+            return
+        if w.flushed_lsn > w.synced_lsn and (self._always or self.failed.what == "fsync"):
+            self._retry_syncing = True
+            if w.request_sync():
+                return  # _synced finishes the recovery (or fails again)
+            self._retry_syncing = False
+        self._storage_recovered()
+
+    def _storage_recovered(self) -> None:
+        f = self.failed
+        self.failed = None
+        if f is not None:
+            log.warning("log %s works again after %.1fs and %d retr%s; writes accepted", f.what,
+                        time.monotonic() - f.since, f.retries, "y" if f.retries == 1 else "ies")
+        self._run_after_sync()  # answers held for the records the retry wrote
 
     # --- snapshots -----------------------------------------------------------------------
 
@@ -549,6 +640,9 @@ class DiskJournal:
                     _, body = self._snapshot_body()
                     write_snapshot(self.data_dir, lsn, body)
                     code = 0
+                except BaseException as e:  # noqa: BLE001 - told to the parent through stderr and the exit code
+                    os.write(2, f"flo-server snapshot process: {type(e).__name__}: {e}\n".encode())
+                    code = min(e.errno, 125) if isinstance(e, OSError) and e.errno else 126
                 finally:
                     os._exit(code)
             fut = self.loop.run_in_executor(self._snap_pool, _wait_snapshot_child, pid)
@@ -562,8 +656,11 @@ class DiskJournal:
         exc = fut.exception()
         if exc is not None:
             # Not fatal: the log still holds everything; try again after the next interval.
-            log.error("snapshot at LSN %d failed: %s", lsn, exc)
+            self.snapshot_failures += 1
+            self.last_snapshot_error = str(exc)
+            log.error("snapshot at LSN %d failed: %s; the log and the older snapshots are untouched", lsn, exc)
             return
+        self.last_snapshot_error = None
         self._after_snapshot(lsn, time.monotonic() - t0)
 
     def _after_snapshot(self, lsn: int, seconds: float) -> None:
@@ -574,6 +671,8 @@ class DiskJournal:
         self.last_snapshot_size = _newest_snapshot_size(self.data_dir, kept)
         # Keep the log back to the oldest kept snapshot, so it can stand in if the newest is damaged.
         floor = min((s for s, _ in kept), default=lsn)
+        if faults.ACTIVE:
+            faults.crash("snap.before_truncate")
         removed = self.writer.drop_segments_below(floor + 1) if not self.closed else []
         log.info("snapshot at LSN %d in %.3fs; %d old segment(s) removed", lsn, seconds, len(removed))
 
@@ -599,33 +698,82 @@ class DiskJournal:
             "bytes_since_snapshot": self.bytes_since_snapshot, "last_snapshot_seconds": self.last_snapshot_seconds,
             "last_snapshot_size": self.last_snapshot_size,
             "segments": len(w.segments()), "failed": str(self.failed) if self.failed else None,
+            "storage_error": str(self.failed) if self.failed else None,
+            "storage_failing_seconds": round(time.monotonic() - self.failed.since, 3) if self.failed else 0,
+            "storage_failures": self.storage_failures, "storage_retries": self.storage_retries,
+            "snapshot_failures": self.snapshot_failures, "last_snapshot_error": self.last_snapshot_error,
         }
 
     def close(self) -> None:
         """Clean shutdown: flush, snapshot, fsync, close. Waits for a running fsync/snapshot."""
         if self.closed:
             return
-        if self._tick is not None:
-            self._tick.cancel()
-            self._tick = None
+        for handle in (self._tick, self._retry):
+            if handle is not None:
+                handle.cancel()
+        self._tick = self._retry = None
         self._snap_pool.shutdown(wait=True)
         try:
+            if self.failed is not None:
+                self.writer.rewrite_unsynced()  # one last try at what the retries did not get through
             self.writer.flush()
+            if faults.ACTIVE:
+                faults.crash("stop.before_snapshot")
             if self.failed is None:
                 self.snapshot_now()
+            if faults.ACTIVE:
+                faults.crash("stop.before_close")
+        except OSError as e:
+            log.error("final flush/snapshot failed: %s", e)
         except Exception:  # noqa: BLE001 - still close the log below
             log.exception("final flush/snapshot failed")
         self.closed = True
         self.loop.remove_reader(self._syncer_fd)
         try:
-            self.writer.close()  # stops the syncer (waits for an fsync in flight), flush + fdatasync
+            self.writer.close()  # stops the syncer (waits for an fdatasync in flight), flush + fdatasync
+        except OSError as e:
+            dropped = self.writer.last_lsn - self.writer.flushed_lsn
+            log.error("the log could not be written at shutdown (%s): %d record(s), never acknowledged, dropped",
+                      e, dropped)
+            try:
+                self.writer.close(sync=False, discard=True)
+            except OSError as e2:
+                log.error("closing the log failed: %s", e2)
         finally:
             self._run_after_sync()
             _unlock(self)
 
 
-class _WriteFailure(OSError):
-    """A write error under everysec/no: retried each second."""
+class StorageRefusal(Refusal):
+    """WRITES_STOPPED (status UNAVAILABLE, ran NO: a status and reason the public SDK knows)
+    while the log fails; ``resp_message`` is what RESP clients get, Redis's own words."""
+
+    def __init__(self, message: str, resp_message: str) -> None:
+        super().__init__(Reason.WRITES_STOPPED, message)
+        self.resp_message = resp_message
+
+
+class StorageFailure(OSError):
+    """The log cannot be written (``what``: write or fsync) since ``since`` (monotonic).
+
+    >>> str(StorageFailure("write", OSError(28, "No space left on device")))
+    'STORAGE_ERROR: log write failed: No space left on device (writes refused until it succeeds)'
+    """
+
+    def __init__(self, what: str, exc: OSError) -> None:
+        super().__init__(exc.errno, exc.strerror or str(exc))
+        self.what = what
+        self.since = time.monotonic()
+        self.retries = 0
+
+    def again(self, what: str, exc: OSError) -> None:
+        self.what, self.errno, self.strerror = what, exc.errno, exc.strerror or str(exc)
+
+    def __str__(self) -> str:
+        return f"STORAGE_ERROR: log {self.what} failed: {self.strerror} (writes refused until it succeeds)"
+
+    def refusal(self) -> StorageRefusal:
+        return StorageRefusal(str(self), f"MISCONF Errors writing to the AOF file: {self.strerror}")
 
 
 # --- data dir lock and wiring --------------------------------------------------

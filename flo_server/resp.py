@@ -185,6 +185,9 @@ def _refusal_message(e: ServerError) -> str:
         return WRONGTYPE
     if e.reason == Reason.OUT_OF_RANGE and "overflow" in e.message:
         return OVERFLOW
+    resp_message = getattr(e, "resp_message", None)  # persistence.StorageRefusal: Redis's MISCONF words
+    if resp_message:
+        return resp_message
     return "ERR " + e.message
 
 
@@ -1044,6 +1047,8 @@ def _info_sections(s: RespSession) -> dict[str, list]:
             ("flo_last_lsn", info.get("last_lsn", 0)), ("flo_log_bytes_appended", journal.get("bytes_appended", 0)),
             ("flo_log_segments", journal.get("segments", 0)), ("flo_fsyncs", fsyncs),
             ("rdb_saves", journal.get("snapshots", 0)),
+            ("rdb_last_bgsave_status", "err" if journal.get("last_snapshot_error") else "ok"),
+            ("flo_storage_failures", journal.get("storage_failures", 0)),
             ("rdb_last_bgsave_time_sec", round(journal.get("last_snapshot_seconds") or 0, 3)),
             ("flo_snapshot_lsn", journal.get("snapshot_lsn") or 0),
             ("flo_snapshot_size", journal.get("last_snapshot_size") or 0),

@@ -456,7 +456,7 @@ async def test_a_failed_log_write_stops_writes_on_every_path_until_it_recovers(t
     once a retry succeeds, writes are taken again. Every appended byte counts toward a snapshot."""
     import redis.asyncio as aioredis
 
-    from flo_server.persistence import _WriteFailure
+    from flo_server.persistence import StorageFailure
 
     cfg = ServerConfig(host="127.0.0.1", port=0, data_dir=str(tmp_path), fsync="everysec")
     srv = Server(cfg)
@@ -471,19 +471,19 @@ async def test_a_failed_log_write_stops_writes_on_every_path_until_it_recovers(t
             assert await r.set("rk", b"r1")  # RESP C path
             assert j.bytes_since_snapshot > before
             assert j.bytes_since_snapshot == j.writer.bytes_appended - j._snap_base
-            j.failed = _WriteFailure("disk gone (test)")  # what _io_failed records
+            j.failed = StorageFailure("write", OSError(5, "disk gone (test)"))  # what _storage_failed records
             assert not j.writer.accepting
-            with pytest.raises(FloError, match="writes stopped"):
+            with pytest.raises(FloError, match="STORAGE_ERROR: log write failed: disk gone"):
                 await c.kv.put("k", b"v2")
-            with pytest.raises(FloError, match="writes stopped"):
+            with pytest.raises(FloError, match="STORAGE_ERROR"):
                 await c.kv.incr("n")
-            with pytest.raises(Exception, match="writes stopped"):
+            with pytest.raises(Exception, match="MISCONF Errors writing to the AOF file: disk gone"):
                 await r.set("rk", b"r2")
-            with pytest.raises(Exception, match="writes stopped"):
+            with pytest.raises(Exception, match="MISCONF"):
                 await r.incr("rn")
             assert (await c.kv.get("k")).value == b"v1"  # reads go on
             assert await r.get("rk") == b"r1"
-            j.failed = None  # a retry succeeded (_every_second)
+            j.failed = None  # a retry succeeded (_retry_storage)
             assert j.writer.accepting
             await c.kv.put("k", b"v3")
             assert await r.set("rk", b"r3")
