@@ -397,6 +397,124 @@ def close(obj: _Ctx, session: str) -> None:
     click.echo(f"Session {session} was closed.")
 
 
+@cli.command()
+@click.option("--name", required=True, help="application name")
+@click.option("--application", "path", required=True, type=click.Path(exists=True),
+              help="a directory, a .tar.gz/.tgz package or an executable file")
+@click.option("--dry-run", is_flag=True, help="show the plan; upload and register nothing")
+@click.option("-o", "--output", default="summary", type=click.Choice(["summary", "yaml", "json"]), show_default=True)
+@click.option("--shim", default=None, help="Host (default) or Wasm")
+@click.option("--image", default=None)
+@click.option("--description", default=None)
+@click.option("--label", "labels", multiple=True, help="repeatable")
+@click.option("--command", default=None, help="overrides the detected command")
+@click.option("--argument", "arguments", multiple=True, help="one argument; repeatable")
+@click.option("--env", "envs", multiple=True, help="NAME=VALUE; repeatable")
+@click.option("--working-directory", default=None)
+@click.option("--max-instances", default=None, type=click.IntRange(1))
+@click.option("--delay-release", default=None, type=click.IntRange(0), help="seconds")
+@click.option("--installer", default=None, type=click.Choice(["binary", "python"]),
+              help="overrides the detected installer")
+@click.option("--schema-input", default=None)
+@click.option("--schema-output", default=None)
+@click.option("--schema-common-data", default=None)
+@click.pass_obj
+def deploy(obj: _Ctx, name, path, dry_run, output, shim, image, description, labels, command, arguments, envs,
+           working_directory, max_instances, delay_release, installer, schema_input, schema_output,
+           schema_common_data) -> None:
+    """Package an application, upload it to the object cache and register it.
+
+    Exit codes: 1 bad arguments or context, 2 detection/packaging failed, 3 upload failed, 4 registration failed.
+    """
+    from . import deploy as D
+    environments = {}
+    for item in envs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _exit(1, f"invalid environment '{item}'; expected NAME=VALUE")
+        environments[key] = value
+    try:
+        Shim.parse(shim)
+        plan = D.plan_deploy(name, path, command=command, arguments=list(arguments), installer=installer)
+    except FlameError as exc:
+        _exit(2, exc.message)
+    conn = None if dry_run else obj.conn
+    if conn is None:
+        ctx = obj.context
+        endpoint, tls = ctx.endpoint, ctx.client_options().get("tls")
+    else:
+        endpoint, tls = conn.endpoint, conn.store.client_options.get("tls")
+    url = f"{'flos' if tls else 'flo'}://{endpoint}/{plan.key}"  # where the executor's installer fetches it
+    schema = None
+    if schema_input or schema_output or schema_common_data:
+        schema = {"input": schema_input, "output": schema_output, "common_data": schema_common_data}
+    spec = {"shim": shim or "Host", "image": image, "description": description, "labels": list(labels),
+            "command": plan.command, "arguments": plan.arguments, "environments": environments,
+            "working_directory": working_directory, "max_instances": max_instances, "delay_release": delay_release,
+            "schema": schema, "url": url, "installer": plan.installer}
+    if not dry_run:
+        import tempfile
+        from ..core import cache
+        from ..core.client import set_default_connection
+        set_default_connection(conn)
+        with tempfile.NamedTemporaryFile(suffix=".tar.gz") as f:
+            f.write(plan.package)
+            f.flush()
+            try:
+                cache.upload_object(plan.key, f.name)
+            except Exception as exc:
+                _exit(3, f"failed to upload {plan.key}: {exc}")
+        try:
+            conn.register_application(name, app_attrs_from_spec(dict(spec)))
+        except FlameError as exc:
+            _exit(4, exc.message)
+    rendered = {"metadata": {"name": name}, "spec": {k: v for k, v in spec.items() if v not in (None, [], {})}}
+    if output == "yaml":
+        click.echo(yaml.safe_dump(rendered, sort_keys=False), nl=False)
+    elif output == "json":
+        _echo_json({"name": name, "input_kind": plan.kind, "installer": plan.installer, "command": plan.command,
+                    "arguments": plan.arguments, "object_key": plan.key, "url": url, "sha256": plan.sha256,
+                    "dry_run": dry_run, "application": rendered})
+    else:
+        lines = [f"Application <{name}> {'deploy plan' if dry_run else 'deployed'}.", f"Input Kind: {plan.kind}",
+                 f"Installer: {plan.installer}", f"Command: {plan.command}"]
+        if delay_release is not None:
+            lines.append(f"Delay Release: {_duration(delay_release)}")
+        if plan.arguments:
+            lines.append(f"Arguments: {' '.join(plan.arguments)}")
+        lines += [f"Object: {plan.key}", f"SHA256: {plan.sha256}", f"URL: {url}"]
+        if dry_run:
+            lines.append("Dry Run: true")
+        click.echo("\n".join(lines))
+
+
+def _exit(code: int, message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("-u", "--url", default=None,
+              help="where the metadata comes from: sqlite:///flame.db (Flame's session manager), "
+                   "file:///export.jsonl (a flmctl export) or flo://host:port (another flo-server)")
+@click.option("-s", "--sql", "sql_dir", default=None, type=click.Path(file_okay=False),
+              help="with a sqlite:// url: Flame's migrations directory, applied to the database first")
+@click.option("--export", "export_path", default=None, type=click.Path(dir_okay=False),
+              help="write this cluster's applications, sessions, tasks and objects to a file instead")
+@click.option("--dry-run", is_flag=True, help="count what would be imported; write nothing")
+@click.pass_obj
+def migrate(obj: _Ctx, url, sql_dir, export_path, dry_run) -> None:
+    """Import Flame metadata into this cluster (or --export it)."""
+    from . import migrate as M
+    if bool(url) == bool(export_path):
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, "give exactly one of --url (import) or --export")
+    if export_path:
+        n = M.export_to(obj.conn.store, export_path)
+        click.echo(f"Exported {n} keys to {export_path}.")
+        return
+    click.echo(M.import_from(obj.conn.store, url, sql_dir=sql_dir, dry_run=dry_run).summary(dry_run))
+
+
 _SHELLS = ("bash", "zsh", "fish")
 
 

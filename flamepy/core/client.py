@@ -456,6 +456,13 @@ _default: Optional[Connection] = None
 _default_lock = threading.Lock()
 
 
+def set_default_connection(conn: Connection) -> None:
+    """Make ``conn`` the one the module-level functions (and the object cache) use, e.g. flmctl's ``--config``."""
+    global _default
+    with _default_lock:
+        _default = conn
+
+
 def connect(addr: str, tls_config: Any = None) -> Connection:
     """Open a new connection (the module-level functions use their own default one)."""
     if not addr:
