@@ -183,17 +183,28 @@ class Server:
         cfg = self.config
         host = cfg.host if cfg.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         opts: dict = {}
+        builtin_opts = None
         if self.users.required:
             # Its own user: the flamepy namespace without flame:register (its service processes
             # get the same credentials: they read and finish tasks, they cannot register commands).
             rule = Rule(namespaces=(NAMESPACE,), rights=frozenset({"read", "flame:invoke"}))
             opts.update(username="flo:executor", password=self.users.add_internal("executor", (rule,)))
+            # Registering the built-in applications (flmrun, ...) needs flame:register on just those
+            # records: a user of its own that the service processes never see.
+            from flamepy.apps import BUILTIN_APPLICATIONS
+            builtin = Rule(namespaces=(NAMESPACE,), primitives=frozenset({"kv"}),
+                           rights=frozenset({"read", "flame:register"}),
+                           keys=tuple(f"app/{name}".encode() for name in BUILTIN_APPLICATIONS))
+            builtin_opts = {"username": "flo:builtins", "password": self.users.add_internal("builtins", (builtin,))}
         if self.tls_port == self.port:
             # TLS only: it connects to itself and trusts this server's CA (or its self-signed certificate)
             opts.update(tls=True, ca_file=cfg.tls_ca or cfg.tls_cert)
+            if builtin_opts is not None:
+                builtin_opts.update(tls=True, ca_file=cfg.tls_ca or cfg.tls_cert)
         self._executor_stop = asyncio.Event()
         self._executor_task = asyncio.ensure_future(run_embedded_executor(
-            f"{host}:{self.port}", self._executor_stop, client_options=opts, allow_dirs=tuple(cfg.executor_allow)))
+            f"{host}:{self.port}", self._executor_stop, client_options=opts, allow_dirs=tuple(cfg.executor_allow),
+            builtin_client_options=builtin_opts))
 
     async def _ticker(self) -> None:
         while True:

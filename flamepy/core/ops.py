@@ -209,7 +209,9 @@ async def add_session_event(store: Store, sid: str, code: int, message: str, **f
     return await update_session(store, sid, change)
 
 
-async def close_session(store: Store, sid: str) -> dict:
+async def close_session(store: Store, sid: str, force: bool = False) -> dict:
+    """Close a session: refused while a task runs, unless ``force`` (flamepy.runner's close), which
+    cancels the running tasks too (their instances are then stopped by the executor manager)."""
     got = await store.get(R.k_ssn(sid))
     if got is None:
         raise _internal(f"session <{sid}> not found")
@@ -217,7 +219,7 @@ async def close_session(store: Store, sid: str) -> dict:
     if rec["state"] == int(SessionState.CLOSED):
         return rec  # closing twice is fine
     counters = await session_counters(store, sid)
-    if counters["running"] > 0:
+    if counters["running"] > 0 and not force:
         raise _internal("Cannot close session with running tasks")
 
     def change(r):
@@ -228,11 +230,22 @@ async def close_session(store: Store, sid: str) -> dict:
     rec = await update_session(store, sid, change)
     await store.delete(R.k_open(sid))
     await cancel_pending_tasks(store, sid, TaskState.CANCELLED, "Task was cancelled because its session was closed")
+    if force:
+        await _cancel_running_tasks(store, sid, "Task was cancelled because its session was closed")
     try:  # nothing in the queue can run any more
         await store.purge(R.q_tasks(sid))
     except Exception:
         pass
     return rec
+
+
+async def _cancel_running_tasks(store: Store, sid: str, message: str) -> None:
+    """RUNNING → CANCELLED (CAS: a result recorded first stands; the instance's later write loses)."""
+    keys = await store.scan(f"task/{sid}/")
+    for i in range(0, len(keys), 256):
+        for v in await store.mget(keys[i:i + 256]):
+            if v is not None and R.unpack(v[0])["state"] == int(TaskState.RUNNING):
+                await finish_task(store, sid, R.unpack(v[0]), v[1], TaskState.CANCELLED, None, message)
 
 
 async def delete_session_data(store: Store, app: str, sid: str) -> None:

@@ -23,8 +23,11 @@ from .manager import ExecutorManager, NodeCapacity
 @click.option("--work-dir", default=None, help="where instances without working_directory run")
 @click.option("--startup-timeout", type=float, default=30.0, show_default=True,
               help="seconds a service has to become ready")
+@click.option("--install-timeout", type=float, default=600.0, show_default=True,
+              help="seconds an application's package install (pip/uv) may take")
 @click.option("--log-level", default="INFO", show_default=True)
-def main(server, node, cpu, memory, gpu, max_instances, work_dir, startup_timeout, log_level) -> None:
+def main(server, node, cpu, memory, gpu, max_instances, work_dir, startup_timeout, install_timeout,
+         log_level) -> None:
     """Launch flamepy service processes for the sessions of a flo-server."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cap = NodeCapacity.from_env()
@@ -37,7 +40,7 @@ def main(server, node, cpu, memory, gpu, max_instances, work_dir, startup_timeou
     if max_instances is not None:
         cap.max_instances = max_instances
     manager = ExecutorManager(normalize_endpoint(server), node_name=node, capacity=cap, work_dir=work_dir,
-                              startup_timeout=startup_timeout)
+                              startup_timeout=startup_timeout, install_timeout=install_timeout)
 
     async def run() -> None:
         stop = asyncio.Event()

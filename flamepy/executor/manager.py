@@ -40,6 +40,7 @@ from ..core import ops
 from ..core import records as R
 from ..core._store import Conflict, Store
 from ..core.types import ExecutorState, ResourceRequirement, TaskState
+from .installer import PackageInstaller
 
 __all__ = ["ExecutorManager", "NodeCapacity", "run_embedded_executor"]
 
@@ -137,7 +138,8 @@ class ExecutorManager:
 
     def __init__(self, endpoint: str, node_name: Optional[str] = None, capacity: Optional[NodeCapacity] = None,
                  work_dir: Optional[str] = None, interval: float = 0.1, startup_timeout: float = 30.0,
-                 bind_retry_limit: int = 5, client_options: Optional[dict] = None, allow_dirs: tuple = ()) -> None:
+                 bind_retry_limit: int = 5, client_options: Optional[dict] = None, allow_dirs: tuple = (),
+                 install_timeout: float = 600.0, builtin_client_options: Optional[dict] = None) -> None:
         self.endpoint = endpoint
         self.node = _safe_node_name(node_name or os.environ.get("FLAME_EXECUTOR_NODE") or socket.gethostname())
         self.capacity = capacity or NodeCapacity.from_env()
@@ -152,6 +154,11 @@ class ExecutorManager:
         self._task: Optional[asyncio.Task] = None
         self._stopping = False
         self._failing: set[str] = set()
+        # packages of applications with url + installer (flamepy.executor.installer)
+        self.installer = PackageInstaller(self.store, self.work_dir,
+                                          timeout=float(os.environ.get("FLAME_INSTALL_TIMEOUT", install_timeout)))
+        # who registers the built-in applications (None: this manager's own connection)
+        self.builtin_client_options = builtin_client_options
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -160,6 +167,7 @@ class ExecutorManager:
         os.makedirs(self.work_dir, exist_ok=True)
         await self._heartbeat()
         await self._forget_own_reservations()
+        await self._register_builtins()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="flame-executor")
         log.info("executor manager %s serving %s (cpu=%s mem=%s gpu=%s max=%s)", self.node, self.endpoint,
                  self.capacity.cpu, self.capacity.memory, self.capacity.gpu, self.capacity.max_instances)
@@ -170,6 +178,7 @@ class ExecutorManager:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        self.installer.cancel_all()  # a pip still running would outlive us otherwise
         await asyncio.gather(*(self._terminate(i) for i in list(self.instances.values())), return_exceptions=True)
         sups = [i.supervisor for i in self.instances.values() if i.supervisor]
         if sups:
@@ -181,6 +190,22 @@ class ExecutorManager:
     async def wait(self) -> None:
         if self._task is not None:
             await self._task
+
+    async def _register_builtins(self) -> None:
+        """flmrun & co. (flamepy.apps), each only if absent; a manager whose user may not register serves anyway."""
+        from ..apps import register_builtin_applications
+        store = self.store
+        if self.builtin_client_options is not None:
+            store = Store(self.endpoint, client_options=self.builtin_client_options)
+        try:
+            if store is not self.store:
+                await store.connect()
+            await register_builtin_applications(store)
+        except Exception as exc:
+            log.warning("built-in applications not registered: %s", exc)
+        finally:
+            if store is not self.store:
+                await store.close()
 
     async def _run(self) -> None:
         last_beat = time.monotonic()
@@ -235,6 +260,8 @@ class ExecutorManager:
             allocated = sum(n for node, n in alloc.items() if node in live_nodes)
             sessions.append((rec, pending, running, allocated))
         sessions.sort(key=lambda s: (-s[0].get("priority", 0), s[0]["ctime"]))
+        # sessions with nothing to do: their lingering (delay_release) instances may make room for others
+        idle = {rec["id"] for rec, pending, running, _ in sessions if pending + running == 0}
         apps: dict[str, Optional[dict]] = {}
         for rec, pending, running, allocated in sessions:
             sid = rec["id"]
@@ -262,6 +289,19 @@ class ExecutorManager:
                 warm = mine < rec["min"]
                 mine += 1
                 self._launch(rec, app, resreq, warm)
+            if allocated < demand and not self._fits(resreq):
+                self._release_idle(idle, sid)
+
+    def _release_idle(self, idle: set, for_sid: str) -> None:
+        """The node is full and ``for_sid`` waits: stop one instance that only lingers (its session has
+        no pending or running task; never a warm one), so an idle session does not starve a busy one."""
+        for inst in self.instances.values():
+            if inst.session_id in idle and inst.session_id != for_sid and inst.ready and not inst.warm \
+                    and not inst.stopping:
+                log.info("releasing idle instance %s of session %s to make room for session %s", inst.id,
+                         inst.session_id, for_sid)
+                asyncio.get_running_loop().create_task(self._terminate(inst))
+                return
 
     def _used(self) -> ResourceRequirement:
         used = ResourceRequirement()
@@ -324,12 +364,14 @@ class ExecutorManager:
         self.instances[inst.id] = inst
         inst.supervisor = asyncio.get_running_loop().create_task(self._supervise(inst, rec, app))
 
-    def _environment(self, inst: _Instance, app: dict) -> dict:
+    def _environment(self, inst: _Instance, app: dict, install_env: Optional[dict] = None) -> dict:
         """What a service process gets: a few basics of ours (never the server's secrets), the
         application's declared environment, and the FLAME_* variables it needs to serve."""
         env = {k: v for k, v in os.environ.items() if k in BASE_ENV or k.startswith("LC_")}
         for k, v in (app.get("environments") or {}).items():
             env[k] = os.path.expandvars(v)
+        for k, v in (install_env or {}).items():  # the installed package's paths go first
+            env[k] = f"{v}{os.pathsep}{env[k]}" if k == "PATH" and env.get(k) else v
         env.update({
             "FLAME_ENDPOINT": self.endpoint,
             "FLAME_SESSION_ID": inst.session_id,
@@ -343,8 +385,9 @@ class ExecutorManager:
         env.update(_credentials_env(self.store.client_options))
         return env
 
-    async def _spawn(self, inst: _Instance, app: dict) -> tuple[asyncio.subprocess.Process, str]:
-        env = self._environment(inst, app)
+    async def _spawn(self, inst: _Instance, app: dict,
+                     install_env: Optional[dict] = None) -> tuple[asyncio.subprocess.Process, str]:
+        env = self._environment(inst, app, install_env)
         cwd = app.get("working_directory")
         if not cwd:
             cwd = inst.temp_dir = os.path.join(self.work_dir, inst.id)
@@ -384,8 +427,15 @@ class ExecutorManager:
         err_path = None
         try:
             try:
+                install_env = await self.installer.prepare(app)
+            except Exception as exc:  # InstallError says why; anything else (the store) fails the bind too
+                await self._bind_failed(inst, 10, f"package install failed: {exc}")
+                return
+            if inst.stopping:  # the session closed while its package installed
+                return
+            try:
                 await self._record_executor(inst, ExecutorState.BINDING)
-                inst.proc, err_path = await self._spawn(inst, app)
+                inst.proc, err_path = await self._spawn(inst, app, install_env)
             except Exception as exc:
                 await self._bind_failed(inst, 11, f"failed to start {app.get('command')}: {exc}")
                 return
