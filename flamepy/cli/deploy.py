@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -177,11 +178,16 @@ def _normalized(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+def _gzip_tar(buf: io.BytesIO):
+    """A tar writer into a gzip stream whose header carries no time: equal trees give equal bytes."""
+    return gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0)
+
+
 def _pack_dir(root: str) -> bytes:
     root_real = os.path.realpath(root)
     buf = io.BytesIO()
     count = 0
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
+    with _gzip_tar(buf) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED and not d.endswith(".egg-info"))
             for name in sorted(filenames):
@@ -203,7 +209,7 @@ def _pack_dir(root: str) -> bytes:
 
 def _pack_executable(path: str) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    with _gzip_tar(buf) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         info = _normalized(tar.gettarinfo(path, arcname=f"bin/{os.path.basename(path)}"))
         info.mode |= stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
         with open(path, "rb") as f:

@@ -242,7 +242,7 @@ def _task_from_row(sid: str, row: dict) -> tuple[dict, Optional[bytes], Optional
 def _read_export(path: str) -> Iterator[tuple[str, bytes]]:
     if not os.path.isfile(path):
         raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"{path} is not a file")
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # not text at all: refused below, not a crash
         head = f.readline(MAX_EXPORT_LINE)
         if _json(head, {}).get("format") != EXPORT_FORMAT:
             raise FlameError(FlameErrorCode.INVALID_ARGUMENT,
