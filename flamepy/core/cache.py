@@ -316,7 +316,10 @@ async def _read_head(store: Store, key: str) -> tuple[Optional[dict], int, int]:
     got = await store.get(R.k_obj(key))
     if got is None:
         return None, 0, 0
-    return R.unpack(got[0]), got[1], len(got[0])
+    head = R.unpack(got[0])
+    if not isinstance(head, dict) or "g" not in head:
+        raise ValueError(f"Object {key} was written by an older flamepy (another layout); put it again")
+    return head, got[1], len(got[0])
 
 
 async def _read_parts(store: Store, key: str, generation: str, versions: range) -> tuple[list, int]:
