@@ -103,3 +103,35 @@ def flame(server: str, tmp_path: Path, monkeypatch):
         _reset_default_connection()
 
 
+
+
+@pytest.fixture(scope="module")
+def flame_cluster(tmp_path_factory):
+    """One flo-server with its embedded executor for a whole module, this process pointed at it.
+
+    Its executor's work dir (installed packages, instance dirs) is under the module's tmp dir
+    (``work_dir``), so nothing is shared with other runs. Yields ``server`` (the ServerProc: its
+    ``log()`` has the executor's lines), ``endpoint``, ``home`` (a HOME with flame.yaml, also set
+    as this process's HOME for the module) and ``env`` (for client subprocesses).
+    """
+    from tests.helpers import ServerProc
+
+    base = tmp_path_factory.mktemp("cluster")
+    (base / "tmp").mkdir()
+    sp = ServerProc(base / "data", executor=True, env={"TMPDIR": str(base / "tmp")}).start()
+    home = flame_home(base / "home", f"flo://{sp.endpoint}")
+    saved = {k: os.environ.get(k) for k in ("FLAME_ENDPOINT", "HOME")}
+    os.environ.update(FLAME_ENDPOINT=sp.endpoint, HOME=str(home))
+    _reset_default_connection()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        yield SimpleNamespace(server=sp, endpoint=sp.endpoint, home=home, env=env,
+                              work_dir=base / "tmp" / "flame-executor")
+    finally:
+        _reset_default_connection()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        sp.stop()
