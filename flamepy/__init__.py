@@ -20,8 +20,16 @@ from .core import FlameContextRunner, FlamePackage
 
 __version__ = "0.6.0"
 
+
+def __getattr__(name: str):
+    # ``flamepy.runner`` as in Flame, imported on first use so ``import flamepy`` stays light.
+    if name == "runner":
+        import importlib
+        return importlib.import_module(".runner", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
-    "core", "service", "util", "__version__",
+    "core", "runner", "service", "util", "__version__",
     "DEFAULT_FLAME_CACHE_ENDPOINT", "DEFAULT_FLAME_CONF", "DEFAULT_FLAME_ENDPOINT", "FLAME_INSTANCE_ENDPOINT",
     "Application", "ApplicationAttributes", "ApplicationContext", "ApplicationID", "ApplicationSchema",
     "ApplicationState", "CommonData", "Connection", "Event", "FlameContext", "FlameError", "FlameErrorCode",

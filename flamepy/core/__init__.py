@@ -7,7 +7,7 @@ from .client import (Connection, ConnectionInstance, Session, TaskIterator, Task
                      list_sessions, open_session, register_application, unregister_application, update_application)
 from .config import (FlameClientCache, FlameClientTls, FlameClusterConfig, FlameContext, FlameContextRunner,
                      FlamePackage)
-from .service import ApplicationContext, FlameService, SessionContext, TaskContext, run
+from .service import ApplicationContext, FlameInstanceServer, FlameService, SessionContext, TaskContext, run
 from .types import (DEFAULT_FLAME_CACHE_ENDPOINT, DEFAULT_FLAME_CONF, DEFAULT_FLAME_ENDPOINT, FLAME_INSTANCE_ENDPOINT,
                     Application, ApplicationAttributes, ApplicationID, ApplicationSchema, ApplicationState,
                     CommonData, Event, Executor, ExecutorState, FlameError, FlameErrorCode, Message, Node, NodeState,
@@ -22,7 +22,7 @@ __all__ = [
     "create_session", "get_application", "get_session", "list_applications", "list_executors", "list_nodes",
     "list_sessions", "open_session", "register_application", "unregister_application", "update_application",
     "FlameContext",
-    "ApplicationContext", "FlameService", "SessionContext", "TaskContext", "run",
+    "ApplicationContext", "FlameInstanceServer", "FlameService", "SessionContext", "TaskContext", "run",
     "DEFAULT_FLAME_CACHE_ENDPOINT", "DEFAULT_FLAME_CONF", "DEFAULT_FLAME_ENDPOINT", "FLAME_INSTANCE_ENDPOINT",
     "Application", "ApplicationAttributes", "ApplicationID", "ApplicationSchema", "ApplicationState", "CommonData",
     "Event", "FlameError", "FlameErrorCode", "Message", "ResourceRequirement", "SessionAttributes", "SessionID",

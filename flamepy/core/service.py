@@ -48,7 +48,7 @@ from . import _runtime, ops
 from . import records as R
 from .types import FlameError, FlameErrorCode, TaskState
 
-__all__ = ["FlameService", "ApplicationContext", "SessionContext", "TaskContext", "run"]
+__all__ = ["FlameService", "FlameInstanceServer", "ApplicationContext", "SessionContext", "TaskContext", "run"]
 
 log = logging.getLogger("flamepy.service")
 LEASE_TOUCH_S = 10.0
@@ -96,6 +96,24 @@ class FlameService:
 
     def on_session_leave(self) -> None:
         pass
+
+
+class FlameInstanceServer:
+    """Flame's server object for a :class:`FlameService`: ``start()`` serves this process's session until the
+    instance leaves (idle, closed or terminated) — what :func:`run` does; ``stop()`` (from another thread or a
+    signal handler) makes it leave as SIGTERM does: the running task finishes, results are recorded.
+
+    >>> FlameInstanceServer(MyService()).start()             # doctest: +SKIP
+    """
+
+    def __init__(self, service: FlameService) -> None:
+        self._service = service
+
+    def start(self) -> None:
+        run(self._service)
+
+    def stop(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _Terminate(BaseException):

@@ -260,3 +260,17 @@ def test_connection_methods(cluster):
     with pytest.raises(FlameError) as exc:
         flamepy.connect("")
     assert exc.value.code == FlameErrorCode.INVALID_CONFIG
+
+
+def test_flame_instance_server_and_top_level_runner(cluster, tmp_path):
+    (tmp_path / "srv.py").write_text(ECHO.replace("flamepy.run(Echo())",
+                                                  "flamepy.core.FlameInstanceServer(Echo()).start()"))
+    flamepy.register_application("core-server", {"command": sys.executable, "arguments": ["srv.py"],
+                                                 "working_directory": str(tmp_path)})
+    ssn = flamepy.create_session("core-server")
+    try:
+        assert ssn.invoke(b"via server") == b"via server"
+    finally:
+        ssn.close()
+        flamepy.unregister_application("core-server")
+    assert flamepy.runner.Runner is not None and "runner" in flamepy.__all__
