@@ -22,11 +22,15 @@ Client side::
     out = ssn.invoke(json.dumps({"language": "shell", "code": "echo hi", "input": None}).encode())
     print(bytes(json.loads(out)["data"]))            # b'hi\\n'
 
-Run by the executor manager as ``python -m flamepy.apps.flmexec``.
+Run by the executor manager as ``python -m flamepy.apps.flmexec``; run by hand (no
+``FLAME_INSTANCE_ID``) the same command is Flame's ``flmexec`` client::
+
+    python -m flamepy.apps.flmexec -t 2 -l python -c 'print(6 * 7)'
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -36,9 +40,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..core.service import FlameService, TaskContext, run
 
@@ -269,8 +274,54 @@ class ExecService(FlameService):
         return encode_output(run_script(parse_script(context.input)))
 
 
+def client(argv: Optional[Sequence[str]] = None) -> int:
+    """Flame's ``flmexec`` CLI: ``-c`` code, ``-l shell|python``, ``-r`` runtime, ``-i`` input (text), ``-t`` tasks;
+    prints each task's stdout; the exit status is 1 if a task failed."""
+    from ..core import client as core_client
+    from ..core.types import FlameError
+
+    p = argparse.ArgumentParser(prog="flmexec", description="Flame Executor CLI: run a script in flmexec tasks")
+    p.add_argument("-t", "--task-num", type=int, default=10)
+    p.add_argument("-c", "--code", required=True, help="the code to run on the workers")
+    p.add_argument("-l", "--language", default="shell", type=str.lower, choices=["shell", "python"])
+    p.add_argument("-r", "--runtime", help="Python version or shell")
+    p.add_argument("-i", "--input", help="the script's stdin (text)")
+    args = p.parse_args(argv)
+    if not 0 < args.task_num <= 1_000_000:
+        p.error("--task-num must be from 1 to 1000000")
+    request = json.dumps({"language": args.language, "runtime": args.runtime, "code": args.code,
+                          "input": args.input}).encode()
+    try:
+        parse_script(request)
+        started = time.monotonic()
+        ssn = core_client.create_session("flmexec")
+    except (FlameError, ScriptError) as exc:
+        print(f"flmexec: {exc}", file=sys.stderr)
+        return 1
+    print(f"Session <{ssn.id}> was created in <{int((time.monotonic() - started) * 1000)} ms>, "
+          f"start to run <{args.task_num:,}> tasks in the session:\n")
+    failed = 0
+    try:
+        started = time.monotonic()
+        for f in ssn.run_many([request] * args.task_num):
+            try:
+                text = bytes(json.loads(f.result())["data"]).decode("utf-8", "replace")
+            except FlameError as exc:
+                text, failed = f"failed: {exc.message}", failed + 1
+            print(f"Task {f.task_id:<10}: {text.rstrip()}")
+        took = time.monotonic() - started
+    finally:
+        ssn.close()
+    print(f"\n\n<{args.task_num:,}> tasks was completed in <{int(took * 1000):,} ms>.\n")
+    return 1 if failed else 0
+
+
 def main() -> None:
-    run(ExecService())
+    """The service when the executor manager started us, else the ``flmexec`` client."""
+    if os.environ.get("FLAME_INSTANCE_ID"):
+        run(ExecService())
+    else:
+        sys.exit(client())
 
 
 if __name__ == "__main__":

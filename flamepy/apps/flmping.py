@@ -11,16 +11,23 @@ Client side, with any flamepy session::
     ssn = flamepy.create_session("flmping")
     print(json.loads(ssn.invoke(b'{"duration": 10}'))["message"])
 
-Run by the executor manager as ``python -m flamepy.apps.flmping``.
+Run by the executor manager as ``python -m flamepy.apps.flmping``; run by hand (no
+``FLAME_INSTANCE_ID``) the same command is Flame's ``flmping`` client::
+
+    python -m flamepy.apps.flmping -t 10            # a table of the 10 answers
+    python -m flamepy.apps.flmping -p -t 30000      # BENCHMARK RESULTS: duration, succeeded, throughput
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import mmap
+import os
 import socket
+import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..core.service import FlameService, TaskContext, run
 
@@ -103,8 +110,68 @@ class PingService(FlameService):
         return ping(context.input)
 
 
+def client(argv: Optional[Sequence[str]] = None) -> int:
+    """Flame's ``flmping`` CLI: ``-t`` tasks, ``-c`` common data, ``-d`` sleep ms, ``-m`` memory, ``-p`` perf
+    summary, ``-P`` priority, ``-r`` resreq; the exit status is 1 if a task failed."""
+    from ..cli.flmctl import format_table
+    from ..core import client as core_client
+    from ..core.types import FlameError, SessionAttributes, TaskState, parse_memory
+
+    p = argparse.ArgumentParser(prog="flmping", description="Flame Ping: run ping tasks in a flmping session")
+    p.add_argument("-t", "--task-num", type=int, default=10)
+    p.add_argument("-c", "--common-data", help="common data of the session")
+    p.add_argument("-d", "--duration", type=int, help="milliseconds each task sleeps")
+    p.add_argument("-m", "--memory", help="memory each task holds, e.g. 64m or 1Gi")
+    p.add_argument("-p", "--perf", action="store_true", help="summary only (benchmark mode)")
+    p.add_argument("-P", "--priority", type=int, default=0)
+    p.add_argument("-r", "--resreq", help='"cpu=N,mem=SIZE,gpu=N"')
+    args = p.parse_args(argv)
+    if not 0 < args.task_num <= 10_000_000:
+        p.error("--task-num must be from 1 to 10000000")
+    try:
+        memory = parse_memory(args.memory) if args.memory else None
+        request = json.dumps({"duration": args.duration, "memory": memory}).encode()
+        parse_request(request)
+        common = json.dumps({"value": args.common_data}).encode() if args.common_data is not None else None
+        started = time.monotonic()
+        ssn = core_client.connection().create_session(
+            SessionAttributes(application="flmping", common_data=common, resreq=args.resreq), priority=args.priority)
+    except (FlameError, ValueError) as exc:
+        print(f"flmping: {exc}", file=sys.stderr)
+        return 1
+    print(f"Session <{ssn.id}> was created in <{int((time.monotonic() - started) * 1000)} ms>, "
+          f"start to run <{args.task_num:,}> tasks in the session:\n")
+    try:
+        started = time.monotonic()
+        futures = ssn.run_many([request] * args.task_num)
+        rows, failed = [], 0
+        for f in futures:
+            try:
+                state, output = TaskState.SUCCEED, json.loads(f.result())["message"]
+            except FlameError as exc:
+                state, output, failed = TaskState.FAILED, exc.message, failed + 1
+            if not args.perf:
+                rows.append([ssn.id, f.task_id, state.name.capitalize(), output])
+        took = time.monotonic() - started
+    finally:
+        ssn.close()
+    if args.perf:
+        done = args.task_num - failed
+        print("\n" + "=" * 60 + "\nBENCHMARK RESULTS\n" + "=" * 60)
+        print(f"Duration:        {took:.2f}s\nSucceeded:       {done}/{args.task_num}\nFailed:          {failed}")
+        print(f"Throughput:      {done / took if took > 0 else 0.0:.2f} tasks/sec\n" + "=" * 60 + "\n")
+    else:
+        print(format_table(["Session", "Task", "State", "Output"], rows))
+        print(f"\n\n<{args.task_num:,}> tasks was completed in <{int(took * 1000):,} ms>.\n")
+    return 1 if failed else 0
+
+
 def main() -> None:
-    run(PingService())
+    """The service when the executor manager started us, else the ``flmping`` client."""
+    if os.environ.get("FLAME_INSTANCE_ID"):
+        run(PingService())
+    else:
+        sys.exit(client())
 
 
 if __name__ == "__main__":

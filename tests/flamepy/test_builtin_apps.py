@@ -158,3 +158,31 @@ def test_stopping_the_instance_ends_a_running_script(cluster, tmp_path):
     wait_until(gone, timeout=TIMEOUT, interval=0.05)
     with pytest.raises(FlameError):
         fut.result(TIMEOUT)
+
+
+def test_flmping_and_flmexec_clients(cluster):
+    """Run by hand (no FLAME_INSTANCE_ID), the modules are Flame's flmping / flmexec client CLIs."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_INSTANCE")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+
+    ping = cli("flamepy.apps.flmping", "-t", "3", "-d", "5")
+    assert ping.returncode == 0, ping.stderr
+    lines = ping.stdout.splitlines()
+    assert re.match(r"^Session <flmping-\w+> was created in <\d+ ms>, start to run <3> tasks in the session:$",
+                    lines[0])
+    rows = [line.split(None, 3) for line in lines if "Completed on" in line]
+    assert [(r[1], r[2]) for r in rows] == [("1", "Succeed"), ("2", "Succeed"), ("3", "Succeed")]
+    assert re.search(r"<3> tasks was completed in <[\d,]+ ms>\.", ping.stdout)
+    perf = cli("flamepy.apps.flmping", "-p", "-t", "20")
+    assert perf.returncode == 0 and "Succeeded:       20/20" in perf.stdout and "Throughput:" in perf.stdout
+
+    exe = cli("flamepy.apps.flmexec", "-t", "2", "-l", "python", "-c", "print(6 * 7)")
+    assert exe.returncode == 0, exe.stderr
+    assert re.findall(r"^Task (\d+)\s*: (.*)$", exe.stdout, re.M) == [("1", "42"), ("2", "42")]
+    bad = cli("flamepy.apps.flmexec", "-t", "1", "-c", "exit 4")
+    assert bad.returncode == 1 and "failed: script exited with code 4" in bad.stdout
