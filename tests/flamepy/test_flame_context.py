@@ -146,3 +146,12 @@ def test_oversized_file_is_refused_unread(home):
     home("# " + "x" * MAX_CONFIG_BYTES + "\n")
     with pytest.raises(FlameError, match="larger than"):
         FlameContext()
+
+
+def test_util_short_name():
+    names = {flamepy.util.short_name("my-app") for _ in range(200)}
+    assert len(names) == 200
+    for name in names:
+        prefix, _, tail = name.rpartition("-")
+        assert prefix == "my-app" and len(tail) == 6 and tail.isalnum() and tail.isascii()
+    assert len(flamepy.util.short_name("x", length=12)) == len("x-") + 12
