@@ -7,7 +7,7 @@ PORT   ?= 9000
 DATA   ?= ./data
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test build compile test-unit test-pure bench bench-quick debug clean system-deps fuzz
+.PHONY: run test build compile test-unit test-pure bench bench-quick debug clean system-deps fuzz soak
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -66,6 +66,14 @@ fuzz: build
 	    if [ $$rc != 0 ]; then tail -40 build/fuzz/$$t.log; echo "inputs: build/fuzz/crash-*"; exit 1; fi; \
 	  done; \
 	fi
+
+# Soak (docs/reliability.md#soak): SOAK_SECONDS of mixed load (KV, queues, streams, RESP, actions) on a real
+# flo-server with a kill -9 every ~SOAK_KILL_EVERY s, its data checked after each restart; report in build/soak.json.
+SOAK_SECONDS ?= 1800
+SOAK_KILL_EVERY ?= 20
+soak: build
+	@mkdir -p build
+	$(PY) -m tests.reliability.soak --seconds $(SOAK_SECONDS) --kill-every $(SOAK_KILL_EVERY) --json build/soak.json
 
 bench: build
 	$(PY) -m bench

@@ -23,10 +23,9 @@ from flo_client import FloClient, PutOptions
 from flo_client.kv import DeleteOptions
 from flo_core.errors import ConflictError
 from flo_core.spec import Reason
-from flo_core.log import LogReader, list_segments
 from tests.helpers import wait_for
 from tests.reliability.checker import CAS_MISMATCH, History, Unknown, check_kv
-from tests.reliability.nemesis import LOST, Nemesis
+from tests.reliability.nemesis import LOST, Nemesis, cut_log_tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -287,13 +286,7 @@ async def test_the_harness_catches_acknowledged_writes_lost_at_a_kill(make_serve
 
     await asyncio.gather(run.clients(make_clients(sp.endpoint), worker), stop_after(400))
     assert not any(isinstance(o.output, Unknown) for o in run.history.ops)
-    sp.kill()
-    (_, segment), = list_segments(sp.data_dir / "log")
-    reader = LogReader(str(sp.data_dir / "log"))
-    starts = [reader.offset for _ in reader]
-    with open(segment, "r+b") as f:
-        f.truncate(starts[-20])  # the last 20 acknowledged writes never happened
-    sp.start()
+    await run.nemesis.kill_and_restart(while_down=lambda: cut_log_tail(sp.data_dir, 20))  # 20 writes "lost"
     await read_final_state(run, sp.endpoint)
     result = check_kv(run.history, time_limit=30)
     assert result.ok is False and result.key in KEYS
