@@ -406,9 +406,13 @@ class ExecutorManager:
             raise RuntimeError(f"application {app['name']} has no command")
         command = os.path.expandvars(command)
         resolved = command if os.sep in command else shutil.which(command, path=env.get("PATH"))
-        if (not resolved or not os.path.exists(resolved)) and _PYTHON_NAME.fullmatch(os.path.basename(command)):
+        if _PYTHON_NAME.fullmatch(os.path.basename(command)) and (
+                not resolved or not os.path.exists(resolved)
+                or (app.get("installer") == "python" and os.sep not in command)):
             # The guide's spec says /usr/bin/python, which many systems (Debian among them) do not have:
-            # a missing "python" means "a Python that can import flamepy", i.e. the one running us.
+            # a missing "python" means "a Python that can import flamepy", i.e. the one running us. A bare
+            # "python" of an installed Python package (flmctl deploy writes that) is ours too: its
+            # dependencies were installed for this interpreter.
             log.info("%s not found: running %s with %s", command, app["name"], sys.executable)
             resolved = sys.executable
         if not resolved:
