@@ -150,6 +150,9 @@ class Connection:
     # -- sessions ---------------------------------------------------------------------------------------------
 
     def create_session(self, attrs: SessionAttributes, priority: int = 0) -> "Session":
+        if not isinstance(attrs, SessionAttributes):
+            raise TypeError("Connection.create_session takes SessionAttributes(application=...); "
+                            "flamepy.create_session(application, ...) takes the fields themselves")
         rec = self._call(ops.create_session(self._store, attrs.application, attrs.common_data, attrs.id,
                                             attrs.min_instances, attrs.max_instances, attrs.batch_size, priority,
                                             ResourceRequirement.coerce(attrs.resreq)))

@@ -177,6 +177,12 @@ def test_deploy_detects_packages_uploads_and_registers(env):
         assert not any(n.startswith(".git") or "__pycache__" in n for n in names)
         r = flmctl(env, "deploy", "--name", "deployed-app", "--application", str(proj))
         assert r.returncode == 4 and "already exists" in r.stderr
+        # and it runs: the executor installs the package from its url and starts `python -m deployed_app`
+        ssn = conn.create_session(flamepy.SessionAttributes(application="deployed-app"))
+        try:
+            assert ssn.invoke(b"deployed") == b"echo:deployed"
+        finally:
+            ssn.close()
     finally:
         conn.close()
 
