@@ -277,7 +277,9 @@ class ExecutorManager:
             if app_name not in apps:
                 apps[app_name] = await ops.get_application(self.store, app_name)
             app = apps[app_name]
-            if app is None:
+            # Gone, or a Wasm application: there is no Wasm runtime here, so its tasks wait (as on Flame's host
+            # executors) instead of its command being started as a host process.
+            if app is None or app.get("shim", 0) != 0:
                 continue
             resreq = ResourceRequirement.from_list(rec["resreq"]) or R.DEFAULT_RESREQ
             mine = sum(1 for i in self.instances.values() if i.session_id == sid)
