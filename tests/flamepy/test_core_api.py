@@ -274,3 +274,22 @@ def test_flame_instance_server_and_top_level_runner(cluster, tmp_path):
         ssn.close()
         flamepy.unregister_application("core-server")
     assert flamepy.runner.Runner is not None and "runner" in flamepy.__all__
+
+
+def test_wasm_application_is_stored_but_never_launched(cluster):
+    flamepy.register_application("core-wasm", flamepy.ApplicationAttributes(shim=flamepy.Shim.WASM,
+                                                                            command="/bin/echo", arguments=["x"]))
+    wasm = flamepy.create_session("core-wasm")
+    host = flamepy.create_session("core-echo")
+    try:
+        assert flamepy.get_application("core-wasm").shim == flamepy.Shim.WASM
+        task = wasm.create_task(b"never")
+        # the executor has cycled many times once a host task started after it has run
+        assert host.invoke(b"control") == b"control"
+        assert wasm.get_task(task.id).state == TaskState.PENDING
+        assert not [e for e in flamepy.list_executors() if e.status.session_id == wasm.id]
+        assert flamepy.get_session(wasm.id).events == []  # no launch was even tried (no bind failure)
+    finally:
+        host.close()
+        wasm.close()
+        flamepy.unregister_application("core-wasm")
