@@ -271,6 +271,9 @@ class ExecutorManager:
                 continue
             limit = rec["max"] if rec["max"] is not None else 1 << 31
             demand = min(max(pending + running, rec["min"]), limit)
+            batch = rec.get("batch") or 1
+            if batch > 1:  # 0.6.0's batch_size: instances are wanted in whole batches, so one task alone waits
+                demand -= demand % batch
             if allocated >= demand:
                 continue
             app_name = rec["app"]
