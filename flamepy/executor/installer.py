@@ -283,6 +283,9 @@ class PackageInstaller:
                        "--no-warn-script-location", "--target", deps]
         return command + (["."] if install_project else []) + requirements
 
+    def _what(self) -> str:
+        return "uv pip install" if self.tool == "uv" else "pip install"
+
     async def _run(self, command: list, cwd: str, log_path: str) -> None:
         from .manager import BASE_ENV, _set_pdeathsig
         env = {k: v for k, v in os.environ.items() if k in BASE_ENV or k.startswith(_PIP_ENV) or k.startswith("LC_")}
@@ -300,11 +303,10 @@ class PackageInstaller:
                     await asyncio.wait_for(proc.wait(), 5)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                raise InstallError(f"{command[0]} install did not finish within {self.timeout:g}s"
+                raise InstallError(f"{self._what()} did not finish within {self.timeout:g}s"
                                    f"{_tail(log_path)}") from None
         if rc != 0:
-            raise InstallError(f"{os.path.basename(command[0])} {' '.join(command[1:3])} failed with exit code {rc}"
-                               f"{_tail(log_path)}")
+            raise InstallError(f"{self._what()} failed with exit code {rc}{_tail(log_path)}")
 
 
 def _read_file(path: str) -> bytes:
@@ -334,6 +336,9 @@ def _unpack(data: bytes, dest: str) -> None:
             members = tar.getmembers()
             if len(members) > MAX_MEMBERS:
                 raise InstallError(f"package has {len(members)} entries, more than {MAX_MEMBERS}")
+            for m in members:
+                if m.name.startswith("/") or ".." in m.name.replace("\\", "/").split("/"):
+                    raise InstallError(f"package entry {m.name!r} points outside the package")
             total = sum(m.size for m in members if m.isfile())
             if total > MAX_UNPACKED_BYTES:
                 raise InstallError(f"package unpacks to {total} bytes, more than {MAX_UNPACKED_BYTES}")
