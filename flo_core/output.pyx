@@ -72,7 +72,9 @@ cdef class Output:
             return 0
         last = self._log.last_lsn
         safe = safe_lsn_of(self._log)
-        if safe >= last:
+        # While the log fails (not accepting) writes are refused, so an answer that finds nothing
+        # of this connection held acknowledges no write: reads and refusals go out (persistence).
+        if safe >= last or (not self._log.accepting and self._head >= len(self._held)):
             if self._head < len(self._held):
                 self._drain(safe)  # everything held is covered too: keep the order
             if not self.closed:

@@ -7,8 +7,9 @@ server starts (read once, at import; changing it later does nothing):
     die at the N-th time (default 1) the server reaches crash point ``name`` - SIGKILL to
     itself, no flush, no atexit, like a power cut to the process. A line
     ``flo-server: crash point NAME hit N: dying now`` goes to stderr first, so a test can
-    tell the point fired. In a forked snapshot child the server is killed with it
-    (hits there count from the fork: use N = 1 for the ``snap.*`` points).
+    tell the point fired. In a forked snapshot child the server is killed with it (hits
+    are counted in memory shared with those children: ``snap.before_rename:2`` is the
+    second snapshot's).
 
 ``FLO_FAULT=errno:point:N[:TIMES][,...]``
     make hits N .. N+TIMES-1 (TIMES default 1) of fault point ``point`` fail with that
@@ -33,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import errno as _errno
+import mmap
 import os
 import signal
 from typing import NamedTuple
@@ -101,8 +103,10 @@ ACTIVE = False
 _SERVER_PID = os.getpid()
 _crash_name: str | None = None
 _crash_at = 0
-_crash_hits = 0
-_py_faults: dict[str, list[int]] = {}  # point -> [errno, first, until, hits]
+_py_faults: dict[str, tuple[int, int, int, int]] = {}  # point -> (errno, first, until, counter slot)
+# Hit counters of the Python points, in an anonymous shared mapping: the forked snapshot
+# children count into the same memory as the server (slot 0: the crash point).
+_counts: memoryview | None = None
 
 
 def parse_crash_point(spec: str) -> tuple[str, int]:
@@ -158,11 +162,10 @@ def _die(name: str, nth: int) -> None:
 
 def crash(name: str) -> None:
     """A Python crash point was reached: die if it is the armed one's N-th hit. Call only under ``ACTIVE``."""
-    global _crash_hits
     if name != _crash_name:
         return
-    _crash_hits += 1
-    if _crash_hits == _crash_at:
+    _counts[0] += 1
+    if _counts[0] == _crash_at:
         _die(name, _crash_at)
 
 
@@ -171,14 +174,18 @@ def fault(name: str) -> None:
     f = _py_faults.get(name)
     if f is None:
         return
-    f[3] += 1
-    if f[1] <= f[3] < f[2]:
-        raise OSError(f[0], f"{os.strerror(f[0])} (FLO_FAULT {name})")
+    code, first, until, slot = f
+    _counts[slot] += 1
+    if first <= _counts[slot] < until:
+        raise OSError(code, f"{os.strerror(code)} (FLO_FAULT {name})")
 
 
 def _arm_from_env() -> None:
-    global ACTIVE, _crash_name, _crash_at
+    global ACTIVE, _crash_name, _crash_at, _counts
     spec = os.environ.get("FLO_CRASHPOINT", "").strip()
+    faults = parse_faults(os.environ.get("FLO_FAULT", ""))
+    if spec or faults:
+        _counts = memoryview(mmap.mmap(-1, 8 * (1 + len(FAULTS)), mmap.MAP_SHARED)).cast("Q")
     if spec:
         name, nth = parse_crash_point(spec)
         if POINTS[name].where == "c":
@@ -186,11 +193,11 @@ def _arm_from_env() -> None:
         else:
             _crash_name, _crash_at = name, nth
         ACTIVE = True
-    for code, point, first, times in parse_faults(os.environ.get("FLO_FAULT", "")):
+    for code, point, first, times in faults:
         if point in _clog.FAULT_POINTS:
             _clog.arm_fault(point, code, first, times, _SERVER_PID)
         else:
-            _py_faults[point] = [code, first, first + times, 0]
+            _py_faults[point] = (code, first, first + times, 1 + list(FAULTS).index(point))
         ACTIVE = True
 
 
