@@ -15,7 +15,7 @@ Several connections at once, each one request at a time:
   reader that acks what it gets;
 - RESP (one redis-py connection): SET / GET / INCR / LPUSH / RPOP / XADD with MAXLEN;
 - actions: an ActionWorker runs an echo action, an invoker invokes it and waits for
-  the result.
+  the result (a few runs a second).
 
 Every ``--kill-every`` seconds (+-50 %, so the kill lands at a random point of the
 load) the server gets SIGKILL and is started again on the same data dir. Before the
@@ -79,6 +79,9 @@ STREAM_MAX_LEN = 10_000
 STREAM_RECENT = 300  # acknowledged appends checked after each restart (all well inside max_len)
 GROUP = "soak-g"
 ACTION = "soak-echo"
+# A few runs a second: the server keeps the newest 100 000 finished runs (docs/protocol-action.md), so
+# unpaced runs (~200/s here) would fill that by design in ten minutes and look like RSS growth.
+ACTION_PAUSE_S = 0.05
 TIMEOUT_MS = 30_000  # per request; generous for a loaded 2-core machine
 RESP_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 SAMPLES = 20  # failure samples kept per kind
@@ -423,6 +426,7 @@ class Soak:
                 ok, done = await self.attempt("action.result", lambda: c.action.result(res.run_id, timeout_ms=20_000))
                 if ok:
                     self.run_finished(done)
+                await asyncio.sleep(ACTION_PAUSE_S)
 
     def run_finished(self, done: Any) -> None:
         want = self.runs.pop(done.run_id, None)
@@ -524,13 +528,22 @@ class Soak:
         """Drain the queue and the action runs, check everything once more, stop, check the log."""
         await self.verify_after_restart()
         deadline = time.monotonic() + 60
-        drain = asyncio.ensure_future(self.queue_consumer(lambda: not self.outstanding or time.monotonic() > deadline))
+        drained = asyncio.Event()
+        drain = asyncio.ensure_future(self.queue_consumer(drained.is_set))
         async with FloClient(self.server.endpoint, timeout_ms=TIMEOUT_MS) as c:
             for run_id in list(self.runs):  # runs whose result call a kill cut off: they finish after restarts too
                 try:
-                    self.run_finished(await c.action.result(run_id, timeout_ms=30_000))
+                    wait_ms = int(max(1.0, deadline - time.monotonic()) * 1000)
+                    self.run_finished(await c.action.result(run_id, timeout_ms=wait_ms))
                 except Exception as e:  # noqa: BLE001
                     self.fail("lost write", f"run {run_id} did not finish: {e!r}")
+            # leases of deliveries a kill cut off lapse (QUEUE_LEASE_MS), then those come again
+            while self.outstanding and time.monotonic() < deadline:
+                st = await c.queue.stats(QUEUE)
+                if st.ready + st.delayed + st.leased == 0:
+                    break
+                await asyncio.sleep(0.2)
+        drained.set()
         await drain
         for p in sorted(self.outstanding)[:SAMPLES]:
             self.fail("lost write", f"queue message {p!r} was acknowledged and never delivered")

@@ -48,7 +48,7 @@ def test_soak_with_kill9_loses_nothing(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_soak_fails_when_acknowledged_writes_are_lost(tmp_path):
-    rc, report, out = soak(tmp_path, "--seconds", "10", "--kill-every", "4", "--cut-log-at-first-kill", "50",
+    rc, report, out = soak(tmp_path, "--seconds", "5", "--kill-every", "2", "--cut-log-at-first-kill", "50",
                            timeout=240)
     assert rc == 1 and not report["ok"], out[-5000:]
     assert report["failures"]["lost write"]["count"] > 0
