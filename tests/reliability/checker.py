@@ -105,10 +105,6 @@ class History:
         """Its outcome is unknown (connection lost, timed out): it may take effect at any time after its call."""
         op.output, op.ret = Unknown(), math.inf
 
-    def not_run(self, op: Operation) -> None:
-        """It certainly did not take effect (refused before running): drop it from the history."""
-        self.ops.remove(op)
-
     def __len__(self) -> int:
         return len(self.ops)
 

@@ -87,10 +87,6 @@ RESP_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 SAMPLES = 20  # failure samples kept per kind
 
 
-class Failed(Exception):
-    """An answer that breaks a promise (not a transport error)."""
-
-
 class Soak:
     """The server, the fault, the clients' models of what they wrote, and the figures."""
 

@@ -37,6 +37,8 @@ class OurKV:
     """The ops of the model through flo_client."""
 
     LOST = LOST
+    PutOptions, DeleteOptions, ConflictError, CAS_MISMATCH_REASON = PutOptions, DeleteOptions, ConflictError, \
+        Reason.CAS_MISMATCH
 
     def __init__(self, endpoint: str) -> None:
         self.client = FloClient(endpoint, timeout_ms=TIMEOUT_MS)
@@ -54,24 +56,23 @@ class OurKV:
     async def put(self, key: str, value: bytes) -> int:
         return (await self.client.kv.put(key, value)).version
 
-    async def cas(self, key: str, value: bytes, expected: int):
-        try:
-            return (await self.client.kv.put(key, value, PutOptions(cas_version=expected))).version
-        except ConflictError as e:
-            if e.reason != Reason.CAS_MISMATCH:
-                raise
-            return CAS_MISMATCH
-
     async def delete(self, key: str) -> bool:
         return await self.client.kv.delete(key)
 
+    async def cas(self, key: str, value: bytes, expected: int):
+        return await self._refused_as_mismatch(self.client.kv.put(key, value, self.PutOptions(cas_version=expected)))
+
     async def cas_delete(self, key: str, expected: int):
+        return await self._refused_as_mismatch(self.client.kv.delete(key, self.DeleteOptions(cas_version=expected)))
+
+    async def _refused_as_mismatch(self, call):
         try:
-            return await self.client.kv.delete(key, DeleteOptions(cas_version=expected))
-        except ConflictError as e:
-            if e.reason != Reason.CAS_MISMATCH:
+            out = await call
+        except self.ConflictError as e:
+            if e.reason != self.CAS_MISMATCH_REASON:
                 raise
             return CAS_MISMATCH
+        return out if isinstance(out, bool) else out.version
 
 
 class SdkKV(OurKV):
@@ -79,31 +80,14 @@ class SdkKV(OurKV):
 
     LOST = (flo.NotConnectedError, flo.ConnectionFailedError, flo.UnexpectedEofError, flo.RequestTimeoutError,
             flo.ProtocolError, OSError, EOFError, asyncio.TimeoutError)
+    PutOptions, DeleteOptions, ConflictError, CAS_MISMATCH_REASON = flo.PutOptions, flo.DeleteOptions, \
+        flo.ConflictError, flo.Reason.CAS_MISMATCH
 
     def __init__(self, endpoint: str) -> None:
         self.client = flo.FloClient(endpoint, timeout_ms=TIMEOUT_MS)
 
     async def reconnect(self) -> None:
         await self.client.reconnect(timeout=60)
-
-    async def put(self, key: str, value: bytes) -> int:
-        return (await self.client.kv.put(key, value)).version
-
-    async def cas(self, key: str, value: bytes, expected: int):
-        try:
-            return (await self.client.kv.put(key, value, flo.PutOptions(cas_version=expected))).version
-        except flo.ConflictError as e:
-            if e.reason != flo.Reason.CAS_MISMATCH:
-                raise
-            return CAS_MISMATCH
-
-    async def cas_delete(self, key: str, expected: int):
-        try:
-            return await self.client.kv.delete(key, flo.DeleteOptions(cas_version=expected))
-        except flo.ConflictError as e:
-            if e.reason != flo.Reason.CAS_MISMATCH:
-                raise
-            return CAS_MISMATCH
 
 
 class Run:
