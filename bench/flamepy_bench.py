@@ -5,13 +5,18 @@ What it measures, against one flo-server with its embedded executor manager:
 * ``tasks_per_s``: ``tasks`` no-op tasks submitted with ``Session.run_many`` (futures, in batches of
   ``batch``) to a session with ``instances`` warm instances, from the first submit to the last result;
 * ``p50_ms`` / ``p99_ms``: each task's submit → result time within that burst;
-* ``single_task_p50_ms``: one ``invoke`` at a time (round trip of a lone task through the whole system).
+* ``single_task_p50_ms``: one ``invoke`` at a time (round trip of a lone task through the whole system);
+* the **runner** row (``run_runner``): the same no-op as a ``flamepy.runner`` function service (one
+  call = one task; arguments cloudpickled, the result stored in the object cache and fetched back by
+  ``get()``), ``runner_tasks`` calls submitted one by one, then every result fetched: tasks/s from the
+  first call to the last result, plus one call at a time (``single_call_p50_ms``).
 
 Usage::
 
     .venv/bin/python -m bench.flamepy_bench --tasks 20000 --instances 2      # starts its own flo-server
     .venv/bin/python -m bench.flamepy_bench --endpoint 127.0.0.1:9000        # an already running one
     .venv/bin/python -m bench.flamepy_bench --runs 3    # 3 fresh servers; each run's line, then the medians
+    .venv/bin/python -m bench.flamepy_bench --runner-tasks 0   # the Session row only
 
 or from Python: ``run("127.0.0.1:9000", tasks=20000, instances=2) -> dict``.
 Everything is bounded: ``max_seconds`` caps the burst (a shortfall is reported, not waited for), and the
@@ -157,6 +162,62 @@ def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: floa
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def run_runner(endpoint: str, tasks: int = 2000, instances: int = 2, max_seconds: float = 60,
+               single_samples: int = SINGLE_TASK_SAMPLES) -> dict:
+    """The runner row: a no-op function service of a ``flamepy.runner.Runner`` on ``endpoint``.
+
+    >>> run_runner("127.0.0.1:9000", tasks=500)                    # doctest: +SKIP
+    {'row': 'runner', 'tasks_per_s': ..., 'single_call_p50_ms': ..., ...}
+    """
+    from flamepy.core import client as core_client
+    from flamepy.runner import Runner
+
+    tasks = max(1, min(int(tasks), 1_000_000))
+    instances = max(1, min(int(instances), 128))
+    os.environ["FLAME_ENDPOINT"] = endpoint  # the Runner uses flamepy's default connection
+    with core_client._default_lock:
+        if core_client._default is not None and core_client._default.endpoint != endpoint:
+            core_client._default = None
+    project = tempfile.mkdtemp(prefix="flamepy-bench-runner-")  # what the Runner packages: nothing but this
+    before = os.getcwd()
+    os.chdir(project)
+    try:
+        with Runner(f"bench-runner-{uuid.uuid4().hex[:8]}") as runner:
+            def noop(value):
+                return value
+            service = runner.service(noop, autoscale=False, warmup=instances)
+            runner.wait([service(b"warm") for _ in range(instances * 4)])
+            start = time.perf_counter()
+            deadline = start + max_seconds
+            futures = []
+            for _ in range(tasks):
+                futures.append(service(b"ping"))
+                if time.perf_counter() > deadline:
+                    break
+            concurrent.futures.wait([f._future for f in futures], timeout=max(0.0, deadline - time.perf_counter()))
+            done = [f for f in futures if f.done()]
+            failed = sum(1 for f in done if f._future.exception() is not None)
+            results = [f.get() for f in done if f._future.exception() is None]
+            elapsed = time.perf_counter() - start
+            singles = []
+            single_deadline = time.perf_counter() + max(5.0, max_seconds / 4)
+            for _ in range(max(1, single_samples)):
+                t = time.perf_counter()
+                service(b"ping").get()
+                singles.append((time.perf_counter() - t) * 1000)
+                if time.perf_counter() > single_deadline:
+                    break
+            singles.sort()
+            return {"row": "runner", "tasks_per_s": round(len(results) / elapsed, 1) if elapsed > 0 else 0.0,
+                    "single_call_p50_ms": round(_percentile(singles, 0.50), 3),
+                    "single_call_p99_ms": round(_percentile(singles, 0.99), 3),
+                    "tasks": tasks, "completed": len(done), "failed": failed, "instances": instances,
+                    "seconds": round(elapsed, 3)}
+    finally:
+        os.chdir(before)
+        shutil.rmtree(project, ignore_errors=True)
+
+
 # -- a private flo-server for __main__ ------------------------------------------------------------------------
 
 
@@ -212,8 +273,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--single", type=int, default=SINGLE_TASK_SAMPLES, help="single-task samples")
     parser.add_argument("--runs", type=int, default=1, help="repeat (a fresh server each time); then print medians")
+    parser.add_argument("--runner-tasks", type=int, default=2000,
+                        help="calls for the runner row (a flamepy.runner function service); 0 skips it")
     args = parser.parse_args(argv)
     results = []
+    runner_rows: list[dict] = []
     for _ in range(max(1, min(args.runs, 20))):
         server = None
         try:
@@ -225,6 +289,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             result["load1"] = round(os.getloadavg()[0], 2)  # the box is shared: say how busy it was
             print(json.dumps(result), flush=True)
             results.append(result)
+            if args.runner_tasks > 0:
+                row = run_runner(endpoint, args.runner_tasks, args.instances, args.max_seconds, args.single)
+                row["load1"] = round(os.getloadavg()[0], 2)
+                print(json.dumps(row), flush=True)
+                runner_rows.append(row)
         finally:
             if server is not None:
                 server.stop()
@@ -232,6 +301,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         medians = {k: sorted(r[k] for r in results)[len(results) // 2]
                    for k in ("tasks_per_s", "p50_ms", "p99_ms", "single_task_p50_ms", "single_task_p99_ms", "load1")}
         print(json.dumps({"median_of": len(results), **medians}))
+    if len(runner_rows) > 1:
+        medians = {k: sorted(r[k] for r in runner_rows)[len(runner_rows) // 2]
+                   for k in ("tasks_per_s", "single_call_p50_ms", "single_call_p99_ms", "load1")}
+        print(json.dumps({"row": "runner", "median_of": len(runner_rows), **medians}))
     return 0
 
 

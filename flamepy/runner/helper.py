@@ -1,7 +1,8 @@
 """Reading Runner tasks back: ``get_data(task.input | task.output)`` → a plain dict.
 
-A Runner task's input is a cloudpickled :class:`RunnerRequest`; its output an
-encoded ObjectRef of the result in the object cache. ``get_data`` decodes
+A Runner task's input is a cloudpickled :class:`RunnerRequest`; its output the
+result itself (up to 64 KiB, after a prefix) or an encoded ObjectRef of it in
+the object cache. ``get_data`` decodes
 either, fetching what the refs point at::
 
     from flamepy.runner import get_data
@@ -17,7 +18,7 @@ from typing import Any, Optional
 import cloudpickle
 
 from ..core.cache import ObjectRef, get_object
-from .types import RunnerRequest
+from .types import INLINE_RESULT_PREFIX, RunnerRequest
 
 __all__ = ["ErrorType", "RunnerError", "get_data", "resolve_refs"]
 
@@ -62,6 +63,12 @@ def get_data(data: bytes) -> dict:
                           data_type=type(data).__name__)
     data = bytes(data)
     ref = None
+    if data.startswith(INLINE_RESULT_PREFIX):  # a small result, inline in the task output
+        try:
+            value = cloudpickle.loads(data[len(INLINE_RESULT_PREFIX):])
+        except Exception as exc:
+            raise RunnerError(ErrorType.DECODE_ERROR, f"inline result that does not load: {exc}", cause=exc) from None
+        return {"type": "output", "result": value, "metadata": {"inline": True}}
     if _looks_pickled(data):
         try:
             value = cloudpickle.loads(data)

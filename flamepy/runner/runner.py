@@ -24,17 +24,19 @@ application and deletes its objects.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
 import re
 import shutil
+import threading
 import time
 from typing import Any, Iterator, Optional, Sequence
 
 import cloudpickle
 
-from ..core import cache, ops
+from ..core import _runtime, cache, ops
 from ..core import records as R
 from ..core.cache import ObjectRef
 from ..core.client import connection
@@ -43,13 +45,14 @@ from ..core.types import (ApplicationAttributes, FlameError, FlameErrorCode, Res
                           validate_application_name)
 from .package import Package, build_package
 from .storage import PackageStorage, create_storage
-from .types import RunnerContext, RunnerRequest, SessionContext
+from .types import INLINE_RESULT_PREFIX, RunnerContext, RunnerRequest, SessionContext
 
 __all__ = ["ObjectFuture", "ObjectFutureIterator", "RunnerService", "Runner"]
 
 log = logging.getLogger("flamepy.runner")
 
 CLOSE_WAIT_S = 15.0   # how long close waits for the sessions' instances to stop
+GET_THREADS = 8       # Runner.get fetches this many results at once (pipelined on the one connection)
 _PYTHON_VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
 
 
@@ -57,24 +60,47 @@ class ObjectFuture:
     """The result of one remote call: ``get()`` the object, ``ref()`` its ObjectRef, ``wait()``.
 
     A failed call raises its FlameError from all three (message: ``"<ExceptionType>: <text>"``).
-    Passing an ObjectFuture to another call sends its ObjectRef, not the object.
+    Passing an ObjectFuture to another call sends its ObjectRef, not the object. A small result
+    came inline with the task; ``ref()`` of it stores it in the object cache first (once).
     """
 
-    def __init__(self, future: concurrent.futures.Future) -> None:
+    def __init__(self, future: concurrent.futures.Future, key_prefix: Optional[str] = None) -> None:
         self._future = future
+        self._key_prefix = key_prefix   # <app>/<session>: where ref() stores an inline result
+        self._ref: Optional[ObjectRef] = None
+        self._lock = threading.Lock()
+
+    def _output(self) -> bytes:
+        out = self._future.result()
+        if not out:
+            raise FlameError(FlameErrorCode.INTERNAL, "the call returned no result")
+        return out
 
     def ref(self) -> ObjectRef:
         """The ObjectRef of the result (waits for the call)."""
-        out = self._future.result()
-        if isinstance(out, ObjectRef):
-            return out
-        if not out:
-            raise FlameError(FlameErrorCode.INTERNAL, "the call returned no result reference")
-        return ObjectRef.decode(out)
+        out = self._output()
+        if not out.startswith(INLINE_RESULT_PREFIX):
+            return ObjectRef.decode(out)
+        with self._lock:
+            if self._ref is None:
+                if self._key_prefix is None:
+                    raise FlameError(FlameErrorCode.INVALID_STATE, "this future does not know its session")
+                self._ref = cache.put_object(self._key_prefix, cloudpickle.loads(out[len(INLINE_RESULT_PREFIX):]))
+            return self._ref
+
+    def _inline(self) -> bool:
+        """Whether the result came with the task (waits for the call; a failed call counts as inline)."""
+        try:
+            return self._output().startswith(INLINE_RESULT_PREFIX)
+        except Exception:
+            return True
 
     def get(self) -> Any:
-        """The result object, fetched from the object cache (waits for the call)."""
-        return cache.get_object(self.ref())
+        """The result object (waits for the call; a big one is fetched from the object cache)."""
+        out = self._output()
+        if out.startswith(INLINE_RESULT_PREFIX):
+            return cloudpickle.loads(out[len(INLINE_RESULT_PREFIX):])
+        return cache.get_object(ObjectRef.decode(out))
 
     def wait(self) -> None:
         """Wait for the call to finish; raises its error if it failed."""
@@ -96,6 +122,53 @@ class ObjectFutureIterator:
     def __iter__(self) -> Iterator[ObjectFuture]:
         for fut in concurrent.futures.as_completed(self._by_future):
             yield self._by_future[fut]
+
+
+class _Submitter:
+    """A service's calls go to its session in batches: a call returns at once, and the calls made
+    while one batch is being written go together in the next (one id allocation, one KV_MPUT and
+    one queue message per 64 tasks, instead of two round trips per call). Order is kept."""
+
+    def __init__(self, conn, session_id: str) -> None:
+        self._conn = conn
+        self._sid = session_id
+        self._lock = threading.Lock()
+        self._pending: list[tuple[bytes, concurrent.futures.Future]] = []
+        self._flushing = False
+
+    def submit(self, data: bytes) -> concurrent.futures.Future:
+        outer: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._pending.append((data, outer))
+            start = not self._flushing
+            self._flushing = True
+        if start:
+            _runtime.loop().call_soon_threadsafe(lambda: asyncio.ensure_future(self._flush()))
+        return outer
+
+    async def _flush(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._flushing = False
+                    return
+            try:
+                inner = await self._conn._submit_async(self._sid, [d for d, _ in batch])
+            except Exception as exc:  # the session closed, the server went away: every call of the batch says so
+                for _, outer in batch:
+                    outer.set_exception(exc)
+                continue
+            for (_, outer), fut in zip(batch, inner):
+                fut.add_done_callback(lambda f, o=outer: _copy_outcome(f, o))
+
+
+def _copy_outcome(src: concurrent.futures.Future, dst: concurrent.futures.Future) -> None:
+    exc = src.exception()
+    if exc is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())
 
 
 class RunnerService:
@@ -128,6 +201,7 @@ class RunnerService:
         except Exception:
             _quietly(cache.delete_objects, ref.key)
             raise
+        self._submitter = _Submitter(connection(), self._session.id)
         self._is_function = context.kind == "function"
         if not self._is_function:
             self._add_method_wrappers()
@@ -173,7 +247,7 @@ class RunnerService:
         args = tuple(a.ref() if isinstance(a, ObjectFuture) else a for a in args)
         kwargs = {k: v.ref() if isinstance(v, ObjectFuture) else v for k, v in kwargs.items()}
         request = RunnerRequest(method=method, args=args or None, kwargs=kwargs or None)
-        return ObjectFuture(self._session.run(cloudpickle.dumps(request)))
+        return ObjectFuture(self._submitter.submit(cloudpickle.dumps(request)), f"{self._app}/{self._session.id}")
 
     def close(self) -> None:
         """Close the session; calls still pending or running are cancelled (their futures raise)."""
@@ -351,8 +425,12 @@ class Runner:
         return svc
 
     def get(self, futures: Sequence[ObjectFuture]) -> list:
-        """The results of many calls, in their order."""
-        return [f.get() for f in futures]
+        """The results of many calls, in their order (fetched several at a time)."""
+        futures = list(futures)
+        if len(futures) <= 1 or all(f._inline() for f in futures):
+            return [f.get() for f in futures]
+        with concurrent.futures.ThreadPoolExecutor(min(GET_THREADS, len(futures))) as pool:
+            return list(pool.map(ObjectFuture.get, futures))
 
     def ref(self, futures: Sequence[ObjectFuture]) -> list[ObjectRef]:
         return [f.ref() for f in futures]

@@ -4,9 +4,9 @@ One process serves one session. On entering it loads the session's
 :class:`RunnerContext` (its ObjectRef is the session's common data) and, for a
 class, makes one object with no arguments. Each task is a cloudpickled
 :class:`RunnerRequest`: top-level ObjectRef arguments are fetched (several in
-parallel), the function or method is called, the result goes into the object
-cache under ``<app>/<session>`` and the task's output is its encoded
-ObjectRef. A stateful (object) service writes the object back after every
+parallel), the function or method is called, and the result becomes the
+task's output: inline when it pickles to at most 64 KiB, else stored in the
+object cache under ``<app>/<session>`` with its encoded ObjectRef as output. A stateful (object) service writes the object back after every
 call, so a replacement instance continues from the last state. A failing
 call fails its task with ``"<ExceptionType>: <message>"``; the traceback is in
 the instance's ``.err`` file.
@@ -30,7 +30,7 @@ import cloudpickle
 from ..core import cache
 from ..core.cache import ObjectRef
 from ..core.service import FlameService, SessionContext, TaskContext, run
-from .types import RunnerContext, RunnerRequest
+from .types import INLINE_RESULT_MAX, INLINE_RESULT_PREFIX, RunnerContext, RunnerRequest
 
 __all__ = ["FlameRunpyService", "main"]
 
@@ -88,9 +88,11 @@ class FlameRunpyService(FlameService):
         finally:
             if self._context.stateful:  # what the next call sees, here or in a replacement instance
                 self._context_ref = cache.update_object(self._context_ref, self._context)
+        data = cloudpickle.dumps(result)
+        if len(data) <= INLINE_RESULT_MAX:  # small: in the task output, no object-cache round trip
+            return INLINE_RESULT_PREFIX + data
         session = self._session
-        ref = cache.put_object(f"{session.application.name}/{session.session_id}", result)
-        return ref.encode()
+        return cache.put_object(f"{session.application.name}/{session.session_id}", result).encode()
 
     def on_session_leave(self) -> None:
         self._session = None

@@ -16,10 +16,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["SessionContext", "RunnerContext", "RunnerRequest", "MAX_CALL_ARGS"]
+__all__ = ["SessionContext", "RunnerContext", "RunnerRequest", "MAX_CALL_ARGS", "INLINE_RESULT_MAX",
+           "INLINE_RESULT_PREFIX"]
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_CALL_ARGS = 4096  # positional plus keyword arguments of one call
+# A call's result up to this size (pickled) travels in the task output itself, after the prefix;
+# a bigger one is stored in the object cache and the output is its encoded ObjectRef (a msgpack
+# map, which never starts with this prefix).
+INLINE_RESULT_MAX = 64 * 1024
+INLINE_RESULT_PREFIX = b"FLRI1"
 
 
 @dataclass

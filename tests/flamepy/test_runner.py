@@ -168,6 +168,11 @@ def test_futures_chain_by_reference_select_and_shared_objects(flame_cluster, pro
         assert get_data(task.input)["args"] == (4, 9)
         assert get_data(task.output)["result"] == 13
 
+        big = runner.service(lambda n: b"x" * n)(300_000)          # too big to travel inline
+        assert len(_result(big)) == 300_000 and big.ref().key.startswith("rt-futures/")
+        task = list(flamepy.get_session(big._key_prefix.split("/")[1]).list_tasks())[-1]
+        assert isinstance(ObjectRef.decode(task.output), ObjectRef)
+
         shared = runner.put_object({"answer": 42})
         assert shared.key.startswith("rt-futures/shared/")
         assert _result(runner.service(_lookup)(shared, "answer")) == 42
