@@ -2,8 +2,8 @@
 
 Run it::
 
-    .venv/bin/python -m tests.reliability.soak --seconds 1800 --kill-every 30 --json build/soak.json
-    make soak                                   # the same for SOAK_SECONDS (default 1800)
+    .venv/bin/python -m tests.reliability.soak --seconds 1800 --kill-every 20 --json build/soak.json
+    make soak                        # the same: SOAK_SECONDS (default 1800), SOAK_KILL_EVERY (default 20)
 
 Several connections at once, each one request at a time:
 
@@ -11,8 +11,8 @@ Several connections at once, each one request at a time:
   own, plus a counter by ``incr``; a get must show the connection's last write;
 - queue (two): a producer enqueues unique payloads at random priorities, a consumer
   dequeues batches under a lease and acks them;
-- stream (two): an appender on a stream with ``max_len`` retention, a consumer-group
-  reader that acks what it gets;
+- stream (two): an appender on a stream with ``max_len`` retention (ids must rise), a
+  consumer-group reader that acks what it gets (a record acked is never delivered again);
 - RESP (one redis-py connection): SET / GET / INCR / LPUSH / RPOP / XADD with MAXLEN;
 - actions: an ActionWorker runs an echo action, an invoker invokes it and waits for
   the result (a few runs a second).
@@ -85,6 +85,7 @@ ACTION_PAUSE_S = 0.05
 TIMEOUT_MS = 30_000  # per request; generous for a loaded 2-core machine
 RESP_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 SAMPLES = 20  # failure samples kept per kind
+FATAL = {"server died", "restart failed"}  # the run stops there: no final drain
 
 
 class Soak:
@@ -181,11 +182,10 @@ class Soak:
                 elif r < 0.85:
                     ok, got = await self.attempt("kv.get", lambda: c.kv.get(key))
                     if ok and key not in self.kv_maybe:
-                        want = self.kv.get(key, (None, 0))
-                        have = (got.value, got.version) if got is not None else (None, want[1] if want[0] is None else 0)
-                        if have != want:
-                            self.fail("wrong answer", f"get {key}: {have[0]!r:.40}@{have[1]}, last written "
-                                                      f"{want[0]!r:.40}@{want[1]}")
+                        value, version = self.kv.get(key, (None, 0))
+                        have = (got.value, got.version) if got is not None else (None, version)
+                        if have != (value, version):
+                            self.fail("wrong answer", f"get {key}: {got!r:.60}, last written {value!r:.40}@{version}")
                 elif r < 0.93:
                     self.kv_maybe[key] = None
                     ok, _ = await self.attempt("kv.delete", lambda: c.kv.delete(key))
@@ -454,7 +454,12 @@ class Soak:
                 sabotage = lambda: self.log(  # noqa: E731
                     f"self-test: cut {cut_log_tail(self.server.data_dir, self.args.cut_log_at_first_kill)} "
                     "acknowledged records off the log")
-            took = await self.nemesis.kill_and_restart(before_up=self.verify_after_restart, while_down=sabotage)
+            try:
+                took = await self.nemesis.kill_and_restart(before_up=self.verify_after_restart, while_down=sabotage)
+            except Exception as e:  # noqa: BLE001 - the server did not come back (or the check broke): stop here
+                self.fail("restart failed", f"{e!r}\n" + "\n".join(list(self.server.output)[-30:]))
+                self.stop.set()
+                return
             self.log(f"kill -9 #{self.nemesis.epoch}: ready again in {took:.2f} s, checked")
 
     async def watch(self) -> None:
@@ -511,13 +516,12 @@ class Soak:
         await asyncio.gather(*background)  # a restart under way finishes first
         consumer_stop.set()
         await asyncio.gather(*tasks)
-        if "server died" not in self.failures:
+        if not FATAL & set(self.failures):
             await self.finish()
         worker_stop.set()
         await worker
         self.server.stop()
-        if "server died" not in self.failures:
-            self.check_log_dir()
+        self.check_log_dir()
         return self.report()
 
     async def finish(self) -> None:
