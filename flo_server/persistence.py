@@ -57,6 +57,7 @@ from typing import Any, Callable, Iterator
 import click
 import msgpack
 
+from flo_core.core import now_ms
 from flo_core.errors import FloError, Refusal
 from flo_core.log import (
     DEFAULT_SEGMENT_BYTES,
@@ -415,6 +416,7 @@ class DiskJournal:
         self.last_snapshot_size = _newest_snapshot_size(data_dir)
         self._failed: StorageFailure | None = None
         self._closed = False
+        self._fenced: str | None = None  # why writes are refused while this cluster member does not lead
         self._retry: asyncio.TimerHandle | None = None
         self._retry_syncing = False  # a retry's fdatasync is in flight
         self.storage_failures = 0  # times the log started failing
@@ -450,7 +452,7 @@ class DiskJournal:
     @failed.setter
     def failed(self, exc: StorageFailure | None) -> None:
         self._failed = exc
-        self.writer.accepting = exc is None and not self._closed
+        self.writer.accepting = exc is None and not self._closed and self._fenced is None
 
     @property
     def closed(self) -> bool:
@@ -459,7 +461,39 @@ class DiskJournal:
     @closed.setter
     def closed(self, value: bool) -> None:
         self._closed = value
-        self.writer.accepting = self._failed is None and not value
+        self.writer.accepting = self._failed is None and not value and self._fenced is None
+
+    # --- the cluster's write gate (flo_server.cluster.node) --------------------------------
+
+    @property
+    def fenced(self) -> str | None:
+        """Why writes are refused while this cluster member may not take them, or None."""
+        return self._fenced
+
+    def fence(self, why: str) -> None:
+        """Refuse writes (WRITES_STOPPED, ``why``) until :meth:`unfence`: this member does not lead its shard."""
+        self._fenced = why
+        self.writer.accepting = False
+        self.writer.fence_at_ms = 0
+
+    def unfence(self, deadline: float) -> None:
+        """Take writes until ``deadline`` (monotonic), which :meth:`extend_fence` moves while the lease holds."""
+        self._fenced = None
+        self.writer.accepting = self._failed is None and not self._closed
+        self.extend_fence(deadline)
+
+    def extend_fence(self, deadline: float) -> None:
+        # On the clock the request loops read, so writes stop at the lease's end by themselves, even
+        # when this process was stopped past it and a request is served before any timer runs.
+        self.writer.fence_at_ms = now_ms() + int((deadline - time.monotonic()) * 1000)
+
+    def release_held(self) -> None:
+        """Send the answers the log (and, with ``--sync-replicas``, the replicas) now cover."""
+        release_held(self.writer)
+
+    def flush_now(self) -> None:
+        """Write (and under ``always`` fsync) what is appended now, not at the end of the loop iteration."""
+        self._flush_now()
 
     @property
     def bytes_since_snapshot(self) -> int:
@@ -472,10 +506,14 @@ class DiskJournal:
 
     def append(self, kind: str, args: tuple | list) -> int:
         """Log ``(kind, args)``; returns its LSN. Refuses (WRITES_STOPPED) while the log fails or is closed."""
-        if self.failed is not None or self.closed:
+        if self.failed is not None or self.closed or self._fenced is not None:
             if self.failed is not None:
                 raise self.failed.refusal()
+            if self._fenced is not None:
+                raise Refusal(Reason.WRITES_STOPPED, f"writes stopped: {self._fenced}")
             raise Refusal(Reason.WRITES_STOPPED, "writes stopped: the log is closed (the server is stopping)")
+        if self.writer.fence_at_ms and now_ms() >= self.writer.fence_at_ms:
+            raise Refusal(Reason.WRITES_STOPPED, "writes stopped: this leader's lease has run out")
         payload = pack_record(kind, args)
         try:
             lsn = self.writer.append(RECORD_WRITE, payload)
@@ -702,10 +740,11 @@ class DiskJournal:
             "storage_failing_seconds": round(time.monotonic() - self.failed.since, 3) if self.failed else 0,
             "storage_failures": self.storage_failures, "storage_retries": self.storage_retries,
             "snapshot_failures": self.snapshot_failures, "last_snapshot_error": self.last_snapshot_error,
+            "snapshot_in_progress": self._snapshot_inflight is not None,
         }
 
-    def close(self) -> None:
-        """Clean shutdown: flush, snapshot, fsync, close. Waits for a running fsync/snapshot."""
+    def close(self, snapshot: bool = True) -> None:
+        """Clean shutdown: flush, snapshot (unless told not to), fsync, close. Waits for a running fsync/snapshot."""
         if self.closed:
             return
         for handle in (self._tick, self._retry):
@@ -719,7 +758,7 @@ class DiskJournal:
             self.writer.flush()
             if faults.ACTIVE:
                 faults.crash("stop.before_snapshot")
-            if self.failed is None:
+            if self.failed is None and snapshot:
                 self.snapshot_now()
             if faults.ACTIVE:
                 faults.crash("stop.before_close")
@@ -776,6 +815,41 @@ class StorageFailure(OSError):
         return StorageRefusal(str(self), f"MISCONF Errors writing to the AOF file: {self.strerror}")
 
 
+RESYNC_MARK = "RESYNC"  # a replica's resynchronisation in progress: its data dir holds nothing to trust
+
+
+def replace_with_snapshot(data_dir: str, lsn: int, body: bytes) -> None:
+    """Make ``data_dir`` hold exactly one snapshot (``body``, at ``lsn``) and no log: a cluster
+    replica's full resynchronisation. Until it is done a mark says so, and a start that finds the
+    mark wipes the directory (:func:`discard_unfinished_resync`) rather than recover half of it."""
+    mark = os.path.join(data_dir, RESYNC_MARK)
+    with open(mark, "wb") as f:
+        os.fsync(f.fileno())
+    fsync_dir(data_dir)
+    for _, path in list_snapshots(data_dir):
+        os.unlink(path)
+    for _, path in list_segments(log_dir(data_dir)):
+        os.unlink(path)
+    write_snapshot(data_dir, lsn, body)
+    fsync_dir(log_dir(data_dir))
+    os.unlink(mark)
+    fsync_dir(data_dir)
+
+
+def discard_unfinished_resync(data_dir: str) -> bool:
+    """A resynchronisation was cut short (a crash): empty the data dir; True if it did."""
+    if not os.path.exists(os.path.join(data_dir, RESYNC_MARK)):
+        return False
+    for _, path in list_snapshots(data_dir):
+        os.unlink(path)
+    for _, path in list_segments(log_dir(data_dir)):
+        os.unlink(path)
+    os.unlink(os.path.join(data_dir, RESYNC_MARK))
+    log.warning("%s: an unfinished cluster resynchronisation was found; starting empty (the leader resends)",
+                data_dir)
+    return True
+
+
 # --- data dir lock and wiring --------------------------------------------------
 
 
@@ -809,6 +883,7 @@ def open_journal(srv: Any, cfg: Any) -> DiskJournal:
     repair = bool(cfg.repair_log)
     lock_fd = _lock_data_dir(data_dir)
     try:
+        discard_unfinished_resync(data_dir)
         rec = recover(srv, data_dir, repair=repair)
         journal = DiskJournal(
             srv, data_dir, policy=cfg.fsync, snapshot_bytes=cfg.snapshot_bytes, next_lsn=rec.last_lsn + 1,

@@ -37,7 +37,7 @@ from flo_core.errors import ClientError, ServerError
 
 KEYS = 40
 PUTS_PER_ROUND = 8
-VALUE_BYTES = 900
+VALUE_BYTES = 3000
 LEASE_MS = 250
 
 

@@ -13,11 +13,9 @@ must start, recover the valid prefix (``check-log`` agreeing) and keep every rec
 from __future__ import annotations
 
 import asyncio
-import os
+import concurrent.futures
 import random
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,15 +25,17 @@ from flo_client import FloClient
 from flo_core.log import RECORD_HEADER, LogReader, list_segments
 from flo_server.faults import POINTS
 from tests.durable_oracle import Oracle
-from tests.helpers import ROOT, ServerProc, wait_until
+from tests.helpers import ServerProc, wait_until
 
 pytestmark = pytest.mark.integration
 
-ROUNDS = 40  # ~330 KiB of log: 5 segment rolls, 3 snapshots, a truncation
+#: Workload rounds by phase: "run" points need up to ~700 KiB of log (10 segment rolls, 4 snapshots,
+#: truncations; ~24 KiB a round); start-up and shutdown points only need a log to start from / close.
+ROUNDS = {"run": 60, "start": 4, "stop": 4}  # (a run point dies long before; snapshots lag on a loaded box)
 SERVER_ARGS = ("--snapshot-bytes", "65536")  # segments of 64 KiB (the minimum)
 #: Which hit of a point to die at, when the first is too early to be interesting.
-NTH = {"log.write.before": 30, "log.write.torn": 35, "log.write.after": 20, "group.after_flush": 25,
-       "log.fsync.after": 25, "group.after_sync": 25, "log.roll.before_sync": 2, "log.roll.after_sync": 3}
+NTH = {"log.write.before": 12, "log.write.torn": 14, "log.write.after": 10, "group.after_flush": 11,
+       "log.fsync.after": 11, "group.after_sync": 11, "log.roll.before_sync": 2, "log.roll.after_sync": 2}
 RECOVERY: dict[str, float] = {}  # point -> seconds from exec to ready (printed at the end of the module)
 
 
@@ -48,42 +48,68 @@ def _replay_seconds(sp: ServerProc) -> float:
     return float(m[-1]) if m else -1.0
 
 
-@pytest.mark.parametrize("point", list(POINTS))
-async def test_crash_point(point: str, tmp_path: Path) -> None:
+async def crash_and_recover(point: str, data_dir: Path) -> str:
+    """Die at ``point``, restart, check the oracle; returns a line for the report (raises on a failure)."""
     spec = POINTS[point]
-    sp = ServerProc(tmp_path / "data", *SERVER_ARGS, fsync="always",
-                    env={"FLO_CRASHPOINT": f"{point}:{NTH.get(point, 1)}"})
+    sp = ServerProc(data_dir, *SERVER_ARGS, fsync="always", env={"FLO_CRASHPOINT": f"{point}:{NTH.get(point, 1)}"})
     oracle = Oracle()
-    sp.start()
+    sp.start(timeout=60)
     try:
-        async with FloClient(sp.endpoint, timeout_ms=20_000) as c:
-            finished = await oracle.run(c, ROUNDS)
+        async with FloClient(sp.endpoint, timeout_ms=30_000) as c:
+            finished = await oracle.run(c, ROUNDS[spec.phase])
         if spec.phase == "run":
             assert not finished, f"the workload ended and {point} never fired:\n{sp.log()}"
         elif spec.phase == "start":
             assert finished
             sp.kill()
             with pytest.raises(RuntimeError, match="did not start"):
-                sp.start()
+                sp.start(timeout=60)
         else:
             assert finished
-            sp.stop()
-        wait_until(lambda: sp.proc.poll() is not None, timeout=20)
-        assert sp.proc.returncode == -9, f"exit {sp.proc.returncode}, not SIGKILL"
-        assert _fired(sp, point), sp.log()
+            sp.stop(timeout=30)
+        wait_until(lambda: sp.proc.poll() is not None, timeout=30)
+        assert sp.proc.returncode == -9, f"{point}: exit {sp.proc.returncode}, not SIGKILL:\n{sp.log()}"
+        wait_until(lambda: _fired(sp, point), timeout=30)  # (its last line may still be in the pipe)
         assert oracle.acks > 0
         sp.env = {}
         t0 = time.monotonic()
-        sp.start()
+        sp.start(timeout=60)
         RECOVERY[point] = time.monotonic() - t0
-        async with FloClient(sp.endpoint, timeout_ms=20_000) as c:
+        async with FloClient(sp.endpoint, timeout_ms=30_000) as c:
             await oracle.check(c)
             await oracle.check_versions_rise(c)
-        assert "Traceback" not in sp.log()
+        assert "Traceback" not in sp.log(), sp.log()
     finally:
         sp.stop()
-    print(f"\n{point}: died after {oracle.rounds_done} round(s), {oracle.acks} answers; "
-          f"restart to ready {RECOVERY[point]:.2f}s (replay {_replay_seconds(sp):.3f}s)")
+    return (f"{point}: died after {oracle.rounds_done} round(s), {oracle.acks} answers; "
+            f"restart to ready {RECOVERY[point]:.2f}s (replay {_replay_seconds(sp):.3f}s)")
+
+
+@pytest.fixture(scope="module")
+def crash_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every selected point's run, three at a time (each in a thread with its own loop and server):
+    the runs mostly wait on processes, so this cuts the wall time on a loaded 2-core box."""
+    points = [item.callspec.params["point"] for item in request.session.items
+              if getattr(item, "originalname", "") == "test_crash_point" and hasattr(item, "callspec")]
+    base = tmp_path_factory.mktemp("crash")
+
+    def one(point: str) -> str | BaseException:
+        try:
+            return asyncio.run(crash_and_recover(point, base / point / "data"))
+        except BaseException as e:  # noqa: BLE001 - handed to that point's test
+            return e
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        return dict(zip(points, pool.map(one, points)))
+
+
+@pytest.mark.timeout(600)  # the first selected point waits for all runs (crash_runs)
+@pytest.mark.parametrize("point", list(POINTS))
+def test_crash_point(point: str, crash_runs: dict) -> None:
+    result = crash_runs[point]
+    if isinstance(result, BaseException):
+        raise result
+    print(f"\n{result}")
 
 
 # --- torn writes ---------------------------------------------------------------------------

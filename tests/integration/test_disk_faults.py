@@ -108,7 +108,7 @@ async def test_disk_full_refuses_writes_keeps_reads_and_resumes(small_tmpfs: Pat
             big_versions: dict[str, int] = {}
             held: asyncio.Task | None = None
             for i in range(200):
-                put = asyncio.ensure_future(c.kv.put(f"big{i}", b"%d" % i * 8000))
+                put = asyncio.ensure_future(c.kv.put(f"big{i}", b"%06d" % i * 10_000))
 
                 async def settled() -> bool:
                     return put.done() or bool((await journal(watcher))["storage_error"])
@@ -154,7 +154,7 @@ async def test_disk_full_refuses_writes_keeps_reads_and_resumes(small_tmpfs: Pat
             assert http_get(sp.http_port, "/healthz")[0] == 200
             assert (await r.info("persistence"))["aof_last_write_status"] == "err"
             assert "flo_log_failed 1.0" in http_get(sp.http_port, "/metrics")[1]
-            assert warnings(sp) == (1, 0)
+            await wait_for(lambda: warnings(sp) == (1, 0), what="one warning line")
             assert not held.done(), "answered while its record is not in the log"
 
             # space comes back: the held put is answered and writes resume, no restart
@@ -166,7 +166,7 @@ async def test_disk_full_refuses_writes_keeps_reads_and_resumes(small_tmpfs: Pat
             assert await oracle.run(c, 10, first=6)
             j = await journal(watcher)
             assert j["storage_error"] is None and j["storage_failures"] == 1 and j["storage_retries"] >= 1
-            assert warnings(sp) == (1, 1)
+            await wait_for(lambda: warnings(sp) == (1, 1), what="one line when it failed, one when it recovered")
         sp.kill()
         sp.start()
         async with FloClient(sp.endpoint) as c:
@@ -227,8 +227,10 @@ async def test_injected_io_errors_are_retried_and_lose_nothing(tmp_path: Path, f
             stop.set()
             await asyncio.wait_for(probe, 30)
             assert await oracle.run(c, rounds + 3, first=rounds)
-            assert j["storage_failures"] == 1 and j["storage_retries"] >= int(fault.split(":")[3]) - 1
-            assert warnings(sp) == (1, 1), sp.log()
+            j = await journal(c)
+            # (a fault window can outlast one failure: an fdatasync already queued may succeed first)
+            assert j["storage_failures"] >= 1 and j["storage_retries"] >= int(fault.split(":")[3]) - 1
+            await wait_for(lambda: warnings(sp) == (j["storage_failures"],) * 2, what="a line per failure and recovery")
             assert all(m.startswith("STORAGE_ERROR: log ") for m in oracle.refusals), oracle.refusals
             print(f"\n{fault} {fsync}: {oracle.acks} answers, {len(oracle.refusals)} refused, "
                   f"{j['storage_retries']} retries")
@@ -261,8 +263,8 @@ async def test_a_failed_snapshot_leaves_the_log_and_the_older_snapshot_alone(tmp
             rounds = 0
             first: tuple[int, bytes] | None = None
             while True:
-                assert await oracle.run(c, rounds + 2, first=rounds)
-                rounds += 2
+                assert await oracle.run(c, rounds + 1, first=rounds)
+                rounds += 1
                 j = await journal(c)
                 if first is None and j["snapshots"] == 1:
                     lsn, path = list_snapshots(str(sp.data_dir))[0]
@@ -270,13 +272,16 @@ async def test_a_failed_snapshot_leaves_the_log_and_the_older_snapshot_alone(tmp
                 if j["snapshot_failures"]:
                     break
                 assert rounds < 200, f"no snapshot failed: {j}"
-            assert first is not None and j["snapshots"] == 1
+            assert first is not None
             assert "No space left on device" in j["last_snapshot_error"] or "Input/output" in j["last_snapshot_error"]
+            # no more writes now, so no snapshot starts: once none runs, no temp file may be left
+            await wait_for(lambda: _no_snapshot_running(c), timeout=30, what="no snapshot running")
             assert [p.name for p in snap_dir.iterdir() if p.name.endswith(".tmp")] == []
-            assert [lsn for lsn, _ in list_snapshots(str(sp.data_dir))] == [first[0]]
+            assert first[0] in [lsn for lsn, _ in list_snapshots(str(sp.data_dir))]
             assert (snap_dir / f"{first[0]:020d}.snap").read_bytes() == first[1]
             segments = sorted(p.name for p in (sp.data_dir / "log").iterdir())
-            assert int(segments[0][:20]) <= first[0] + 1, "the log no longer reaches back to the snapshot"
+            oldest = min(lsn for lsn, _ in list_snapshots(str(sp.data_dir)))
+            assert int(segments[0][:20]) <= oldest + 1, "the log no longer reaches back to the oldest snapshot"
             assert j["storage_error"] is None
             await wait_for(lambda: _snapshots_after_failure(c), timeout=30, what="a later snapshot")
         sp.kill()
@@ -288,6 +293,10 @@ async def test_a_failed_snapshot_leaves_the_log_and_the_older_snapshot_alone(tmp
         assert "snapshot at LSN" in sp.log() and "failed" in sp.log()
     finally:
         sp.stop()
+
+
+async def _no_snapshot_running(c: FloClient) -> bool:
+    return not (await journal(c))["snapshot_in_progress"]
 
 
 async def _snapshots_after_failure(c: FloClient) -> bool:
