@@ -108,8 +108,10 @@ def run_session(sp: ServerProc, user: str, app: str, text: str) -> str:
 
 
 async def app_records(sp: ServerProc) -> list:
+    """The application records besides the built-in ones (flmrun, ... registered by the executor)."""
+    from flamepy.apps import BUILTIN_APPLICATIONS
     async with FloClient(sp.endpoint, username="admin", password=PW["admin"], namespace="flame") as c:
-        return list((await c.kv.scan("app/")).names)
+        return [n for n in (await c.kv.scan("app/")).names if n[len("app/"):] not in BUILTIN_APPLICATIONS]
 
 
 def test_register_needs_flame_register(secured):

@@ -112,6 +112,8 @@ def test_seed_guide_verbatim(flame, tmp_path):
     assert r.returncode == 0, r.stderr
     header, *rows = r.stdout.splitlines()
     assert header.split() == ["Name", "State", "Shim", "Tags", "Created", "Command"]
+    from flamepy.apps import BUILTIN_APPLICATIONS  # listed too (flmrun, ...): the executor registers them
+    rows = [row for row in rows if row.split()[0] not in BUILTIN_APPLICATIONS]
     assert [row.split()[:3] for row in rows] == [["echo-app", "Enabled", "Host"]]
     assert rows[0].rstrip().endswith(sys.executable)
 
