@@ -159,7 +159,10 @@ async def test_disk_full_refuses_writes_keeps_reads_and_resumes(small_tmpfs: Pat
 
             # space comes back: the held put is answered and writes resume, no restart
             ballast.unlink()
+            t0 = time.monotonic()
             big_versions[f"big{i}"] = (await asyncio.wait_for(held, 30)).version
+            print(f"\n{fsync}: {len(big_versions)} big puts filled the log's room; the held one answered "
+                  f"{time.monotonic() - t0:.2f}s after the ballast went")
             await wait_for(lambda: http_get(sp.http_port, "/readyz")[0] == 200, timeout=10, what="ready again")
             assert (await c.kv.put("new", b"v")).version > big_versions[f"big{i}"]
             assert await r.set("rk", "after")
