@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -44,6 +45,7 @@ __all__ = ["ObjectRef", "ObjectKey", "WILDCARD_SESSION", "CacheStats", "put_obje
            "update_object", "patch_object", "delete_objects", "upload_object", "download_object", "stats"]
 
 Deserializer = Callable[[Any, list], Any]
+log = logging.getLogger("flamepy.cache")
 
 WILDCARD_SESSION = "*"
 MAX_KEY_PART = 255                      # characters per key part
@@ -426,7 +428,10 @@ async def _install_base(store: Store, key: str, ref: Any, fmt: str, fresh: bool 
             continue
         v, g = head["v"] + 1, head["g"]
         if await store.put_atomic([(R.k_obj(key), _head(v, v, g, fmt), kv_version), (_slot(key, g, v), R.pack(ref))]):
-            await _drop_parts(store, key, g, range(head["bv"], head["v"] + 1))
+            try:   # the replaced parts are garbage now; failing to drop them must not fail the write
+                await _drop_parts(store, key, g, range(head["bv"], head["v"] + 1))
+            except Exception as exc:
+                log.warning("object %s: replaced parts of version %s left behind: %s", key, head["v"], exc)
             return v, g
     raise ValueError(f"Object {key}: too many concurrent writers, giving up after {WRITE_RETRIES} attempts")
 
@@ -447,7 +452,7 @@ async def _patch(store: Store, key: str, data: bytes) -> tuple[int, int, str]:
                                        (_slot(key, g, v), R.pack(ref))]):
                 return v, bv, g
         raise ValueError(f"Object {key}: too many concurrent writers, giving up after {WRITE_RETRIES} attempts")
-    except BaseException:
+    except ValueError:   # refused, nothing written: drop the chunks (a broken connection may have committed)
         await store.delete_many(R.blob_chunk_keys(ref))
         raise
 
@@ -502,7 +507,7 @@ async def _install(store: Store, key: str, data: bytes, fmt: str, fresh: bool = 
     ref = await _write_blob(store, data)
     try:
         return await _install_base(store, key, ref, fmt, fresh)
-    except BaseException:
+    except ValueError:   # refused, nothing written (see _patch)
         await store.delete_many(R.blob_chunk_keys(ref))
         raise
 
@@ -590,7 +595,7 @@ def upload_object(key_or_prefix: str, file_path: str) -> ObjectRef:
         ref = _upload_chunks(store, file_path)
     try:
         version, _ = _runtime.run(_install_base(store, key, ref, _RAW))
-    except BaseException:
+    except ValueError:   # refused, nothing written (see _patch)
         _runtime.run(store.delete_many(R.blob_chunk_keys(ref)))
         raise
     _forget(lambda ck: ck == (store.endpoint, key))
@@ -613,7 +618,7 @@ def _upload_chunks(store: Store, file_path: str) -> list:
                 if not batch:
                     break
                 _runtime.run(store.write_chunks(batch))
-    except BaseException:
+    except (OSError, ValueError):   # the file failed to read: nothing refers to these chunks yet
         _runtime.run(store.delete_many([R.k_blob(bid, i) for i in range(n)]))
         raise
     return ["c", bid, n, size]
