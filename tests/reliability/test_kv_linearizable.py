@@ -242,7 +242,7 @@ async def test_cas_contention_has_exactly_one_winner_per_version(make_server):
     print(f"seed {seed}: {len(cas)} CAS attempts on {len(by_base)} versions, {winners} acknowledged winners, "
           f"{unknown} unknown; final {final}")
     assert not run.unexpected, run.unexpected
-    assert len(cas) > 400 and winners > 50
+    assert len(cas) > 300 and winners > 30
     for base, s in by_base.items():
         assert len(s["won"]) <= 1, f"version {base} had {len(s['won'])} winners: {s['won']}"
         if s["lost"] and not s["won"]:

@@ -170,7 +170,7 @@ async def test_queue_delivery_through_kill9(make_server):
           f"{len(ds)} deliveries ({len(ds) - len({d.seq for d in ds})} redeliveries), {len(run.removed_at)} acked, "
           f"{len(dlq)} in the DLQ, recoveries {[round(t, 2) for t in run.nemesis.recoveries]} s")
     assert not run.unexpected, run.unexpected
-    assert len(run.enqueued) > 300 and run.nemesis.epoch == 3
+    assert len(run.enqueued) > 200 and run.nemesis.epoch == 3
 
     # at least once; nothing invented; a message keeps its seq, payload and priority
     delivered = {d.payload for d in ds}
