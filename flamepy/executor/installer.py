@@ -55,6 +55,7 @@ MAX_PACKAGE_BYTES = 512 << 20           # a package is read whole into the execu
 MAX_UNPACKED_BYTES = 4 << 30
 MAX_MEMBERS = 100_000
 FAILED_INSTALL_TTL_S = 60.0
+MEMO_ENTRIES = 4096                     # url fingerprints and failures remembered, at most
 OUTPUT_TAIL_LINES = 12
 _REQUIREMENT = re.compile(r"^[A-Za-z0-9][^\n\r\x00]{0,499}$")
 _PIP_ENV = ("PIP_", "UV_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
@@ -135,6 +136,8 @@ class PackageInstaller:
         if digest is None or not os.path.exists(self._marker(app["name"], digest)):
             data = await self._fetch(scheme, where)
             digest = hashlib.sha256(data).hexdigest()
+            if len(self._digests) >= MEMO_ENTRIES:  # bounded: forgetting costs one fetch, nothing else
+                self._digests.clear()
             self._digests[fingerprint] = digest
         key = f"{app['name']}/{digest[:16]}"
         failed = self._failed.get(key)
@@ -152,6 +155,8 @@ class PackageInstaller:
             try:
                 await asyncio.shield(running)  # a bind that gives up does not cancel the others' install
             except InstallError as exc:
+                if len(self._failed) >= MEMO_ENTRIES:
+                    self._failed.clear()
                 self._failed[key] = (time.monotonic(), str(exc))
                 raise
         return self._environment(app, kind, target)

@@ -262,6 +262,12 @@ def test_existing_application_is_reused_or_refused(flame_cluster, project):
         assert "rt-reuse" in _app_names()                # not its application to remove
     assert "rt-reuse" not in _app_names()
 
+    with pytest.raises(RuntimeError, match="user code failed"):
+        with Runner("rt-raising-block") as runner:
+            runner.put_object("kept until close")
+            raise RuntimeError("user code failed")
+    assert "rt-raising-block" not in _app_names() and not _objects("rt-raising-block")
+
 
 def test_bad_runner_arguments_are_refused(flame_cluster, project):
     for kwargs in (dict(name="bad name!"), dict(name="ok", dependencies="six"), dict(name="ok", python_version="3.x"),
