@@ -60,7 +60,11 @@ class FlameRunpyService(FlameService):
         target = runner_context.execution_object
         if inspect.isclass(target):
             log.info("instantiating %s", target.__qualname__)
-            target = target()
+            try:
+                target = target()
+            except Exception as exc:  # a bind failure whose event says what broke
+                traceback.print_exc(file=sys.stderr)
+                raise RuntimeError(f"{target.__qualname__}() failed: {type(exc).__name__}: {exc}") from exc
         self._context = runner_context
         self._target = target
         log.info("serving a %s service (%s) for session %s", runner_context.kind, type(target).__name__,

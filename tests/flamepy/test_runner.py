@@ -73,6 +73,14 @@ class _Greeter:
         pass
 
 
+class _Unbuildable:
+    def __init__(self) -> None:
+        raise OSError("model file missing")
+
+    def predict(self, x):
+        return x
+
+
 class _Pinned:
     _session_context = SessionContext(session_id="rt-pinned-session")
 
@@ -213,6 +221,16 @@ def test_a_call_that_raises_fails_alone(flame_cluster, project):
         assert _result(good) == 8
         states = {t.id: t.state for t in flamepy.get_session(svc.session_id).list_tasks()}
         assert sorted(states.values()) == [flamepy.TaskState.SUCCEED, flamepy.TaskState.FAILED]
+
+
+def test_a_service_whose_setup_raises_fails_its_binds_then_its_calls(flame_cluster, project):
+    with Runner("rt-unbuildable") as runner:
+        svc = runner.service(_Unbuildable)
+        with pytest.raises(flamepy.FlameError) as err:
+            _result(svc.predict(1))
+        assert "_Unbuildable() failed: OSError: model file missing" in err.value.message
+        events = flamepy.get_session(svc.session_id).events
+        assert [e.code for e in events].count(1001) == 5 and events[-1].code == 1002
 
 
 def test_a_killed_service_process_fails_its_call_and_the_next_call_runs(flame_cluster, project, tmp_path):
