@@ -105,6 +105,13 @@ def flame(server: str, tmp_path: Path, monkeypatch):
 
 
 
+@pytest.fixture(scope="session")
+def flame_helpers():
+    """The plain helpers above, for other modules' own fixtures: ``from conftest import`` may find another
+    directory's conftest (each directory without ``__init__.py`` imports its own as module "conftest")."""
+    return SimpleNamespace(flame_home=flame_home, reset_default_connection=_reset_default_connection)
+
+
 @pytest.fixture(scope="module")
 def flame_cluster(tmp_path_factory):
     """One flo-server with its embedded executor for a whole module, this process pointed at it.

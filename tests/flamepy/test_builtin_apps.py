@@ -12,35 +12,14 @@ import re
 import socket
 import sys
 import textwrap
-import time
 
 import pytest
 
 import flamepy
 from flamepy import FlameError
-from tests.helpers import ServerProc, wait_until
-
-from conftest import _reset_default_connection, flame_home
+from tests.helpers import wait_until
 
 TIMEOUT = 90  # a service process starting on a loaded 2-core box
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """One flo-server (executor manager inside, so it registers the built-ins) for the module."""
-    base = tmp_path_factory.mktemp("builtin")
-    sp = ServerProc(base / "data", executor=True, env={"FLAME_EXECUTOR_NODE": "builtin-node"}).start()
-    home = flame_home(base / "home", f"flo://{sp.endpoint}")
-    saved = {k: os.environ.get(k) for k in ("FLAME_ENDPOINT", "HOME")}
-    os.environ.update(FLAME_ENDPOINT=sp.endpoint, HOME=str(home))
-    _reset_default_connection()
-    try:
-        yield sp
-    finally:
-        _reset_default_connection()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        sp.stop()
 
 
 def _script(language: str, code: str, input=None, **extra) -> bytes:
@@ -52,7 +31,7 @@ def _stdout(answer: bytes) -> bytes:
     return bytes(json.loads(answer)["data"])
 
 
-def test_fresh_server_lists_the_builtins(cluster):
+def test_fresh_server_lists_the_builtins(flame_cluster):
     apps = {a.name: a for a in wait_until(lambda: flamepy.list_applications() or None, timeout=TIMEOUT)}
     for name, module in (("flmping", "flamepy.apps.flmping"), ("flmexec", "flamepy.apps.flmexec")):
         assert name in apps, sorted(apps)
@@ -60,7 +39,7 @@ def test_fresh_server_lists_the_builtins(cluster):
         assert os.path.basename(apps[name].command).startswith("python")
 
 
-def test_flmping_answers_where_and_how_long(cluster):
+def test_flmping_answers_where_and_how_long(flame_cluster):
     ssn = flamepy.create_session("flmping")
     try:
         futures = ssn.run_many([None, b'{"duration": 50}', b'{"memory": 1048576, "duration": null}'])
@@ -79,7 +58,7 @@ def test_flmping_answers_where_and_how_long(cluster):
         ssn.close()
 
 
-def test_flmexec_runs_python_and_shell_scripts(cluster):
+def test_flmexec_runs_python_and_shell_scripts(flame_cluster):
     ssn = flamepy.create_session("flmexec")
     try:
         py = ssn.run(_script("python", """
@@ -109,7 +88,7 @@ def test_flmexec_runs_python_and_shell_scripts(cluster):
         ssn.close()
 
 
-def test_flmexec_script_uses_the_object_cache_of_the_same_cluster(cluster):
+def test_flmexec_script_uses_the_object_cache_of_the_same_cluster(flame_cluster):
     """The script gets the cluster's endpoint (and nothing of the instance's own identity), so flamepy
     works inside it: it reads an object the test wrote and patches it; the test's kept copy then
     fetches only that delta."""
@@ -124,7 +103,7 @@ def test_flmexec_script_uses_the_object_cache_of_the_same_cluster(cluster):
             print(flamepy.get_object(ref)["from"], patch_object(ref, "from-script").version,
                   os.environ.get("FLAME_INSTANCE_ID"), os.environ["FLAME_ENDPOINT"])
             """)).result(TIMEOUT)
-        assert _stdout(out).decode().split() == ["test", "2", "None", cluster.endpoint]
+        assert _stdout(out).decode().split() == ["test", "2", "None", flame_cluster.endpoint]
         before = flamepy.core.cache.stats()
         assert flamepy.get_object(ref, deserializer=lambda base, deltas: [base, *deltas]) == \
             [{"from": "test"}, "from-script"]
@@ -135,7 +114,7 @@ def test_flmexec_script_uses_the_object_cache_of_the_same_cluster(cluster):
         flamepy.core.delete_objects("exec-app/*")
 
 
-def test_stopping_the_instance_ends_a_running_script(cluster, tmp_path):
+def test_stopping_the_instance_ends_a_running_script(flame_cluster, tmp_path):
     """A forced close (what a Runner's close does) stops the instance; its script, a process group of
     its own, goes with it (no orphan left sleeping)."""
     from flamepy.core import _runtime, client, ops
@@ -160,11 +139,11 @@ def test_stopping_the_instance_ends_a_running_script(cluster, tmp_path):
         fut.result(TIMEOUT)
 
 
-def test_flmping_and_flmexec_clients(cluster):
+def test_flmping_and_flmexec_clients(flame_cluster):
     """Run by hand (no FLAME_INSTANCE_ID), the modules are Flame's flmping / flmexec client CLIs."""
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAME_INSTANCE")}
+    env = {k: v for k, v in flame_cluster.env.items() if not k.startswith("FLAME_INSTANCE")}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True,

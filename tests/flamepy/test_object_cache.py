@@ -17,25 +17,24 @@ from flamepy.core._store import Store
 from flamepy.core import records as R
 from tests.helpers import ServerProc
 
-from conftest import _reset_default_connection, flame_home
 
 KIB = 1024
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+def srv(tmp_path_factory, flame_helpers):
     """One flo-server (with /metrics) for the module; flamepy's default connection points at it."""
     base = tmp_path_factory.mktemp("objcache")
     sp = ServerProc(base / "data", "--http-port", "-1").start()
-    home = flame_home(base / "home", f"flo://{sp.endpoint}")
+    home = flame_helpers.flame_home(base / "home", f"flo://{sp.endpoint}")
     saved = {k: os.environ.get(k) for k in ("FLAME_ENDPOINT", "HOME", "FLAME_CACHE_ENDPOINT")}
     os.environ.update(FLAME_ENDPOINT=sp.endpoint, HOME=str(home))
     os.environ.pop("FLAME_CACHE_ENDPOINT", None)
-    _reset_default_connection()
+    flame_helpers.reset_default_connection()
     try:
         yield sp
     finally:
-        _reset_default_connection()
+        flame_helpers.reset_default_connection()
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         sp.stop()
@@ -248,13 +247,13 @@ def test_delta_limit_and_folding(srv, monkeypatch):
     assert flamepy.get_object(ref, deserializer=lambda base, deltas: base + sum(deltas)) == 13
 
 
-def test_cache_endpoint_names_another_flo_server(srv, tmp_path, monkeypatch):
+def test_cache_endpoint_names_another_flo_server(srv, tmp_path, monkeypatch, flame_helpers):
     """FLAME_CACHE_ENDPOINT (or cache.endpoint) naming a flo-server puts objects there; Flame's grpc://
     cache service address means the cluster's own server."""
     second = ServerProc(tmp_path / "second").start()
     try:
         monkeypatch.setenv("FLAME_CACHE_ENDPOINT", f"flo://{second.endpoint}")
-        _reset_default_connection()
+        flame_helpers.reset_default_connection()
         ref = flamepy.put_object("far-app/s", "far away")
         assert ref.endpoint == second.endpoint and flamepy.get_object(ref) == "far away"
         far = _runtime.run(Store(second.endpoint, client_options={}).connect())
@@ -265,11 +264,11 @@ def test_cache_endpoint_names_another_flo_server(srv, tmp_path, monkeypatch):
         assert _runtime.run(flamepy.core.client.connection().store.get(R.k_obj(ref.key))) is None
 
         monkeypatch.setenv("FLAME_CACHE_ENDPOINT", "grpc://127.0.0.1:9090")
-        _reset_default_connection()
+        flame_helpers.reset_default_connection()
         assert flamepy.put_object("near-app/s", 1).endpoint == srv.endpoint
     finally:
         monkeypatch.delenv("FLAME_CACHE_ENDPOINT")
-        _reset_default_connection()
+        flame_helpers.reset_default_connection()
         for store in list(cache._stores.values()):
             _runtime.run(store.close())
         cache._stores.clear()
