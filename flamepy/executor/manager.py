@@ -294,7 +294,9 @@ class ExecutorManager:
                 warm = mine < rec["min"]
                 mine += 1
                 self._launch(rec, app, resreq, warm)
-            if allocated < demand and not self._fits(resreq):
+            cap = self.capacity
+            if allocated < demand and not self._fits(resreq) and resreq.cpu <= cap.cpu \
+                    and resreq.memory <= cap.memory and resreq.gpu <= cap.gpu:  # room can be made
                 self._release_idle(idle, sid)
 
     def _release_idle(self, idle: set, for_sid: str) -> None:
