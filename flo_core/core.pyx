@@ -39,7 +39,7 @@ from flo_core.frame cimport FrameReader, append_reply
 from flo_core.output cimport Output
 from flo_core._pyframe import FrameError
 from flo_core.kv cimport KVStore, Entry, Namespace, entry_dead
-from flo_core.log cimport LogWriter
+from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok
 from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue
@@ -166,7 +166,7 @@ cdef class ServerCore(FrameReader):
             self._writer = journal.raw_writer()
             self._durable = bool(getattr(journal, "durable", False))
         # a disk journal that stopped taking writes: no raw writer, the Python path refuses
-        self._log = self._writer if self._writer is not None and self._writer.accepting else None
+        self._log = self._writer if self._writer is not None and takes_writes(self._writer, now) else None
         self._streams = getattr(self.srv, "streams", None)
         self._queues = getattr(self.srv, "queues", None)
         self._qwindow = -2

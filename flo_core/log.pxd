@@ -1,4 +1,4 @@
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 
 cdef class LogReader:
@@ -86,6 +86,11 @@ cdef class LogWriter:
     cdef public bint accepting       # the journal takes writes (not failed, not closed)
     cdef public bint flush_scheduled # a flush is queued for the end of this loop iteration
     cdef public list holders         # Outputs (flo_core.output) holding answers until this log covers them
+    # Kept by the cluster (flo_server.cluster), zero-cost when unset:
+    cdef public object tap           # None, or called (first_lsn, last_lsn, bytes) after each write (replication)
+    cdef public bint replica_gate    # answers also wait until replica_lsn covers them (--sync-replicas)
+    cdef public uint64_t replica_lsn # the last LSN enough replicas have acknowledged
+    cdef public int64_t fence_at_ms  # 0, or the unix ms from which writes are refused (a leader's lease end)
     cdef uint8_t *_buf
     cdef Py_ssize_t _len
     cdef Py_ssize_t _cap
@@ -102,5 +107,14 @@ cdef class LogWriter:
 
 
 cdef inline uint64_t safe_lsn_of(LogWriter w) noexcept:
-    """The last LSN an answer may be sent for: synced under ``ack_on_sync``, else written."""
-    return w.synced_lsn if w.ack_on_sync else w.flushed_lsn
+    """The last LSN an answer may be sent for: synced under ``ack_on_sync``, else written; with
+    ``replica_gate``, also acknowledged by enough replicas."""
+    cdef uint64_t s = w.synced_lsn if w.ack_on_sync else w.flushed_lsn
+    if w.replica_gate and w.replica_lsn < s:
+        return w.replica_lsn
+    return s
+
+
+cdef inline bint takes_writes(LogWriter w, int64_t now) noexcept:
+    """The request loops may log a write now: the journal accepts and no lease fence has passed."""
+    return w.accepting and (w.fence_at_ms == 0 or now < w.fence_at_ms)

@@ -553,6 +553,20 @@ cdef class LogReader:
             return (lsn, kind, PyBytes_FromStringAndSize(<const char *>p + at + HDR, plen))
 
 
+def frame_record(uint64_t lsn, int kind, bytes payload):
+    """One record framed as :class:`LogWriter` frames it (header + payload), e.g. to ship it to a replica."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    out = PyBytes_FromStringAndSize(NULL, HDR + n)
+    cdef uint8_t *h = <uint8_t *>PyBytes_AS_STRING(out)
+    st32(h, <uint32_t>n)
+    st64(h + 8, lsn)
+    h[16] = <uint8_t>kind
+    if n:
+        memcpy(h + HDR, PyBytes_AS_STRING(payload), n)
+    st32(h + 4, record_crc(h, h + HDR, <uint32_t>n))
+    return out
+
+
 # --- writing -----------------------------------------------------------------
 
 cdef class LogWriter:
@@ -832,7 +846,40 @@ cdef class LogWriter:
         self.segment_size += total
         self._len = 0
         self.flushed_lsn = self.last_lsn
+        if self.tap is not None:  # a cluster leader: replicas are served these very bytes
+            self.tap(self._pending_first_lsn, self.last_lsn, PyBytes_FromStringAndSize(<char *>self._buf, total))
         return total
+
+    def append_framed(self, bytes data):
+        """Queue records framed as this writer frames them (a replica's copy of its leader's log);
+        returns how many. Every CRC is checked and the LSNs must continue ours one by one."""
+        cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0
+        cdef uint64_t prev = self.last_lsn, lsn = 0, first = self.last_lsn + 1
+        cdef uint32_t plen = 0
+        cdef Py_ssize_t count = 0
+        cdef int err
+        if self._closed:
+            raise ValueError("log is closed")
+        while pos < n:
+            err = parse_at(p, n, pos, prev, &lsn, &plen)
+            if err != OK or lsn != prev + 1:
+                raise ValueError(f"replicated record at offset {pos}: "
+                                 f"{_REASONS.get(err, 'LSN does not follow') if err != OK else 'LSN does not follow'}"
+                                 f" (expected LSN {prev + 1})")
+            prev = lsn
+            pos += HDR + plen
+            count += 1
+        if count == 0:
+            return 0
+        self._reserve(n)
+        memcpy(self._buf + self._len, p, n)
+        if self._len == 0:
+            self._pending_first_lsn = first
+        self._len += n
+        self.last_lsn = prev
+        self.bytes_appended += n
+        return count
 
     cdef int _zero_ahead(self, uint64_t need) except -1:
         """Zero-fill the open segment from ``_zeroed`` to past ``need``.

@@ -17,6 +17,7 @@ cdef class Output:
     cdef Py_ssize_t _held_bytes  # bytes of the chunks still held
     cdef public Py_ssize_t limit  # the client's output limit (0: none): see on_full
     cdef public object on_full    # on_full(bytes): held answers plus the transport's buffer passed ``limit``
+    cdef public bint unheld       # a cluster replica's connection: its answers carry log records, not acknowledgements
 
     cdef int send_c(self, object data) except -1
     cdef bint release_c(self, uint64_t safe) except -1

@@ -66,7 +66,7 @@ cdef class Output:
             return 0
         if self._metrics is not None:
             self._metrics.bytes_out += len(data)
-        if self._log is None:
+        if self._log is None or self.unheld:
             if not self.closed:
                 self._write(data)
             return 0

@@ -51,7 +51,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from flo_core.resp cimport RespParser, _bulk, _line, _header
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
 from flo_core.kv cimport KVStore, Entry, Namespace, entry_dead
-from flo_core.log cimport LogWriter
+from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
 from flo_core.records cimport log_kv_set, log_stream_append, log_list_push, log_list_pop
 from flo_core.stream cimport Stream, next_id_of
@@ -229,7 +229,7 @@ cdef class RespCore(RespParser):
         self._streams = streams.by_ns if streams is not None else None
         self._streams_obj = streams
         # a disk journal that stopped taking writes: no raw writer, the Python path refuses
-        self._log = self._writer if self._writer is not None and self._writer.accepting else None
+        self._log = self._writer if self._writer is not None and takes_writes(self._writer, self._now) else None
         return 0
 
     cdef int _emit(self, list args, list out) except -1:

@@ -66,6 +66,8 @@ class Op(IntEnum):
     CLUSTER_TRANSFER_LEADER = 0x034
     CLUSTER_ADD_NODE = 0x035
     CLUSTER_REMOVE_NODE = 0x036
+    REPL_FETCH = 0x03A  # ext: a replica fetches its leader's log (flo_server.cluster.replication)
+    REPL_SNAPSHOT = 0x03B  # ext: a replica fetches its leader's state, page by page
 
     KV_PUT = 0x100
     KV_GET = 0x101
@@ -192,6 +194,8 @@ _OPS: tuple[OpSpec, ...] = (
     OpSpec(Op.PING, R, "liveness"),
     OpSpec(Op.SERVER_INFO, R | X, "server information (msgpack map)"),
     OpSpec(Op.AUTH, R | X, "authenticate this connection as a user (changes no data)"),
+    OpSpec(Op.REPL_FETCH, R | B | X, "a replica fetches (and acknowledges) its shard leader's log"),
+    OpSpec(Op.REPL_SNAPSHOT, R | X, "a replica fetches its shard leader's state"),
     OpSpec(Op.KV_PUT, T | W, "set a value (+TTL, condition, CAS, txn)"),
     OpSpec(Op.KV_GET, T | R | B, "get value and version, optional wait"),
     OpSpec(Op.KV_MGET, T | R, "multi-key get"),

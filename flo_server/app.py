@@ -31,6 +31,7 @@ from flo_server import handlers  # noqa: F401 - registers every handler and appl
 from flo_server import persistence
 from flo_server.actions import Actions
 from flo_server.auth import Rule, Users
+from flo_server.cluster.replication import EpochHistory  # also registers the REPL_* handlers
 from flo_server.metrics import SlowLog, new_metrics
 from flo_server.config import ServerConfig
 from flo_server.dispatch import HANDLERS
@@ -58,9 +59,13 @@ class Server:
         self.streams = Streams()
         self.actions = Actions()
         self.lists = ListStore()
+        self.epochs = EpochHistory()  # the cluster leaderships this log holds records of (flo_server.cluster)
         self.stores: dict[str, Any] = {
             "kv": self.kv, "queues": self.queues, "streams": self.streams, "actions": self.actions, "lists": self.lists,
+            "cluster": self.epochs,
         }
+        self._empty_states = {name: store.dump() for name, store in self.stores.items()}
+        self.cluster: Any = None  # a ClusterNode with --etcd (flo_server.cluster.node)
         self.txns = Txns()
         self.scan_cursors = ScanCursors()
         self.waiters = Waiters()
@@ -125,6 +130,7 @@ class Server:
             "bytes_in": self.metrics.bytes_in if self.metrics is not None else 0,
             "bytes_out": self.metrics.bytes_out if self.metrics is not None else 0,
             "journal": self.journal.stats() if hasattr(self.journal, "stats") else {},
+            "cluster": self.cluster.info() if self.cluster is not None else None,
         }
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -136,6 +142,8 @@ class Server:
             os.makedirs(cfg.data_dir, exist_ok=True)
             self.journal = persistence.open_journal(self, cfg)  # recovers the stores first
         check_protected_mode(cfg, self.users)
+        if cfg.etcd and not cfg.data_dir:
+            raise ConfigError("a cluster member needs a data dir (its log is what replicas copy)")
         tls = server_tls_context(cfg)
         loop = asyncio.get_running_loop()
         main_tls = tls if tls is not None and cfg.tls_port is None else None
@@ -151,6 +159,13 @@ class Server:
             )
             self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         await self._start_http()
+        if cfg.etcd:
+            from flo_server.cluster.node import ClusterNode
+
+            advertise = cfg.advertise or f"{cfg.host}:{self.port}"
+            self.cluster = ClusterNode(self, etcd=cfg.etcd, cluster=cfg.cluster, shard=cfg.shard, advertise=advertise,
+                                       node=cfg.node, lease_ms=cfg.lease_ms, sync_replicas=cfg.sync_replicas)
+            await self.cluster.start()
         self.ready = True
         self._tasks.append(asyncio.ensure_future(self._ticker()))
         if cfg.executor:
@@ -213,8 +228,33 @@ class Server:
             self.kv.expire_some(now)
             self.txns.expire(now)
 
+    def drop_clients(self, why: str) -> None:
+        """Close every client connection (a deposed leader: their in-flight writes have an unknown outcome)."""
+        log.warning("closing %d client connection(s): %s", len(self.connections), why)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+
+    def reset_state(self, lsn: int, snapshot_body: bytes) -> None:
+        """Replace every store and the log with a leader's snapshot at ``lsn`` (a replica's full resync)."""
+        cfg = self.config
+        tap = self.journal.writer.tap
+        self.journal.close(snapshot=False)
+        persistence.replace_with_snapshot(cfg.data_dir, lsn, snapshot_body)
+        for name, store in self.stores.items():
+            store.load(self._empty_states[name])
+        self.txns = Txns()
+        self.drop_clients("state replaced by the leader's snapshot")
+        self.journal = persistence.open_journal(self, cfg)
+        self.journal.writer.tap = tap
+
     async def stop(self) -> None:
         """Stop listening, close connections, flush the journal."""
+        if self.cluster is not None:
+            try:
+                await asyncio.wait_for(self.cluster.stop(), 5)
+            except Exception as e:  # noqa: BLE001 - shutdown goes on regardless
+                log.warning("cluster member did not stop cleanly: %s", e)
         if self._server is not None:
             self._server.close()
         if self._tls_server is not None:

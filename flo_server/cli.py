@@ -18,6 +18,7 @@ from flo_server.config import (
     DEFAULT_HISTORY_BYTES,
     DEFAULT_HOST,
     DEFAULT_HTTP_PORT,
+    DEFAULT_LEASE_MS,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_PORT,
     DEFAULT_QUEUE_LEASE_MS,
@@ -79,13 +80,26 @@ def _env(name: str, default):
 @click.option("--http-port", type=int, default=lambda: _env("FLO_HTTP_PORT", DEFAULT_HTTP_PORT),
               show_default=DEFAULT_HTTP_PORT,
               help="HTTP side port for /metrics, /healthz, /readyz and the web console (0 = off, -1 = any free port)")
+@click.option("--etcd", default=lambda: os.environ.get("FLO_ETCD"), metavar="URL[,URL...]",
+              help="join a cluster coordinated by these etcd members (docs/cluster.md)")
+@click.option("--cluster", "cluster_name", default=lambda: _env("FLO_CLUSTER", "flo"), show_default="flo",
+              help="cluster name (flo-server cluster create makes it)")
+@click.option("--shard", type=click.IntRange(min=0), default=0, show_default=True, help="the shard this member serves")
+@click.option("--advertise", default=None, metavar="HOST:PORT",
+              help="where other members and clients reach this one (default: --host:--port)")
+@click.option("--node", "node_name", default=None, help="this member's name (default: its advertise address)")
+@click.option("--lease-ms", type=click.IntRange(min=1000), default=DEFAULT_LEASE_MS, show_default=True,
+              help="a shard leader's lease in etcd: a dead leader is replaced within about twice this")
+@click.option("--sync-replicas", type=click.IntRange(min=0), default=0, show_default=True,
+              help="answer a write only once this many replicas have it (with --fsync always: durably)")
 @click.pass_context
 def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bool, fsync: str, log_level: str,
          max_frame: int, max_connections: int, client_output_limit: int, queue_lease_ms: int,
          queue_max_deliveries: int, snapshot_bytes: int, history_bytes: int, no_executor: bool, repair_log: bool,
          users_file: str | None, requirepass: str | None, insecure_bind: bool, tls_cert: str | None,
          tls_key: str | None, tls_ca: str | None, tls_auth_clients: str, tls_port: int | None,
-         executor_allow: tuple, http_port: int) -> None:
+         executor_allow: tuple, http_port: int, etcd: str | None, cluster_name: str, shard: int,
+         advertise: str | None, node_name: str | None, lease_ms: int, sync_replicas: int) -> None:
     """Flo server: versioned KV, leased priority queues, streams and actions on one port."""
     if ctx.invoked_subcommand is not None:
         return
@@ -96,11 +110,14 @@ def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bo
         host=host, port=port, data_dir=None if no_persist else data_dir, fsync=fsync, log_level=log_level,
         max_frame=max_frame, max_connections=max_connections, client_output_limit=client_output_limit,
         queue_lease_ms=queue_lease_ms,
-        queue_max_deliveries=queue_max_deliveries, snapshot_bytes=snapshot_bytes, executor=not no_executor,
+        queue_max_deliveries=queue_max_deliveries, snapshot_bytes=snapshot_bytes,
+        executor=not no_executor and not etcd,  # flamepy on a cluster: not yet (docs/cluster.md)
         repair_log=repair_log, history_bytes=history_bytes, users_file=users_file, requirepass=requirepass or None,
         insecure_bind=insecure_bind, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
         tls_auth_clients=tls_auth_clients, tls_port=tls_port,
         executor_allow=tuple(os.path.realpath(d) for d in executor_allow), http_port=http_port,
+        etcd=etcd or None, cluster=cluster_name, shard=shard, advertise=advertise, node=node_name,
+        lease_ms=lease_ms, sync_replicas=sync_replicas,
     ))
 
 

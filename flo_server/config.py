@@ -19,6 +19,7 @@ DEFAULT_QUEUE_MAX_DELIVERIES = 5
 DEFAULT_DEDUP_WINDOW_MS = 5 * 60_000
 DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
 DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024  # old KV versions kept in memory, all keys together
+DEFAULT_LEASE_MS = 3000  # a cluster shard leader's lease in etcd
 
 
 @dataclass
@@ -50,4 +51,12 @@ class ServerConfig:
     tls_port: int | None = None  # TLS on a second port; None: with a certificate, --port itself is TLS
     executor_allow: tuple = ()  # directories an application's working_directory must be inside (empty: any)
     http_port: int = 0  # metrics, health, console (flo_server.http): 0 off, -1 any free port
+    # --- cluster (docs/cluster.md) ---
+    etcd: str | None = None  # etcd client URLs: this server is a member of cluster ``cluster``
+    cluster: str = "flo"
+    shard: int = 0
+    advertise: str | None = None  # host:port the other members and clients reach this one at
+    node: str | None = None  # this member's name (default: advertise)
+    lease_ms: int = DEFAULT_LEASE_MS
+    sync_replicas: int = 0  # answer a write once this many replicas have it
     extra: dict = field(default_factory=dict)

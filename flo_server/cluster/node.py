@@ -1,0 +1,295 @@
+"""One cluster member: campaigns for its shard's leadership, leads it, or follows its leader.
+
+``flo-server --etcd URL --cluster NAME --shard N --advertise HOST:PORT`` makes a
+:class:`ClusterNode`. Every member of a shard runs the same loop:
+
+* no leader in etcd -> campaign (a member whose log is behind another live member's waits a
+  little first, so the most complete log tends to win);
+* this member leads -> unfence the journal, log a ``cluster.epoch`` record, serve writes until
+  the lease is lost (then fence at once and drop the clients, whose in-flight writes have an
+  unknown outcome);
+* another member leads -> follow it: fetch its log (``REPL_FETCH``), append it unchanged,
+  apply it, make it durable, acknowledge it with the next fetch.
+
+While not leading, writes are refused with WRITES_STOPPED naming the leader, reads are served
+from the local (possibly lagging) state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import msgpack
+
+from flo_core.errors import Refusal
+from flo_core.spec import Op, Reason
+from flo_server.cluster.coord import Coordinator, Leadership
+from flo_server.cluster.replication import MAX_FETCH, Backlog, parse_answer, split_framed
+from flo_server.journal import APPLIERS
+
+log = logging.getLogger("flo.cluster")
+
+FETCH_WAIT_MS = 1_000
+MEMBER_REFRESH_S = 0.5
+
+
+class ClusterNode:
+    """The cluster side of one flo-server process (``srv.cluster``)."""
+
+    def __init__(self, srv: Any, *, etcd: str, cluster: str, shard: int, advertise: str, node: str | None = None,
+                 lease_ms: int = 3000, sync_replicas: int = 0) -> None:
+        self.srv = srv
+        self.shard = shard
+        self.advertise = advertise
+        self.node = node or advertise
+        self.lease_ms = lease_ms
+        self.sync_replicas = sync_replicas
+        self.coord = Coordinator(etcd, cluster)
+        self.role = "starting"
+        self.epoch = 0
+        self.leadership: Leadership | None = None
+        self.leader: tuple[str, str, int] | None = None  # (node, advertise, epoch) we follow
+        self.backlog = Backlog()
+        self.replicas: dict[str, dict] = {}  # the leader's view: node -> {"next", "synced", "at"}
+        self.slot_map: Any = None
+        self.failovers = 0
+        self._task: asyncio.Task | None = None
+        self._member_lease: Any = None
+        self._stopping = False
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.coord.connect()
+        self.slot_map, _ = await self.coord.slot_map()
+        if not 0 <= self.shard < self.slot_map.shards:
+            raise Refusal(Reason.MALFORMED, f"--shard {self.shard}: the cluster has {self.slot_map.shards} shards")
+        journal = self.srv.journal
+        journal.writer.tap = self.backlog
+        self.backlog.last_lsn = journal.last_lsn
+        self._fence(f"not the leader of shard {self.shard} (starting)")
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:  # noqa: BLE001 - stopping
+                pass
+        if self.leadership is not None:
+            await self.leadership.resign()
+        await self.coord.close()
+
+    # --- the write gate ---------------------------------------------------------------------------
+
+    def _fence(self, why: str) -> None:
+        self.srv.journal.fence(why)
+        self.srv.journal.writer.replica_gate = False
+
+    def check_leader(self, epoch: int) -> None:
+        """Refuse (WRITES_STOPPED) unless this member leads at ``epoch`` with a valid lease."""
+        lead = self.leadership
+        if lead is None or not lead.valid() or lead.epoch != epoch:
+            raise Refusal(Reason.WRITES_STOPPED, f"not the leader of shard {self.shard} at epoch {epoch}")
+
+    def acked(self, node: str, next_minus_1: int, synced: int) -> None:
+        """A replica's fetch says it holds every record up to ``next_minus_1`` (``synced`` durably)."""
+        self.replicas[node] = {"next": next_minus_1 + 1, "synced": min(synced, next_minus_1), "at": time.time()}
+        if self.sync_replicas:
+            w = self.srv.journal.writer
+            acks = sorted((r["synced"] for r in self.replicas.values()), reverse=True)
+            safe = acks[self.sync_replicas - 1] if len(acks) >= self.sync_replicas else 0
+            if safe > w.replica_lsn:
+                w.replica_lsn = safe
+                self.srv.journal.release_held()
+
+    def live_replicas(self) -> int:
+        """Replicas that fetched within the lease time."""
+        cutoff = time.time() - self.lease_ms / 1000
+        return sum(1 for r in self.replicas.values() if r["at"] >= cutoff)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        ttl_s = max(1, -(-self.lease_ms // 1000))
+        self._member_lease = await self.coord.etcd.lease(ttl_s)
+        publisher = asyncio.ensure_future(self._publish())
+        try:
+            while not self._stopping:
+                try:
+                    lead = await self.coord.leader_of(self.shard)
+                    if lead is None:
+                        if await self._should_wait():
+                            await asyncio.sleep(self.lease_ms / 2000)
+                            continue
+                        won = await self._try_lead()
+                        if won is not None:
+                            await self._lead(won)
+                        continue
+                    if lead[0] == self.node and (self.leadership is None or self.leadership.epoch != lead[2]):
+                        # Our own key from before a restart: its lease lapses by itself.
+                        await asyncio.sleep(0.1)
+                        continue
+                    await self._follow(lead)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - etcd or the leader unreachable: retry
+                    log.warning("shard %d: %s: %s", self.shard, type(e).__name__, e)
+                    await asyncio.sleep(0.2)
+        finally:
+            publisher.cancel()
+
+    async def _should_wait(self) -> bool:
+        """Another live member of the shard has a longer log: let it campaign first."""
+        mine = self.srv.journal.last_lsn
+        members = await self.coord.members(self.shard)
+        return any(n != self.node and int(m.get("lsn", 0)) > mine for n, m in members.items())
+
+    async def _try_lead(self) -> Leadership | None:
+        give_up = asyncio.Event()
+        task = asyncio.ensure_future(self.coord.campaign(self.shard, self.node, self.advertise, self.lease_ms,
+                                                         give_up=give_up))
+        done, _ = await asyncio.wait({task}, timeout=self.lease_ms / 1000)
+        if task in done:
+            return task.result()
+        give_up.set()  # someone else won: follow them instead of waiting behind them
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return None
+
+    async def _lead(self, lead: Leadership) -> None:
+        self.leadership, self.epoch, self.role = lead, lead.epoch, "leader"
+        self.leader = (self.node, self.advertise, lead.epoch)
+        self.failovers += 1
+        self.replicas.clear()
+        journal = self.srv.journal
+        w = journal.writer
+        w.replica_lsn = journal.last_lsn
+        w.replica_gate = self.sync_replicas > 0
+        journal.unfence(lead.deadline)
+        self.srv.write("cluster.epoch", lead.epoch, self.node)
+        log.info("shard %d: leading at epoch %d from LSN %d", self.shard, lead.epoch, journal.last_lsn)
+        try:
+            while lead.valid() and not self._stopping:
+                # Fewer live replicas than --sync-replicas: refuse writes up front (Redis's
+                # min-replicas-to-write) rather than take writes no replica will acknowledge.
+                have = self.live_replicas()
+                if have < self.sync_replicas:
+                    if journal.fenced is None:
+                        journal.fence(f"NOREPLICAS not enough replicas for --sync-replicas {self.sync_replicas} "
+                                      f"(have {have})")
+                elif journal.fenced is not None:
+                    journal.unfence(lead.deadline)
+                else:
+                    journal.extend_fence(lead.deadline)
+                try:
+                    await asyncio.wait_for(lead.lost.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self._fence(f"not the leader of shard {self.shard} (leadership at epoch {lead.epoch} lost)")
+            self.role = "replica"
+            self.leadership = None
+            if not self._stopping:
+                self.srv.drop_clients("leadership lost")  # their in-flight writes have an unknown outcome
+
+    async def _follow(self, lead: tuple[str, str, int]) -> None:
+        from flo_client import FloClient
+
+        self.role, self.leader = "replica", lead
+        self._fence(f"not the leader of shard {self.shard}; the leader is {lead[1]}")
+        journal = self.srv.journal
+        w = journal.writer
+        # A healthy leader answers a fetch within its wait; one that does not within a quarter lease
+        # more is stopped or cut off: ask etcd again rather than wait on it.
+        async with FloClient(lead[1], timeout_ms=max(250, self.lease_ms // 4), max_retries=1) as client:
+            while not self._stopping:
+                cur = await self.coord.leader_of(self.shard) if self._stale_leader_check() else lead
+                if cur != lead:
+                    return
+                last = self.srv.epochs[-1] if self.srv.epochs else None
+                req = {"shard": self.shard, "epoch": lead[2], "from": journal.last_lsn + 1,
+                       "synced": w.synced_lsn if w.ack_on_sync else w.flushed_lsn, "max": MAX_FETCH,
+                       "wait": FETCH_WAIT_MS, "last_epoch": list(last) if last else None}
+                try:
+                    data = await client._call_vo(Op.REPL_FETCH, self.node, msgpack.packb(req),
+                                                 block_ms=FETCH_WAIT_MS)
+                except Exception as e:  # noqa: BLE001 - deposed, or gone: ask etcd again
+                    log.info("shard %d: fetch from %s: %s", self.shard, lead[1], e)
+                    await asyncio.sleep(0.1)
+                    return
+                head, records = parse_answer(data)
+                if head.get("diverged") or head.get("snapshot"):
+                    await self._resync(client, lead, "diverged" if head.get("diverged") else "behind the log")
+                    return
+                if records:
+                    await self._apply(records)
+                self._last_fetch = time.monotonic()
+
+    def _stale_leader_check(self) -> bool:
+        # Ask etcd at most every half lease whether the leader changed (the fetch itself fails
+        # fast when the leader was deposed: it refuses a fetch for an epoch it no longer holds).
+        now = time.monotonic()
+        if now - getattr(self, "_checked", 0.0) > self.lease_ms / 2000:
+            self._checked = now
+            return True
+        return False
+
+    async def _apply(self, records: bytes) -> None:
+        """Log the leader's records unchanged, apply them, and make them durable before the next fetch."""
+        journal = self.srv.journal
+        w = journal.writer
+        w.append_framed(records)  # checks CRCs and that the LSNs follow ours
+        srv = self.srv
+        errors = 0
+        for lsn, _kind, payload in split_framed(records):
+            kind, args = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            try:
+                APPLIERS[kind](srv, lsn, *args)
+            except Exception as e:  # noqa: BLE001 - it failed the same way on the leader
+                errors += 1
+                log.debug("replica apply of %d (%s) raised %r", lsn, kind, e)
+        journal.flush_now()
+        if w.ack_on_sync:
+            await asyncio.get_running_loop().run_in_executor(None, w.sync)
+        self.backlog.last_lsn = w.last_lsn
+
+    async def _resync(self, client: Any, lead: tuple[str, str, int], why: str) -> None:
+        from flo_server.cluster.replication import resync_from
+
+        log.warning("shard %d: %s: full resynchronisation from %s", self.shard, why, lead[1])
+        await resync_from(self.srv, client, lead)
+
+    async def _publish(self) -> None:
+        """Keep this member's record in etcd fresh: role, LSN, what it follows (cluster status reads it)."""
+        while True:
+            try:
+                await self.coord.etcd.refresh_lease(self._member_lease.id)
+                info = {"advertise": self.advertise, "role": self.role, "lsn": self.srv.journal.last_lsn,
+                        "epoch": self.epoch if self.role == "leader" else (self.leader[2] if self.leader else 0),
+                        "at_ms": int(time.time() * 1000), "pid": os.getpid()}
+                if self.role == "leader":
+                    info["replicas"] = self.replicas
+                await self.coord.register(self.shard, self.node, info, self._member_lease)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                log.debug("member record: %r", e)
+                try:
+                    self._member_lease = await self.coord.etcd.lease(max(1, -(-self.lease_ms // 1000)))
+                except Exception:  # noqa: BLE001
+                    pass
+            await asyncio.sleep(MEMBER_REFRESH_S)
+
+    def info(self) -> dict:
+        return {"cluster": self.coord.cluster, "shard": self.shard, "node": self.node, "role": self.role,
+                "epoch": self.epoch, "leader": self.leader[1] if self.leader else None,
+                "sync_replicas": self.sync_replicas, "replicas": json.loads(json.dumps(self.replicas))}

@@ -1,0 +1,282 @@
+"""One shard, two real flo-server processes and a real etcd: replication, failover, fencing.
+
+Every acknowledged write is checked after the leader is killed (``--sync-replicas 1 --fsync always``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from flo_client import EnqueueOptions, FloClient, StreamReadOptions
+from flo_core.errors import FloError
+from tests.helpers import ServerProc
+
+LEASE_MS = 2000
+
+
+def create(etcd, shards: int = 1) -> str:
+    name = "r" + uuid.uuid4().hex[:8]
+    subprocess.run([sys.executable, "-m", "flo_server", "cluster", "create", "--etcd", etcd.urls, "--cluster", name,
+                    "--shards", str(shards)], check=True, capture_output=True, timeout=60)
+    return name
+
+
+def member(tmp_path, etcd, cluster: str, node: str, *extra: str, sync: int = 1) -> ServerProc:
+    return ServerProc(tmp_path / node, "--etcd", etcd.urls, "--cluster", cluster, "--shard", "0", "--node", node,
+                      "--lease-ms", str(LEASE_MS), "--sync-replicas", str(sync), *extra, fsync="always")
+
+
+async def role(p: ServerProc) -> str | None:
+    try:
+        async with FloClient(p.endpoint, timeout_ms=1000, max_retries=1) as c:
+            return (await c.server_info())["cluster"]["role"]
+    except (OSError, FloError, asyncio.TimeoutError):
+        return None
+
+
+async def leader_of(procs: list[ServerProc], timeout: float = 15.0) -> ServerProc:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.proc is not None and p.proc.poll() is None and await role(p) == "leader":
+                return p
+        await asyncio.sleep(0.05)
+    raise AssertionError("no leader:\n" + "\n".join("\n".join(list(p.output)[-15:]) for p in procs))
+
+
+async def caught_up(leader: ServerProc, replica: ServerProc, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with FloClient(leader.endpoint) as a, FloClient(replica.endpoint) as b:
+            la, lb = (await a.server_info())["last_lsn"], (await b.server_info())["last_lsn"]
+        if lb >= la:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"replica at {lb}, leader at {la}")
+
+
+async def replicas_fetching(leader: ServerProc, n: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        async with FloClient(leader.endpoint) as c:
+            have = len((await c.server_info())["cluster"]["replicas"])
+        if have >= n:
+            return
+        assert time.monotonic() < deadline, f"{have} replicas fetching, wanted {n}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def pair(tmp_path, etcd):
+    """Two members with --sync-replicas 0: a lone survivor may take writes."""
+    cluster = create(etcd)
+    procs = [member(tmp_path, etcd, cluster, n, sync=0).start() for n in ("a", "b")]
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+def trio(tmp_path, etcd):
+    """Three members with --sync-replicas 1: after a leader dies one replica still acknowledges."""
+    cluster = create(etcd)
+    procs = [member(tmp_path, etcd, cluster, n, sync=1).start() for n in ("a", "b", "c")]
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+async def test_writes_reach_the_replica_which_refuses_writes(pair):
+    leader = await leader_of(pair)
+    replica = next(p for p in pair if p is not leader)
+    async with FloClient(leader.endpoint) as c:
+        versions = {f"k{i}": (await c.kv.put(f"k{i}", b"v%d" % i)).version for i in range(100)}
+        await c.queue.enqueue("jobs", b"job-1", EnqueueOptions(priority=3))
+        sid = await c.stream.append("events", b"e1")
+    await caught_up(leader, replica)
+    async with FloClient(replica.endpoint) as r:
+        for k, v in versions.items():
+            got = await r.kv.get(k)
+            assert got is not None and got.version == v and got.value == b"v" + k[1:].encode()
+        peek = await r.queue.peek("jobs", 10)
+        assert [m.payload for m in peek.messages] == [b"job-1"]
+        assert [rec.payload for rec in (await r.stream.read("events")).records] == [b"e1"]
+        with pytest.raises(FloError, match="not the leader") as e:
+            await r.kv.put("k0", b"no")
+        assert leader.endpoint in str(e.value)  # the refusal names the leader
+    import flo  # the public SDK gets the same clear refusal
+
+    sdk = flo.FloClient(replica.endpoint)
+    await sdk.connect()
+    try:
+        with pytest.raises(Exception, match="not the leader"):
+            await sdk.kv.put("sdk", b"x")
+    finally:
+        await sdk.close()
+    assert sid
+
+
+async def test_kill9_of_the_leader_loses_no_acknowledged_write(trio):
+    leader = await leader_of(trio)
+    await replicas_fetching(leader, 2)
+    others = [p for p in trio if p is not leader]
+    acked: dict[str, int] = {}
+    enq: list[bytes] = []
+    appended: list[bytes] = []
+    stop = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        i = 0
+        async with FloClient(leader.endpoint, timeout_ms=3000, max_retries=1) as c:
+            while not stop.is_set():
+                key = f"w{w}-{i}"
+                try:
+                    acked[key] = (await c.kv.put(key, key.encode())).version
+                    if i % 5 == 0:
+                        await c.queue.enqueue("q", key.encode())
+                        enq.append(key.encode())
+                    if i % 7 == 0:
+                        await c.stream.append("s", key.encode())
+                        appended.append(key.encode())
+                except (OSError, FloError, asyncio.TimeoutError):
+                    return  # the leader is gone: outcome unknown, not acknowledged
+                i += 1
+
+    tasks = [asyncio.ensure_future(writer(w)) for w in range(4)]
+    while len(acked) < 300:
+        await asyncio.sleep(0.01)
+    leader.kill()
+    killed_at = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*tasks), 15)
+    # A replica takes over within about twice the lease and serves a write (the other acknowledges it).
+    replica = await leader_of(others, timeout=2 * LEASE_MS / 1000 + 3)
+    deadline = killed_at + 2 * LEASE_MS / 1000 + 3
+    while True:
+        try:
+            async with FloClient(replica.endpoint, timeout_ms=1000, max_retries=1) as c:
+                await c.kv.put("after-failover", b"1")
+            break
+        except FloError:
+            assert time.monotonic() < deadline, "the replica did not take over:\n" + "\n".join(replica.output)
+            await asyncio.sleep(0.05)
+    took = time.monotonic() - killed_at
+    assert took < 2 * LEASE_MS / 1000 + 1, took
+    async with FloClient(replica.endpoint) as c:
+        for key, version in acked.items():
+            got = await c.kv.get(key)
+            assert got is not None and got.version >= version, (key, version, got)
+        peeked = await c.queue.peek("q", 1000)
+        assert set(enq) <= {m.payload for m in peeked.messages}
+        assert set(appended) <= {r.payload for r in (await c.stream.read("s", StreamReadOptions(count=1000))).records}
+        newer = (await c.kv.put(next(iter(acked)), b"again")).version
+        assert newer > max(acked.values())  # versions keep rising across the failover
+    stop.set()
+    # The old leader comes back as a replica of the new one and converges.
+    leader.start()
+    await asyncio.sleep(0.2)
+    assert await leader_of(trio) is replica
+    await caught_up(replica, leader)
+    async with FloClient(leader.endpoint) as old:
+        assert (await old.kv.get("after-failover")).value == b"1"
+
+
+async def test_a_stopped_leader_is_fenced_and_rejoins_as_a_replica(pair):
+    leader = await leader_of(pair)
+    other = next(p for p in pair if p is not leader)
+    async with FloClient(leader.endpoint) as c:
+        await c.kv.put("before", b"1")
+    await caught_up(leader, other)
+    os.kill(leader.proc.pid, signal.SIGSTOP)
+    try:
+        assert await leader_of([other], timeout=2 * LEASE_MS / 1000 + 3) is other
+        async with FloClient(other.endpoint) as c:
+            await c.kv.put("during", b"new leader")
+    finally:
+        os.kill(leader.proc.pid, signal.SIGCONT)
+    # Resumed past its lease: it must refuse writes at once (no split brain). Its connections are
+    # dropped as it steps down, so a write may also meet a closed connection: never a success.
+    for _ in range(20):
+        try:
+            async with FloClient(leader.endpoint, timeout_ms=3000, max_retries=1) as c:
+                with pytest.raises(FloError, match="writes stopped|not the leader"):
+                    await c.kv.put("split-brain", b"x")
+            break
+        except (ConnectionError, OSError, FloError) as e:
+            if "connection" not in str(e).lower() and "reset" not in str(e).lower():
+                raise
+    # ... and it becomes a replica of the new leader, with the new leader's data.
+    deadline = time.monotonic() + 15
+    while True:
+        async with FloClient(leader.endpoint) as c:
+            got = await c.kv.get("during")
+        if got is not None:
+            break
+        assert time.monotonic() < deadline, "\n".join(list(leader.output)[-30:])
+        await asyncio.sleep(0.05)
+    assert got.value == b"new leader" and await role(leader) == "replica"
+    for p in pair:
+        async with FloClient(p.endpoint) as c:
+            assert await c.kv.get("split-brain") is None
+            assert (await c.kv.get("before")).value == b"1"
+
+
+async def test_a_member_with_writes_the_new_leader_lacks_resyncs(pair):
+    """--sync-replicas 0 promises no more: a write only the old leader had is gone after failover,
+    and the old leader, back, drops it too (full resync) instead of keeping a history of its own."""
+    leader = await leader_of(pair)
+    other = next(p for p in pair if p is not leader)
+    async with FloClient(leader.endpoint) as c:
+        await c.kv.put("both", b"1")
+    await caught_up(leader, other)
+    other.stop()
+    async with FloClient(leader.endpoint) as c:
+        await c.kv.put("only-old", b"1")  # acknowledged with no replica (sync 0)
+    leader.kill()
+    other.start()
+    assert await leader_of([other], timeout=2 * LEASE_MS / 1000 + 5) is other
+    async with FloClient(other.endpoint) as c:
+        await c.kv.put("new", b"1")
+    leader.start()
+    deadline = time.monotonic() + 15
+    while True:
+        async with FloClient(leader.endpoint) as c:
+            new, old, both = await c.kv.get("new"), await c.kv.get("only-old"), await c.kv.get("both")
+        if new is not None:
+            break
+        assert time.monotonic() < deadline, "\n".join(list(leader.output)[-30:])
+        await asyncio.sleep(0.05)
+    assert old is None and both is not None and "resynchronis" in "\n".join(leader.output)
+    async with FloClient(leader.endpoint) as c:
+        info = await c.server_info()
+    assert info["cluster"]["role"] == "replica"
+
+
+async def test_a_replica_catches_up_from_the_leaders_segment_files(pair):
+    """Records older than the leader's in-memory backlog (here: written before it restarted) come from its log."""
+    leader = await leader_of(pair)
+    other = next(p for p in pair if p is not leader)
+    async with FloClient(leader.endpoint) as c:
+        for i in range(50):
+            await c.kv.put(f"early{i}", b"x" * 100)
+    await caught_up(leader, other)
+    other.stop()
+    async with FloClient(leader.endpoint) as c:
+        for i in range(50):
+            await c.kv.put(f"missed{i}", b"y" * 100)  # on disk only, once the leader restarts
+    leader.stop()
+    leader.start()
+    assert await leader_of([leader]) is leader
+    async with FloClient(leader.endpoint) as c:
+        await c.kv.put("late", b"z")
+    other.start()
+    await caught_up(leader, other)
+    async with FloClient(other.endpoint) as c:
+        assert all([await c.kv.get(f"missed{i}") for i in range(50)]) and (await c.kv.get("late")).value == b"z"
