@@ -326,3 +326,28 @@ def test_builtin_applications_are_registered_once_and_never_overwritten(tmp_path
         conn.close()
     finally:
         sp.stop()
+
+
+def test_a_lingering_idle_instance_makes_room_for_the_next_service(tmp_path, monkeypatch):
+    """One cpu on the node: the first service's instance lingers (delay_release 60 s) after its
+    call; the second service's call must not wait for that: the executor releases it."""
+    from flamepy.core.client import Connection, set_default_connection
+
+    sp = ServerProc(tmp_path / "data", executor=True, env={"TMPDIR": str(tmp_path), "FLAME_EXECUTOR_CPU": "1"}).start()
+    conn = Connection(sp.endpoint)
+    try:
+        set_default_connection(conn)
+        monkeypatch.setenv("FLAME_ENDPOINT", sp.endpoint)
+        (tmp_path / "project").mkdir()
+        monkeypatch.chdir(tmp_path / "project")
+        wait_until(lambda: conn.get_application("flmrun"), timeout=30)
+        with Runner("rt-one-cpu") as runner:
+            assert _result(runner.service(_add)(1, 2)) == 3
+            started = time.monotonic()
+            assert _result(runner.service(_add)(3, 4), timeout=40) == 7
+            assert time.monotonic() - started < 40
+        assert "releasing idle instance" in sp.log()
+    finally:
+        set_default_connection(None)
+        conn.close()
+        sp.stop()
