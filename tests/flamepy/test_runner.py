@@ -303,6 +303,7 @@ def test_builtin_applications_are_registered_once_and_never_overwritten(tmp_path
     try:
         conn = Connection(sp.endpoint)
         wait_until(lambda: conn.get_application("flmrun"), timeout=30)
+        assert "flmrun" in {a.name for a in conn.list_applications()}
         app = conn.get_application("flmrun")
         assert (app.command, app.arguments, app.installer) == (sys.executable, ["-m", "flamepy.runner.runpy"],
                                                                "python")
