@@ -158,6 +158,48 @@ def test_concurrent_patches_lose_nothing(srv):
     assert flamepy.core.patch_object(ref, "last").version == 1 + writers * each + 1
 
 
+def test_reads_racing_updates_see_whole_versions(srv):
+    """Another client (its own connection and event loop) replaces a chunked base over and over, each
+    update dropping the parts it replaced; every read meanwhile returns one whole version, never a mix
+    or a missing part (a read that finds parts gone starts over)."""
+    import asyncio
+
+    def value(i: int) -> bytes:
+        return i.to_bytes(4, "big") * (100 * KIB)   # 400 KiB: three blob chunks
+
+    ref = flamepy.put_object("test-app/racing", value(0))
+    updates, done = 60, threading.Event()
+    errors: list = []
+
+    async def replace_all():
+        store = await Store(srv.endpoint, client_options={}).connect()
+        try:
+            for i in range(1, updates + 1):
+                await cache._install(store, ref.key, cache._dumps(value(i)), cache._PICKLED)
+        finally:
+            await store.close()
+
+    def writer():
+        try:
+            asyncio.run(replace_all())
+        except Exception as exc:   # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    seen = set()
+    while not done.is_set() and len(seen) < 1000:
+        got = flamepy.get_object(ObjectRef(ref.endpoint, ref.key, 0))
+        i = int.from_bytes(got[:4], "big")
+        assert got == value(i)
+        seen.add(i)
+    t.join(60)
+    assert not errors
+    assert flamepy.get_object(ref) == value(updates)
+
+
 def test_large_objects_and_files(srv, tmp_path):
     big = os.urandom(3 * 1024 * KIB)   # many KV values
     ref = flamepy.put_object("test-app/files", big)
