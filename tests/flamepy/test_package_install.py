@@ -240,3 +240,38 @@ def test_packages_are_reproducible_and_exclude_what_they_should(tmp_path):
         assert json.load(tar.extractfile(MANIFEST))["install_project"] is True
     with pytest.raises(flamepy.FlameError):
         build_package(str(project), "demo", dependencies=["-e ."])
+
+
+def test_prepare_installs_once_for_concurrent_callers_through_uv(tmp_path, monkeypatch):
+    """The installer alone (file:// package, no server): two concurrent prepares share one install,
+    a third is served from disk, and the uv command line is what a real uv takes (a shim that
+    records it and hands over to pip)."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "uv").write_text('#!/bin/sh\necho "$@" >> "$UV_ARGS_LOG"\nshift 2\n[ "$1" = "--python" ] && PY=$2 && '
+                             'shift 2\nexec "$PY" -m pip install --no-input "$@"\n')
+    (shim / "uv").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("UV_ARGS_LOG", str(tmp_path / "uv-args"))
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "mod.py").write_text("import six\n")
+    pkg = build_package(str(project), "uvapp", dependencies=["six"])
+    app = {"name": "uvapp", "installer": "python", "url": f"file://{pkg.path}"}
+    installer = PackageInstaller(store=None, work_dir=str(tmp_path / "work"), timeout=120)
+    assert installer.tool == "uv"
+
+    async def twice():
+        return await asyncio.gather(installer.prepare(app), installer.prepare(app))
+
+    first, second = asyncio.run(twice())
+    assert first == second and installer.installs == 1
+    assert asyncio.run(installer.prepare(app)) == first and installer.installs == 1
+    deps, src = first["PYTHONPATH"].split(os.pathsep)
+    assert os.path.exists(os.path.join(deps, "six.py")) and os.path.exists(os.path.join(src, "mod.py"))
+    assert first["FLAME_PACKAGE_DIR"] == src and src.startswith(str(tmp_path / "work" / "apps" / "uvapp"))
+    args = (tmp_path / "uv-args").read_text().split()
+    assert args[:5] == ["pip", "install", "--python", sys.executable, "--target"] and args[-1] == "six"
+
+    fresh = PackageInstaller(store=None, work_dir=str(tmp_path / "work"), timeout=120)  # a restarted manager
+    assert asyncio.run(fresh.prepare(app)) == first and fresh.installs == 0
