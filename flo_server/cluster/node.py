@@ -121,6 +121,7 @@ class ClusterNode:
         ttl_s = max(1, -(-self.lease_ms // 1000))
         self._member_lease = await self.coord.etcd.lease(ttl_s)
         publisher = asyncio.ensure_future(self._publish())
+        backoff, last_error = 0.05, ""
         try:
             while not self._stopping:
                 try:
@@ -140,9 +141,14 @@ class ClusterNode:
                     await self._follow(lead)
                 except asyncio.CancelledError:
                     raise
-                except Exception as e:  # noqa: BLE001 - etcd or the leader unreachable: retry
-                    log.warning("shard %d: %s: %s", self.shard, type(e).__name__, e)
-                    await asyncio.sleep(0.2)
+                except Exception as e:  # noqa: BLE001 - etcd or the leader unreachable: retry, say so once
+                    what = f"{type(e).__name__}: {e}"
+                    (log.warning if what != last_error else log.debug)("shard %d: %s (retrying)", self.shard, what)
+                    last_error = what
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                backoff, last_error = 0.05, ""
         finally:
             publisher.cancel()
 

@@ -1,0 +1,66 @@
+"""The cluster when etcd itself fails: one member of three lost, then all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from flo_client import FloClient
+from flo_core.errors import FloError
+from tests.cluster.test_replication import LEASE_MS, caught_up, create, leader_of, member
+
+
+@pytest.fixture
+def pair3(tmp_path, etcd3):
+    cluster = create(etcd3)
+    procs = [member(tmp_path, etcd3, cluster, n, sync=0).start() for n in ("a", "b")]
+    yield etcd3, procs
+    for p in procs:
+        p.stop()
+
+
+async def test_one_etcd_member_of_three_lost_the_cluster_goes_on(pair3):
+    etcd, procs = pair3
+    leader = await leader_of(procs)
+    other = next(p for p in procs if p is not leader)
+    etcd.kill(0)  # the first address every member's client tried
+    t0 = time.monotonic()
+    async with FloClient(leader.endpoint) as c:
+        while time.monotonic() - t0 < 2.5 * LEASE_MS / 1000:  # past a lease: the leader kept it through the others
+            await c.kv.put("k", b"v")
+            await asyncio.sleep(0.1)
+    assert await leader_of(procs) is leader
+    await caught_up(leader, other)
+    leader.kill()  # and a failover still works with two etcd members
+    assert await leader_of([other], timeout=2 * LEASE_MS / 1000 + 5) is other
+    async with FloClient(other.endpoint) as c:
+        await c.kv.put("after", b"1")
+
+
+async def test_etcd_down_a_leader_serves_until_its_lease_ends_then_refuses_clearly(pair3):
+    etcd, procs = pair3
+    leader = await leader_of(procs)
+    for i in range(3):
+        etcd.kill(i)
+    down = time.monotonic()
+    async with FloClient(leader.endpoint, timeout_ms=2000, max_retries=1) as c:
+        await c.kv.put("still", b"1")  # within the lease: still the leader
+        while True:
+            try:
+                await c.kv.put("still", b"1")
+            except FloError as e:
+                assert "writes stopped" in str(e) or "not the leader" in str(e)
+                break
+            assert time.monotonic() - down < LEASE_MS / 1000 + 2, "writes went on past the lease without etcd"
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - down >= LEASE_MS / 1000 * 0.5  # not before the lease could have ended
+        assert (await c.kv.get("still")).value == b"1"  # reads go on
+    # etcd back: a leader again, writes again.
+    for i in range(3):
+        etcd.start_member(i)
+    etcd.wait_healthy()
+    leader = await leader_of(procs, timeout=20)
+    async with FloClient(leader.endpoint) as c:
+        await c.kv.put("back", b"1")
