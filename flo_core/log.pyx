@@ -93,7 +93,8 @@ cdef enum:
     CP_TRUNCATE_MID = 8      # dropping segments below a snapshot: one unlinked, the rest not
     CP_OPEN_AFTER_CUT = 9    # start-up cut the open segment's tail (ftruncate), not yet fsynced
     CP_CLOSE_AFTER_CUT = 10  # clean close cut the zero room, not yet fsynced
-    N_CRASH_POINTS = 11
+    CP_REWRITE_AFTER = 11    # after a failed fdatasync: the unsynced bytes written again, not yet synced
+    N_CRASH_POINTS = 12
     FP_WRITE = 0             # the pwrite of records (flush, and the rewrite after a failed fsync)
     FP_FSYNC = 1             # every fdatasync of the open segment
     FP_ROLL = 2              # rotation's cut + fdatasync of the old segment
@@ -103,7 +104,7 @@ cdef enum:
 #: Crash points in this module, by id (flo_server.faults.POINTS names each one).
 CRASH_POINTS = ("log.write.before", "log.write.torn", "log.write.after", "log.fsync.after",
                 "log.roll.before_sync", "log.roll.after_sync", "log.roll.after_create", "log.roll.after_dirsync",
-                "log.truncate.mid", "log.open.after_cut", "log.close.after_cut")
+                "log.truncate.mid", "log.open.after_cut", "log.close.after_cut", "log.rewrite.after")
 #: Fault (injected errno) points in this module, by id (flo_server.faults.FAULTS).
 FAULT_POINTS = ("log.write", "log.fsync", "log.roll", "log.roll.create")
 
@@ -994,6 +995,8 @@ cdef class LogWriter:
                         done += r
             if err:
                 raise OSError(err, strerror(err).decode(), self.segment_path)
+            if _hooks_on:
+                _crash_point(CP_REWRITE_AFTER)
             return n
         finally:
             pthread_mutex_unlock(&self._ss.fd_mu)

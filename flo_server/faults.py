@@ -47,11 +47,13 @@ __all__ = ["POINTS", "FAULTS", "ACTIVE", "Point", "crash", "fault", "parse_crash
 class Point(NamedTuple):
     """One crash point: where it is (``c``: flo_core.log, ``py``: flo_server), and when a server
     reaches it: ``run`` (while serving writes), ``start`` (start-up over an existing log) or
-    ``stop`` (clean shutdown)."""
+    ``stop`` (clean shutdown); ``fault``: the FLO_FAULT that makes a server reach it (a step
+    taken only after an I/O error), else empty."""
 
     where: str
     phase: str
     what: str
+    fault: str = ""
 
 
 #: Every crash point, by name: the steps of a log append, group commit, segment roll,
@@ -82,6 +84,9 @@ POINTS: dict[str, Point] = {
     "stop.before_snapshot": Point("py", "stop", "clean shutdown: the last records flushed, the final snapshot not taken"),
     "stop.before_close": Point("py", "stop", "the final snapshot taken, the log not yet closed"),
     "log.close.after_cut": Point("c", "stop", "clean close cut the zero room after the data, not yet fsynced"),
+    # the retry after a failed fdatasync (persistence.DiskJournal._retry_storage)
+    "log.rewrite.after": Point("c", "run", "the unsynced bytes written again after a failed fdatasync, not synced",
+                               fault="eio:log.fsync:8:2"),
 }
 
 #: Every fault point (an I/O step that FLO_FAULT can fail), by name.

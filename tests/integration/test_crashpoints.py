@@ -51,7 +51,10 @@ def _replay_seconds(sp: ServerProc) -> float:
 async def crash_and_recover(point: str, data_dir: Path) -> str:
     """Die at ``point``, restart, check the oracle; returns a line for the report (raises on a failure)."""
     spec = POINTS[point]
-    sp = ServerProc(data_dir, *SERVER_ARGS, fsync="always", env={"FLO_CRASHPOINT": f"{point}:{NTH.get(point, 1)}"})
+    env = {"FLO_CRASHPOINT": f"{point}:{NTH.get(point, 1)}"}
+    if spec.fault:  # a step only taken after an I/O error: the table says which one to inject
+        env["FLO_FAULT"] = spec.fault
+    sp = ServerProc(data_dir, *SERVER_ARGS, fsync="always", env=env)
     oracle = Oracle()
     sp.start(timeout=60)
     try:
