@@ -99,7 +99,8 @@ async def test_disk_full_refuses_writes_keeps_reads_and_resumes(small_tmpfs: Pat
     r = aioredis.Redis(host="127.0.0.1", port=sp.port)
     oracle = Oracle()
     try:
-        async with FloClient(sp.endpoint, timeout_ms=60_000) as c, FloClient(sp.endpoint) as watcher:
+        # (max_retries=1: flo_client would retry an UNAVAILABLE refusal with backoff; we want to see it)
+        async with FloClient(sp.endpoint, timeout_ms=60_000) as c, FloClient(sp.endpoint, max_retries=1) as watcher:
             assert await oracle.run(c, 6)
             assert await r.set("rk", "before")
             ballast = fill(small_tmpfs)
@@ -226,7 +227,7 @@ async def test_injected_io_errors_are_retried_and_lose_nothing(tmp_path: Path, f
 
     try:
         async with (FloClient(sp.endpoint, timeout_ms=60_000) as c, FloClient(sp.endpoint) as c2,
-                    FloClient(sp.endpoint) as c3):
+                    FloClient(sp.endpoint, max_retries=1) as c3):
             probe = asyncio.ensure_future(prober(c2))
             late = asyncio.ensure_future(refused_while_failing(c3))
             deadline = time.monotonic() + 30
