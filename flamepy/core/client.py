@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import is_dataclass
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from . import _runtime, ops
 from . import records as R
@@ -472,7 +472,8 @@ def connect(addr: str, tls_config: Any = None) -> Connection:
         raise FlameError(FlameErrorCode.INVALID_CONFIG, "address is empty")
     opts = None
     if tls_config is not None:
-        ca = getattr(tls_config, "ca_file", None) or (tls_config.get("ca_file") if isinstance(tls_config, dict) else None)
+        ca = getattr(tls_config, "ca_file", None) or (tls_config.get("ca_file") if isinstance(tls_config, dict)
+                                                      else None)
         opts = {**default_client_options(), "tls": True, **({"ca_file": ca} if ca else {})}
     return Connection(addr, client_options=opts)
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import sys
-import textwrap
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
@@ -184,7 +182,8 @@ def test_informers_on_run_and_invoke(cluster):
 def test_executors_and_nodes(cluster):
     ssn = flamepy.create_session("core-echo", min_instances=1, resreq={"cpu": 2, "memory": "256m"})
     try:
-        assert wait_until(lambda: any(e.status.session_id == ssn.id and e.status.state == flamepy.core.ExecutorState.BOUND
+        bound = flamepy.core.ExecutorState.BOUND
+        assert wait_until(lambda: any(e.status.session_id == ssn.id and e.status.state == bound
                                       for e in flamepy.list_executors()), timeout=60)
         ex = [e for e in flamepy.list_executors() if e.status.session_id == ssn.id][0]
         assert ex.metadata.id == ex.id and ex.spec.node == "core-node"
