@@ -161,6 +161,9 @@ def _unpack(path: str, into: str) -> str:
             members = tar.getmembers()
             if len(members) > MAX_PACKAGE_FILES:
                 raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"{path} has more than {MAX_PACKAGE_FILES} entries")
+            if sum(m.size for m in members) > MAX_PACKAGE_BYTES:  # a gzip bomb stops here, before extraction
+                raise FlameError(FlameErrorCode.INVALID_ARGUMENT,
+                                 f"{path} unpacks to more than {MAX_PACKAGE_BYTES >> 20} MiB")
             tar.extractall(into, filter="data")  # refuses absolute paths, '..' and escaping links
     except (tarfile.TarError, OSError) as exc:
         raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"cannot unpack {path}: {exc}") from None
@@ -186,7 +189,7 @@ def _gzip_tar(buf: io.BytesIO):
 def _pack_dir(root: str) -> bytes:
     root_real = os.path.realpath(root)
     buf = io.BytesIO()
-    count = 0
+    count = raw = 0
     with _gzip_tar(buf) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED and not d.endswith(".egg-info"))
@@ -198,16 +201,19 @@ def _pack_dir(root: str) -> bytes:
                 if os.path.islink(full) and not os.path.realpath(full).startswith(root_real + os.sep):
                     raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"{rel} is a link out of the application")
                 count += 1
+                raw += os.path.getsize(full)
                 if count > MAX_PACKAGE_FILES:
                     raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"more than {MAX_PACKAGE_FILES} files")
-                tar.add(full, arcname=rel, recursive=False, filter=_normalized)
-                if buf.tell() > MAX_PACKAGE_BYTES:
+                if raw > MAX_PACKAGE_BYTES:  # checked before reading: the package is built in memory
                     raise FlameError(FlameErrorCode.INVALID_ARGUMENT,
-                                     f"package is larger than {MAX_PACKAGE_BYTES >> 20} MiB")
+                                     f"the application is larger than {MAX_PACKAGE_BYTES >> 20} MiB")
+                tar.add(full, arcname=rel, recursive=False, filter=_normalized)
     return buf.getvalue()
 
 
 def _pack_executable(path: str) -> bytes:
+    if os.path.getsize(path) > MAX_PACKAGE_BYTES:
+        raise FlameError(FlameErrorCode.INVALID_ARGUMENT, f"{path} is larger than {MAX_PACKAGE_BYTES >> 20} MiB")
     buf = io.BytesIO()
     with _gzip_tar(buf) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         info = _normalized(tar.gettarinfo(path, arcname=f"bin/{os.path.basename(path)}"))
