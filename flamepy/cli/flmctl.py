@@ -378,7 +378,7 @@ def _session_json(ssn) -> dict:
               help="higher is scheduled first")
 @click.option("-r", "--resreq", default=None, help='per instance: "cpu=N,mem=SIZE,gpu=N" (default cpu=1,mem=1g)')
 @click.option("-b", "--batch-size", default=1, type=click.IntRange(1), show_default=True,
-              help="executors per batch (stored; instances are not gang-scheduled)")
+              help="executors per batch: instances start in whole batches")
 @click.pass_obj
 def create(obj: _Ctx, application: str, priority: int, resreq: Optional[str], batch_size: int) -> None:
     """Create a session of an application."""
