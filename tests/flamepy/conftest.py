@@ -126,6 +126,8 @@ def flame_cluster(tmp_path_factory):
     base = tmp_path_factory.mktemp("cluster")
     (base / "tmp").mkdir()
     sp = ServerProc(base / "data", executor=True, env={"TMPDIR": str(base / "tmp")}).start()
+    from tests.helpers import wait_until
+    wait_until(lambda: "executor manager" in sp.log(), timeout=30)  # it registers flmrun & co. first
     home = flame_home(base / "home", f"flo://{sp.endpoint}")
     saved = {k: os.environ.get(k) for k in ("FLAME_ENDPOINT", "HOME")}
     os.environ.update(FLAME_ENDPOINT=sp.endpoint, HOME=str(home))
