@@ -68,6 +68,7 @@ class Op(IntEnum):
     CLUSTER_REMOVE_NODE = 0x036
     REPL_FETCH = 0x03A  # ext: a replica fetches its leader's log (flo_server.cluster.replication)
     REPL_SNAPSHOT = 0x03B  # ext: a replica fetches its leader's state, page by page
+    CLUSTER_HOP = 0x03C  # ext: this connection carries requests forwarded by another member (never forwarded again)
 
     KV_PUT = 0x100
     KV_GET = 0x101
@@ -196,6 +197,7 @@ _OPS: tuple[OpSpec, ...] = (
     OpSpec(Op.AUTH, R | X, "authenticate this connection as a user (changes no data)"),
     OpSpec(Op.REPL_FETCH, R | B | X, "a replica fetches (and acknowledges) its shard leader's log"),
     OpSpec(Op.REPL_SNAPSHOT, R | X, "a replica fetches its shard leader's state"),
+    OpSpec(Op.CLUSTER_HOP, R | X, "mark this connection as carrying forwarded requests"),
     OpSpec(Op.KV_PUT, T | W, "set a value (+TTL, condition, CAS, txn)"),
     OpSpec(Op.KV_GET, T | R | B, "get value and version, optional wait"),
     OpSpec(Op.KV_MGET, T | R, "multi-key get"),

@@ -31,6 +31,7 @@ from flo_server import handlers  # noqa: F401 - registers every handler and appl
 from flo_server import persistence
 from flo_server.actions import Actions
 from flo_server.auth import Rule, Users
+from flo_server.cluster import resp_cluster, router  # noqa: F401 - register RESP CLUSTER and CLUSTER_HOP
 from flo_server.cluster.replication import EpochHistory  # also registers the REPL_* handlers
 from flo_server.metrics import SlowLog, new_metrics
 from flo_server.config import ServerConfig
@@ -66,6 +67,7 @@ class Server:
         }
         self._empty_states = {name: store.dump() for name, store in self.stores.items()}
         self.cluster: Any = None  # a ClusterNode with --etcd (flo_server.cluster.node)
+        self.router: Any = None  # its Router: where each request is served (flo_server.cluster.router)
         self.txns = Txns()
         self.scan_cursors = ScanCursors()
         self.waiters = Waiters()

@@ -95,6 +95,12 @@ def dispatch(srv: Any, rid: int, op: int, payload: bytes, conn: Any, now: int) -
         req = parse(op, rid, payload, conn, now)
         if conn is not None and not conn.trusted:
             check_flo(conn.user, req)  # the one permission check (flo_server.auth)
+        router = srv.router
+        if router is not None:
+            elsewhere = router.route(req, op, payload)  # the one routing check (flo_server.cluster.router)
+            if elsewhere is not None:
+                _counted(srv, op, req, conn, None, t0)
+                return _relay(elsewhere)
         out = fn(srv, req)
     except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
         return _counted(srv, op, req, conn, refused(e), t0)
@@ -149,6 +155,14 @@ async def _finish(m: Any, op: int, coro: Any) -> tuple[int, bytes]:
     if m is not None:
         m.record(m.slot_of_op(op), answer[0], -1)  # a blocking request's wait is not its service time
     return answer
+
+
+async def _relay(coro: Any) -> tuple[int, bytes]:
+    """A request another cluster member answers: its answer as it came, or the refusal of a failure to ask."""
+    try:
+        return await coro
+    except Exception as e:  # noqa: BLE001
+        return refused(e)
 
 
 def refused(exc: BaseException) -> tuple[int, bytes]:

@@ -87,7 +87,7 @@ class FloProtocol(asyncio.Protocol):
         if self.resp is not None:
             self.resp.set_user(user)
         elif self.core:
-            self.reader.fast = self.trusted
+            self.reader.fast = self.trusted and self.srv.router is None  # a cluster routes every request
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -408,5 +408,5 @@ def make_reader(proto: FloProtocol) -> Any:
         from flo_core.core import ServerCore  # type: ignore[import-not-found]
 
         proto.core = True
-        return ServerCore(proto.srv, proto._slow, cfg.max_frame, proto.trusted)
+        return ServerCore(proto.srv, proto._slow, cfg.max_frame, proto.trusted and proto.srv.router is None)
     return wire.FrameReader(is_request=True, max_payload=cfg.max_frame)

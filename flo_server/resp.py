@@ -273,7 +273,7 @@ class RespSession:
         self._core: Any = None  # flo_core.respcore.RespCore: parser + C fast path
         if RespCore is not None and not os.environ.get("FLO_NO_FASTPATH"):
             self._core = self._parser = RespCore(srv, self, self._exec)
-            self._core.fast = self.trusted
+            self._core.fast = self.trusted and self.srv.router is None  # a cluster routes every command
         else:
             self._parser = RespParser()
         self._blocked: asyncio.Task | None = None
@@ -331,7 +331,7 @@ class RespSession:
         self.user = user
         self.trusted = user is not None and user.superuser
         if self._core is not None:
-            self._core.fast = self.trusted
+            self._core.fast = self.trusted and self.srv.router is None  # a cluster routes every command
 
     def connection_lost(self) -> None:
         """The peer went away: stop a blocked command (it takes nothing)."""
@@ -401,6 +401,12 @@ class RespSession:
             refused = auth.check_resp(self.user, cmd, argv, self.ns)  # the one permission check
             if refused is not None:
                 add_error(out, refused)
+                return None
+        router = self.srv.router
+        if router is not None and cmd.group in auth.RESP_PRIMITIVE:
+            moved = router.resp_redirect(auth.resp_keys(cmd, argv))  # the one routing check
+            if moved is not None:
+                add_error(out, moved)
                 return None
         try:
             r = cmd.fn(self, argv, out)

@@ -49,7 +49,8 @@ class ClusterNode:
         self.node = node or advertise
         self.lease_ms = lease_ms
         self.sync_replicas = sync_replicas
-        self.coord = Coordinator(etcd, cluster)
+        # etcd calls give up within half a lease: a lost etcd member costs a retry, not a stalled member.
+        self.coord = Coordinator(etcd, cluster, timeout_s=max(0.5, lease_ms / 2000))
         self.role = "starting"
         self.epoch = 0
         self.leadership: Leadership | None = None
@@ -57,6 +58,12 @@ class ClusterNode:
         self.backlog = Backlog()
         self.replicas: dict[str, dict] = {}  # the leader's view: node -> {"next", "synced", "at"}
         self.slot_map: Any = None
+        self.leaders: dict[int, tuple[str, str, int]] = {}  # shard -> (node, advertise, epoch), refreshed from etcd
+        self.members: dict[int, dict[str, dict]] = {}  # shard -> member name -> its etcd record
+        # Credentials for asking other members (forwarded requests, replication) when they require users.
+        user, password = os.environ.get("FLO_CLUSTER_USERNAME"), os.environ.get("FLO_CLUSTER_PASSWORD")
+        self.peer_auth = (user or "default", password) if password else None
+        self.router: Any = None
         self.failovers = 0
         self._task: asyncio.Task | None = None
         self._member_lease: Any = None
@@ -73,6 +80,10 @@ class ClusterNode:
         journal.writer.tap = self.backlog
         self.backlog.last_lsn = journal.last_lsn
         self._fence(f"not the leader of shard {self.shard} (starting)")
+        await self._refresh_map()
+        from flo_server.cluster.router import Router
+
+        self.router = self.srv.router = Router(self)
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -85,7 +96,20 @@ class ClusterNode:
                 pass
         if self.leadership is not None:
             await self.leadership.resign()
+        if self.router is not None:
+            await self.router.close()
         await self.coord.close()
+
+    async def _refresh_map(self) -> None:
+        """The slot map and every shard's leader, as etcd has them now."""
+        self.slot_map, _ = await self.coord.slot_map()
+        leaders, members = {}, {}
+        for shard in range(self.slot_map.shards):
+            lead = await self.coord.leader_of(shard)
+            if lead is not None:
+                leaders[shard] = lead
+            members[shard] = await self.coord.members(shard)
+        self.leaders, self.members = leaders, members
 
     # --- the write gate ---------------------------------------------------------------------------
 
@@ -118,8 +142,6 @@ class ClusterNode:
     # --- the loop ---------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        ttl_s = max(1, -(-self.lease_ms // 1000))
-        self._member_lease = await self.coord.etcd.lease(ttl_s)
         publisher = asyncio.ensure_future(self._publish())
         backoff, last_error = 0.05, ""
         try:
@@ -173,7 +195,7 @@ class ClusterNode:
 
     async def _lead(self, lead: Leadership) -> None:
         self.leadership, self.epoch, self.role = lead, lead.epoch, "leader"
-        self.leader = (self.node, self.advertise, lead.epoch)
+        self.leader = self.leaders[self.shard] = (self.node, self.advertise, lead.epoch)
         self.failovers += 1
         self.replicas.clear()
         journal = self.srv.journal
@@ -211,12 +233,14 @@ class ClusterNode:
         from flo_client import FloClient
 
         self.role, self.leader = "replica", lead
+        self.leaders[self.shard] = lead
         self._fence(f"not the leader of shard {self.shard}; the leader is {lead[1]}")
         journal = self.srv.journal
         w = journal.writer
         # A healthy leader answers a fetch within its wait; one that does not within a quarter lease
         # more is stopped or cut off: ask etcd again rather than wait on it.
-        async with FloClient(lead[1], timeout_ms=max(250, self.lease_ms // 4), max_retries=1) as client:
+        creds = {"username": self.peer_auth[0], "password": self.peer_auth[1]} if self.peer_auth else {}
+        async with FloClient(lead[1], timeout_ms=max(250, self.lease_ms // 4), max_retries=1, **creds) as client:
             while not self._stopping:
                 cur = await self.coord.leader_of(self.shard) if self._stale_leader_check() else lead
                 if cur != lead:
@@ -276,23 +300,25 @@ class ClusterNode:
 
     async def _publish(self) -> None:
         """Keep this member's record in etcd fresh: role, LSN, what it follows (cluster status reads it)."""
+        ttl_s = max(1, -(-self.lease_ms // 1000))
         while True:
             try:
-                await self.coord.etcd.refresh_lease(self._member_lease.id)
+                if self._member_lease is None:
+                    self._member_lease = await self.coord.etcd.lease(ttl_s)
+                else:
+                    await self.coord.etcd.refresh_lease(self._member_lease.id)
                 info = {"advertise": self.advertise, "role": self.role, "lsn": self.srv.journal.last_lsn,
                         "epoch": self.epoch if self.role == "leader" else (self.leader[2] if self.leader else 0),
                         "at_ms": int(time.time() * 1000), "pid": os.getpid()}
                 if self.role == "leader":
                     info["replicas"] = self.replicas
                 await self.coord.register(self.shard, self.node, info, self._member_lease)
+                await self._refresh_map()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - etcd unreachable: a new lease next time
                 log.debug("member record: %r", e)
-                try:
-                    self._member_lease = await self.coord.etcd.lease(max(1, -(-self.lease_ms // 1000)))
-                except Exception:  # noqa: BLE001
-                    pass
+                self._member_lease = None
             await asyncio.sleep(MEMBER_REFRESH_S)
 
     def info(self) -> dict:

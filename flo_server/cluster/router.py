@@ -1,0 +1,217 @@
+"""The cluster's one routing seam: which shard a request belongs to, and what to do when it is not ours.
+
+A Flo request whose slot another shard owns — or that this member cannot serve because it does
+not lead its shard — is forwarded, as it came, to the owning shard's leader over a pooled
+connection, and the answer is relayed back. The public SDK, which knows nothing of slots, so works
+through any member. ``KV_MGET`` may span shards: its keys are split by owner and the answers merged
+in the order asked. RESP clients get Redis Cluster's ``-MOVED slot host:port`` instead, and
+``-CROSSSLOT`` for a command whose keys live in different slots (redis-py's ``RedisCluster`` and
+``redis-cli -c`` follow them).
+
+Routing keys: a request's key (KV key, queue, stream or action name) in its namespace
+(:func:`flo_core.slots.key_slot`); server-level ops (PING, SERVER_INFO, AUTH, namespaces,
+replication) are served where they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from flo_core.body import Reader, Writer
+from flo_core.errors import Refusal
+from flo_core.slots import key_slot
+from flo_core.spec import SPEC, Flag, Op, Reason
+from flo_server.dispatch import handler
+
+log = logging.getLogger("flo.cluster")
+
+#: Ops served by the member they reach, whatever their key.
+LOCAL_OPS = frozenset({
+    Op.PING, Op.SERVER_INFO, Op.AUTH, Op.REPL_FETCH, Op.REPL_SNAPSHOT, Op.CLUSTER_HOP,
+    Op.NAMESPACE_CREATE, Op.NAMESPACE_DELETE, Op.NAMESPACE_LIST, Op.NAMESPACE_INFO,
+    Op.NAMESPACE_CONFIG_SET, Op.NAMESPACE_CONFIG_GET,
+})
+FORWARD_TIMEOUT_S = 30.0
+
+
+class Router:
+    """``srv.cluster.router``: consulted by ``dispatch`` and ``RespSession`` for every request."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self._peers: dict[str, Any] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
+        self.forwarded = 0
+
+    # --- where a slot is served -------------------------------------------------------------------
+
+    def serves(self, slot: int) -> bool:
+        node = self.node
+        return node.role == "leader" and node.slot_map.owner(slot) == node.shard
+
+    def leader_for(self, slot: int) -> str:
+        shard = self.node.slot_map.owner(slot)
+        lead = self.node.leaders.get(shard)
+        if lead is None or lead[0] == self.node.node:  # none, or us until a moment ago
+            raise Refusal(Reason.WRITES_STOPPED, f"CLUSTERDOWN shard {shard} (slot {slot}) has no leader right now")
+        return lead[1]
+
+    def _read_without_leader(self, slot: int, op: int) -> bool:
+        """A read of our own shard while it has no leader (etcd down, an election): serve our copy,
+        which may lag, rather than nothing. Writes wait for a leader."""
+        node = self.node
+        if node.slot_map.owner(slot) != node.shard:
+            return False
+        spec = SPEC.get(op)
+        if spec is None or spec.flags & Flag.WRITE:
+            return False
+        lead = node.leaders.get(node.shard)
+        return lead is None or lead[0] == node.node
+
+    # --- Flo --------------------------------------------------------------------------------------
+
+    def route(self, req: Any, op: int, payload: bytes) -> Any:
+        """None to serve ``req`` here, else a coroutine answering ``(status, data)`` from elsewhere."""
+        if op in LOCAL_OPS:
+            return None
+        if op == Op.KV_MGET:
+            return self._mget(req, payload)
+        if op == Op.KV_MPUT:
+            slots = {key_slot(k, req.ns) for k in _mput_keys(req)}
+            if len({self.node.slot_map.owner(s) for s in slots}) > 1:
+                raise Refusal(Reason.CONFLICTING_FIELDS, "CROSSSLOT an mput's keys live on different shards "
+                                                         "(one log record per write: give them a {hash tag})")
+            slot = next(iter(slots))
+        else:
+            slot = key_slot(req.key, req.ns)
+        if self.serves(slot):
+            return None
+        if self._read_without_leader(slot, op):
+            return None
+        if getattr(req.conn, "forwarded", False):
+            # Another member's view of the cluster is a moment old: it retries, we never pass it on.
+            raise Refusal(Reason.WRITES_STOPPED, f"CLUSTERDOWN slot {slot} is not served here (a moved leader "
+                                                 "or slot): retry")
+        return self._forward(self.leader_for(slot), op, payload)
+
+    async def _forward(self, addr: str, op: int, payload: bytes) -> tuple[int, bytes]:
+        conn = await self._peer(addr)
+        self.forwarded += 1
+        spec = SPEC.get(op)
+        timeout = 0.0 if spec is not None and spec.flags & Flag.BLOCKING else FORWARD_TIMEOUT_S
+        return await conn.request(op, payload, timeout)
+
+    async def _peer(self, addr: str) -> Any:
+        from flo_client.connection import Connection
+
+        conn = self._peers.get(addr)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._connecting.setdefault(addr, asyncio.Lock())
+        async with lock:
+            conn = self._peers.get(addr)
+            if conn is None or conn.closed:
+                host, _, port = addr.rpartition(":")
+                conn = await Connection.open(host, int(port), 5.0, auth=self.node.peer_auth)
+                hop = b"\x00\x00\x00\x00" + Writer().bytes32(b"").options({}).getvalue()  # no ns, key, value
+                status, data = await conn.request(Op.CLUSTER_HOP, hop, 5.0)
+                if status != 0:
+                    conn.close()
+                    raise Refusal(Reason.WRITES_STOPPED, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
+                self._peers[addr] = conn
+        return conn
+
+    def _mget(self, req: Any, payload: bytes) -> Any:
+        r = Reader(req.body)
+        keys = [r.bytes16() for _ in range(r.u16())]
+        groups: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(self.node.slot_map.owner(key_slot(k, req.ns)), []).append(i)
+        if len(groups) == 1:
+            slot = key_slot(keys[0], req.ns)
+            return None if self.serves(slot) else self._forward(self.leader_for(slot), Op.KV_MGET, payload)
+        return self._scatter(req, keys, groups)
+
+    async def _scatter(self, req: Any, keys: list[bytes], groups: dict[int, list[int]]) -> tuple[int, bytes]:
+        """An MGET over several shards: one MGET per shard, in parallel, answers merged in asking order."""
+        from flo_server.handlers.kv import kv_mget
+
+        head = len(req.ns.encode()).to_bytes(2, "little") + req.ns.encode() + b"\x00\x00"
+        entries: list[bytes | None] = [None] * len(keys)
+
+        async def one(shard: int, idx: list[int]) -> None:
+            body = Writer().u16(len(idx))
+            for i in idx:
+                body.bytes16(keys[i])
+            if shard == self.node.shard and self.node.role == "leader":
+                sub = type(req)(Op.KV_MGET, req.rid, req.ns, b"", req.conn, req.now)
+                sub.body = body.getvalue()
+                data = kv_mget(self.node.srv, sub)
+            else:
+                lead = self.node.leaders.get(shard)
+                if lead is None:
+                    raise Refusal(Reason.WRITES_STOPPED, f"CLUSTERDOWN shard {shard} has no leader right now")
+                status, data = await self._forward(lead[1], Op.KV_MGET, head + body.getvalue())
+                if status != 0:
+                    raise _Relayed(status, data)
+            rd = Reader(data)
+            n = rd.u16()
+            for j in range(n):
+                found = rd.u8()
+                version = rd.u64()
+                value = rd.bytes32()
+                entries[idx[j]] = Writer().u8(found).u64(version).bytes32(value).getvalue()
+
+        try:
+            await asyncio.gather(*(one(s, idx) for s, idx in groups.items()))
+        except _Relayed as e:
+            return e.status, e.data
+        answered = next((i for i, e in enumerate(entries) if e is None), len(entries))
+        w = Writer().u16(answered)
+        for e in entries[:answered]:
+            w.buf += e
+        out = w.opt_u64(None).getvalue() if answered == len(keys) else w.u8(1).u16(answered).getvalue()
+        return 0, out
+
+    # --- RESP -------------------------------------------------------------------------------------
+
+    def resp_redirect(self, keys: list[bytes]) -> str | None:
+        """``MOVED``/``CROSSSLOT``/``CLUSTERDOWN`` for a RESP command's keys, or None to run it here."""
+        if not keys:
+            return None
+        slots = {key_slot(k) for k in keys}
+        if len(slots) > 1:
+            return "CROSSSLOT Keys in request don't hash to the same slot"
+        slot = slots.pop()
+        if self.serves(slot):
+            return None
+        try:
+            return f"MOVED {slot} {self.leader_for(slot)}"
+        except Refusal:
+            return "CLUSTERDOWN The cluster is down"
+
+    async def close(self) -> None:
+        for conn in self._peers.values():
+            conn.close()
+        self._peers.clear()
+
+
+@handler(Op.CLUSTER_HOP)
+def cluster_hop(srv: Any, req: Any) -> bytes:
+    """CLUSTER_HOP -> empty (ext): requests on this connection come from another member's router."""
+    if req.conn is not None:
+        req.conn.forwarded = True
+    return b""
+
+
+class _Relayed(Exception):
+    def __init__(self, status: int, data: bytes) -> None:
+        self.status, self.data = status, data
+
+
+def _mput_keys(req: Any) -> list[bytes]:
+    from flo_server.auth import flo_keys
+
+    return flo_keys(req)
