@@ -7,7 +7,7 @@ PORT   ?= 9000
 DATA   ?= ./data
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test build compile test-unit test-pure bench bench-quick debug clean system-deps fuzz soak
+.PHONY: run test build compile test-unit test-pure bench bench-quick debug clean system-deps fuzz soak cluster
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -74,6 +74,11 @@ SOAK_KILL_EVERY ?= 20
 soak: build
 	@mkdir -p build
 	$(PY) -m tests.reliability.soak --seconds $(SOAK_SECONDS) --kill-every $(SOAK_KILL_EVERY) --json build/soak.json
+
+# A local cluster to try (docs/cluster.md): etcd plus 3 shards x 2 flo-server processes on 127.0.0.1:9100..,
+# data in ./cluster-data; Ctrl-C stops it. `make run` stays one server.
+cluster: build
+	$(PY) -m flo_server.cluster.local --shards 3 --members 2 --dir ./cluster-data
 
 bench: build
 	$(PY) -m bench

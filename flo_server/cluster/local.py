@@ -125,3 +125,72 @@ class LocalEtcd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``make cluster``: a local etcd and SHARDS x MEMBERS flo-server processes on loopback, until Ctrl-C."""
+    import argparse
+    import asyncio
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m flo_server.cluster.local", description=main.__doc__)
+    ap.add_argument("--shards", type=int, default=3)
+    ap.add_argument("--members", type=int, default=2, help="processes per shard (1 leader + replicas)")
+    ap.add_argument("--dir", default="./cluster-data", help="etcd's and every member's data")
+    ap.add_argument("--base-port", type=int, default=9100, help="member i of shard s listens on base + 10*s + i")
+    ap.add_argument("--sync-replicas", type=int, default=0)
+    ap.add_argument("--fsync", default="everysec", choices=["always", "everysec", "no"])
+    a = ap.parse_args(argv)
+    if not (1 <= a.shards <= 16 and 1 <= a.members <= 5):
+        ap.error("--shards 1..16, --members 1..5")
+    root = Path(a.dir).resolve()
+    procs: list[subprocess.Popen] = []
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    with LocalEtcd(root / "etcd") as etcd:
+        name = "local"
+        create = subprocess.run([sys.executable, "-m", "flo_server", "cluster", "create", "--etcd", etcd.urls,
+                                 "--cluster", name, "--shards", str(a.shards)], capture_output=True, text=True)
+        if create.returncode and "exists already" not in create.stderr:
+            print(create.stderr, file=sys.stderr)
+            return 1
+        try:
+            for s in range(a.shards):
+                for i in range(a.members):
+                    port = a.base_port + 10 * s + i
+                    log = open(root / f"shard{s}-m{i}.log", "ab")
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "flo_server", "--host", "127.0.0.1", "--port", str(port),
+                         "--http-port", "0", "--data-dir", str(root / f"shard{s}-m{i}"), "--fsync", a.fsync,
+                         "--etcd", etcd.urls, "--cluster", name, "--shard", str(s), "--node", f"s{s}m{i}",
+                         "--sync-replicas", str(a.sync_replicas)], stdout=log, stderr=subprocess.STDOUT))
+                    log.close()
+            print(f"etcd: {etcd.urls}")
+            print(f"members: 127.0.0.1:{a.base_port}..{a.base_port + 10 * (a.shards - 1) + a.members - 1} "
+                  f"(logs in {root})")
+            print(f"try:  redis-cli -c -p {a.base_port} set k v   |   "
+                  f"flo-server cluster status --etcd {etcd.urls} --cluster {name}")
+            print("Ctrl-C stops everything")
+            try:
+                while all(p.poll() is None for p in procs):
+                    time.sleep(0.5)
+                print("a member exited; see its log", file=sys.stderr)
+            except KeyboardInterrupt:
+                pass
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -34,6 +34,14 @@ LOCAL_OPS = frozenset({
     Op.NAMESPACE_CONFIG_SET, Op.NAMESPACE_CONFIG_GET,
 })
 FORWARD_TIMEOUT_S = 30.0
+#: Ops whose routing on a cluster of several shards is not built yet (docs/cluster.md, "Not yet"): refused
+#: there rather than answered from one shard (a scan or a list would silently miss the others' keys).
+NOT_ACROSS_SHARDS = frozenset({
+    Op.KV_SCAN, Op.KV_COMMIT_TXN, Op.KV_ROLLBACK_TXN, Op.QUEUE_LIST, Op.STREAM_LIST,
+    Op.ACTION_STATUS, Op.ACTION_LIST, Op.ACTION_LIST_RUNS, Op.ACTION_DELETE, Op.ACTION_AWAIT, Op.ACTION_COMPLETE,
+    Op.ACTION_FAIL, Op.ACTION_TOUCH, Op.ACTION_RESULT, Op.ACTION_CANCEL, Op.WORKER_REGISTER, Op.WORKER_HEARTBEAT,
+    Op.WORKER_DEREGISTER, Op.WORKER_LIST, Op.WORKER_INFO, Op.WORKER_DRAIN,
+})
 
 
 class Router:
@@ -55,7 +63,7 @@ class Router:
         shard = self.node.slot_map.owner(slot)
         lead = self.node.leaders.get(shard)
         if lead is None or lead[0] == self.node.node:  # none, or us until a moment ago
-            raise Refusal(Reason.WRITES_STOPPED, f"CLUSTERDOWN shard {shard} (slot {slot}) has no leader right now")
+            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN shard {shard} (slot {slot}) has no leader right now")
         return lead[1]
 
     def _read_without_leader(self, slot: int, op: int) -> bool:
@@ -76,12 +84,16 @@ class Router:
         """None to serve ``req`` here, else a coroutine answering ``(status, data)`` from elsewhere."""
         if op in LOCAL_OPS:
             return None
+        if op in NOT_ACROSS_SHARDS and self.node.slot_map.shards > 1:
+            name = SPEC[op].op.name
+            raise Refusal(Reason.UNCLASSIFIED, f"{name} is not supported on a cluster of more than one shard yet "
+                                               "(docs/cluster.md)")
         if op == Op.KV_MGET:
             return self._mget(req, payload)
         if op == Op.KV_MPUT:
             slots = {key_slot(k, req.ns) for k in _mput_keys(req)}
             if len({self.node.slot_map.owner(s) for s in slots}) > 1:
-                raise Refusal(Reason.CONFLICTING_FIELDS, "CROSSSLOT an mput's keys live on different shards "
+                raise Refusal(Reason.WRONG_ROUTING_KEY, "CROSSSLOT an mput's keys live on different shards "
                                                          "(one log record per write: give them a {hash tag})")
             slot = next(iter(slots))
         else:
@@ -92,7 +104,7 @@ class Router:
             return None
         if getattr(req.conn, "forwarded", False):
             # Another member's view of the cluster is a moment old: it retries, we never pass it on.
-            raise Refusal(Reason.WRITES_STOPPED, f"CLUSTERDOWN slot {slot} is not served here (a moved leader "
+            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN slot {slot} is not served here (a moved leader "
                                                  "or slot): retry")
         return self._forward(self.leader_for(slot), op, payload)
 
@@ -119,7 +131,7 @@ class Router:
                 status, data = await conn.request(Op.CLUSTER_HOP, hop, 5.0)
                 if status != 0:
                     conn.close()
-                    raise Refusal(Reason.WRITES_STOPPED, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
+                    raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
                 self._peers[addr] = conn
         return conn
 
@@ -152,7 +164,7 @@ class Router:
             else:
                 lead = self.node.leaders.get(shard)
                 if lead is None:
-                    raise Refusal(Reason.WRITES_STOPPED, f"CLUSTERDOWN shard {shard} has no leader right now")
+                    raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN shard {shard} has no leader right now")
                 status, data = await self._forward(lead[1], Op.KV_MGET, head + body.getvalue())
                 if status != 0:
                     raise _Relayed(status, data)

@@ -110,3 +110,19 @@ async def test_redis_cluster_clients_follow_the_slot_map(two_shards):
         moved = subprocess.run([cli, "-p", str(two_shards[0].port), "GET", k], capture_output=True, text=True,
                                timeout=30)
         assert moved.stdout.strip().startswith("MOVED") or "MOVED" in moved.stderr
+
+
+async def test_what_does_not_route_across_shards_yet_is_refused_not_answered_in_part(two_shards):
+    await both_lead(two_shards)
+    from flo_core.errors import FloError
+
+    async with FloClient(two_shards[0].endpoint) as c:
+        with pytest.raises(FloError, match="not supported on a cluster of more than one shard"):
+            await c.kv.scan("user:")
+        on0 = next(f"x{i}" for i in range(100) if owner(f"x{i}") == 0)
+        on1 = next(f"x{i}" for i in range(100) if owner(f"x{i}") == 1)
+        with pytest.raises(FloError, match="CROSSSLOT"):
+            await c.kv.put_many([(on0, b"1"), (on1, b"2")])
+        # a hash tag keeps keys of one mput on one shard
+        await c.kv.put_many([("{t}a", b"1"), ("{t}b", b"2")])
+        assert [g.value for g in await c.kv.mget(["{t}a", "{t}b"])] == [b"1", b"2"]
