@@ -40,9 +40,10 @@ run: build
 	@mkdir -p $(DATA)
 	$(VENV)/bin/flo-server --host 127.0.0.1 --port $(PORT) --data-dir $(DATA)
 
+# Both cores (pytest-xdist), one test file per worker at a time (module-scoped servers stay shared).
 test: build
-	$(PY) -m pytest -q -p no:cacheprovider
-	FLO_PUREPYTHON=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	FLO_PUREPYTHON=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 tests/unit
 
 # Longer fuzzing than the suite's bounded run (docs/reliability.md): every hypothesis target with
 # FUZZ_EXAMPLES examples (fresh random ones each run), the live-server test for FUZZ_LIVE_SECONDS,
