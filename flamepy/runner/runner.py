@@ -42,6 +42,7 @@ from ..core.cache import ObjectRef
 from ..core.client import connection
 from ..core.config import FlameContext
 from ..core.types import (ApplicationAttributes, FlameError, FlameErrorCode, ResourceRequirement, SessionAttributes,
+                          SessionState,
                           validate_application_name)
 from .package import Package, build_package
 from .storage import PackageStorage, create_storage
@@ -192,6 +193,9 @@ class RunnerService:
                         type(custom).__name__)
             custom = None
         session_id = custom.session_id if custom is not None and custom.session_id else ops.short_name(app)
+        # A named session may be open already (a task that calls its own service, Flame's recursive
+        # runner): then it is joined, and closing this service leaves it to the one that opened it.
+        self.owns_session = not _session_open(session_id)
         ref = cache.put_object(f"{app}/{session_id}", context)
         spec = SessionAttributes(application=app, id=session_id, common_data=ref.encode(),
                                  min_instances=context.min_instances, max_instances=context.max_instances,
@@ -250,12 +254,22 @@ class RunnerService:
         return ObjectFuture(self._submitter.submit(cloudpickle.dumps(request)), f"{self._app}/{self._session.id}")
 
     def close(self) -> None:
-        """Close the session; calls still pending or running are cancelled (their futures raise)."""
+        """Close the session (if this service opened it); calls still pending or running are
+        cancelled (their futures raise)."""
         if self._closed:
             return
         self._closed = True
+        if not self.owns_session:
+            return
         conn = connection()
         conn._call(ops.close_session(conn.store, self._session.id, force=True))
+
+
+def _session_open(session_id: str) -> bool:
+    try:
+        return connection().get_session(session_id).state == SessionState.OPEN
+    except FlameError:
+        return False
 
 
 def _quietly(fn, *args) -> None:
@@ -308,6 +322,11 @@ class Runner:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def _app_registered(self) -> bool:
+        """Flame 0.6's name for "this Runner registered the application" (its e2e helpers read it)."""
+        return self._owner
 
     # -- start and close ---------------------------------------------------------------------------------
 
@@ -381,7 +400,7 @@ class Runner:
         if self._closed or not self._started:
             return
         self._closed = True
-        sessions = [s.session_id for s in self._services]
+        sessions = [s.session_id for s in self._services if s.owns_session]
         for svc in self._services:
             _quietly(svc.close)
         _quietly(self._wait_released, sessions)

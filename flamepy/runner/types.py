@@ -49,6 +49,11 @@ class SessionContext:
         if self.session_id is not None:
             if not isinstance(self.session_id, str):
                 raise ValueError(f"session_id must be a string, got {type(self.session_id).__name__}")
+            # Flame's own wordings first ("cannot be empty", "too long"): its e2e tests match them.
+            if not self.session_id:
+                raise ValueError("session_id cannot be empty")
+            if len(self.session_id) > 128:
+                raise ValueError(f"session_id is too long ({len(self.session_id)} characters, at most 128)")
             if not _SESSION_ID.match(self.session_id) or ".." in self.session_id:
                 raise ValueError(f"session_id must be 1-128 characters of [A-Za-z0-9._-], got {self.session_id!r}")
         if self.application_name is not None and not isinstance(self.application_name, str):

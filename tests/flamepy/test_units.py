@@ -156,3 +156,18 @@ def test_task_chunks_notices_and_instance_state(tmp_path):
     assert R.decode_instance_state(path.read_bytes()) == ["ssn-1", None, []]
     state.close()
     assert R.decode_instance_state(b"") is None
+
+
+def test_runner_session_context_refusals_use_flames_wording():
+    """Flame's own e2e suite matches these words (tests/test_runner.py, cases 32-35)."""
+    import pytest
+
+    from flamepy.runner import SessionContext
+
+    for bad, words in (("", "cannot be empty"), ("x" * 129, "too long"), (12345, "must be a string"),
+                       ("bad id", "[A-Za-z0-9._-]")):
+        with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+            SessionContext(session_id=bad)
+    with pytest.raises(ValueError, match="must be a string"):
+        SessionContext(application_name=12345)
+    assert SessionContext(session_id="ok-1").session_id == "ok-1"
