@@ -554,6 +554,19 @@ cdef class LogReader:
             return (lsn, kind, PyBytes_FromStringAndSize(<const char *>p + at + HDR, plen))
 
 
+cdef int _pwrite_all(int fd, const uint8_t *p, Py_ssize_t n, off_t at, Py_ssize_t *done) noexcept nogil:
+    """Write ``p[done:n]`` at ``at + done``, through short writes and EINTR; 0 or the errno (``done`` says how far)."""
+    cdef ssize_t r
+    while done[0] < n:
+        r = pwrite(fd, p + done[0], n - done[0], at + done[0])
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        done[0] += r
+    return 0
+
+
 def frame_record(uint64_t lsn, int kind, bytes payload):
     """One record framed as :class:`LogWriter` frames it (header + payload), e.g. to ship it to a replica."""
     cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
@@ -829,14 +842,7 @@ cdef class LogWriter:
                 _die()
         if err == 0:
             with nogil:
-                while done < total:
-                    r = pwrite(fd, self._buf + done, total - done, <off_t>(self.segment_size + done))
-                    if r < 0:
-                        if errno == EINTR:
-                            continue
-                        err = errno
-                        break
-                    done += r
+                err = _pwrite_all(fd, self._buf, total, <off_t>self.segment_size, &done)
         if err:
             if done:
                 ftruncate(fd, <off_t>self.segment_size)  # back to where this flush started
@@ -985,14 +991,7 @@ cdef class LogWriter:
                 err = _fault(FP_WRITE)
             if err == 0:
                 with nogil:
-                    while done < n:
-                        r = pwrite(fd, p + done, n - done, <off_t>(start + done))
-                        if r < 0:
-                            if errno == EINTR:
-                                continue
-                            err = errno
-                            break
-                        done += r
+                    err = _pwrite_all(fd, p, n, <off_t>start, &done)
             if err:
                 raise OSError(err, strerror(err).decode(), self.segment_path)
             if _hooks_on:
