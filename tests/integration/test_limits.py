@@ -493,5 +493,6 @@ def test_ten_thousand_idle_connections(make_server):
         after = rss_kib(sp.proc.pid)
         print(f"closed: RSS {after / 1024:.1f} MiB (baseline {base / 1024:.1f} MiB); "
               f"test {time.monotonic() - t_start:.1f} s")
-    assert "memory given back" in sp.log()
+    # the trim runs a second after most connections closed: on a busy machine, after RSS was already back
+    wait_until(lambda: "memory given back" in sp.log(), timeout=10, interval=0.1)
     assert time.monotonic() - t_start < 60
