@@ -68,7 +68,10 @@ class Op(IntEnum):
     CLUSTER_REMOVE_NODE = 0x036
     REPL_FETCH = 0x03A  # ext: a replica fetches its leader's log (flo_server.cluster.replication)
     REPL_SNAPSHOT = 0x03B  # ext: a replica fetches its leader's state, page by page
-    CLUSTER_HOP = 0x03C  # ext: this connection carries requests forwarded by another member (never forwarded again)
+    CLUSTER_HOP = 0x03C  # ext: this connection carries requests forwarded by another member
+    CLUSTER_SLOTS = 0x03D  # ext: the slot map and each shard's leader and members (routing clients learn it)
+    CLUSTER_MIGRATE = 0x03E  # ext: admin asks a shard leader to move slots to another shard (move-slots)
+    CLUSTER_IMPORT = 0x03F  # ext: a shard leader hands the data of moving slots to the new owner
 
     KV_PUT = 0x100
     KV_GET = 0x101
@@ -198,6 +201,9 @@ _OPS: tuple[OpSpec, ...] = (
     OpSpec(Op.REPL_FETCH, R | B | X, "a replica fetches (and acknowledges) its shard leader's log"),
     OpSpec(Op.REPL_SNAPSHOT, R | X, "a replica fetches its shard leader's state"),
     OpSpec(Op.CLUSTER_HOP, R | X, "mark this connection as carrying forwarded requests"),
+    OpSpec(Op.CLUSTER_SLOTS, R | X, "the cluster's slot map and shard leaders (msgpack)"),
+    OpSpec(Op.CLUSTER_MIGRATE, W | X, "move slots from this shard to another, online"),
+    OpSpec(Op.CLUSTER_IMPORT, W | X, "take the data of slots moving to this shard"),
     OpSpec(Op.KV_PUT, T | W, "set a value (+TTL, condition, CAS, txn)"),
     OpSpec(Op.KV_GET, T | R | B, "get value and version, optional wait"),
     OpSpec(Op.KV_MGET, T | R, "multi-key get"),

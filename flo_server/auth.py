@@ -430,8 +430,8 @@ def _flo_access() -> dict[int, tuple[str | None, str | None]]:
     table: dict[int, tuple[str | None, str | None]] = {}
     for op, s in SPEC.items():
         right = "write" if s.flags & Flag.WRITE else "read"
-        if op < 0x010:
-            table[op] = (None, None)  # PING, SERVER_INFO, AUTH: any authenticated connection
+        if op < 0x010 or op == Op.CLUSTER_SLOTS:
+            table[op] = (None, None)  # PING, SERVER_INFO, AUTH, the slot map: any authenticated connection
         elif op < 0x100:
             table[op] = (None, "admin")  # namespaces, cluster
         elif op < 0x130:

@@ -324,4 +324,6 @@ class ClusterNode:
     def info(self) -> dict:
         return {"cluster": self.coord.cluster, "shard": self.shard, "node": self.node, "role": self.role,
                 "epoch": self.epoch, "leader": self.leader[1] if self.leader else None,
-                "sync_replicas": self.sync_replicas, "replicas": json.loads(json.dumps(self.replicas))}
+                "sync_replicas": self.sync_replicas, "replicas": json.loads(json.dumps(self.replicas)),
+                "leaders": {str(s): lead[1] for s, lead in self.leaders.items()},
+                "shards": self.slot_map.shards if self.slot_map is not None else 0}

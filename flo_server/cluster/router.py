@@ -19,6 +19,8 @@ import asyncio
 import logging
 from typing import Any
 
+import msgpack
+
 from flo_core.body import Reader, Writer
 from flo_core.errors import Refusal
 from flo_core.slots import key_slot
@@ -29,7 +31,8 @@ log = logging.getLogger("flo.cluster")
 
 #: Ops served by the member they reach, whatever their key.
 LOCAL_OPS = frozenset({
-    Op.PING, Op.SERVER_INFO, Op.AUTH, Op.REPL_FETCH, Op.REPL_SNAPSHOT, Op.CLUSTER_HOP,
+    Op.PING, Op.SERVER_INFO, Op.AUTH, Op.REPL_FETCH, Op.REPL_SNAPSHOT, Op.CLUSTER_HOP, Op.CLUSTER_SLOTS,
+    Op.CLUSTER_MIGRATE, Op.CLUSTER_IMPORT,
     Op.NAMESPACE_CREATE, Op.NAMESPACE_DELETE, Op.NAMESPACE_LIST, Op.NAMESPACE_INFO,
     Op.NAMESPACE_CONFIG_SET, Op.NAMESPACE_CONFIG_GET,
 })
@@ -208,6 +211,21 @@ class Router:
         for conn in self._peers.values():
             conn.close()
         self._peers.clear()
+
+
+@handler(Op.CLUSTER_SLOTS)
+def cluster_slots(srv: Any, req: Any) -> bytes:
+    """CLUSTER_SLOTS -> msgpack ``{"cluster", "shards", "ranges": [[first, last, shard]], "leaders": {shard:
+    "host:port"}, "members": {shard: ["host:port", ...]}}`` (ext): what a routing client needs to send each request
+    to its owner. Served by every member, from its view of etcd (refreshed every half second)."""
+    node = srv.cluster
+    if node is None or node.slot_map is None:
+        raise Refusal(Reason.MALFORMED, "CLUSTER_SLOTS: this server is not a cluster member")
+    m = node.slot_map
+    info = {"cluster": node.coord.cluster, "shards": m.shards, "ranges": [list(r) for r in m.ranges],
+            "leaders": {s: lead[1] for s, lead in node.leaders.items()},
+            "members": {s: sorted(r.get("advertise", "") for r in ms.values()) for s, ms in node.members.items()}}
+    return msgpack.packb(info)
 
 
 @handler(Op.CLUSTER_HOP)

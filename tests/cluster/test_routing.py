@@ -3,45 +3,20 @@ by flo_client, the public SDK, redis-py's RedisCluster and redis-cli -c."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
-import sys
-import time
-import uuid
 
 import pytest
 
 from flo_client import FloClient
 from flo_core.slots import key_slot
-from tests.helpers import ServerProc
 
 
 @pytest.fixture
-def two_shards(tmp_path, etcd):
-    name = "s" + uuid.uuid4().hex[:8]
-    subprocess.run([sys.executable, "-m", "flo_server", "cluster", "create", "--etcd", etcd.urls, "--cluster", name,
-                    "--shards", "2"], check=True, capture_output=True, timeout=60)
-    procs = [ServerProc(tmp_path / f"s{i}", "--etcd", etcd.urls, "--cluster", name, "--shard", str(i),
-                        "--node", f"n{i}", "--lease-ms", "2000").start() for i in range(2)]
-    yield procs
-    for p in procs:
-        p.stop()
-
-
-async def both_lead(procs, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        infos = []
-        for p in procs:
-            async with FloClient(p.endpoint) as c:
-                infos.append((await c.server_info())["cluster"])
-        # each knows both leaders (it learns the other's from etcd within half a second)
-        if all(i["role"] == "leader" for i in infos):
-            await asyncio.sleep(1.0)
-            return
-        assert time.monotonic() < deadline, infos
-        await asyncio.sleep(0.05)
+async def two_shards(cluster):
+    c = cluster(2)
+    await c.ready()
+    return c.members
 
 
 def owner(key: str) -> int:
@@ -49,7 +24,6 @@ def owner(key: str) -> int:
 
 
 async def test_keys_land_on_their_owner_and_are_reachable_through_any_member(two_shards):
-    await both_lead(two_shards)
     keys = [f"user:{i}" for i in range(200)]
     async with FloClient(two_shards[0].endpoint) as c:
         versions = {k: (await c.kv.put(k, k.encode())).version for k in keys}
@@ -84,7 +58,6 @@ async def test_keys_land_on_their_owner_and_are_reachable_through_any_member(two
 
 
 async def test_redis_cluster_clients_follow_the_slot_map(two_shards):
-    await both_lead(two_shards)
     from redis.cluster import ClusterNode, RedisCluster
 
     async with FloClient(two_shards[0].endpoint) as c:
@@ -113,7 +86,6 @@ async def test_redis_cluster_clients_follow_the_slot_map(two_shards):
 
 
 async def test_what_does_not_route_across_shards_yet_is_refused_not_answered_in_part(two_shards):
-    await both_lead(two_shards)
     from flo_core.errors import FloError
 
     async with FloClient(two_shards[0].endpoint) as c:
