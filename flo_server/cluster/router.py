@@ -25,6 +25,7 @@ from flo_core.body import Reader, Writer
 from flo_core.errors import Refusal
 from flo_core.slots import key_slot
 from flo_core.spec import SPEC, Flag, Op, Reason
+from flo_server.cluster import scatter
 from flo_server.dispatch import handler
 
 log = logging.getLogger("flo.cluster")
@@ -37,9 +38,10 @@ LOCAL_OPS = frozenset({
     Op.NAMESPACE_CONFIG_SET, Op.NAMESPACE_CONFIG_GET,
 })
 FORWARD_TIMEOUT_S = 30.0
-#: Ops whose routing on a cluster of several shards is not built yet (docs/cluster.md, "Not yet"): refused
-#: there rather than answered from one shard (a scan or a list would silently miss the others' keys).
-NOT_ACROSS_SHARDS = frozenset({
+#: Ops that are not simply "the owner of the key's slot" on a cluster of several shards: a scan or a list
+#: covers every shard, a transaction's commit goes where it began, an action run lives where its action
+#: does. :mod:`flo_server.cluster.scatter` routes them.
+ACROSS_SHARDS = frozenset({
     Op.KV_SCAN, Op.KV_COMMIT_TXN, Op.KV_ROLLBACK_TXN, Op.QUEUE_LIST, Op.STREAM_LIST,
     Op.ACTION_STATUS, Op.ACTION_LIST, Op.ACTION_LIST_RUNS, Op.ACTION_DELETE, Op.ACTION_AWAIT, Op.ACTION_COMPLETE,
     Op.ACTION_FAIL, Op.ACTION_TOUCH, Op.ACTION_RESULT, Op.ACTION_CANCEL, Op.WORKER_REGISTER, Op.WORKER_HEARTBEAT,
@@ -87,10 +89,8 @@ class Router:
         """None to serve ``req`` here, else a coroutine answering ``(status, data)`` from elsewhere."""
         if op in LOCAL_OPS:
             return None
-        if op in NOT_ACROSS_SHARDS and self.node.slot_map.shards > 1:
-            name = SPEC[op].op.name
-            raise Refusal(Reason.UNCLASSIFIED, f"{name} is not supported on a cluster of more than one shard yet "
-                                               "(docs/cluster.md)")
+        if op in ACROSS_SHARDS and self.node.slot_map.shards > 1:
+            return scatter.route(self, req, op, payload)  # scans, lists, transactions, actions (scatter.py)
         if op == Op.KV_MGET:
             return self._mget(req, payload)
         if op == Op.KV_MPUT:
@@ -105,6 +105,10 @@ class Router:
             return None
         if self._read_without_leader(slot, op):
             return None
+        if getattr(req.conn, "routing", False):
+            # A routing client (flo_client with the slot map) sends each request to its owner: tell it
+            # where the slot lives rather than forwarding, as Redis Cluster's MOVED does. Nothing ran.
+            raise Refusal(Reason.LEADER_UNKNOWN, f"MOVED {slot} {self.leader_for(slot)}")
         if getattr(req.conn, "forwarded", False):
             # Another member's view of the cluster is a moment old: it retries, we never pass it on.
             raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN slot {slot} is not served here (a moved leader "
@@ -217,10 +221,18 @@ class Router:
 def cluster_slots(srv: Any, req: Any) -> bytes:
     """CLUSTER_SLOTS -> msgpack ``{"cluster", "shards", "ranges": [[first, last, shard]], "leaders": {shard:
     "host:port"}, "members": {shard: ["host:port", ...]}}`` (ext): what a routing client needs to send each request
-    to its owner. Served by every member, from its view of etcd (refreshed every half second)."""
+    to its owner. Served by every member, from its view of etcd (refreshed every half second). With value
+    msgpack ``{"redirect": true}`` the connection is marked as routing by itself: a request this member does
+    not serve is then refused ``LEADER_UNKNOWN`` "MOVED <slot> <host:port>" (nothing ran) instead of forwarded."""
     node = srv.cluster
     if node is None or node.slot_map is None:
         raise Refusal(Reason.MALFORMED, "CLUSTER_SLOTS: this server is not a cluster member")
+    if req.value and req.conn is not None:
+        # value msgpack {"redirect": true}: this connection routes by itself; answer MOVED instead of forwarding
+        try:
+            req.conn.routing = bool(msgpack.unpackb(req.value).get("redirect"))
+        except Exception:  # noqa: BLE001 - bad input is refused, never fatal
+            raise Refusal(Reason.MALFORMED, "CLUSTER_SLOTS: value must be msgpack {\"redirect\": bool}") from None
     m = node.slot_map
     info = {"cluster": node.coord.cluster, "shards": m.shards, "ranges": [list(r) for r in m.ranges],
             "leaders": {s: lead[1] for s, lead in node.leaders.items()},
