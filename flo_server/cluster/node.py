@@ -326,4 +326,5 @@ class ClusterNode:
                 "epoch": self.epoch, "leader": self.leader[1] if self.leader else None,
                 "sync_replicas": self.sync_replicas, "replicas": json.loads(json.dumps(self.replicas)),
                 "leaders": {str(s): lead[1] for s, lead in self.leaders.items()},
-                "shards": self.slot_map.shards if self.slot_map is not None else 0}
+                "shards": self.slot_map.shards if self.slot_map is not None else 0,
+                "forwarded": self.router.forwarded if self.router else 0}
