@@ -42,6 +42,10 @@ from flo_server.journal import applier
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_TTL_MS = 18_446_744_073_709  # ~584 years: now + ttl stays a timestamp the log and the store can hold
 MGET_ANSWER_BUDGET = 8 * 1024 * 1024  # answer a prefix (next_index) past this
+# A transaction id names its shard in bits 48..61, so a cluster sends its commit where it began
+# (flo_server.cluster.scatter); a scan cursor leaves 2 bytes of its 64 for the cluster's shard prefix.
+TXN_SHARD_SHIFT = 48
+SCAN_CURSOR_ROOM = 2
 
 
 # --- appliers: the only code that changes the KV store ------------------------
@@ -148,6 +152,24 @@ def _not_found(what: str = "key not found") -> Refusal:
     return Refusal(Reason.NOT_FOUND, what)
 
 
+def txn_shard(tid: int) -> int:
+    """The shard a transaction id was opened on (0 outside a cluster)."""
+    return (tid >> TXN_SHARD_SHIFT) & 0x3FFF
+
+
+def _own_shard(srv: Any) -> int:
+    return srv.cluster.shard if srv.cluster is not None else 0
+
+
+def _open_txn(srv: Any, tid: int, routing: str | None, now: int) -> "Txn":
+    """The open transaction ``tid``; an op whose key lives on another shard than its transaction is
+    refused as such (every key of a transaction must share its shard: give them its {hash tag})."""
+    if srv.cluster is not None and txn_shard(tid) != _own_shard(srv):
+        raise Refusal(Reason.WRONG_ROUTING_KEY, f"CROSSSLOT this key lives on shard {_own_shard(srv)}, the "
+                                                f"transaction on shard {txn_shard(tid)}: give its keys a {{hash tag}}")
+    return srv.txns.get(tid, routing, now)
+
+
 def _routing_and_txn(r: Reader) -> tuple[str | None, int | None]:
     routing = r.opt_str16()
     txn = r.opt_u64()
@@ -186,13 +208,13 @@ class Txns:
     def __init__(self) -> None:
         self.open: dict[int, Txn] = {}
 
-    def begin(self, ns: str, routing: bytes, now: int) -> Txn:
+    def begin(self, ns: str, routing: bytes, now: int, shard: int = 0) -> Txn:
         self.expire(now)
         if len(self.open) >= TXN_MAX_OPEN:
             raise Refusal(Reason.TOO_MANY_TRANSACTIONS, f"{TXN_MAX_OPEN} transactions are open; retry later")
-        tid = secrets.randbits(63) | 1
+        tid = (shard << TXN_SHARD_SHIFT) | secrets.randbits(TXN_SHARD_SHIFT) | 1
         while tid in self.open:
-            tid = secrets.randbits(63) | 1
+            tid = (shard << TXN_SHARD_SHIFT) | secrets.randbits(TXN_SHARD_SHIFT) | 1
         txn = self.open[tid] = Txn(tid, ns, routing, now)
         return txn
 
@@ -264,7 +286,7 @@ def _run_txn_op(view: _View, op: tuple, now: int) -> None:
 
 
 def _txn_write(srv: Any, req: Request, tid: int, routing: str | None, op: tuple, nbytes: int) -> None:
-    txn = srv.txns.get(tid, routing, req.now)
+    txn = _open_txn(srv, tid, routing, req.now)
     _run_txn_op(_View(srv, txn, req.now), op, req.now)  # refuse now what would fail at commit
     txn.add(op, nbytes)
 
@@ -274,7 +296,7 @@ def kv_begin(srv: Any, req: Request) -> bytes:
     """KV_BEGIN_TXN key=routing key -> [txn_id u64][pinned_hash u64]"""
     if not req.key:
         raise Refusal(Reason.MALFORMED, "a transaction needs a routing key")
-    txn = srv.txns.begin(req.ns, req.key, req.now)
+    txn = srv.txns.begin(req.ns, req.key, req.now, _own_shard(srv))
     return Writer().u64(txn.id).u64(zlib.crc32(req.key)).getvalue()
 
 
@@ -389,7 +411,7 @@ def kv_exists(srv: Any, req: Request) -> bytes:
     """KV_EXISTS routing txn -> [exists flag][version u64]"""
     routing, tid = _routing_and_txn(Reader(req.body))
     if tid is not None:
-        entry = _View(srv, srv.txns.get(tid, routing, req.now), req.now).get(req.key)
+        entry = _View(srv, _open_txn(srv, tid, routing, req.now), req.now).get(req.key)
     else:
         entry = srv.kv.get(req.ns, req.key, req.now)
     if entry is None:
@@ -411,7 +433,7 @@ def kv_get(srv: Any, req: Request) -> Any:
     if wait_ms > MAX_BLOCK_MS:
         raise Refusal(Reason.OUT_OF_RANGE, f"wait_ms above {MAX_BLOCK_MS}")
     if tid is not None:
-        entry = _View(srv, srv.txns.get(tid, routing, req.now), req.now).get(req.key)
+        entry = _View(srv, _open_txn(srv, tid, routing, req.now), req.now).get(req.key)
         if entry is None:
             raise _not_found()
         return _value_answer(entry)
@@ -467,15 +489,23 @@ def kv_mget(srv: Any, req: Request) -> bytes:
     return w.opt_u64(None).getvalue() if answered == count else w.u8(1).u16(answered).getvalue()
 
 
-@handler(Op.KV_SCAN)
-def kv_scan(srv: Any, req: Request) -> bytes:
-    """KV_SCAN key=prefix; opt(limit u32) [cursor bytes8] -> [count u16] names opt(bytes8 cursor)"""
-    r = Reader(req.body)
+def scan_body(body: bytes) -> tuple[int, bytes]:
+    """A KV_SCAN body's (limit, cursor), bounded (a cluster's scan reads it too: flo_server.cluster.scatter)."""
+    r = Reader(body)
     limit = r.opt_u32()
     limit = DEFAULT_SCAN_LIMIT if limit is None else limit
     cursor = r.bytes8() if not r.at_end() else b""
     if not 1 <= limit <= MAX_SCAN_LIMIT:
         raise Refusal(Reason.OUT_OF_RANGE, f"scan limit is 1..{MAX_SCAN_LIMIT}")
+    if len(cursor) > MAX_SCAN_CURSOR:
+        raise Refusal(Reason.FIELD_TOO_LONG, f"scan cursor longer than {MAX_SCAN_CURSOR} bytes")
+    return limit, cursor
+
+
+@handler(Op.KV_SCAN)
+def kv_scan(srv: Any, req: Request) -> bytes:
+    """KV_SCAN key=prefix; opt(limit u32) [cursor bytes8] -> [count u16] names opt(bytes8 cursor)"""
+    limit, cursor = scan_body(req.body)
     after = srv.scan_cursors.resolve(cursor)
     names, more = srv.kv.scan(req.ns, req.key, after, limit, req.now)
     w = Writer().u16(len(names))
@@ -503,7 +533,7 @@ class ScanCursors:
         self._tokens: dict[bytes, bytes] = {}
 
     def make(self, last: bytes, now: int) -> bytes:
-        if len(last) < MAX_SCAN_CURSOR:
+        if 1 + len(last) <= MAX_SCAN_CURSOR - SCAN_CURSOR_ROOM:
             return bytes((self.INLINE,)) + last
         token = secrets.token_bytes(16)
         if len(self._tokens) >= self.LIMIT:
