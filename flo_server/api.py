@@ -754,7 +754,7 @@ def flame(srv: Any, user: Any, query: dict) -> dict:
     sessions = []
     seen = set()
     for k in open_ids[:limit]:
-        sid = k[5:].decode("utf-8", "replace")
+        sid = R.tagged_id(k.decode("utf-8", "replace"))
         rec = _record(srv, ns, R.k_ssn(sid), now)
         if isinstance(rec, dict):
             sessions.append(_session(srv, ns, rec, now))
@@ -774,7 +774,7 @@ def flame(srv: Any, user: Any, query: dict) -> dict:
         if not (c.get("failed") or c.get("cancelled")) or budget <= 0:
             continue
         after = b""
-        prefix = f"task/{s['id']}/".encode("utf-8")
+        prefix = R.p_tasks(s['id']).encode("utf-8")
         while budget > 0 and len(errors) < MAX_ITEMS:
             names, more = srv.kv.scan(ns, prefix, after, min(budget, 500), now)
             budget -= len(names)
@@ -801,7 +801,7 @@ def flame_session(srv: Any, user: Any, query: dict) -> dict:
     if not isinstance(rec, dict):
         raise HttpError(404, f"no flamepy session {sid!r}")
     limit = _int(query, "limit", 200, 1, MAX_ITEMS)
-    tasks, more = _scan_records(srv, ns, f"task/{sid}/", limit, now)
+    tasks, more = _scan_records(srv, ns, R.p_tasks(sid), limit, now)
     rows = [_task(r) for _, r in tasks if isinstance(r, dict)]
     rows.sort(key=lambda t: t["id"] if isinstance(t["id"], int) else 0)
     return {"session": {**_session(srv, ns, rec, now), "events": _events(rec, 50)}, "tasks": rows,

@@ -223,7 +223,7 @@ def _flame(srv: Any, now: int) -> Iterator[Any]:
     by_inst: dict[tuple[str, str], int] = {}
     opened = [k for k in list(space.keys)[:100_000] if k.startswith(b"open/")]
     for key in opened[:MAX_LABELLED]:
-        sid = key[5:].decode("utf-8", "replace")
+        sid = R.tagged_id(key.decode("utf-8", "replace"))
         e = kv.get(R.NAMESPACE, key, now)
         if e is None:
             continue

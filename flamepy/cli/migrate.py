@@ -49,6 +49,7 @@ from ..core import _runtime
 from ..core import records as R
 from ..core._store import Conflict, Store
 from ..core.config import normalize_endpoint
+from ..executor.layout import object_key_now
 from ..core.types import FlameError, FlameErrorCode, ResourceRequirement, SessionState, TaskState
 
 __all__ = ["MigrateReport", "import_from", "export_to"]
@@ -288,7 +289,7 @@ def _read_records(items) -> tuple[list, list, list]:
             rec = R.unpack(value)
             tasks.setdefault(rec["ssn"], []).append((rec, None, None))
         else:
-            raw.append((key, value))
+            raw.append((object_key_now(key), value))  # an object of the old key layout lands in today's
     ordered = sorted(sessions.values(), key=lambda r: (r["ctime"], r["id"]))
     return apps, [(s, sorted(tasks.get(s["id"], []), key=lambda t: t[0]["id"])) for s in ordered], raw
 
@@ -364,16 +365,6 @@ async def _write_session(store: Store, ssn: dict, tasks: list, report: MigrateRe
         meta.append((R.k_open(sid), ssn["app"].encode()))
     await store.put_many(records + meta)
     if is_open and pending:  # records are in before the messages that name them
-        for first, last_id in _runs(pending):
+        for first, last_id in R.id_runs(pending):
             await store.enqueue(R.q_tasks(sid), R.chunk_payload(first, last_id), R.PRIORITY_FRESH)
 
-
-def _runs(ids: list[int]) -> list[tuple[int, int]]:
-    """Sorted ids as chunks of consecutive ids, each at most R.CHUNK_TASKS long (a task queue message's shape)."""
-    out: list[tuple[int, int]] = []
-    for tid in ids:
-        if out and tid == out[-1][1] + 1 and tid - out[-1][0] < R.CHUNK_TASKS:
-            out[-1] = (out[-1][0], tid)
-        else:
-            out.append((tid, tid))
-    return out

@@ -29,6 +29,16 @@ MPUT_MAX_ITEMS = MAX_MPUT_ITEMS     # one KV_MPUT request carries at most this m
 MPUT_MAX_BYTES = 4 * 1024 * 1024    # ... and about this many key+value bytes (well under the 16 MiB frame)
 
 
+def _routing_tag(key: str) -> str:
+    """What a cluster routes ``key`` by: its ``{hash tag}``, or the whole key (flo_core.slots.hash_tag)."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
+
+
 class Conflict(Exception):
     """A CAS / if-absent write lost."""
 
@@ -116,23 +126,26 @@ class Store:
     @staticmethod
     def mput_requests(items: Sequence[tuple]) -> list[list[tuple]]:
         """Split ``put_many`` items into requests of at most ``MPUT_MAX_ITEMS`` items and about
-        ``MPUT_MAX_BYTES`` bytes, never with a key twice in one request (the server refuses that)."""
+        ``MPUT_MAX_BYTES`` bytes, never with a key twice in one request (the server refuses that),
+        and never with keys of two routing tags: on a cluster one KV_MPUT must stay on one shard.
+        Keys with the same ``{hash tag}`` (flamepy's layout: one session's) share requests; a key
+        without one goes alone. Items keep their order within a tag."""
         requests: list[list[tuple]] = []
-        batch: list[tuple] = []
-        keys: set[str] = set()
-        size = 0
+        open_batches: dict[str, list] = {}   # tag -> [batch, keys, size]
         for item in items:
             key, value = item[0], item[1]
             cas = item[2] if len(item) > 2 else None
-            if batch and (len(batch) >= MPUT_MAX_ITEMS or size + len(key) + len(value) > MPUT_MAX_BYTES
-                          or key in keys):
-                requests.append(batch)
-                batch, keys, size = [], set(), 0
-            batch.append((key, value) if cas is None else (key, value, PutOptions(cas_version=cas)))
-            keys.add(key)
-            size += len(key) + len(value)
-        if batch:
-            requests.append(batch)
+            route = _routing_tag(key)
+            entry = open_batches.get(route)
+            if entry is not None and (len(entry[0]) >= MPUT_MAX_ITEMS or key in entry[1]
+                                      or entry[2] + len(key) + len(value) > MPUT_MAX_BYTES):
+                entry = None
+            if entry is None:
+                entry = open_batches[route] = [[], set(), 0]
+                requests.append(entry[0])
+            entry[0].append((key, value) if cas is None else (key, value, PutOptions(cas_version=cas)))
+            entry[1].add(key)
+            entry[2] += len(key) + len(value)
         return requests
 
     async def mput(self, request: list[tuple]) -> list[Optional[int]]:

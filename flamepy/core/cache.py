@@ -4,10 +4,13 @@ Flame runs a separate cache service; here objects live in the same flo-server
 (namespace ``flame``), under ``<app>/<session>/<object-id>`` keys:
 
 =================================  ===============================================================
-``obj/<key>``                      the head: ``{v: version, bv: base version, g: generation, f: format}``
-``objd/<key>/<g>/<bv>``            the base (a blob reference: inline, or ``blob/<uuid>/<i>`` chunks)
-``objd/<key>/<g>/<bv+1..v>``       the deltas, one per version, in patch order
+``obj/{<app>/<ssn>}/<id>``         the head: ``{v: version, bv: base version, g: generation, f: format}``
+``objd/{<app>/<ssn>}/<id>/<g>/<bv>``  the base (a blob reference: inline, or ``blob/{<app>/<ssn>}<uuid>/<i>``)
+``objd/{<app>/<ssn>}/<id>/<g>/<v>``   the deltas (``bv+1..v``), one per version, in patch order
 =================================  ===============================================================
+
+(``{<app>/<ssn>}`` is a hash tag: on a cluster a session's objects, their parts and chunks share a
+shard, so a write's transaction stays on one; :func:`flamepy.core.records.k_obj`.)
 
 Every write is one KV transaction: the head, CAS-guarded on its KV version, plus
 the part it adds, so concurrent writers never lose a delta and a reader never sees
@@ -379,8 +382,8 @@ async def _fetch(store: Store, key: str, kept: Optional[_Kept]) -> tuple[str, Op
         _count(bytes_fetched=nread)
 
 
-async def _write_blob(store: Store, data: bytes) -> Any:
-    ref, chunks = R.split_blob(data)
+async def _write_blob(store: Store, key: str, data: bytes) -> Any:
+    ref, chunks = R.split_blob(data, key.rsplit("/", 1)[0])  # on the object's shard
     await store.write_chunks(chunks)
     return ref
 
@@ -438,7 +441,7 @@ async def _install_base(store: Store, key: str, ref: Any, fmt: str, fresh: bool 
 
 async def _patch(store: Store, key: str, data: bytes) -> tuple[int, int, str]:
     """Append one delta; (new version, base version, generation)."""
-    ref = await _write_blob(store, data)
+    ref = await _write_blob(store, key, data)
     try:
         for _ in range(WRITE_RETRIES):
             head, kv_version, _ = await _read_head(store, key)
@@ -472,8 +475,8 @@ async def _delete(store: Store, keys: list[str]) -> int:
 async def _keys_under(store: Store, object_key: ObjectKey) -> list[str]:
     if object_key.object_id is not None:
         return [object_key.to_key()]
-    prefix = f"{object_key.app_name}/" if object_key.is_all_sessions() else f"{object_key.to_prefix()}/"
-    return [k[len("obj/"):] for k in await store.scan(R.k_obj(prefix))]
+    prefix = R.p_obj(object_key.app_name, None if object_key.is_all_sessions() else object_key.session_id)
+    return [R.obj_key_of(k) for k in await store.scan(prefix)]
 
 
 # -- the API --------------------------------------------------------------------------------------------------
@@ -504,7 +507,7 @@ def put_object(key_prefix: str, obj: Any) -> ObjectRef:
 
 
 async def _install(store: Store, key: str, data: bytes, fmt: str, fresh: bool = False) -> tuple[int, str]:
-    ref = await _write_blob(store, data)
+    ref = await _write_blob(store, key, data)
     try:
         return await _install_base(store, key, ref, fmt, fresh)
     except ValueError:   # refused, nothing written (see _patch)
@@ -592,7 +595,7 @@ def upload_object(key_or_prefix: str, file_path: str) -> ObjectRef:
         with open(file_path, "rb") as f:
             ref: Any = ["i", f.read()]
     else:
-        ref = _upload_chunks(store, file_path)
+        ref = _upload_chunks(store, key, file_path)
     try:
         version, _ = _runtime.run(_install_base(store, key, ref, _RAW))
     except ValueError:   # refused, nothing written (see _patch)
@@ -602,9 +605,9 @@ def upload_object(key_or_prefix: str, file_path: str) -> ObjectRef:
     return ObjectRef(endpoint=store.endpoint, key=key, version=version)
 
 
-def _upload_chunks(store: Store, file_path: str) -> list:
+def _upload_chunks(store: Store, key: str, file_path: str) -> list:
     """Write a file as blob chunks, a few at a time (file reads stay off the I/O loop); its blob reference."""
-    bid, n, size = uuid.uuid4().hex, 0, 0
+    bid, n, size = R.new_blob_id(key.rsplit("/", 1)[0]), 0, 0
     try:
         with open(file_path, "rb") as f:
             while True:

@@ -58,7 +58,7 @@ async def update_application(store: Store, name: str, attrs: dict) -> None:
 
 
 async def _refuse_if_open_sessions(store: Store, app: str) -> list[str]:
-    sids = [k.rsplit("/", 1)[1] for k in await store.scan(f"appssn/{app}/")]
+    sids = [k.rsplit("/", 1)[1] for k in await store.scan(R.p_appssn(app))]
     opened = await store.mget([R.k_open(s) for s in sids]) if sids else []
     n_open = sum(1 for o in opened if o is not None)
     if n_open:
@@ -241,7 +241,7 @@ async def close_session(store: Store, sid: str, force: bool = False) -> dict:
 
 async def _cancel_running_tasks(store: Store, sid: str, message: str) -> None:
     """RUNNING → CANCELLED (CAS: a result recorded first stands; the instance's later write loses)."""
-    keys = await store.scan(f"task/{sid}/")
+    keys = await store.scan(R.p_tasks(sid))
     for i in range(0, len(keys), 256):
         for v in await store.mget(keys[i:i + 256]):
             if v is not None and R.unpack(v[0])["state"] == int(TaskState.RUNNING):
@@ -249,7 +249,7 @@ async def _cancel_running_tasks(store: Store, sid: str, message: str) -> None:
 
 
 async def delete_session_data(store: Store, app: str, sid: str) -> None:
-    keys = await store.scan(f"task/{sid}/")
+    keys = await store.scan(R.p_tasks(sid))
     recs = await store.mget(keys)
     chunk_keys = [k for v in recs if v for ref in (R.unpack(v[0]).get("input"), R.unpack(v[0]).get("output"))
                   for k in R.blob_chunk_keys(ref)]
@@ -279,7 +279,7 @@ async def create_tasks(store: Store, sid: str, inputs: Sequence[Optional[bytes]]
     chunk_writes: list = []
     records: list = []
     for tid, data in zip(ids, inputs):
-        ref, chunks = R.split_blob(data)
+        ref, chunks = R.split_blob(data, sid)
         chunk_writes.extend(chunks)
         records.append((R.k_task(sid, tid), R.pack(R.new_task_record(sid, tid, ref, reply, now))))
     # Blob chunks before the records that point at them, records before the messages naming them.
@@ -379,7 +379,7 @@ async def finish_batch(store: Store, sid: str, done: Sequence[tuple], acks: Sequ
         return []
     puts, finals, chunk_writes = [], [], []
     for rec, prev_state, version, state, output, message in done:
-        ref, chunks = R.split_blob(output)
+        ref, chunks = R.split_blob(output, sid)
         chunk_writes.extend(chunks)
         final = terminal_record(rec, state, ref, message)
         finals.append((prev_state, final, message))
@@ -418,7 +418,7 @@ _COUNTER_OF = {int(TaskState.SUCCEED): "succeed", int(TaskState.FAILED): "failed
 async def finish_task(store: Store, sid: str, rec: dict, version: int, state: TaskState,
                       output: Optional[bytes], message: Optional[str]) -> bool:
     """RUNNING/PENDING → terminal, then counters, then the client's notice. False if someone else finished it."""
-    ref, chunks = R.split_blob(output)
+    ref, chunks = R.split_blob(output, sid)
     await store.write_chunks(chunks)
     prev_state = rec["state"]
     tid = rec["id"]
@@ -456,7 +456,7 @@ async def notify(store: Store, rec: dict, message: Optional[str] = None) -> None
 
 async def cancel_pending_tasks(store: Store, sid: str, state: TaskState, message: str) -> int:
     """Every PENDING task of the session → ``state`` (CANCELLED on close, FAILED when no instance can start)."""
-    keys = await store.scan(f"task/{sid}/")
+    keys = await store.scan(R.p_tasks(sid))
     n = 0
     for i in range(0, len(keys), 256):
         batch = keys[i:i + 256]
@@ -540,5 +540,5 @@ async def load_tasks(store: Store, sid: str, tids: Sequence[int]) -> list:
 
 async def task_ids(store: Store, sid: str) -> list[int]:
     """Every task id of a session, in creation order."""
-    keys = await store.scan(f"task/{sid}/")
+    keys = await store.scan(R.p_tasks(sid))
     return sorted(int(k.rsplit("/", 1)[1]) for k in keys)

@@ -4,26 +4,35 @@ All keys live in one namespace (``flame`` unless ``FLAME_NAMESPACE`` says
 otherwise). Application, session and task ids are restricted to
 ``[A-Za-z0-9._-]`` so ``/`` is a safe separator and prefix scans are exact.
 
-=====================  =====================================================
-key / queue            what
-=====================  =====================================================
-app/<name>             application record
-ssn/<id>               session record (state, spec, events)
-open/<id>              exists while the session is open (value: app name)
-appssn/<app>/<id>      index of an application's sessions
-seq/<id>               task id counter (kv.incr)
-task/<id>/<tid>        task record (state, input, output, events)
-cnt/<id>/<counter>     pending / running / succeed / failed / cancelled
-alloc/<id>             instances reserved for the session (all managers)
-ready/<instance>       written by an instance once it serves its session
-exec/<instance>        executor record (node, session, state, resreq) kept by its executor manager
-node/<name>            a manager's heartbeat (capacity, hostname, arch, os; TTL 15 s)
-blob/<uuid>/<i>        chunks of values bigger than one KV value
-obj/<app>/<ssn>/<oid>  object cache record; objd/.../<n> its deltas
-q: tasks/<id>          pending task ids of a session (leased queue), one message per *chunk*
-                       of consecutive ids: payload ``b"<first>"`` or ``b"<first>-<last>"``
-q: reply/<client>      completion notices for one client process
-=====================  =====================================================
+Every key that names a session carries the session id as a Redis ``{hash tag}``:
+on a cluster the slot of such a key is that of the session id alone, so one
+session's records, counters, task queue and blob chunks live on one shard (a
+``put_many`` of its task records is one request there, and the order of one
+connection's requests holds). One layout for every deployment; data of the
+layout before it (no tags) is moved once when an executor manager starts
+(:mod:`flamepy.executor.layout`).
+
+===========================  =====================================================
+key / queue                  what
+===========================  =====================================================
+app/<name>                   application record (one key: its slot is its name's)
+ssn/{<id>}                   session record (state, spec, events)
+open/{<id>}                  exists while the session is open (value: app name)
+appssn/{<app>}/<id>          index of an application's sessions (on the app's shard)
+seq/{<id>}                   task id counter (kv.incr)
+task/{<id>}/<tid>            task record (state, input, output, events)
+cnt/{<id>}/<counter>         pending / running / succeed / failed / cancelled
+alloc/{<id>}                 instances reserved for the session (all managers)
+ready/<instance>             written by an instance once it serves its session
+exec/<instance>              executor record (node, session, state, resreq) kept by its executor manager
+node/<name>                  a manager's heartbeat (capacity, hostname, arch, os; TTL 15 s)
+blob/{<tag>}<uuid>/<i>       chunks of values bigger than one KV value (tag: the session, or
+                             the object's ``<app>/<ssn>``; blobs of the old layout: blob/<uuid>/<i>)
+obj/{<app>/<ssn>}/<oid>      object cache record; objd/{<app>/<ssn>}/<oid>/<n> its deltas
+q: tasks/{<id>}              pending task ids of a session (leased queue), one message per *chunk*
+                             of consecutive ids: payload ``b"<first>"`` or ``b"<first>-<last>"``
+q: reply/<client>            completion notices for one client process
+===========================  =====================================================
 
 An instance tells its executor manager what it is doing through a small local
 file (``FLAME_INSTANCE_STATE``) it keeps mapped: the running task id (one
@@ -60,22 +69,66 @@ DEFAULT_DELAY_RELEASE = 60
 DEFAULT_APP_MAX_INSTANCES = 1_000_000
 
 
+def tag(text: str) -> str:
+    """``{text}``: the part of a key a cluster routes by (flo_core.slots.hash_tag)."""
+    return "{" + text + "}"
+
+
+def tagged_id(key: str) -> str:
+    """The id inside a key's ``{hash tag}``: ``"open/{s-1}"`` → ``"s-1"`` (``""`` without one)."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1:end] if start >= 0 and end > start else ""
+
+
 def k_app(name: str) -> str: return f"app/{name}"
-def k_ssn(sid: str) -> str: return f"ssn/{sid}"
-def k_open(sid: str) -> str: return f"open/{sid}"
-def k_appssn(app: str, sid: str) -> str: return f"appssn/{app}/{sid}"
-def k_seq(sid: str) -> str: return f"seq/{sid}"
-def k_task(sid: str, tid: int | str) -> str: return f"task/{sid}/{tid}"
-def k_cnt(sid: str, name: str) -> str: return f"cnt/{sid}/{name}"
-def k_alloc(sid: str) -> str: return f"alloc/{sid}"
+def k_ssn(sid: str) -> str: return f"ssn/{{{sid}}}"
+def k_open(sid: str) -> str: return f"open/{{{sid}}}"
+def k_appssn(app: str, sid: str) -> str: return f"appssn/{{{app}}}/{sid}"
+def p_appssn(app: str) -> str: return f"appssn/{{{app}}}/"
+def k_seq(sid: str) -> str: return f"seq/{{{sid}}}"
+def k_task(sid: str, tid: int | str) -> str: return f"task/{{{sid}}}/{tid}"
+def p_tasks(sid: str) -> str: return f"task/{{{sid}}}/"
+def k_cnt(sid: str, name: str) -> str: return f"cnt/{{{sid}}}/{name}"
+def k_alloc(sid: str) -> str: return f"alloc/{{{sid}}}"
 def k_ready(iid: str) -> str: return f"ready/{iid}"
 def k_exec(iid: str) -> str: return f"exec/{iid}"
 def k_node(name: str) -> str: return f"node/{name}"
 def k_blob(bid: str, i: int) -> str: return f"blob/{bid}/{i}"
-def k_obj(key: str) -> str: return f"obj/{key}"
-def k_objd(key: str, n: int) -> str: return f"objd/{key}/{n}"
-def q_tasks(sid: str) -> str: return f"tasks/{sid}"
+def q_tasks(sid: str) -> str: return f"tasks/{{{sid}}}"
 def q_reply(client_id: str) -> str: return f"reply/{client_id}"
+
+
+def new_blob_id(tag_text: Optional[str] = None) -> str:
+    """A fresh blob id; with ``tag_text`` its chunks live on that tag's shard (``{s-1}3f2a...``)."""
+    return uuid.uuid4().hex if not tag_text else tag(tag_text) + uuid.uuid4().hex
+
+
+def _obj_parts(key: str) -> tuple[str, str]:
+    """``"app/ssn/oid"`` → (``"app/ssn"``, ``"oid"``): an object lives on its session's shard."""
+    app, _, rest = key.partition("/")
+    ssn, _, oid = rest.partition("/")
+    return f"{app}/{ssn}", oid
+
+
+def k_obj(key: str) -> str:
+    scope, oid = _obj_parts(key)
+    return f"obj/{{{scope}}}/{oid}"
+
+
+def k_objd(key: str, n: int | str) -> str:
+    scope, oid = _obj_parts(key)
+    return f"objd/{{{scope}}}/{oid}/{n}"
+
+
+def p_obj(app: str, ssn: Optional[str] = None) -> str:
+    """Scan prefix of the objects of one session (``obj/{app/ssn}/``) or of every session of an app."""
+    return f"obj/{{{app}/{ssn}}}/" if ssn is not None else f"obj/{{{app}/"
+
+
+def obj_key_of(key: str) -> str:
+    """``"obj/{app/ssn}/oid"`` → ``"app/ssn/oid"`` (the object key :func:`k_obj` was given)."""
+    return key[len("obj/{"):].replace("}", "", 1)
 
 
 # Task chunks: lower priority values are dequeued first, so the unfinished rest of a chunk an
@@ -107,6 +160,21 @@ def chunk_ranges(ids: list[int], size: int = CHUNK_TASKS) -> list[tuple[int, int
     for i in range(0, len(ids), size):
         part = ids[i:i + size]
         out.append((part[0], part[-1]))
+    return out
+
+
+def id_runs(ids: list[int], size: int = CHUNK_TASKS) -> list[tuple[int, int]]:
+    """Sorted ids (with gaps) as runs of consecutive ids, at most ``size`` each: task-queue chunks.
+
+    >>> id_runs([1, 2, 3, 7, 8])
+    [(1, 3), (7, 8)]
+    """
+    out: list[tuple[int, int]] = []
+    for tid in ids:
+        if out and tid == out[-1][1] + 1 and tid - out[-1][0] < size:
+            out[-1] = (out[-1][0], tid)
+        else:
+            out.append((tid, tid))
     return out
 
 
@@ -152,14 +220,17 @@ def unpack(data: bytes) -> Any:
 
 # -- blobs: task inputs/outputs and objects can exceed one KV value -------------------------------------------
 
-def split_blob(data: Optional[bytes]) -> tuple[Any, list[tuple[str, bytes]]]:
-    """(reference stored in the record, chunk writes to do first). Small values stay inline."""
+def split_blob(data: Optional[bytes], tag_text: Optional[str] = None) -> tuple[Any, list[tuple[str, bytes]]]:
+    """(reference stored in the record, chunk writes to do first). Small values stay inline.
+
+    ``tag_text`` (a session id, an object's ``app/ssn``) puts the chunks on the shard of the
+    record that points at them, so they go in the same request as that record."""
     if data is None:
         return None, []
     data = bytes(data)
     if len(data) <= INLINE_MAX:
         return ["i", data], []
-    bid = uuid.uuid4().hex
+    bid = new_blob_id(tag_text)
     chunks = [(k_blob(bid, i), data[off:off + CHUNK]) for i, off in enumerate(range(0, len(data), CHUNK))]
     return ["c", bid, len(chunks), len(data)], chunks
 

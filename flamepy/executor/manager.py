@@ -41,6 +41,7 @@ from ..core import records as R
 from ..core._store import Conflict, Store
 from ..core.types import ExecutorState, ResourceRequirement, TaskState
 from .installer import PackageInstaller
+from .layout import migrate_layout
 
 __all__ = ["ExecutorManager", "NodeCapacity", "run_embedded_executor"]
 
@@ -49,6 +50,7 @@ log = logging.getLogger("flamepy.executor")
 NODE_TTL_S = 15
 NODE_HEARTBEAT_S = 5.0
 STOP_GRACE_S = 5.0
+START_RETRY_MAX_S = 2.0
 
 
 def _total_memory() -> int:
@@ -165,6 +167,7 @@ class ExecutorManager:
     async def start(self) -> None:
         await self.store.connect()
         os.makedirs(self.work_dir, exist_ok=True)
+        await migrate_layout(self.store, owner=self.node)  # data of the key layout before hash tags, once
         await self._heartbeat()
         await self._forget_own_reservations()
         await self._register_builtins()
@@ -184,7 +187,7 @@ class ExecutorManager:
         if sups:
             await asyncio.wait(sups, timeout=STOP_GRACE_S + 2)
         with contextlib.suppress(Exception):
-            await self.store.delete(f"node/{self.node}")
+            await self.store.delete(R.k_node(self.node))
         await self.store.close()
 
     async def wait(self) -> None:
@@ -223,7 +226,7 @@ class ExecutorManager:
             await asyncio.sleep(self.interval)
 
     async def _heartbeat(self) -> None:
-        await self.store.put(f"node/{self.node}", R.pack({
+        await self.store.put(R.k_node(self.node), R.pack({
             "cpu": self.capacity.cpu, "memory": self.capacity.memory, "gpu": self.capacity.gpu,
             "max": self.capacity.max_instances, "instances": len(self.instances), "pid": os.getpid(),
             "time": ops.now_ms(), "hostname": socket.gethostname(), "arch": os.uname().machine,
@@ -232,12 +235,12 @@ class ExecutorManager:
     async def _forget_own_reservations(self) -> None:
         """A restarted manager has no instances: drop what it had reserved before."""
         for key in await self.store.scan("alloc/"):
-            await self._change_alloc(key[len("alloc/"):], None)
+            await self._change_alloc(R.tagged_id(key), None)
 
     # -- the scheduling cycle ---------------------------------------------------------------------------------
 
     async def cycle(self) -> None:
-        open_ids = [k[len("open/"):] for k in await self.store.scan("open/")]
+        open_ids = [R.tagged_id(k) for k in await self.store.scan("open/")]
         open_set = set(open_ids)
         for inst in list(self.instances.values()):
             if inst.session_id not in open_set and not inst.stopping:
@@ -595,14 +598,26 @@ async def run_embedded_executor(endpoint: str, stop_event: asyncio.Event, **kwar
         task = asyncio.create_task(run_embedded_executor(f"127.0.0.1:{port}", stop_event))
     """
     manager = ExecutorManager(endpoint, **kwargs)
-    for attempt in range(50):  # the listener may need a moment
+    delay = 0.1
+    while True:
+        # The listener may need a moment; a cluster member may wait seconds for its shards' leaders
+        # (an election, etcd down): keep trying until the server stops.
         try:
             await manager.start()
             break
-        except Exception:
-            if stop_event.is_set() or attempt == 49:
-                raise
-            await asyncio.sleep(0.1)
+        except Exception as exc:
+            if stop_event.is_set():
+                return
+            if delay >= START_RETRY_MAX_S:
+                log.warning("executor manager %s not started yet (retrying every %gs): %s", manager.node,
+                            START_RETRY_MAX_S, exc)
+            with contextlib.suppress(Exception):
+                await manager.store.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop_event.wait(), delay)
+            if stop_event.is_set():
+                return
+            delay = min(delay * 2, START_RETRY_MAX_S)
     try:
         await stop_event.wait()
     finally:

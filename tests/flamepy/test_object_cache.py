@@ -253,7 +253,7 @@ def test_delete_objects_removes_every_part(srv):
         with pytest.raises(ValueError, match="Object not found"):
             flamepy.get_object(ref)
     assert flamepy.get_object(c1) == 3
-    assert keys("obj/del-app/") == [] and keys("objd/del-app/") == []
+    assert keys("obj/{del-app/") == [] and keys("objd/{del-app/") == []
     assert len(keys("blob/")) == blobs_before
 
 

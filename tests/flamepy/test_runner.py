@@ -24,6 +24,7 @@ import yaml
 
 import flamepy
 from flamepy.core import ObjectRef
+from flamepy.core import records as R
 from flamepy.core.client import connection
 from flamepy.runner import Runner, SessionContext, get_data
 from tests.helpers import ServerProc, wait_until
@@ -102,7 +103,7 @@ def _app_names() -> set:
 def _objects(app: str) -> list:
     """The object-cache keys of an application still stored."""
     conn = connection()
-    return conn._call(conn.store.scan(f"obj/{app}/"))
+    return conn._call(conn.store.scan(R.p_obj(app)))
 
 
 def _alive(pid: int) -> bool:

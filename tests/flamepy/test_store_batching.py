@@ -13,15 +13,24 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_mput_requests_split_on_items_bytes_and_repeated_keys():
-    items = [(f"k{i}", b"v") for i in range(MPUT_MAX_ITEMS + 1)]
+    items = [(f"k/{{s}}/{i}", b"v") for i in range(MPUT_MAX_ITEMS + 1)]
     assert [len(r) for r in Store.mput_requests(items)] == [MPUT_MAX_ITEMS, 1]
     big = b"x" * (MPUT_MAX_BYTES // 3)
-    assert [len(r) for r in Store.mput_requests([("a", big), ("b", big), ("c", big), ("d", big)])] == [2, 2]
+    assert [len(r) for r in Store.mput_requests([(f"{{t}}{c}", big) for c in "abcd"])] == [2, 2]
     # A key twice never shares a request (the server refuses that); order is kept.
-    reqs = Store.mput_requests([("a", b"1"), ("b", b"2", 5), ("a", b"3")])
-    assert [[it[0] for it in r] for r in reqs] == [["a", "b"], ["a"]]
+    reqs = Store.mput_requests([("{t}a", b"1"), ("{t}b", b"2", 5), ("{t}a", b"3")])
+    assert [[it[0] for it in r] for r in reqs] == [["{t}a", "{t}b"], ["{t}a"]]
     assert reqs[0][1][2].cas_version == 5 and len(reqs[0][0]) == 2
     assert Store.mput_requests([]) == []
+
+
+def test_mput_requests_never_mix_routing_tags():
+    """On a cluster one KV_MPUT must stay on one shard: keys of one {hash tag} share requests (in
+    order), keys of another tag get their own, and a key without a tag goes alone."""
+    reqs = Store.mput_requests([(R.k_task("s1", 1), b""), (R.k_task("s2", 1), b""), (R.k_cnt("s1", "x"), b""),
+                                ("plain-a", b""), ("plain-b", b""), (R.k_task("s2", 2), b"")])
+    assert [[it[0] for it in r] for r in reqs] == [
+        [R.k_task("s1", 1), R.k_cnt("s1", "x")], [R.k_task("s2", 1), R.k_task("s2", 2)], ["plain-a"], ["plain-b"]]
 
 
 async def _store(endpoint: str) -> Store:

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -203,7 +204,8 @@ def test_api_shows_every_primitive(console):
     assert err["session"] == info["sid"] and err["state"] == "failed" and "console demo" in err["message"]
     tasks = ok(port, f"/api/flame/session?id={info['sid']}")["tasks"]
     assert [t["state"] for t in tasks] == ["succeed", "failed"]
-    rec = ok(port, f"/api/kv/key?ns=flame&key=ssn/{info['sid']}")
+    from flamepy.core.records import k_ssn
+    rec = ok(port, f"/api/kv/key?ns=flame&key={urllib.parse.quote(k_ssn(info['sid']))}")
     assert rec["value"]["decoded"]["app"] == APP  # msgpack records are shown decoded
 
     conns = ok(port, "/api/connections")
