@@ -7,7 +7,7 @@ PORT   ?= 9000
 DATA   ?= ./data
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test build compile test-unit test-pure bench bench-quick debug clean system-deps fuzz soak cluster
+.PHONY: run test build compile test-unit test-pure bench bench-quick bench-cluster debug clean system-deps fuzz soak cluster
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -86,6 +86,10 @@ bench: build
 
 bench-quick: build
 	$(PY) -m bench --quick
+
+# The cluster group (bench/cluster_bench.py): its own etcd and members on loopback, ~3 minutes on 2 cores.
+bench-cluster: build
+	$(PY) -m bench --only '^cluster/'
 
 debug: system-deps $(STAMP)
 	FLO_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force -j 2

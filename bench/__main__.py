@@ -5,6 +5,7 @@ Examples::
     python -m bench --quick                  # a one-minute look (also run by `make test`)
     python -m bench                          # the full grid, 3 repetitions (`make bench`)
     python -m bench --only 'kv/kv\\.get' --reps 5 --out /tmp/getbench
+    python -m bench --only '^cluster/'       # the cluster group: shards, sync replicas, failover (`make bench-cluster`)
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, help="repetitions per cell (default 3, quick 1)")
     ap.add_argument("--max-seconds", type=float, help="time cap of each load (default 6, quick 1.5)")
     ap.add_argument("--out", type=Path, help="results directory (default bench/results/<date>)")
-    ap.add_argument("--only", help="regex on cell ids like kv/kv.get/flo/c50/k16/v100 (skips the memory test)")
+    ap.add_argument("--only", help="regex on cell ids like kv/kv.get/flo/c50/k16/v100 (skips the memory test); "
+                    "cluster/shards, cluster/sync and cluster/failover run only when it names them")
     ap.add_argument("--no-install", dest="install", action="store_false", help="never apt-get redis")
     ap.add_argument("--allow-debug", action="store_true", help="run on a FLO_DEBUG build (results marked)")
     ap.add_argument("--no-plots", dest="plots", action="store_false")

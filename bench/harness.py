@@ -48,7 +48,7 @@ from typing import Callable, NamedTuple
 from flo_core.spec import Reason, Status
 from flo_core.wire import FrameReader, encode_request
 
-from . import report
+from . import cluster_bench, report
 from .environment import debug_build_reasons, environment
 from .redis_runner import ensure_redis, info_memory, redis_benchmark, resp_call, speaks_resp
 from .servers import HOST, REPO, Fleet, ServerProc, cpu_layout
@@ -786,7 +786,8 @@ def run_bench(opts: Options) -> Path:
     if opts.only:
         pat = re.compile(opts.only)
         cells = [c for c in cells if pat.search(c.id)]
-        extras = [x for x in extras if pat.search(x)]
+        # The cluster group (bench/cluster_bench.py, its own etcd and members) runs only when --only names it.
+        extras = [x for x in extras + list(cluster_bench.IDS) if pat.search(x)]
     if not opts.flo:
         extras = []
     outdir = opts.out or RESULTS / datetime.now().strftime("%Y-%m-%d_%H%M%S")
@@ -816,6 +817,8 @@ def run_bench(opts: Options) -> Path:
                 measure_flamepy(run, fleet)
             if RECOVERY_LOG_ID in extras or RECOVERY_SNAPSHOT_ID in extras:
                 measure_recovery(run, fleet, tuple(extras))
+            if any(x in cluster_bench.IDS for x in extras):
+                cluster_bench.measure(run, tuple(x for x in extras if x in cluster_bench.IDS))
             if opts.memory and not opts.only:
                 measure_memory(run, fleet)
         finally:
@@ -834,6 +837,10 @@ def run_bench(opts: Options) -> Path:
                   "loadavg_end": os.getloadavg()})
     report.write(outdir, env, summary, [r for r in run.records if r["type"] == "memory"], run.notes,
                  plots=opts.plots, extras=[r for r in run.records if r["type"] in ("flamepy", "recovery")])
+    cluster_md = cluster_bench.markdown(run.records)
+    if cluster_md:
+        with open(outdir / "summary.md", "a") as f:
+            f.write("\n" + cluster_md)
     print((outdir / "summary.md").read_text())
     print(f"results: {outdir}", file=sys.stderr)
     return outdir
