@@ -221,7 +221,9 @@ class Server:
         self._executor_stop = asyncio.Event()
         self._executor_task = asyncio.ensure_future(run_embedded_executor(
             f"{host}:{self.port}", self._executor_stop, client_options=opts, allow_dirs=tuple(cfg.executor_allow),
-            builtin_client_options=builtin_opts))
+            builtin_client_options=builtin_opts,
+            # a cluster member is a Flame node of its own (several may share a machine): its member name
+            node_name=os.environ.get("FLAME_EXECUTOR_NODE") or (self.cluster.node if self.cluster else None)))
 
     async def _ticker(self) -> None:
         while True:

@@ -111,7 +111,7 @@ def main(ctx: click.Context, host: str, port: int, data_dir: str, no_persist: bo
         max_frame=max_frame, max_connections=max_connections, client_output_limit=client_output_limit,
         queue_lease_ms=queue_lease_ms,
         queue_max_deliveries=queue_max_deliveries, snapshot_bytes=snapshot_bytes,
-        executor=not no_executor and not etcd,  # flamepy on a cluster: not yet (docs/cluster.md)
+        executor=not no_executor,  # on a cluster too: each member's manager is a Flame node (docs/cluster.md)
         repair_log=repair_log, history_bytes=history_bytes, users_file=users_file, requirepass=requirepass or None,
         insecure_bind=insecure_bind, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
         tls_auth_clients=tls_auth_clients, tls_port=tls_port,

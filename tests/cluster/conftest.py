@@ -44,10 +44,12 @@ class Cluster:
     """``shards`` × ``per_shard`` real flo-server members of a fresh cluster (``procs[shard][i]``)."""
 
     def __init__(self, root, etcd, shards: int = 2, per_shard: int = 1, *extra: str, lease_ms: int = 2000,
-                 fsync: str = "everysec") -> None:
+                 fsync: str = "everysec", executor: bool = False, env: dict | None = None) -> None:
         self.etcd, self.name = etcd, create_cluster(etcd, shards)
+        # executor: each member runs its flamepy executor manager (a Flame node named after the member)
         self.procs = [[ServerProc(root / f"s{s}m{i}", "--etcd", etcd.urls, "--cluster", self.name, "--shard", str(s),
-                                  "--node", f"s{s}m{i}", "--lease-ms", str(lease_ms), *extra, fsync=fsync)
+                                  "--node", f"s{s}m{i}", "--lease-ms", str(lease_ms), *extra, fsync=fsync,
+                                  executor=executor, env=env)
                        for i in range(per_shard)] for s in range(shards)]
 
     @property
