@@ -86,7 +86,30 @@ def _to_slot(router: Any, req: Any, op: int, payload: bytes, slot: int) -> Any:
     if _forwarded(req):
         raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN slot {slot} is not served here (a moved leader or "
                                              "slot): retry")
+    if op == Op.ACTION_AWAIT:
+        return _parked(router, router.leader_for(slot), op, payload)
     return router._forward(router.leader_for(slot), op, payload)
+
+
+async def _parked(router: Any, addr: str, op: int, payload: bytes) -> tuple[int, bytes]:
+    """A worker's await, parked at the owner on a connection of its own that closes when the worker's does.
+
+    On one server, closing the poll connection is what interrupts a parked await: it is handed no run.
+    On the pooled connection the owner would not know the worker went, and could hand the next run to
+    an await nobody reads (that run would wait out its timeout and spend an attempt)."""
+    from flo_client.connection import Connection
+
+    host, _, port = addr.rpartition(":")
+    conn = await Connection.open(host, int(port), 5.0, auth=router.node.peer_auth)
+    try:
+        hop = Writer().u16(0).u16(0).bytes32(b"").options({}).getvalue()  # no namespace, key or value
+        status, _ = await conn.request(Op.CLUSTER_HOP, hop, 5.0)
+        if status != 0:
+            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
+        router.forwarded += 1
+        return await conn.request(op, payload, 0.0)
+    finally:
+        conn.close()
 
 
 def _to_shard(router: Any, req: Any, op: int, payload: bytes, shard: int) -> Any:

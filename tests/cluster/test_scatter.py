@@ -228,3 +228,38 @@ async def test_with_a_shard_down_a_scan_or_list_is_refused_not_answered_in_part(
             with pytest.raises(FloError, match="CLUSTERDOWN shard 1") as down:
                 await call()
             assert down.value.reason == Reason.LEADER_UNKNOWN
+
+
+async def test_a_stopped_workers_parked_await_on_the_other_member_takes_no_run(two_shards):
+    assert owner("{flo.actions}") == 0  # the registry is on shard 0: member 1 forwards its workers' awaits
+    async with FloClient(two_shards[0].endpoint) as c0, FloClient(two_shards[1].endpoint) as c1:
+        await c0.action.register("echo", options=ActionRegisterOptions(timeout_ms=120_000, max_retries=0))
+
+        async def echo(ctx: ActionContext) -> bytes:
+            return ctx.payload
+
+        async def parked_at_owner() -> int:
+            return (await c0.server_info())["waiters"]
+
+        async def none_parked() -> bool:
+            return await parked_at_owner() == 0
+
+        gone = c1.new_action_worker(worker_id="gone", block_ms=60_000)
+        gone.action("echo", timeout_ms=120_000, max_retries=0)(echo)
+        task = asyncio.ensure_future(gone.start())
+        await wait_for(parked_at_owner, timeout=15, what="the worker's await parked on member 0")
+        gone.stop()
+        await asyncio.wait_for(task, 20)
+        # its await (parked for a minute) ends when its connection does; a run invoked now is not handed to it
+        await wait_for(none_parked, timeout=15, what="the await to end")
+        run = (await c0.action.invoke("echo", b"hello")).run_id
+        here = c0.new_action_worker(worker_id="here", block_ms=1000)
+        here.action("echo", timeout_ms=120_000, max_retries=0)(echo)
+        task = asyncio.ensure_future(here.start())
+        try:
+            done = await c1.action.result(run, timeout_ms=30_000)
+            assert done.status == RunStatus.COMPLETED and done.output == b"hello"
+            assert done.worker_id == "here" and done.attempt == 1
+        finally:
+            here.stop()
+            await asyncio.wait_for(task, 20)
