@@ -5,16 +5,18 @@
 process stopped by its pid, and measures three things, each with an id for ``--only``:
 
 * ``cluster/shards`` - KV SET and GET (Flo wire v2, 50 connections x K=16, 100 B values) against one
-  flo-server that is no cluster member and against clusters of 1, 2 and 3 shards (one member each).
+  flo-server that is no cluster member (with its C fast paths, and without: ``FLO_NO_FASTPATH=1``) and against
+  clusters of 1, 2 and 3 shards (one member each).
   The load generator (this module's command line) asks a member for the slot map (CLUSTER_SLOTS),
   opens its connections to every shard's leader, marks them as routing by themselves (so a misrouted
   key is refused MOVED, never forwarded quietly) and sends each key to its owner. Ratios per
   repetition, then the median: 2 and 3 shards over 1, and each over the plain flo-server (what being a
-  cluster member costs: the router, C fast paths off).
+  cluster member costs: the router, C fast paths off) and over the plain one without fast paths (the router's
+  own share).
 * ``cluster/sync`` - SET on 1 shard x 2 members, ``--sync-replicas 1`` over ``0``, with ``--fsync always``
   and ``everysec``.
 * ``cluster/failover`` - 1 shard x 3 members, ``--sync-replicas 1 --fsync always``, ``--lease-ms`` 1000
-  and 3000: one writer per member writes steadily, the leader is killed (-9), and the figure is the time
+  and 3000: two writers per member write steadily, the leader is killed (-9), and the figure is the time
   from the kill to the first write *sent after it* that a survivor answered OK; median of N runs, in ms
   and as a multiple of the lease. Three members, not two: with two, ``--sync-replicas 1`` leaves the
   lone survivor refusing writes (NOREPLICAS) until the dead member is back - that is the promise.
@@ -57,6 +59,7 @@ from .workloads import WORKLOADS, kv_put
 SHARDS_ID, SYNC_ID, FAILOVER_ID = "cluster/shards", "cluster/sync", "cluster/failover"
 IDS = (SHARDS_ID, SYNC_ID, FAILOVER_ID)
 PLAIN = "flo-server"  # the non-cluster baseline of cluster/shards
+SLOW = "flo-server, no fast path"  # the same on the Python request loop (FLO_NO_FASTPATH=1), as cluster members are
 CONNS, WINDOW, VALUE = 50, 16, 100
 
 
@@ -438,9 +441,11 @@ def measure_shards(run: Any, fleet: Fleet, etcd: Any, plan: Plan) -> None:
     """KV SET/GET: a plain flo-server and clusters of 1..3 shards, all running at once, measured in turn."""
     started: list[Members] = []
     plain = fleet.start_flo(label="cluster-plain", executor=False)
+    slow = fleet.start_flo(label="cluster-plain-nofastpath", executor=False, env={"FLO_NO_FASTPATH": "1"})
     try:
-        targets = {PLAIN: (plain.port, [plain.pid])}
-        cores = {PLAIN: _cores(1) + " (no cluster: C fast paths on)"}
+        targets = {PLAIN: (plain.port, [plain.pid]), SLOW: (slow.port, [slow.pid])}
+        cores = {PLAIN: _cores(1) + " (no cluster: C fast paths on)",
+                 SLOW: _cores(1) + " (no cluster, FLO_NO_FASTPATH=1: the Python request loop)"}
         for n in plan.shards:
             m = Members(fleet, etcd, f"shards{n}", n, 1, "--lease-ms", "3000")
             started.append(m)
@@ -449,12 +454,17 @@ def measure_shards(run: Any, fleet: Fleet, etcd: Any, plan: Plan) -> None:
             targets[_shard_label(m.shards)] = (m.any_port, m.pids)
             cores[_shard_label(m.shards)] = _cores(m.shards)
         one = _shard_label(1)
-        ratios = [(t, one) for t in targets if t not in (PLAIN, one)] + [(t, PLAIN) for t in targets if t != PLAIN]
+        # Scaling over one shard; each over the plain server (what being a member costs) and over the plain server
+        # without its C fast path (the router's own cost, since members run the Python request loop too).
+        shards = [t for t in targets if t not in (PLAIN, SLOW)]
+        ratios = ([(t, one) for t in shards if t != one] + [(t, PLAIN) for t in (SLOW, *shards)]
+                  + [(t, SLOW) for t in shards])
         for wl in plan.workloads:
             _paired(run, fleet, SHARDS_ID, wl, targets, plan, ratios, cores)
     finally:
-        fleet.stop(plain)
-        shutil.rmtree(Path(plain.info["data_dir"]), ignore_errors=True)
+        for sp in (plain, slow):
+            fleet.stop(sp)
+            shutil.rmtree(Path(sp.info["data_dir"]), ignore_errors=True)
         for m in started:
             m.stop()
 

@@ -42,7 +42,7 @@ def test_quick_cluster_group_writes_results(tmp_path: Path) -> None:
     runs = [r for r in records if r["type"] == "cluster_run"]
     assert runs and all(r["completed"] > 0 and not r["errors"] for r in runs), runs
     shards = {r["target"]: r for r in runs if r["id"] == "cluster/shards"}
-    assert set(shards) == {"flo-server", "1 shard", "2 shards"}, shards
+    assert set(shards) == {"flo-server", "flo-server, no fast path", "1 shard", "2 shards"}, shards
     assert not shards["flo-server"]["routed"] and shards["2 shards"]["routed"]
     # Keys went to both shards' leaders, each on connections that refuse (MOVED) what is not theirs.
     assert len(shards["2 shards"]["per_shard"]) == 2 and min(shards["2 shards"]["per_shard"]) > 0, shards
