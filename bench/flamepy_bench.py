@@ -56,6 +56,41 @@ NOOP_SERVICE = textwrap.dedent('''\
 
 SINGLE_TASK_SAMPLES = 200
 READY_TIMEOUT_S = 60.0
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user+sys CPU seconds) of every process we can read (Linux /proc)."""
+    out: dict[int, tuple[int, float]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state ppid ... utime stime
+        out[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) * _TICK_S)
+    return out
+
+
+def cpu_by_role(server_pid: Optional[int]) -> dict[str, float]:
+    """CPU seconds used so far by this process ("client"), ``server_pid`` ("server") and the server's
+    descendants (the service "instances"), the load-independent figure behind ``cpu_us_per_task``."""
+    procs = _proc_cpu()
+    roles = {"client": procs.get(os.getpid(), (0, 0.0))[1], "server": 0.0, "instances": 0.0}
+    if server_pid is not None and server_pid in procs:
+        roles["server"] = procs[server_pid][1]
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = list(children.get(server_pid, ()))
+        while todo:
+            pid = todo.pop()
+            roles["instances"] += procs[pid][1]
+            todo.extend(children.get(pid, ()))
+    return roles
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -66,8 +101,12 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: float = 60, batch: int = 1000,
-        single_samples: int = SINGLE_TASK_SAMPLES) -> dict:
+        single_samples: int = SINGLE_TASK_SAMPLES, server_pid: Optional[int] = None) -> dict:
     """Register a no-op app on ``endpoint``, run the burst and the single-task probe, clean up; the figures.
+
+    With ``server_pid`` (the flo-server process, whose children are the instances) the result also has
+    ``cpu_us_per_task``: user+sys CPU of client, server and instances during the burst, per task, and
+    the same split by role (``cpu_us_client`` ...): unlike tasks/s it hardly moves with foreign load.
 
     >>> run("127.0.0.1:9000", tasks=2000, instances=2)          # doctest: +SKIP
     {'tasks_per_s': ..., 'p50_ms': ..., 'p99_ms': ..., 'single_task_p50_ms': ..., ...}
@@ -86,8 +125,12 @@ def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: floa
     conn = core_client.connect(endpoint)
     session = None
     try:
+        # Service instances get only their application's environment: pass PYTHONPATH on, so a bench run
+        # with PYTHONPATH=<a copy of the tree> measures that copy end to end (A/B runs).
+        environments = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         conn.register_application(app, {"command": sys.executable, "arguments": [script],
-                                         "working_directory": work_dir, "delay_release": 5})
+                                         "working_directory": work_dir, "delay_release": 5,
+                                         "environments": environments})
         session = conn.create_session(flamepy.SessionAttributes(
             application=app, min_instances=instances, max_instances=instances))
         # Warm up: every instance started and served one task, so the burst measures steady state.
@@ -105,14 +148,17 @@ def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: floa
         all_done = threading.Event()
         clock = time.perf_counter
 
-        def on_done(i: int):
-            def cb(_fut):
-                done_at[i] = clock()
-                if next(finished_count) == tasks:
-                    all_done.set()
-            return cb
+        # One callback for every future (not a closure each: the bench's own bookkeeping stays out of
+        # the client's CPU per task); the futures stay referenced, so their ids are unique meanwhile.
+        position: dict[int, int] = {}
+
+        def on_done(fut):
+            done_at[position[id(fut)]] = clock()
+            if next(finished_count) == tasks:
+                all_done.set()
 
         futures: list[concurrent.futures.Future] = []
+        cpu_before = cpu_by_role(server_pid)
         start = time.perf_counter()
         deadline = start + max_seconds
         for off in range(0, tasks, batch):
@@ -121,12 +167,14 @@ def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: floa
             futs = session.run_many([payload] * n)
             for j, fut in enumerate(futs):
                 submitted_at[off + j] = t
-                fut.add_done_callback(on_done(off + j))
+                position[id(fut)] = off + j
+                fut.add_done_callback(on_done)
             futures.extend(futs)
             if time.perf_counter() > deadline:
                 break
         all_done.wait(max(0.0, deadline - time.perf_counter()))
         end = time.perf_counter()
+        cpu_after = cpu_by_role(server_pid)
         finished = [i for i, f in enumerate(futures) if f.done()]
         failed = sum(1 for i in finished if futures[i].exception() is not None)
         last = max((done_at[i] for i in finished), default=end)
@@ -143,6 +191,9 @@ def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: floa
             if time.perf_counter() > single_deadline:
                 break
         singles.sort()
+        cpu = {role: (cpu_after[role] - cpu_before[role]) * 1e6 / max(1, len(finished)) for role in cpu_after}
+        cpu_rows = {} if server_pid is None else {
+            "cpu_us_per_task": round(sum(cpu.values()), 1), **{f"cpu_us_{r}": round(v, 1) for r, v in cpu.items()}}
         return {
             "tasks_per_s": round(len(finished) / elapsed, 1) if elapsed > 0 else 0.0,
             "p50_ms": round(_percentile(latencies, 0.50), 3),
@@ -150,7 +201,7 @@ def run(endpoint: str, tasks: int = 20000, instances: int = 2, max_seconds: floa
             "single_task_p50_ms": round(_percentile(singles, 0.50), 3),
             "single_task_p99_ms": round(_percentile(singles, 0.99), 3),
             "tasks": tasks, "completed": len(finished), "failed": failed, "instances": instances,
-            "batch": batch, "seconds": round(elapsed, 3),
+            "batch": batch, "seconds": round(elapsed, 3), **cpu_rows,
         }
     finally:
         if session is not None:
@@ -285,7 +336,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if endpoint is None:
                 server = _Server()
                 endpoint = server.endpoint
-            result = run(endpoint, args.tasks, args.instances, args.max_seconds, args.batch, args.single)
+            result = run(endpoint, args.tasks, args.instances, args.max_seconds, args.batch, args.single,
+                         server.proc.pid if server is not None else None)
             result["load1"] = round(os.getloadavg()[0], 2)  # the box is shared: say how busy it was
             print(json.dumps(result), flush=True)
             results.append(result)
@@ -299,7 +351,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 server.stop()
     if len(results) > 1:
         medians = {k: sorted(r[k] for r in results)[len(results) // 2]
-                   for k in ("tasks_per_s", "p50_ms", "p99_ms", "single_task_p50_ms", "single_task_p99_ms", "load1")}
+                   for k in ("tasks_per_s", "p50_ms", "p99_ms", "single_task_p50_ms", "single_task_p99_ms", "load1",
+                             "cpu_us_per_task", "cpu_us_client", "cpu_us_server", "cpu_us_instances")
+                   if all(k in r for r in results)}
         print(json.dumps({"median_of": len(results), **medians}))
     if len(runner_rows) > 1:
         medians = {k: sorted(r[k] for r in runner_rows)[len(runner_rows) // 2]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import concurrent.futures._base as _futures_base
 import threading
 import time
 import uuid
@@ -41,17 +42,150 @@ _APP_KEYS = set(ApplicationAttributes.__dataclass_fields__)
 _REPLY_IDLE_CHECK_MS = 5000
 
 
+_SUCCEED = int(TaskState.SUCCEED)
+_FINISHED = _futures_base.FINISHED
+_PENDING = _futures_base.PENDING
+
+
 class TaskFuture(concurrent.futures.Future):
     """The future of a submitted task: its output bytes (or None), or a FlameError.
 
-    A task runs once submitted, so ``cancel()`` is always False (what ``set_running_or_notify_cancel``
-    gave, without its lock round per task); close the session to cancel pending tasks.
+    A real :class:`concurrent.futures.Future` (``wait``, ``as_completed``, ``asyncio.wrap_future`` and
+    callbacks work as with any), built lighter because a burst makes thousands: the futures of one
+    connection share one condition instead of one ``threading.Condition`` each (a lock, a deque and five
+    bound methods the cyclic collector then walks again and again), their waiter and callback lists exist
+    only once something is attached, and the reply loop resolves a whole reply batch under one lock.
+    A task runs once submitted, so ``cancel()`` is always False; close the session to cancel pending tasks.
+
+    >>> fut = ssn.run(b"x"); fut.task_id, fut.result()            # doctest: +SKIP
+    ('1', b'x')
     """
 
-    task_id: str
+    __slots__ = ("_tid", "_w", "_cb")
+
+    def __init__(self, condition: threading.Condition, task_id: int) -> None:
+        # Not Future.__init__ (its own Condition per future); the same attributes otherwise.
+        self._condition = condition
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._tid = task_id
+        self._w: Optional[list] = None
+        self._cb: Any = None
+
+    @property
+    def task_id(self) -> str:
+        return str(self._tid)
+
+    # concurrent.futures.wait/as_completed append to ``_waiters``; Future's own code reads both lists.
+    @property
+    def _waiters(self) -> list:
+        if self._w is None:
+            self._w = []
+        return self._w
+
+    @property
+    def _done_callbacks(self) -> list:
+        # ``_cb`` is None, the one callback (the usual case: no list for it), or a list of them.
+        if type(self._cb) is not list:
+            self._cb = [] if self._cb is None else [self._cb]
+        return self._cb
+
+    def _invoke_callbacks(self) -> None:
+        callbacks = self._cb
+        for callback in (callbacks if type(callbacks) is list else () if callbacks is None else (callbacks,)):
+            try:
+                callback(self)
+            except Exception:
+                _futures_base.LOGGER.exception("exception calling callback for %r", self)
 
     def cancel(self) -> bool:
         return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return self._state == _FINISHED
+
+    def add_done_callback(self, fn) -> None:
+        with self._condition:
+            if self._state != _FINISHED:
+                if self._cb is None:
+                    self._cb = fn
+                else:
+                    self._done_callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            _futures_base.LOGGER.exception("exception calling callback for %r", self)
+
+    def result(self, timeout: Optional[float] = None):
+        if self._state != _FINISHED:
+            self._wait(timeout)
+        if self._exception is not None:
+            try:
+                raise self._exception
+            finally:
+                self = None  # break the cycle through the traceback, as Future does
+        return self._result
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        if self._state != _FINISHED:
+            self._wait(timeout)
+        return self._exception
+
+    def _wait(self, timeout: Optional[float]) -> None:
+        # The condition is shared, so a wake-up may be for another future: wait again until this one is done.
+        cond = self._condition
+        with cond:
+            if timeout is None:
+                while self._state != _FINISHED:
+                    cond.wait()
+                return
+            deadline = time.monotonic() + timeout
+            while self._state != _FINISHED:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise concurrent.futures.TimeoutError()
+                cond.wait(left)
+
+    def set_result(self, result) -> None:
+        _settle(self._condition, ((self, result, None),), strict=True)
+
+    def set_exception(self, exception: BaseException) -> None:
+        _settle(self._condition, ((self, None, exception),), strict=True)
+
+
+def _settle(condition: threading.Condition, outcomes, strict: bool = False) -> None:
+    """Finish many TaskFutures of one condition: ``outcomes`` = (future, result, exception); one lock and
+    one wake-up for all, then each future's callbacks (outside the lock, as Future does). A future that is
+    already finished keeps its outcome (``strict``: InvalidStateError, as Future.set_result raises)."""
+    called = []
+    with condition:
+        for fut, result, exc in outcomes:
+            if fut._state == _FINISHED:
+                if strict:
+                    raise concurrent.futures.InvalidStateError(f"{fut._state}: {fut!r}")
+                continue
+            fut._result = result
+            fut._exception = exc
+            fut._state = _FINISHED
+            if fut._w:
+                for waiter in fut._w:
+                    if exc is None:
+                        waiter.add_result(fut)
+                    else:
+                        waiter.add_exception(fut)
+            if fut._cb is not None:
+                called.append(fut)
+        condition.notify_all()
+    for fut in called:
+        fut._invoke_callbacks()
 
 
 # How long one watch_task read waits for the record to change before it looks again.
@@ -76,7 +210,8 @@ class Connection:
         _runtime.run(self._store.connect(timeout))
         self.client_id = uuid.uuid4().hex
         self._reply_queue = R.q_reply(self.client_id)
-        self._waiters: dict[tuple[str, int], concurrent.futures.Future] = {}
+        self._waiters: dict[tuple[str, int], TaskFuture] = {}
+        self._settled = threading.Condition()  # the one condition all this connection's TaskFutures share
         self._early: dict[tuple[str, int], list] = {}
         self._reply_task: Optional[asyncio.Task] = None
         self._informer_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -185,16 +320,22 @@ class Connection:
 
     async def _submit_async(self, sid: str, inputs) -> list[concurrent.futures.Future]:
         ids = await ops.create_tasks(self._store, sid, inputs, self._reply_queue)
-        futures = []
-        for tid in ids:
-            fut = TaskFuture()
-            fut.task_id = str(tid)
-            early = self._early.pop((sid, tid), None)
-            if early is not None:
-                self._resolve(fut, early)
-            else:
-                self._waiters[(sid, tid)] = fut
-            futures.append(fut)
+        settled = self._settled
+        futures = [TaskFuture(settled, tid) for tid in ids]
+        waiters, early = self._waiters, self._early
+        if early:  # notices that came before this call returned (rare: a tiny batch on a fast instance)
+            outcomes = []
+            for fut in futures:
+                notice = early.pop((sid, fut._tid), None)
+                if notice is None:
+                    waiters[(sid, fut._tid)] = fut
+                elif notice[4]:  # output was chunked: fetch it from the task record
+                    asyncio.get_running_loop().create_task(self._resolve_from_record(fut, (sid, fut._tid)))
+                else:
+                    outcomes.append(self._outcome(fut, notice))
+            _settle(settled, outcomes)
+        else:
+            waiters.update(zip([(sid, tid) for tid in ids], futures))
         if self._waiters and (self._reply_task is None or self._reply_task.done()):
             self._reply_task = asyncio.get_running_loop().create_task(self._reply_loop())
         return futures
@@ -213,7 +354,8 @@ class Connection:
                     idle_since = time.monotonic()
                 continue
             idle_since = time.monotonic()
-            waiters, early = self._waiters, self._early
+            waiters, early, outcome = self._waiters, self._early, self._outcome
+            outcomes = []
             for _, payload in msgs:
                 for notice in R.notices_in(payload):
                     key = (notice[0], notice[1])
@@ -224,7 +366,8 @@ class Connection:
                     elif notice[4]:  # output was chunked: fetch it from the task record
                         asyncio.get_running_loop().create_task(self._resolve_from_record(fut, key))
                     else:
-                        self._resolve(fut, notice)
+                        outcomes.append(outcome(fut, notice))
+            _settle(self._settled, outcomes)  # the whole reply batch under one lock, one wake-up
             await self._store.ack(self._reply_queue, [seq for seq, _ in msgs])
 
     async def _check_outstanding(self) -> None:
@@ -250,12 +393,12 @@ class Connection:
                 fut.set_exception(exc)
 
     @staticmethod
-    def _resolve(fut: concurrent.futures.Future, notice: list) -> None:
+    def _outcome(fut: TaskFuture, notice: list) -> tuple:
+        """(future, result, exception) of a completion notice, for :func:`_settle`."""
         _, _, state, out_ref, _, message = notice
-        if state == int(TaskState.SUCCEED):
-            fut.set_result(out_ref[1] if out_ref else None)
-        else:
-            fut.set_exception(FlameError(FlameErrorCode.INTERNAL, message or "Task failed without error message"))
+        if state == _SUCCEED:
+            return fut, (out_ref[1] if out_ref else None), None
+        return fut, None, FlameError(FlameErrorCode.INTERNAL, message or "Task failed without error message")
 
     def _fail_all(self, exc: Exception) -> None:
         waiters, self._waiters = self._waiters, {}

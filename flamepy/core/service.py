@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import mmap
 import os
@@ -183,6 +184,8 @@ class _StateFile:
 
 
 _I64 = struct.Struct("<q")
+_PENDING = int(TaskState.PENDING)
+_RUNNING = int(TaskState.RUNNING)
 _U32 = struct.Struct("<I")
 
 
@@ -253,6 +256,10 @@ class _InstanceRunner:
             log.exception("on_session_enter failed")
             self._ready(["error", f"on_session_enter failed: {exc}"])
             sys.exit(12)
+        # What exists now (modules, the service and its session data) lives as long as the instance: out of
+        # the cyclic collector's sight, so its full passes walk only what tasks allocate.
+        gc.collect()
+        gc.freeze()
         self._ready(["ok", os.getpid()])
         log.info("instance %s serving session %s", self.instance_id, self.session_id)
         return ctx
@@ -314,7 +321,7 @@ class _InstanceRunner:
                     self._give_back([[seq, tid, last]] + [[s, a, b] for s, a, b, _ in work[index + 1:]])
                     return
                 got = recs[tid]
-                if got is None or got[0].get("state") != int(TaskState.PENDING):
+                if got is None or got[0].get("state") != _PENDING:
                     continue  # cancelled, or already done (a redelivery): nothing to run
                 took = self._run_one(_Entry(tid, got[0], got[1]))
                 if took >= SLOW_TASK_S:
@@ -401,10 +408,10 @@ class _InstanceRunner:
             if entry.lost:
                 continue
             if entry.marked:
-                items.append((entry.rec, int(TaskState.RUNNING), entry.version, state, output, message))
-            else:
-                items.append((ops.running_record(entry.rec, self.instance_id, entry.started_ms),
-                              int(TaskState.PENDING), entry.version, state, output, message))
+                items.append((entry.rec, _RUNNING, entry.version, state, output, message))
+            else:  # ran unmarked: the one terminal copy of its record gets the Running event too
+                items.append((entry.rec, _PENDING, entry.version, state, output, message,
+                              (self.instance_id, entry.started_ms)))
         # One KV_MPUT for the records, then counters, notices and acks in one pipelined burst.
         await ops.finish_batch(self.store, self.session_id, items, acks)
 
