@@ -182,17 +182,14 @@ async def _phase(spec: LoadSpec, targets: list[tuple[int, list[bytes], list[int]
     t0 = time.perf_counter()  # every connection is open before the clock starts
     for cl in clients:
         cl.start()
-    done = asyncio.gather(*(cl.done for cl in clients))
-    try:
-        await asyncio.wait_for(asyncio.shield(done), timeout=max_seconds)
-    except asyncio.TimeoutError:
+    _, left = await asyncio.wait([cl.done for cl in clients], timeout=max_seconds)
+    if left:  # the time cap: stop sending, let what is in flight come back
         for st in states:
-            st.stop = True  # stop sending; let the requests in flight come back
-        try:
-            await asyncio.wait_for(asyncio.shield(done), timeout=5)
-        except asyncio.TimeoutError:
-            states[0].errors += 1
-            states[0].error_sample = states[0].error_sample or "replies still missing 5 s after the time limit"
+            st.stop = True
+        _, left = await asyncio.wait(left, timeout=5)
+    if left:
+        states[0].errors += 1
+        states[0].error_sample = states[0].error_sample or "replies still missing 5 s after the time limit"
     elapsed = time.perf_counter() - t0
     own1 = os.times()
     server_cpu = sum(proc_cpu_seconds(p) for p in pids) - cpu0
