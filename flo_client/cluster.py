@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 from array import array
@@ -28,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from flo_core.body import Reader, Writer
-from flo_core.errors import ConnectionClosedError, ProtocolError, error_from_refusal, parse_refusal_body
+from flo_core.errors import (
+    ConnectionClosedError,
+    NotConnectedError,
+    ProtocolError,
+    error_from_refusal,
+    parse_refusal_body,
+)
 from flo_core.slots import SLOTS, key_slot
 from flo_core.spec import SPEC, Flag, Op, Ran, Reason, Status
 
@@ -62,6 +69,11 @@ ACROSS_SHARDS = frozenset({
     Op.ACTION_FAIL, Op.ACTION_TOUCH, Op.ACTION_RESULT, Op.ACTION_CANCEL, Op.WORKER_REGISTER, Op.WORKER_HEARTBEAT,
     Op.WORKER_DEREGISTER, Op.WORKER_LIST, Op.WORKER_INFO, Op.WORKER_DRAIN, Op.ACTION_REGISTER, Op.ACTION_INVOKE,
 })
+
+#: Actions, runs and workers all live on the shard owning this key's slot on a cluster of several shards
+#: (``flo_server.cluster.scatter.ACTIONS_KEY``): a worker's long poll and reports go straight there.
+ACTIONS_SLOT = key_slot(b"{flo.actions}")
+ACTION_OPS = frozenset(op for op in Op if op.name.startswith(("ACTION_", "WORKER_")))
 
 
 def slots_payload(redirect: bool) -> bytes:
@@ -192,6 +204,8 @@ class ClusterRouter:
         conn = self._conns.get(key)
         if conn is not None and not conn.closed:
             return conn
+        if self.client._closed:
+            raise NotConnectedError("client is closed")
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
@@ -231,8 +245,7 @@ class ClusterRouter:
         self._locks.clear()
         for conn in conns.values():
             conn.close()
-        if self._refreshing is not None:
-            self._refreshing.cancel()
+        # A refresh under way is left to fail by itself: connection() refuses once the client is closed.
 
     # --- where a request goes -------------------------------------------------------------------------
 
@@ -240,7 +253,7 @@ class ClusterRouter:
         """The leader that serves this request, or None for "any member" (it routes it)."""
         m = self.map
         if op in ACROSS_SHARDS and m.shards > 1:
-            return None
+            return m.leader(ACTIONS_SLOT) if op in ACTION_OPS else None
         try:
             if op == Op.KV_MGET:
                 r = Reader(rest)
@@ -279,6 +292,8 @@ class ClusterRouter:
             try:
                 conn = await self.connection(addr, blocking)
                 fut = conn.request(op, payload, timeout)
+            except NotConnectedError:
+                raise
             except ConnectionClosedError as e:  # not sent: the member is gone (or never was)
                 err: Exception = e
                 retry = not pinned or not self._is_pinned_home()  # several seeds: another can be home
@@ -366,7 +381,7 @@ class ClusterRouter:
     async def slots(self) -> dict:
         """The current map (refreshed first) as CLUSTER_SLOTS answers it."""
         await self.refresh()
-        return dict(self.map.info)
+        return copy.deepcopy(self.map.info)
 
 
-__all__ = ["ClusterRouter", "SlotMap", "LOCAL_OPS", "ACROSS_SHARDS", "MAX_REDIRECTS", "probe", "split_address"]
+__all__ = ["ClusterRouter", "SlotMap", "LOCAL_OPS", "ACROSS_SHARDS", "ACTION_OPS", "ACTIONS_SLOT", "MAX_REDIRECTS", "probe", "split_address"]

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from flo_client import FloClient
-from flo_client.cluster import ACROSS_SHARDS, LOCAL_OPS, SlotMap
+from flo_client.cluster import ACROSS_SHARDS, ACTION_OPS, ACTIONS_SLOT, LOCAL_OPS, SlotMap
 from flo_client.queue import DequeueOptions
 from flo_client.stream import StreamReadOptions
 from flo_core.errors import BadRequestError, ConnectionClosedError
@@ -53,11 +53,20 @@ def dead_endpoint() -> str:
 
 
 def test_the_op_sets_mirror_the_servers_router():
-    from flo_server.cluster import router
+    from flo_server.cluster import router, scatter
 
     # flo_client keeps its own copies (it does not import the server): update flo_client/cluster.py with router.py.
     assert LOCAL_OPS == router.LOCAL_OPS
     assert ACROSS_SHARDS == router.ACROSS_SHARDS
+    assert ACTION_OPS == scatter.ACTION_OPS and ACTIONS_SLOT == scatter.ACTIONS_SLOT
+
+
+def test_doctests():
+    import doctest
+
+    from flo_client import client, cluster
+
+    assert doctest.testmod(cluster).failed == 0 and doctest.testmod(client).failed == 0
 
 
 def test_a_bad_slot_map_is_refused_in_words():
@@ -159,6 +168,11 @@ async def test_seeds_past_a_dead_first_one_connect(cluster):
         assert client._cluster is not None and client._cluster.home == leaders[1].endpoint
         await client.kv.put(named_on(0, "seed-"), b"1")
         assert (await client.kv.get(named_on(0, "seed-"))).value == b"1"
+        await client.reconnect()  # asks the seeds again
+        assert client.is_connected and (await client.kv.get(named_on(0, "seed-"))).value == b"1"
+    assert not client.is_connected
+    with pytest.raises(ConnectionClosedError):  # closed: refused at once, not retried
+        await client.kv.get("x")
     with pytest.raises(ConnectionClosedError):
         await FloClient([dead_endpoint(), dead_endpoint()]).connect()
 
@@ -187,6 +201,31 @@ async def test_workers_and_writes_through_a_replica_seed(cluster):
             worker.stop()
             await asyncio.wait_for(task, 10)
     assert await forwarded(replica.endpoint) == 0
+
+
+async def test_workers_reach_the_action_registry_straight(cluster):
+    from flo_client.action_worker import ActionContext
+
+    c = cluster(2)
+    leaders = await c.ready()
+    home = leaders[1 - (0 if ACTIONS_SLOT <= 8191 else 1)]  # the member that does not hold the registry
+    async with FloClient(home.endpoint) as client:
+        await client.action.register("upper")
+        worker = client.new_action_worker(block_ms=1000)
+
+        @worker.action("upper")
+        async def upper(ctx: ActionContext) -> bytes:
+            return ctx.input().upper()
+
+        task = asyncio.ensure_future(worker.start())
+        try:
+            runs = [await client.action.invoke("upper", b"run%d" % i) for i in range(5)]
+            for i, run in enumerate(runs):
+                assert (await client.action.result(run.run_id, timeout_ms=20000)).output == b"RUN%d" % i
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+    assert [await forwarded(p.endpoint) for p in leaders.values()] == [0, 0]
 
 
 async def test_a_single_server_client_is_unchanged(server):
