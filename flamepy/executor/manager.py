@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from ..core import ops
 from ..core import records as R
@@ -156,6 +156,7 @@ class ExecutorManager:
         self._task: Optional[asyncio.Task] = None
         self._stopping = False
         self._failing: set[str] = set()
+        self._settling: set[str] = set()  # sessions whose dead nodes' work is being settled
         # packages of applications with url + installer (flamepy.executor.installer)
         self.installer = PackageInstaller(self.store, self.work_dir,
                                           timeout=float(os.environ.get("FLAME_INSTALL_TIMEOUT", install_timeout)))
@@ -233,9 +234,14 @@ class ExecutorManager:
             "os": sys.platform}), ttl_seconds=NODE_TTL_S)
 
     async def _forget_own_reservations(self) -> None:
-        """A restarted manager has no instances: drop what it had reserved before."""
-        for key in await self.store.scan("alloc/"):
-            await self._change_alloc(R.tagged_id(key), None)
+        """A restarted manager has no instances: settle what its previous run's instances were doing
+        and drop what it had reserved."""
+        keys = await self.store.scan("alloc/")
+        sids = [R.tagged_id(k) for k in keys]
+        for sid, got in zip(sids, await self.store.mget(keys) if keys else []):
+            if got is not None and self.node in R.unpack(got[0]):
+                running = ops._as_int(await self.store.get(R.k_cnt(sid, "running")))
+                await self._settle_lost_instances(sid, running, lambda node: node == self.node)
 
     # -- the scheduling cycle ---------------------------------------------------------------------------------
 
@@ -261,6 +267,10 @@ class ExecutorManager:
             running = ops._as_int(counters[2 * i + 1])
             alloc = R.unpack(allocs[i][0]) if allocs[i] else {}
             allocated = sum(n for node, n in alloc.items() if node in live_nodes)
+            if any(node not in live_nodes for node in alloc) and sid not in self._settling:
+                self._settling.add(sid)
+                asyncio.get_running_loop().create_task(self._settle_lost_instances(
+                    sid, running, lambda node, live=live_nodes: node not in live))
             sessions.append((rec, pending, running, allocated))
         sessions.sort(key=lambda s: (-s[0].get("priority", 0), s[0]["ctime"]))
         # sessions with nothing to do: their lingering (delay_release) instances may make room for others
@@ -346,20 +356,48 @@ class ExecutorManager:
             except Conflict:
                 continue
 
-    async def _change_alloc(self, sid: str, delta: Optional[int]) -> None:
-        """Add ``delta`` to this node's entry (None: remove it)."""
+    async def _settle_lost_instances(self, sid: str, running: int, lost: Callable[[str], bool]) -> None:
+        """Instances of ``sid`` on the nodes ``lost`` says are gone — a node that stopped heartbeating
+        (its manager was killed with its member: kill -9, a lost machine), or this node's previous
+        run: fail the tasks they were running, as an instance that exits does (no retry; the chunks
+        they held come back when their leases lapse), then drop those nodes' entries from
+        ``alloc/{sid}``. Any manager may do it; CAS keeps a result recorded first."""
+        try:
+            if running:
+                keys = await self.store.scan(R.p_tasks(sid))
+                for i in range(0, len(keys), 256):
+                    for got in await self.store.mget(keys[i:i + 256]):
+                        rec = R.unpack(got[0]) if got is not None else None
+                        iid = (rec or {}).get("instance") or ""
+                        if rec and rec["state"] == int(TaskState.RUNNING) and lost(_node_of(iid)):
+                            await ops.fail_lost_task(self.store, sid, rec["id"], None,
+                                                     f"instance {iid} was lost (its node {_node_of(iid)} stopped "
+                                                     f"or restarted) while it ran task {rec['id']}")
+            key = R.k_alloc(sid)
+            while True:
+                got = await self.store.get(key)
+                alloc = R.unpack(got[0]) if got else {}
+                if got is None or not any(lost(node) for node in alloc):
+                    return
+                try:
+                    await self.store.put(key, R.pack({n: c for n, c in alloc.items() if not lost(n)}), cas=got[1])
+                    return
+                except Conflict:
+                    continue
+        except Exception:  # the next cycle tries again
+            log.warning("settling the lost instances of session %s failed", sid, exc_info=True)
+        finally:
+            self._settling.discard(sid)
+
+    async def _change_alloc(self, sid: str, delta: int) -> None:
+        """Add ``delta`` to this node's entry."""
         key = R.k_alloc(sid)
         while True:
             got = await self.store.get(key)
             if got is None:
                 return
             alloc = R.unpack(got[0])
-            if delta is None:
-                if self.node not in alloc:
-                    return
-                alloc.pop(self.node)
-            else:
-                alloc[self.node] = max(0, alloc.get(self.node, 0) + delta)
+            alloc[self.node] = max(0, alloc.get(self.node, 0) + delta)
             try:
                 await self.store.put(key, R.pack(alloc), cas=got[1])
                 return
@@ -570,6 +608,11 @@ class ExecutorManager:
                 os.killpg(inst.proc.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 await inst.proc.wait()
+
+
+def _node_of(instance_id: str) -> str:
+    """The node that launched an instance (its id is ``<node>-<10 hex>``, :meth:`ExecutorManager._launch`)."""
+    return instance_id.rsplit("-", 1)[0]
 
 
 def _tail_of(path: Optional[str], limit: int = 400) -> str:

@@ -127,3 +127,56 @@ async def test_two_shards_run_two_sessions_each_on_its_shard(cluster, tmp_path):
     finally:
         for conn in conns:
             conn.close()
+
+
+SLEEPY = '''\
+import time
+import flamepy
+
+class Sleepy(flamepy.FlameService):
+    def on_task_invoke(self, ctx):
+        time.sleep(2)
+        return b"done:" + ctx.input
+
+flamepy.run(Sleepy())
+'''
+
+
+async def test_kill_9_of_a_member_fails_what_its_instances_ran_and_the_rest_completes(cluster, tmp_path):
+    """A member killed with its manager and instances: once its node's heartbeat lapses, a surviving
+    manager fails the tasks those instances were running (as when an instance exits), the chunks they
+    held run elsewhere once their leases lapse, and the session closes (nothing is left RUNNING)."""
+    c = cluster(1, 2, executor=True, env=ENV)
+    leaders = await c.ready()
+    leader = leaders[0]
+    victim = next(p for p in c.members if p is not leader)
+    victim_node = victim.args[victim.args.index("--node") + 1]
+    _wait_for_managers(c, {"s0m0", "s0m1"})
+    (tmp_path / "sleepy.py").write_text(SLEEPY)
+    conn = flamepy.connect(leader.endpoint)
+    try:
+        conn.register_application("kill-sleepy", {"command": sys.executable, "arguments": ["sleepy.py"],
+                                                  "working_directory": str(tmp_path)})
+        ssn = conn.create_session(flamepy.SessionAttributes(application="kill-sleepy", id="kill-s"))
+        futures = [ssn.run(b"%d" % i) for i in range(16)]  # one queue message each: spread over instances
+
+        def running_on_victim() -> bool:
+            recs = conn._call(conn.store.mget([R.k_task(ssn.id, t) for t in range(1, 17)]))
+            return any(R.unpack(g[0])["state"] == int(flamepy.TaskState.RUNNING)
+                       and (R.unpack(g[0]).get("instance") or "").startswith(victim_node + "-") for g in recs if g)
+        wait_until(running_on_victim, timeout=90)
+        victim.kill()
+        outcomes = []
+        for f in futures:
+            try:
+                outcomes.append(f.result(timeout=180))
+            except flamepy.FlameError as exc:
+                outcomes.append(exc)
+        lost = [o for o in outcomes if isinstance(o, Exception)]
+        assert lost and all("was lost" in str(o) and victim_node in str(o) for o in lost), lost
+        assert all(o == b"done:%d" % i for i, o in enumerate(outcomes) if not isinstance(o, Exception))
+        wait_until(lambda: conn.get_session("kill-s").running == 0, timeout=30)
+        ssn.close()
+    finally:
+        conn.close()
+
