@@ -408,15 +408,20 @@ def terminal_record(rec: dict, state: TaskState, output_ref, message: Optional[s
     rec = dict(rec)
     if started is not None:
         rec["instance"] = started[0]
-        _event(rec, int(TaskState.RUNNING), "Task state was updated to <Running>", started[1])
-    rec["state"] = int(state)
+        _event(rec, _RUNNING, "Task state was updated to <Running>", started[1])
+    now = now_ms()
+    rec["state"] = code = int(state)
     rec["output"] = output_ref
-    rec["dtime"] = now_ms()
-    if state == TaskState.SUCCEED:
-        _event(rec, int(state), "Task was completed with state <Succeed>")
+    rec["dtime"] = now
+    if code == _SUCCEED:
+        _event(rec, code, "Task was completed with state <Succeed>", now)
     else:
-        _event(rec, int(state), message or "Task failed without error message")
+        _event(rec, code, message or "Task failed without error message", now)
     return rec
+
+
+_RUNNING = int(TaskState.RUNNING)
+_SUCCEED = int(TaskState.SUCCEED)
 
 
 async def finish_batch(store: Store, sid: str, done: Sequence[tuple], acks: Sequence[int] = ()) -> list[bool]:
@@ -441,7 +446,7 @@ async def finish_batch(store: Store, sid: str, done: Sequence[tuple], acks: Sequ
             await store.ack(R.q_tasks(sid), acks)
         return []
     puts, finals, chunk_writes = [], [], []
-    pack, k_task = R.pack, R.k_task
+    pack, k_task, notice_of = R.pack, R.k_task, R.notice_of
     for rec, prev_state, version, state, output, message, *started in done:
         ref, chunks = R.split_blob(output, sid)
         if chunks:
@@ -458,15 +463,19 @@ async def finish_batch(store: Store, sid: str, done: Sequence[tuple], acks: Sequ
         recorded.append(version is not None)
         if version is None:
             continue  # cancelled or failed by someone else meanwhile: theirs stands
-        src = "running" if prev_state == int(TaskState.RUNNING) else "pending"
-        dst = _COUNTER_OF[final["state"]]
+        src = "running" if prev_state == _RUNNING else "pending"
+        code = final["state"]
+        dst = _COUNTER_OF[code]
         deltas[src] = deltas.get(src, 0) - 1
         deltas[dst] = deltas.get(dst, 0) + 1
-        if final.get("reply"):
-            if message is None and final["state"] != int(TaskState.SUCCEED):
+        reply = final.get("reply")
+        if reply:
+            if message is None and code != _SUCCEED:
                 message = R.failure_message(final)
-            notices.setdefault(final["reply"], []).append(
-                R.notice_of(sid, final["id"], final["state"], final.get("output"), message))
+            group = notices.get(reply)
+            if group is None:
+                group = notices[reply] = []
+            group.append(notice_of(sid, final["id"], code, final.get("output"), message))
     # Same connection, sent in this order and applied in order: counters land before the notices,
     # the notices before the acks.
     await asyncio.gather(*(store.incr(R.k_cnt(sid, c), d) for c, d in deltas.items() if d),

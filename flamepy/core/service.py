@@ -347,7 +347,12 @@ class _InstanceRunner:
         self.current = entry
         try:
             data = entry.rec.get("input")
-            data = data[1] if data and data[0] == "i" else self._call(self.store.read_blob(data))
+            if not data:  # no input: no trip to the I/O loop for it
+                data = None
+            elif data[0] == "i":
+                data = data[1]
+            else:
+                data = self._call(self.store.read_blob(data))
             output = self.service.on_task_invoke(TaskContext(str(entry.tid), self.session_id, data))
             if output is not None and not isinstance(output, (bytes, bytearray)):
                 raise TypeError(f"on_task_invoke must return bytes or None, not {type(output).__name__}")
