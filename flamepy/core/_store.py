@@ -29,16 +29,6 @@ MPUT_MAX_ITEMS = MAX_MPUT_ITEMS     # one KV_MPUT request carries at most this m
 MPUT_MAX_BYTES = 4 * 1024 * 1024    # ... and about this many key+value bytes (well under the 16 MiB frame)
 
 
-def _routing_tag(key: str) -> str:
-    """What a cluster routes ``key`` by: its ``{hash tag}``, or the whole key (flo_core.slots.hash_tag)."""
-    start = key.find("{")
-    if start >= 0:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            return key[start + 1:end]
-    return key
-
-
 class Conflict(Exception):
     """A CAS / if-absent write lost."""
 
@@ -131,19 +121,21 @@ class Store:
         Keys with the same ``{hash tag}`` (flamepy's layout: one session's) share requests; a key
         without one goes alone. Items keep their order within a tag."""
         requests: list[list[tuple]] = []
-        open_batches: dict[str, list] = {}   # tag -> [batch, keys, size]
+        open_batches: dict[str, list] = {}   # routing tag -> [batch, its keys, its bytes]
+        head = tag = entry = None         # head: "task/{s-1}", the part of the last key that names its tag
         for item in items:
             key, value = item[0], item[1]
-            cas = item[2] if len(item) > 2 else None
-            route = _routing_tag(key)
-            entry = open_batches.get(route)
-            if entry is not None and (len(entry[0]) >= MPUT_MAX_ITEMS or key in entry[1]
-                                      or entry[2] + len(key) + len(value) > MPUT_MAX_BYTES):
-                entry = None
-            if entry is None:
-                entry = open_batches[route] = [[], set(), 0]
+            if head is None or not key.startswith(head):  # the {hash tag} rule of flo_core.slots.hash_tag
+                start = key.find("{")
+                end = key.find("}", start + 1) if start >= 0 else -1
+                tag, head = (key[start + 1:end], key[:end + 1]) if end > start + 1 else (key, None)
+                entry = open_batches.get(tag)
+            if entry is None or len(entry[0]) >= MPUT_MAX_ITEMS or key in entry[1] \
+                    or entry[2] + len(key) + len(value) > MPUT_MAX_BYTES:
+                entry = open_batches[tag] = [[], set(), 0]
                 requests.append(entry[0])
-            entry[0].append((key, value) if cas is None else (key, value, PutOptions(cas_version=cas)))
+            entry[0].append((key, value) if len(item) < 3 or item[2] is None
+                            else (key, value, PutOptions(cas_version=item[2])))
             entry[1].add(key)
             entry[2] += len(key) + len(value)
         return requests
