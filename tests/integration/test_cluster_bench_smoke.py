@@ -52,6 +52,7 @@ def test_quick_cluster_group_writes_results(tmp_path: Path) -> None:
     failover = next(r for r in records if r["type"] == "cluster_failover")
     assert not failover.get("error") and failover["runs"] and failover["runs"][0]["ms"] > 0, failover
     assert failover["lease_multiple"] == round(failover["median_ms"] / failover["lease_ms"], 2)
+    assert 0 < failover["runs"][0]["elected_ms"] <= failover["runs"][0]["ms"], failover  # read from the logs
     md = (out / "summary.md").read_text()
     assert "## Cluster" in md and "cluster/failover" in md and "nothing pinned" in md
     group = next(r for r in records if r["type"] == "cluster_group")
