@@ -330,6 +330,59 @@ cdef class KVStore:
         out.reverse()
         return out
 
+    def export_keys(self, str ns, keys):
+        """:meth:`dump` rows of those of ``keys`` that ``ns`` holds (a slot move hands them over)."""
+        cdef Namespace sp = self.spaces.get(ns)
+        cdef Entry e
+        if sp is None:
+            return []
+        out = []
+        for k in keys:
+            e = sp.keys.get(k)
+            if e is not None:
+                out.append([k, e.value, e.version, e.expires_at, e.written_at, self._held(e)])
+        return out
+
+    def import_rows(self, str ns, rows):
+        """Add :meth:`dump` rows to ``ns``, each replacing what the key held (a slot moved here)."""
+        cdef Namespace sp = self._space(ns, True)
+        cdef Entry e, old
+        for k, value, version, expires_at, written_at, hist in rows:
+            e = None
+            for h in hist:  # oldest first
+                prev = e
+                e = Entry(h[2], h[0], 0, h[1])
+                e.prev = prev
+                self.history_bytes += len(h[2]) + _OVERHEAD
+            prev = e
+            e = Entry(value, version, expires_at, written_at)
+            e.prev = prev
+            e.depth = len(hist)
+            old = sp.keys.get(k)
+            if old is None:
+                sp.add_key(k)
+            else:
+                self._forget_history(old)
+            sp.keys[k] = e
+            if expires_at:
+                heapq.heappush(self._ttl_heap, (expires_at, ns, k))
+        return len(rows)
+
+    def drop_keys(self, str ns, keys):
+        """Forget ``keys`` of ``ns`` with their history (their slot moved away); how many there were."""
+        cdef Namespace sp = self.spaces.get(ns)
+        cdef Entry e
+        cdef Py_ssize_t n = 0
+        if sp is None:
+            return 0
+        for k in keys:
+            e = sp.keys.pop(k, None)
+            if e is not None:
+                sp.remove_key(k)
+                self._forget_history(e)
+                n += 1
+        return n
+
     def load(self, state):
         """Replace the contents with a :meth:`dump`."""
         cdef Namespace sp

@@ -857,9 +857,20 @@ cdef class LogWriter:
             self.tap(self._pending_first_lsn, self.last_lsn, PyBytes_FromStringAndSize(<char *>self._buf, total))
         return total
 
+    def raise_floor(self, uint64_t lsn):
+        """Make the next record's LSN larger than ``lsn``.
+
+        LSNs rise but need not be consecutive: slots that moved here from another shard bring
+        versions of that shard's log, and every version this log gives those keys later must be
+        larger (``cluster.import``). Readers, replicas and recovery all accept the gap.
+        """
+        if lsn > self.last_lsn:
+            self.last_lsn = lsn
+
     def append_framed(self, bytes data):
         """Queue records framed as this writer frames them (a replica's copy of its leader's log);
-        returns how many. Every CRC is checked and the LSNs must continue ours one by one."""
+        returns how many. Every CRC is checked and the LSNs must rise above ours (a leader's log
+        may skip LSNs: :meth:`raise_floor`)."""
         cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0
         cdef uint64_t prev = self.last_lsn, lsn = 0, first = self.last_lsn + 1
@@ -870,10 +881,9 @@ cdef class LogWriter:
             raise ValueError("log is closed")
         while pos < n:
             err = parse_at(p, n, pos, prev, &lsn, &plen)
-            if err != OK or lsn != prev + 1:
-                raise ValueError(f"replicated record at offset {pos}: "
-                                 f"{_REASONS.get(err, 'LSN does not follow') if err != OK else 'LSN does not follow'}"
-                                 f" (expected LSN {prev + 1})")
+            if err != OK:  # parse_at also refuses an LSN that does not rise
+                raise ValueError(f"replicated record at offset {pos}: {_REASONS.get(err, 'bad record')}"
+                                 f" (expected an LSN above {prev})")
             prev = lsn
             pos += HDR + plen
             count += 1

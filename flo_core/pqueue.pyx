@@ -729,6 +729,14 @@ cdef class Queues:
     def count(self):
         return sum(len(d) for d in self.by_ns.values())
 
+    def all_names(self):
+        """Every ``(ns, name)`` (a slot move picks its queues from them)."""
+        return [(ns, name) for ns, d in self.by_ns.items() for name in d]
+
+    def adopt(self, str ns, str name, PriorityQueue q):
+        """Put ``q`` under ``name``, replacing any queue there (a slot moved here)."""
+        self.by_ns.setdefault(ns, {})[name] = q
+
     def names(self, str ns):
         """Queue names of a namespace, sorted."""
         d = self.by_ns.get(ns)

@@ -31,7 +31,7 @@ from flo_server import handlers  # noqa: F401 - registers every handler and appl
 from flo_server import persistence
 from flo_server.actions import Actions
 from flo_server.auth import Rule, Users
-from flo_server.cluster import resp_cluster, router  # noqa: F401 - register RESP CLUSTER and CLUSTER_HOP
+from flo_server.cluster import migrate, resp_cluster, router  # noqa: F401 - register their handlers and appliers
 from flo_server.cluster.replication import EpochHistory  # also registers the REPL_* handlers
 from flo_server.metrics import SlowLog, new_metrics
 from flo_server.config import ServerConfig

@@ -98,6 +98,17 @@ class Waiters:
                     fut.set_result(None)
                     break
 
+    def fail_where(self, match: Any, error: Any) -> int:
+        """End every parked request waiting on a key ``match(key)`` accepts with ``error(key)`` (a slot
+        moved to another shard: the request must be asked again there); how many."""
+        ended = 0
+        for key in [k for k in self._by_key if match(k)]:
+            for fut in list(self._by_key.get(key, {}).values()):
+                if not fut.done():
+                    fut.set_exception(error(key))
+                    ended += 1
+        return ended
+
     def has_waiters(self, key: Hashable) -> bool:
         return bool(self._by_key.get(key))
 

@@ -117,6 +117,14 @@ class SlotMap:
         owners = [self.owner(s) if s not in moving else dst for s in range(SLOTS)]
         return SlotMap(self.shards, _ranges(owners)), sorted(moving)
 
+    def reassign(self, slots: list[int], dst: int) -> "SlotMap":
+        """The map with ``slots`` owned by ``dst``."""
+        if not 0 <= dst < self.shards:
+            raise ClusterError(f"no shard {dst}")
+        moving = set(slots)
+        owners = [dst if s in moving else self.owner(s) for s in range(SLOTS)]
+        return SlotMap(self.shards, _ranges(owners))
+
     def to_json(self) -> bytes:
         return json.dumps({"shards": self.shards, "ranges": self.ranges}).encode()
 

@@ -58,6 +58,7 @@ class ClusterNode:
         self.backlog = Backlog()
         self.replicas: dict[str, dict] = {}  # the leader's view: node -> {"next", "synced", "at"}
         self.slot_map: Any = None
+        self.map_revision = 0  # the etcd mod revision of slot_map (or a lower bound of it)
         self.leaders: dict[int, tuple[str, str, int]] = {}  # shard -> (node, advertise, epoch), refreshed from etcd
         self.members: dict[int, dict[str, dict]] = {}  # shard -> member name -> its etcd record
         # Credentials for asking other members (forwarded requests, replication) when they require users.
@@ -73,7 +74,7 @@ class ClusterNode:
 
     async def start(self) -> None:
         await self.coord.connect()
-        self.slot_map, _ = await self.coord.slot_map()
+        self.adopt_map(*await self.coord.slot_map())
         if not 0 <= self.shard < self.slot_map.shards:
             raise Refusal(Reason.MALFORMED, f"--shard {self.shard}: the cluster has {self.slot_map.shards} shards")
         journal = self.srv.journal
@@ -100,9 +101,16 @@ class ClusterNode:
             await self.router.close()
         await self.coord.close()
 
+    def adopt_map(self, slot_map: Any, revision: int) -> None:
+        """Use ``slot_map`` (etcd ``revision`` or later) unless a newer one is known already."""
+        if revision >= self.map_revision:
+            self.slot_map, self.map_revision = slot_map, revision
+
     async def _refresh_map(self) -> None:
         """The slot map and every shard's leader, as etcd has them now."""
-        self.slot_map, _ = await self.coord.slot_map()
+        # A read that started before a slot move flipped the map may end after it: adopt_map keeps
+        # the newer of the two, so a member never goes back to serving slots it gave away.
+        self.adopt_map(*await self.coord.slot_map())
         leaders, members = {}, {}
         for shard in range(self.slot_map.shards):
             lead = await self.coord.leader_of(shard)

@@ -94,12 +94,14 @@ class Backlog:
 
 
 def _offset_of(data: bytes, first: int, lsn: int) -> int:
-    """Offset of record ``lsn`` in a chunk of framed records starting at ``first``."""
+    """Offset of the first record at or above ``lsn`` in a chunk of framed records (LSNs rise, maybe
+    with gaps: ``LogWriter.raise_floor``)."""
     pos = 0
-    while first < lsn:
-        n = _HDR.unpack_from(data, pos)[0]
+    while pos < len(data):
+        n, _crc, at, _kind = _HDR.unpack_from(data, pos)
+        if at >= lsn:
+            break
         pos += HDR + n
-        first += 1
     return pos
 
 

@@ -26,7 +26,7 @@ from flo_core.errors import Refusal
 from flo_core.slots import key_slot
 from flo_core.spec import SPEC, Flag, Op, Reason
 from flo_server.cluster import scatter
-from flo_server.dispatch import handler
+from flo_server.dispatch import HANDLERS, handler
 
 log = logging.getLogger("flo.cluster")
 
@@ -38,6 +38,9 @@ LOCAL_OPS = frozenset({
     Op.NAMESPACE_CONFIG_SET, Op.NAMESPACE_CONFIG_GET,
 })
 FORWARD_TIMEOUT_S = 30.0
+#: A request is forwarded at most this often: once by the member it reached, once more by a member
+#: that knows of a slot move or a new leader the first did not yet.
+MAX_HOPS = 2
 #: Ops that are not simply "the owner of the key's slot" on a cluster of several shards: a scan or a list
 #: covers every shard, a transaction's commit goes where it began, an action run lives where its action
 #: does. :mod:`flo_server.cluster.scatter` routes them.
@@ -54,9 +57,10 @@ class Router:
 
     def __init__(self, node: Any) -> None:
         self.node = node
-        self._peers: dict[str, Any] = {}
-        self._connecting: dict[str, asyncio.Lock] = {}
+        self._peers: dict[tuple[str, int], Any] = {}  # (address, hops) -> connection
+        self._connecting: dict[tuple[str, int], asyncio.Lock] = {}
         self.forwarded = 0
+        self.frozen: dict[int, asyncio.Event] = {}  # slots of a batch being moved -> set when it is done
 
     # --- where a slot is served -------------------------------------------------------------------
 
@@ -101,6 +105,12 @@ class Router:
             slot = next(iter(slots))
         else:
             slot = key_slot(req.key, req.ns)
+        return self.to_slot(req, op, payload, slot)
+
+    def to_slot(self, req: Any, op: int, payload: bytes, slot: int) -> Any:
+        """:meth:`route` for a request that belongs to ``slot``."""
+        if self.frozen and slot in self.frozen and _changes(op):
+            return self._when_thawed(req, op, payload, self.frozen[slot])
         if self.serves(slot):
             return None
         if self._read_without_leader(slot, op):
@@ -109,37 +119,65 @@ class Router:
             # A routing client (flo_client with the slot map) sends each request to its owner: tell it
             # where the slot lives rather than forwarding, as Redis Cluster's MOVED does. Nothing ran.
             raise Refusal(Reason.LEADER_UNKNOWN, f"MOVED {slot} {self.leader_for(slot)}")
-        if getattr(req.conn, "forwarded", False):
-            # Another member's view of the cluster is a moment old: it retries, we never pass it on.
+        hops = getattr(req.conn, "forwarded", 0)
+        if hops >= MAX_HOPS:
+            # Views of the cluster a moment old on both members we came through: the client retries.
             raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN slot {slot} is not served here (a moved leader "
                                                  "or slot): retry")
-        return self._forward(self.leader_for(slot), op, payload)
+        # A forwarded request goes on once more at most: the member that sent it had not yet seen a
+        # slot move or a new leader that we have.
+        return self._forward(self.leader_for(slot), op, payload, hops + 1)
 
-    async def _forward(self, addr: str, op: int, payload: bytes) -> tuple[int, bytes]:
-        conn = await self._peer(addr)
+    # --- slot moves (flo_server.cluster.migrate) ---------------------------------------------------
+
+    def freeze(self, slots: set[int]) -> Any:
+        """Hold writes and blocking requests on ``slots`` until the returned ``thaw()`` is called."""
+        ev = asyncio.Event()
+        for s in slots:
+            self.frozen[s] = ev
+
+        def thaw() -> None:
+            for s in slots:
+                if self.frozen.get(s) is ev:
+                    del self.frozen[s]
+            ev.set()
+
+        return thaw
+
+    async def _when_thawed(self, req: Any, op: int, payload: bytes, ev: asyncio.Event) -> tuple[int, bytes]:
+        await ev.wait()
+        again = self.route(req, op, payload)  # the slot moved (forward it) or the move failed (ours still)
+        if again is not None:
+            return await again
+        out = HANDLERS[op](self.node.srv, req)
+        return (0, out) if type(out) is bytes else (0, await out)
+
+    async def _forward(self, addr: str, op: int, payload: bytes, hops: int = 1) -> tuple[int, bytes]:
+        conn = await self._peer(addr, hops)
         self.forwarded += 1
         spec = SPEC.get(op)
         timeout = 0.0 if spec is not None and spec.flags & Flag.BLOCKING else FORWARD_TIMEOUT_S
         return await conn.request(op, payload, timeout)
 
-    async def _peer(self, addr: str) -> Any:
+    async def _peer(self, addr: str, hops: int = 1) -> Any:
+        """A pooled connection to ``addr`` whose requests arrive there as having come ``hops`` hops."""
         from flo_client.connection import Connection
 
-        conn = self._peers.get(addr)
+        pool = (addr, hops)
+        conn = self._peers.get(pool)
         if conn is not None and not conn.closed:
             return conn
-        lock = self._connecting.setdefault(addr, asyncio.Lock())
+        lock = self._connecting.setdefault(pool, asyncio.Lock())
         async with lock:
-            conn = self._peers.get(addr)
+            conn = self._peers.get(pool)
             if conn is None or conn.closed:
                 host, _, port = addr.rpartition(":")
                 conn = await Connection.open(host, int(port), 5.0, auth=self.node.peer_auth)
-                hop = b"\x00\x00\x00\x00" + Writer().bytes32(b"").options({}).getvalue()  # no ns, key, value
-                status, data = await conn.request(Op.CLUSTER_HOP, hop, 5.0)
+                status, data = await conn.request(Op.CLUSTER_HOP, hop_payload(hops), 5.0)
                 if status != 0:
                     conn.close()
                     raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
-                self._peers[addr] = conn
+                self._peers[pool] = conn
         return conn
 
     def _mget(self, req: Any, payload: bytes) -> Any:
@@ -204,6 +242,8 @@ class Router:
         if len(slots) > 1:
             return "CROSSSLOT Keys in request don't hash to the same slot"
         slot = slots.pop()
+        if slot in self.frozen:
+            return "TRYAGAIN the slot is moving to another shard (a few milliseconds): retry"
         if self.serves(slot):
             return None
         try:
@@ -242,15 +282,31 @@ def cluster_slots(srv: Any, req: Any) -> bytes:
 
 @handler(Op.CLUSTER_HOP)
 def cluster_hop(srv: Any, req: Any) -> bytes:
-    """CLUSTER_HOP -> empty (ext): requests on this connection come from another member's router."""
+    """CLUSTER_HOP value=hop count (empty: 1) -> empty (ext): requests on this connection come from another
+    member's router, having come that many hops (a request is forwarded twice at most)."""
     if req.conn is not None:
-        req.conn.forwarded = True
+        try:
+            hops = int(req.value or b"1")
+        except ValueError:
+            raise Refusal(Reason.MALFORMED, "CLUSTER_HOP: value must be the hop count") from None
+        req.conn.forwarded = max(1, min(hops, MAX_HOPS))
     return b""
+
+
+def hop_payload(hops: int = 1) -> bytes:
+    """The CLUSTER_HOP request of a connection whose requests have come ``hops`` hops."""
+    return Writer().u16(0).u16(0).bytes32(str(hops).encode()).options({}).getvalue()  # no ns or key
 
 
 class _Relayed(Exception):
     def __init__(self, status: int, data: bytes) -> None:
         self.status, self.data = status, data
+
+
+def _changes(op: int) -> bool:
+    """Writes and blocking requests wait while their slot moves; plain reads are served from the copy."""
+    spec = SPEC.get(op)
+    return spec is None or bool(spec.flags & (Flag.WRITE | Flag.BLOCKING))
 
 
 def _mput_keys(req: Any) -> list[bytes]:

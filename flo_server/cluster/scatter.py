@@ -81,14 +81,10 @@ def _forwarded(req: Any) -> bool:
 def _to_slot(router: Any, req: Any, op: int, payload: bytes, slot: int) -> Any:
     """The owner of ``slot`` answers, as ``Router.route`` does for a key (a read of our own shard without
     a leader is served from our copy)."""
-    if router.serves(slot) or router._read_without_leader(slot, op):
-        return None
-    if _forwarded(req):
-        raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN slot {slot} is not served here (a moved leader or "
-                                             "slot): retry")
-    if op == Op.ACTION_AWAIT:
+    if op == Op.ACTION_AWAIT and not (router.serves(slot) or router._read_without_leader(slot, op)
+                                      or _forwarded(req) or slot in router.frozen):
         return _parked(router, router.leader_for(slot), op, payload)
-    return router._forward(router.leader_for(slot), op, payload)
+    return router.to_slot(req, op, payload, slot)
 
 
 async def _parked(router: Any, addr: str, op: int, payload: bytes) -> tuple[int, bytes]:
@@ -98,12 +94,12 @@ async def _parked(router: Any, addr: str, op: int, payload: bytes) -> tuple[int,
     On the pooled connection the owner would not know the worker went, and could hand the next run to
     an await nobody reads (that run would wait out its timeout and spend an attempt)."""
     from flo_client.connection import Connection
+    from flo_server.cluster.router import hop_payload
 
     host, _, port = addr.rpartition(":")
     conn = await Connection.open(host, int(port), 5.0, auth=router.node.peer_auth)
     try:
-        hop = Writer().u16(0).u16(0).bytes32(b"").options({}).getvalue()  # no namespace, key or value
-        status, _ = await conn.request(Op.CLUSTER_HOP, hop, 5.0)
+        status, _ = await conn.request(Op.CLUSTER_HOP, hop_payload(), 5.0)
         if status != 0:
             raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
         router.forwarded += 1
