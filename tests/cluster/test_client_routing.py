@@ -175,6 +175,16 @@ async def test_seeds_past_a_dead_first_one_connect(cluster):
         await client.kv.get("x")
     with pytest.raises(ConnectionClosedError):
         await FloClient([dead_endpoint(), dead_endpoint()]).connect()
+    # Many first calls at once, a long poll among them: one of them finds the cluster, all are routed.
+    fresh = FloClient(leaders[0].endpoint)
+    try:
+        keys = [f"many:{i}" for i in range(50)]
+        poll = asyncio.ensure_future(fresh.queue.dequeue(named_on(1, "q-"), 1, DequeueOptions(block_ms=100)))
+        await asyncio.gather(*(fresh.kv.put(k, b"1") for k in keys))
+        assert (await poll).messages == [] and fresh._cluster.redirects == 0
+    finally:
+        await fresh.close()
+    assert [await forwarded(p.endpoint) for p in leaders.values()] == [0, 0]
 
 
 async def test_workers_and_writes_through_a_replica_seed(cluster):
