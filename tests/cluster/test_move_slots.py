@@ -186,3 +186,46 @@ async def test_a_long_poll_parked_on_a_moving_queue_is_answered_from_the_new_own
         # had the poll stayed parked at the old owner it would see nothing and end empty at its deadline
         got = await asyncio.wait_for(polling, 30)
         assert [m.payload for m in got.messages] == [b"after the move"]
+
+
+async def test_moved_slots_survive_kill9_of_the_new_owners_leader(cluster):
+    """The import is in the new owner's log, replicated before the move completes (--sync-replicas 1):
+    its replica takes over with the data, and the killed member recovers its log (LSNs with a gap)."""
+    import signal
+
+    from tests.helpers import wait_for
+
+    c = cluster(2, 2, "--sync-replicas", "1", fsync="always")
+    leaders = await c.ready()
+    keys = names("dk", 30)
+    async with FloClient(leaders[0].endpoint) as a:
+        versions = {k: (await a.kv.put(k, k.encode())).version for k in keys}
+    out = await asyncio.get_running_loop().run_in_executor(None, move, c, 0, 1, COUNT)
+    assert out.returncode == 0, out.stderr
+    killed = leaders[1]
+    killed.proc.send_signal(signal.SIGKILL)
+    killed.proc.wait(10)
+    survivor = next(p for p in c.procs[1] if p is not killed)
+
+    async def survivor_leads() -> bool:
+        async with FloClient(survivor.endpoint, timeout_ms=1000, max_retries=1) as s:
+            return (await s.server_info())["cluster"]["role"] == "leader"
+
+    await wait_for(survivor_leads, timeout=20)
+    async with FloClient(survivor.endpoint) as s:
+        for k in keys:
+            got = await s.kv.get(k)
+            assert got is not None and (got.value, got.version) == (k.encode(), versions[k]), k
+    killed.start()  # recovers its log, whose LSNs skip where the import came in, and rejoins as a replica
+    await c.ready()
+    async with FloClient(survivor.endpoint, timeout_ms=10_000) as s:
+        v = (await s.kv.put(keys[0], b"after")).version
+        assert v > max(versions.values())
+    r = redis.Redis(port=killed.port)  # its own copy (KEYS is not routed)
+    try:
+        def held() -> bool:
+            return {k.decode() for k in r.keys("dk*")} == set(keys)
+
+        await wait_for(held, timeout=10)
+    finally:
+        r.close()
