@@ -85,6 +85,9 @@ async def test_one_shard_two_members_runs_sessions_through_the_replica(cluster, 
         futures = ssn.run_many([str(i).encode() for i in range(60)])
         assert [f.result(timeout=120) for f in futures] == [b"echo:%d" % i for i in range(60)]
         assert "one-shard-s" in {s.id for s in conn.list_sessions()}
+        # both managers took part: the replica's reserved and started instances through forwarding too
+        assert {e.spec.node for e in conn.list_executors() if e.status.session_id == "one-shard-s"} \
+            == {"s0m0", "s0m1"}
         ssn.close()
     finally:
         conn.close()
