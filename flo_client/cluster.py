@@ -33,6 +33,7 @@ from flo_core.errors import (
     ConnectionClosedError,
     NotConnectedError,
     ProtocolError,
+    RequestTimeoutError,
     error_from_refusal,
     parse_refusal_body,
 )
@@ -181,7 +182,7 @@ class ClusterRouter:
         self.map = SlotMap(info)
         self._conns: dict[tuple[str, bool], Connection] = {}  # (address, for long polls) -> connection
         self._locks: dict[tuple[str, bool], asyncio.Lock] = {}
-        self._down: dict[str, float] = {}  # address -> loop time it last refused a connection
+        self._down: dict[str, float] = {}  # address -> loop time it last refused a connection (or timed out)
         self._refreshing: asyncio.Future | None = None
         self._refreshed_at = 0.0
         self.redirects = 0  # MOVED answers followed (a stale map's cost)
@@ -302,6 +303,13 @@ class ClusterRouter:
                     status, data = await fut
                 except asyncio.CancelledError:
                     conn.forget(fut)
+                    raise
+                except RequestTimeoutError:
+                    # It may have run. A member that stopped answering may have lost its shard meanwhile:
+                    # the next requests should not wait on it too.
+                    if not pinned:
+                        self._down[addr] = asyncio.get_running_loop().time()  # asked last by the refresh
+                        self.refresh_soon()
                     raise
                 except ConnectionClosedError as e:  # lost in flight: it may have run
                     err, retry = e, not pinned and _resendable(op)

@@ -161,6 +161,36 @@ async def test_a_failover_refreshes_the_map_and_writes_go_on(cluster):
         assert all(g.value == b"after" for g in await client.kv.mget(keys))
 
 
+async def test_a_leader_that_stops_answering_is_routed_around(cluster):
+    import os
+    import signal
+
+    from flo_core.errors import FloError
+
+    c = cluster(2, 2)
+    leaders = await c.ready()
+    home = next(p for p in c.procs[1] if p is not leaders[1])
+    k0 = named_on(0, "stop-")
+    async with FloClient(home.endpoint, timeout_ms=1000) as client:
+        await client.kv.put(k0, b"before")
+        old = leaders[0]
+        os.kill(old.proc.pid, signal.SIGSTOP)  # alive, its connections open, answering nothing
+        try:
+            await wait_for(lambda: moved_on(c, old), timeout=30, what="shard 0's new leader")
+
+            async def put() -> bool:
+                try:
+                    await client.kv.put(k0, b"after")  # the first times out (its outcome unknown)
+                    return True
+                except FloError:
+                    return False
+
+            await wait_for(put, timeout=20, what="a write to reach the new leader")
+            assert (await client.cluster_slots())["leaders"][0] != old.endpoint
+        finally:
+            os.kill(old.proc.pid, signal.SIGCONT)
+
+
 async def test_seeds_past_a_dead_first_one_connect(cluster):
     c = cluster(2)
     leaders = await c.ready()
