@@ -29,6 +29,14 @@ MPUT_MAX_ITEMS = MAX_MPUT_ITEMS     # one KV_MPUT request carries at most this m
 MPUT_MAX_BYTES = 4 * 1024 * 1024    # ... and about this many key+value bytes (well under the 16 MiB frame)
 
 
+async def _spans_shards(client: FloClient) -> bool:
+    try:
+        info = await client.server_info()
+    except Exception:  # noqa: BLE001 - a user without the right: take it for a single server
+        return False
+    return int((info.get("cluster") or {}).get("shards") or 0) > 1
+
+
 class Conflict(Exception):
     """A CAS / if-absent write lost."""
 
@@ -44,6 +52,9 @@ class Store:
         # username / password / tls / ca_file for FloClient: given, or from FLAME_* and flame.yaml
         self.client_options = default_client_options() if client_options is None else dict(client_options)
         self.client: Optional[FloClient] = None
+        # A member of a cluster of several shards: the order of one connection's requests holds per
+        # shard only (keys of one {hash tag}), not between a session's keys and a client's reply queue.
+        self.spans_shards = False
 
     async def connect(self, timeout: float = 10.0) -> "Store":
         client = FloClient(self.endpoint, namespace=self.namespace, **self.client_options)
@@ -58,6 +69,7 @@ class Store:
                              f"{self.endpoint} refused the credentials (cluster.username / cluster.password in "
                              f"flame.yaml, or FLAME_USERNAME / FLAME_PASSWORD): {exc}") from None
         self.client = client
+        self.spans_shards = await _spans_shards(client)
         return self
 
     async def close(self) -> None:

@@ -477,8 +477,13 @@ async def finish_batch(store: Store, sid: str, done: Sequence[tuple], acks: Sequ
                 group = notices[reply] = []
             group.append(notice_of(sid, final["id"], code, final.get("output"), message))
     # Same connection, sent in this order and applied in order: counters land before the notices,
-    # the notices before the acks.
-    await asyncio.gather(*(store.incr(R.k_cnt(sid, c), d) for c, d in deltas.items() if d),
+    # the notices before the acks. On a cluster of several shards a reply queue may live on another
+    # shard than the session: there the counters are in before a notice goes.
+    counters = [store.incr(R.k_cnt(sid, c), d) for c, d in deltas.items() if d]
+    if counters and notices and store.spans_shards:
+        await asyncio.gather(*counters)
+        counters = []
+    await asyncio.gather(*counters,
                          *(store.enqueue(reply, payload) for reply, group in notices.items()
                            for payload in R.reply_notices(group)),
                          *((store.ack(R.q_tasks(sid), acks),) if acks else ()))

@@ -80,6 +80,7 @@ async def test_one_shard_two_members_runs_sessions_through_the_replica(cluster, 
     _wait_for_managers(c, {"s0m0", "s0m1"})
     conn = flamepy.connect(replica.endpoint)
     try:
+        assert conn.store.spans_shards is False  # one shard: one connection's order holds for all keys
         _register(conn, tmp_path, "one-shard-echo")
         ssn = conn.create_session(flamepy.SessionAttributes(application="one-shard-echo", id="one-shard-s"))
         futures = ssn.run_many([str(i).encode() for i in range(60)])
@@ -106,6 +107,7 @@ async def test_two_shards_run_two_sessions_each_on_its_shard(cluster, tmp_path):
         assert {key_slot(k, R.NAMESPACE) // (SLOTS // 2) for k in keys} == {s}
     conns = [flamepy.connect(leaders[s].endpoint) for s in (0, 1)]
     try:
+        assert all(conn.store.spans_shards for conn in conns)
         _register(conns[0], tmp_path, "two-shard-echo")
         sessions = [conns[s].create_session(flamepy.SessionAttributes(application="two-shard-echo", id=sid))
                     for s, sid in enumerate(sids)]
