@@ -41,7 +41,7 @@ from flo_core._pyframe import FrameError
 from flo_core.kv cimport KVStore, Entry, Namespace, entry_dead
 from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
-from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok
+from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok, key_slot
 from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue
 from flo_core.stream cimport Stream, next_id_of
 from flo_core.pqueue cimport PriorityQueue, Queues
@@ -84,6 +84,9 @@ cdef class ServerCore(FrameReader):
     cdef public object slow
     cdef public object srv
     cdef public bint fast
+    # On a cluster member: one byte per slot, 1 where this member serves the slot (flo_server.cluster.node
+    # keeps it current); the fast paths take only those, every other request goes to the router.
+    cdef public bytearray served
     cdef public object proto  # the edge (FloProtocol): blocking requests and a broken stream
     cdef public Output output  # where data_received sends answers
     cdef object _clock  # srv.now
@@ -204,6 +207,13 @@ cdef class ServerCore(FrameReader):
 
     cdef bint _fast_one(self, uint64_t rid, uint32_t op, const uint8_t *p, uint32_t n) except -1:
         """Serve one request in C if a fast path covers it (True: answered)."""
+        cdef int slot
+        if self.served is not None:
+            if self._head(p, n) < 0:
+                return False
+            slot = key_slot(p + 2, self._hns_len, p + self._hkey_at, self._hkey_len)
+            if slot < 0 or not (<const uint8_t *>PyByteArray_AS_STRING(self.served))[slot]:
+                return False
         if op == OP_KV_GET or op == OP_KV_PUT:
             return self._fast_kv(rid, op, p, n)
         if op == OP_STREAM_APPEND:
@@ -649,3 +659,10 @@ cdef class ServerCore(FrameReader):
         h[22] = 0
         h[23] = 0
         st64(h + 24, table_hash())
+
+
+def key_slot_c(bytes ns, bytes key):
+    """The C fast paths' slot of ``key`` in namespace ``ns`` (b"" = default), for the tests that hold it
+    to :func:`flo_core.slots.key_slot`; -1 when too long to hash in C."""
+    return key_slot(<const uint8_t *>PyBytes_AS_STRING(ns), PyBytes_GET_SIZE(ns),
+                    <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))

@@ -55,7 +55,7 @@ from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
 from flo_core.records cimport log_kv_set, log_stream_append, log_list_push, log_list_pop
 from flo_core.stream cimport Stream, next_id_of
-from flo_core.wirefmt cimport st16, st32, utf8_ok
+from flo_core.wirefmt cimport st16, st32, utf8_ok, key_slot
 from libc.string cimport memcpy
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from flo_core.output cimport Output
@@ -107,6 +107,7 @@ cdef class RespCore(RespParser):
     cdef public object stopped   # what made the last run() stop, or None
     cdef public Py_ssize_t fast_count   # commands served in C (tests, stats)
     cdef public bint fast        # False: every command goes to ``slow`` (a user whose rights are checked)
+    cdef public bytearray served # on a cluster member: 1 per slot it serves (ServerCore.served); else None
     cdef KVStore kv
     cdef object waiting          # the waiters' key dict: notify only when someone waits
     cdef object journal          # srv.journal as last seen, and what run() needs of it:
@@ -245,7 +246,7 @@ cdef class RespCore(RespParser):
         cdef int which = -1  # index into FAST_COMMANDS
         cdef Metrics m = self.metrics
         cdef int64_t t0 = -1
-        if self.fast and self._ns_ok and argc >= 2:
+        if self.fast and self._ns_ok and argc >= 2 and (self.served is None or self._serves(args[1])):
             name = args[0]
             if m is not None and m.sample():
                 t0 = mono_ns()
@@ -281,6 +282,14 @@ cdef class RespCore(RespParser):
             self.executing = False
             self.stopped = r
         return 0
+
+    cdef bint _serves(self, object key) except -1:
+        """A cluster member serves ``key``'s slot here (RESP routes by the key alone, as Redis Cluster)."""
+        cdef int slot
+        if type(key) is not bytes:
+            return False
+        slot = key_slot(NULL, 0, <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        return slot >= 0 and (<const uint8_t *>PyByteArray_AS_STRING(self.served))[slot] != 0
 
     cdef bint _holds(self, bytes key, bint string, bint list_, bint stream) except -1:
         """``key`` holds one of the flagged types: the WRONGTYPE check of a command on the

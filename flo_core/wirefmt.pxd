@@ -5,6 +5,10 @@ cdef extern from "fastcrc.h" nogil:
     # zlib's crc32, folded with PCLMULQDQ for spans >= 64 bytes (flo_core/fastcrc.h)
     unsigned long crc32 "flo_crc32"(unsigned long crc, const unsigned char *buf, size_t len)
 
+cdef extern from "slotcrc.h" nogil:
+    # the cluster slot of [ns][key] (flo_core/slotcrc.h, the rule of flo_core/slots.py); -1: too long
+    int key_slot "flo_key_slot"(const uint8_t *ns, size_t nslen, const uint8_t *key, size_t klen)
+
 cdef enum:
     HEADER = 32
     VERSION = 2

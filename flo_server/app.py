@@ -146,6 +146,14 @@ class Server:
         check_protected_mode(cfg, self.users)
         if cfg.etcd and not cfg.data_dir:
             raise ConfigError("a cluster member needs a data dir (its log is what replicas copy)")
+        if cfg.etcd:
+            from flo_server.cluster.node import ClusterNode
+
+            # Made before the listener, so that no connection is ever served as if this were a lone
+            # server: writes are fenced and the fast paths serve no slot until the member knows its role.
+            self.cluster = ClusterNode(self, etcd=cfg.etcd, cluster=cfg.cluster, shard=cfg.shard,
+                                       advertise=cfg.advertise or "", node=cfg.node, lease_ms=cfg.lease_ms,
+                                       sync_replicas=cfg.sync_replicas)
         tls = server_tls_context(cfg)
         loop = asyncio.get_running_loop()
         main_tls = tls if tls is not None and cfg.tls_port is None else None
@@ -161,12 +169,10 @@ class Server:
             )
             self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         await self._start_http()
-        if cfg.etcd:
-            from flo_server.cluster.node import ClusterNode
-
-            advertise = cfg.advertise or f"{cfg.host}:{self.port}"
-            self.cluster = ClusterNode(self, etcd=cfg.etcd, cluster=cfg.cluster, shard=cfg.shard, advertise=advertise,
-                                       node=cfg.node, lease_ms=cfg.lease_ms, sync_replicas=cfg.sync_replicas)
+        if self.cluster is not None:
+            if not cfg.advertise:
+                self.cluster.advertise = f"{cfg.host}:{self.port}"
+                self.cluster.node = cfg.node or self.cluster.advertise
             await self.cluster.start()
         self.ready = True
         self._tasks.append(asyncio.ensure_future(self._ticker()))

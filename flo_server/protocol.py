@@ -87,7 +87,7 @@ class FloProtocol(asyncio.Protocol):
         if self.resp is not None:
             self.resp.set_user(user)
         elif self.core:
-            self.reader.fast = self.trusted and self.srv.router is None  # a cluster routes every request
+            self.reader.fast = self.trusted
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -408,5 +408,8 @@ def make_reader(proto: FloProtocol) -> Any:
         from flo_core.core import ServerCore  # type: ignore[import-not-found]
 
         proto.core = True
-        return ServerCore(proto.srv, proto._slow, cfg.max_frame, proto.trusted and proto.srv.router is None)
+        core = ServerCore(proto.srv, proto._slow, cfg.max_frame, proto.trusted)
+        if proto.srv.cluster is not None:
+            core.served = proto.srv.cluster.served  # the fast paths take only the slots this member serves
+        return core
     return wire.FrameReader(is_request=True, max_payload=cfg.max_frame)

@@ -273,7 +273,9 @@ class RespSession:
         self._core: Any = None  # flo_core.respcore.RespCore: parser + C fast path
         if RespCore is not None and not os.environ.get("FLO_NO_FASTPATH"):
             self._core = self._parser = RespCore(srv, self, self._exec)
-            self._core.fast = self.trusted and self.srv.router is None  # a cluster routes every command
+            self._core.fast = self.trusted
+            if srv.cluster is not None:
+                self._core.served = srv.cluster.served  # the fast paths take only the slots this member serves
         else:
             self._parser = RespParser()
         self._blocked: asyncio.Task | None = None
@@ -331,7 +333,7 @@ class RespSession:
         self.user = user
         self.trusted = user is not None and user.superuser
         if self._core is not None:
-            self._core.fast = self.trusted and self.srv.router is None  # a cluster routes every command
+            self._core.fast = self.trusted
 
     def connection_lost(self) -> None:
         """The peer went away: stop a blocked command (it takes nothing)."""

@@ -27,6 +27,7 @@ from typing import Any
 import msgpack
 
 from flo_core.errors import Refusal
+from flo_core.slots import SLOTS
 from flo_core.spec import Op, Reason
 from flo_server.cluster.coord import Coordinator, Leadership
 from flo_server.cluster.replication import MAX_FETCH, Backlog, parse_answer, split_framed
@@ -69,6 +70,10 @@ class ClusterNode:
         self._task: asyncio.Task | None = None
         self._member_lease: Any = None
         self._stopping = False
+        # One byte per slot, 1 where this member serves it now (it leads the owning shard and the slot
+        # is not moving): the C fast paths read it for every request (flo_core/core.pyx ``served``).
+        self.served = bytearray(SLOTS)
+        self._fence(f"not the leader of shard {shard} (starting)")
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -104,7 +109,23 @@ class ClusterNode:
     def adopt_map(self, slot_map: Any, revision: int) -> None:
         """Use ``slot_map`` (etcd ``revision`` or later) unless a newer one is known already."""
         if revision >= self.map_revision:
+            changed = slot_map != self.slot_map
             self.slot_map, self.map_revision = slot_map, revision
+            if changed:
+                self.update_served()
+
+    def update_served(self) -> None:
+        """Recompute :attr:`served` (after a change of role, slot map or moving slots), in place."""
+        served = self.served
+        mine = bytearray(SLOTS)
+        if self.role == "leader" and self.slot_map is not None:
+            for first, last, shard in self.slot_map.ranges:
+                if shard == self.shard:
+                    mine[first:last + 1] = b"\x01" * (last - first + 1)
+            if self.router is not None:
+                for s in self.router.frozen:
+                    mine[s] = 0
+        served[:] = mine
 
     async def _refresh_map(self) -> None:
         """The slot map and every shard's leader, as etcd has them now."""
@@ -122,8 +143,11 @@ class ClusterNode:
     # --- the write gate ---------------------------------------------------------------------------
 
     def _fence(self, why: str) -> None:
+        self.served[:] = bytes(SLOTS)  # first: the fast paths serve nothing from here on
         self.srv.journal.fence(why)
-        self.srv.journal.writer.replica_gate = False
+        writer = getattr(self.srv.journal, "writer", None)
+        if writer is not None:
+            writer.replica_gate = False
 
     def check_leader(self, epoch: int) -> None:
         """Refuse (WRITES_STOPPED) unless this member leads at ``epoch`` with a valid lease."""
@@ -212,6 +236,7 @@ class ClusterNode:
         w.replica_gate = self.sync_replicas > 0
         journal.unfence(lead.deadline)
         self.srv.write("cluster.epoch", lead.epoch, self.node)
+        self.update_served()
         log.info("shard %d: leading at epoch %d from LSN %d", self.shard, lead.epoch, journal.last_lsn)
         try:
             while lead.valid() and not self._stopping:

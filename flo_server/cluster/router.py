@@ -135,11 +135,13 @@ class Router:
         ev = asyncio.Event()
         for s in slots:
             self.frozen[s] = ev
+        self.node.update_served()  # the C fast paths leave them to us
 
         def thaw() -> None:
             for s in slots:
                 if self.frozen.get(s) is ev:
                     del self.frozen[s]
+            self.node.update_served()
             ev.set()
 
         return thaw
