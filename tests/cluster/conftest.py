@@ -66,7 +66,7 @@ class Cluster:
             if p.proc is not None and p.proc.poll() is None:
                 p.stop()
 
-    async def ready(self, timeout: float = 20.0) -> dict[int, ServerProc]:
+    async def ready(self, timeout: float = 20.0, password: str | None = None) -> dict[int, ServerProc]:
         """Wait until every live member knows a leader for every shard; ``{shard: its leader}``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -74,7 +74,7 @@ class Cluster:
             try:
                 for p in self.members:
                     if p.proc is not None and p.proc.poll() is None:
-                        async with FloClient(p.endpoint, timeout_ms=2000) as c:
+                        async with FloClient(p.endpoint, timeout_ms=2000, password=password) as c:
                             infos[p] = (await c.server_info())["cluster"]
             except Exception:  # noqa: BLE001 - a member still starting
                 infos = {}
