@@ -17,7 +17,10 @@ Example:
 """
 
 cimport cython
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+from flo_core.wirefmt cimport key_slot
 import heapq
 from sortedcontainers import SortedList
 
@@ -328,6 +331,29 @@ cdef class KVStore:
             out.append((h.version, h.written_at, h.value))
             h = h.prev
         out.reverse()
+        return out
+
+    def keys_in_slots(self, str ns, bytes mask):
+        """The keys of ``ns`` whose cluster slot has a non-zero byte in ``mask`` (16384 bytes), computed
+        in C (flo_core/slotcrc.h): a slot move finds its keys without a Python call per key."""
+        cdef Namespace sp = self.spaces.get(ns)
+        cdef bytes nsb = b"" if ns == "default" else ns.encode("utf-8")
+        cdef const uint8_t *m = <const uint8_t *>PyBytes_AS_STRING(mask)
+        cdef bytes k
+        cdef int slot
+        if sp is None:
+            return []
+        if PyBytes_GET_SIZE(mask) != 16384:
+            raise ValueError("mask must be 16384 bytes, one per slot")
+        out = []
+        for k in sp.keys:
+            slot = key_slot(<const uint8_t *>PyBytes_AS_STRING(nsb), PyBytes_GET_SIZE(nsb),
+                            <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+            if slot < 0:  # too long to hash in place: the Python rule
+                from flo_core.slots import key_slot as py_slot
+                slot = py_slot(k, ns)
+            if m[slot]:
+                out.append(k)
         return out
 
     def export_keys(self, str ns, keys):

@@ -34,7 +34,7 @@ from typing import Any, Iterable
 import msgpack
 
 from flo_core.errors import Refusal, error_from_refusal, parse_refusal_body
-from flo_core.slots import key_slot
+from flo_core.slots import SLOTS, key_slot
 from flo_core.spec import Op, Reason
 from flo_server.dispatch import handler
 from flo_server.journal import applier
@@ -57,6 +57,14 @@ def _actions_slot() -> int:
 # --- what a set of slots holds ---------------------------------------------------------------------
 
 
+def slot_mask(slots: Iterable[int]) -> bytes:
+    """One byte per slot, 1 for ``slots`` (what ``KVStore.keys_in_slots`` takes)."""
+    mask = bytearray(SLOTS)
+    for s in slots:
+        mask[s] = 1
+    return bytes(mask)
+
+
 def objects(items: list[tuple[str, Any]]) -> int:
     """How many keys, queues, streams and lists ``items`` hold."""
     return sum(len(state[1]) if kind == "kv" else 1 for kind, state in items)
@@ -66,8 +74,9 @@ def export(srv: Any, slots: set[int]) -> list[tuple[str, Any]]:
     """Every object of ``slots`` as ``(kind, state)`` items, in one loop turn (an exact copy)."""
     items: list[tuple[str, Any]] = []
     kv = srv.kv
-    for ns, sp in kv.spaces.items():
-        keys = [k for k in sp.keys if key_slot(k, ns) in slots]
+    mask = slot_mask(slots)
+    for ns in list(kv.spaces):
+        keys = kv.keys_in_slots(ns, mask)
         if keys:
             rows = kv.export_keys(ns, keys)
             for i in range(0, len(rows), 512):
@@ -148,9 +157,9 @@ def apply_drop(srv: Any, lsn: int, slots: list) -> int:
 def drop(srv: Any, slots: set[int]) -> int:
     n = 0
     kv = srv.kv
-    for ns, sp in list(kv.spaces.items()):
-        keys = [k for k in sp.keys if key_slot(k, ns) in slots]
-        n += kv.drop_keys(ns, keys)
+    mask = slot_mask(slots)
+    for ns in list(kv.spaces):
+        n += kv.drop_keys(ns, kv.keys_in_slots(ns, mask))
     for ns, name in srv.queues.all_names():
         if key_slot(name, ns) in slots:
             n += bool(srv.queues.drop(ns, name))

@@ -24,3 +24,21 @@ def test_c_slot_matches_python_for_keys_tags_and_namespaces():
 def test_c_slot_refuses_what_it_cannot_hash_in_place():
     assert core.key_slot_c(b"n" * 600, b"k" * 600) == -1  # the Python path routes it
     assert core.key_slot_c(b"", b"k" * 5000) == key_slot(b"k" * 5000)  # the default namespace needs no copy
+
+
+def test_keys_in_slots_finds_exactly_the_keys_of_the_masked_slots():
+    from flo_core.kv import KVStore
+    from flo_server.cluster.migrate import slot_mask
+
+    kv = KVStore()
+    keys = [f"user:{i}".encode() for i in range(5000)] + [b"{t}x%d" % i for i in range(50)] + [b"k" * 3000]
+    for ns in ("default", "tenant-a"):
+        for k in keys:
+            kv.set(ns, k, b"v", 1, 0, 0)
+    slots = set(range(8000, 8300)) | {key_slot(b"t"), key_slot(b"t", "tenant-a"), key_slot(b"k" * 3000, "tenant-a")}
+    mask = slot_mask(slots)
+    for ns in ("default", "tenant-a"):
+        assert set(kv.keys_in_slots(ns, mask)) == {k for k in keys if key_slot(k, ns) in slots}
+    assert kv.keys_in_slots("absent", mask) == []
+    with pytest.raises(ValueError):
+        kv.keys_in_slots("default", b"\x01")
