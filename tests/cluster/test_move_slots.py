@@ -78,11 +78,14 @@ async def test_a_slot_move_under_load_loses_and_duplicates_nothing(cluster):
                         errors.append(e)
 
     writers = [asyncio.ensure_future(writer(i, p.endpoint)) for i, p in enumerate([leaders[0], leaders[1]] * 2)]
-    await asyncio.sleep(0.3)
+    from tests.helpers import wait_for
+
+    await wait_for(lambda: len(enqueued) >= 100, timeout=20)  # the load runs when the move starts
     out = await asyncio.get_running_loop().run_in_executor(None, move, c, 0, 1, COUNT)
     assert out.returncode == 0, out.stderr + out.stdout
     assert f"moved {COUNT} slots" in out.stdout, out.stdout
-    await asyncio.sleep(0.3)  # writes go on after the flip, now at the new owner
+    after = len(enqueued)
+    await wait_for(lambda: len(enqueued) >= after + 100, timeout=20)  # and goes on after the flip, at the new owner
     stop.set()
     await asyncio.gather(*writers)
     assert not errors, errors[:3]
