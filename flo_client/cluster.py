@@ -8,7 +8,8 @@ member that does not serve a request answers ``MOVED <slot> <host:port>`` (nothi
 forwarding it: the client resends it there, at most :data:`MAX_REDIRECTS` times, and refreshes its map
 in the background. A lost member, ``WRITES_STOPPED`` or ``CLUSTERDOWN`` refreshes the map from any
 member that answers and retries within the client's ``max_retries`` — only when nothing ran, or when
-the request is a read that may run twice.
+the request is a read that may run twice. A request that times out is not resent (it may have run),
+but the map is refreshed, so a leader that stopped answering is left behind once it is replaced.
 
 Example:
     >>> async with FloClient("10.0.0.1:9000,10.0.0.2:9000") as client:   # doctest: +SKIP
