@@ -393,4 +393,5 @@ class ClusterRouter:
         return copy.deepcopy(self.map.info)
 
 
-__all__ = ["ClusterRouter", "SlotMap", "LOCAL_OPS", "ACROSS_SHARDS", "ACTION_OPS", "ACTIONS_SLOT", "MAX_REDIRECTS", "probe", "split_address"]
+__all__ = ["ClusterRouter", "SlotMap", "LOCAL_OPS", "ACROSS_SHARDS", "ACTION_OPS", "ACTIONS_SLOT", "MAX_REDIRECTS",
+           "probe", "split_address"]
