@@ -71,7 +71,11 @@ def status_cmd(etcd_urls: str, cluster: str, as_json: bool) -> None:
         ranges = ",".join(f"{f}-{l}" for f, l in sh["slots"])
         click.echo(f"shard {sh['shard']}: {sh['slot_count']} slots [{ranges}] leader {who}")
         for node, info in sorted(sh["members"].items()):
-            click.echo(f"  {node} {info.get('advertise', '?')} {info.get('role', '?')} lsn {info.get('lsn', '?')}")
+            lag = ""
+            if "lag_records" in info:
+                lag = (" (not fetching)" if info["lag_records"] is None
+                       else f" (lag {info['lag_records']} records, last fetch {info['lag_ms']} ms ago)")
+            click.echo(f"  {node} {info.get('advertise', '?')} {info.get('role', '?')} lsn {info.get('lsn', '?')}{lag}")
 
 
 @cluster_cmd.command("move-slots")

@@ -339,11 +339,32 @@ class Coordinator:
         """The cluster as ``flo-server cluster status`` prints it: shards, slots, leader, members."""
         m, _ = await self.slot_map()
         shards = []
+        now_ms = time.time() * 1000
         for n in range(m.shards):
             lead = await self.leader_of(n)
+            members = await self.members(n)
+            _lags(members, lead[0] if lead else None, now_ms)
             shards.append({
                 "shard": n, "slots": m.slots_of(n), "slot_count": m.count_of(n),
                 "leader": None if lead is None else {"node": lead[0], "advertise": lead[1], "epoch": lead[2]},
-                "members": await self.members(n),
+                "members": members,
             })
         return {"cluster": self.cluster, "shards": shards}
+
+
+def _lags(members: dict[str, dict], leader: str | None, now_ms: float) -> None:
+    """Each replica's ``lag_records`` (the leader's last LSN minus the last it acknowledged) and ``lag_ms``
+    (since that acknowledgement), from the leader's own view of its replicas in its member record."""
+    info = members.get(leader or "")
+    if info is None:
+        return
+    seen = info.get("replicas") or {}
+    for node, member in members.items():
+        if node == leader:
+            continue
+        r = seen.get(node)
+        if r is None:
+            member["lag_records"], member["lag_ms"] = None, None  # not fetching from this leader
+            continue
+        member["lag_records"] = max(0, int(info.get("lsn", 0)) - (int(r.get("next", 1)) - 1))
+        member["lag_ms"] = max(0, int(now_ms - float(r.get("at", 0)) * 1000))

@@ -309,3 +309,25 @@ async def test_a_replica_catches_up_from_the_leaders_segment_files(pair):
     await caught_up(leader, other)
     async with FloClient(other.endpoint) as c:
         assert all([await c.kv.get(f"missed{i}") for i in range(50)]) and (await c.kv.get("late")).value == b"z"
+
+
+async def test_cluster_status_shows_each_replicas_lag(cluster):
+    import json
+
+    from tests.helpers import wait_for
+
+    c = cluster(1, 2)
+    leaders = await c.ready()
+    async with FloClient(leaders[0].endpoint) as cl:
+        for i in range(50):
+            await cl.kv.put(f"s{i}", b"x")
+    cmd = [sys.executable, "-m", "flo_server", "cluster", "status", "--etcd", c.etcd.urls, "--cluster", c.name]
+
+    def replica_caught_up() -> bool:
+        doc = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60).stdout)
+        (replica,) = [m for n, m in doc["shards"][0]["members"].items() if n != doc["shards"][0]["leader"]["node"]]
+        return replica["lag_records"] == 0 and 0 <= replica["lag_ms"] < 60_000
+
+    await wait_for(replica_caught_up, timeout=15)  # member records are refreshed every half second
+    text = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    assert "lag 0 records, last fetch" in text, text
