@@ -46,6 +46,10 @@ async def moved_on(c, old) -> bool:
     return len(views) == 1 and None not in views and old.endpoint not in views
 
 
+async def _no_pending(client: FloClient, stream: str) -> bool:
+    return await client.stream.group_pending(stream, "g") == []
+
+
 def dead_endpoint() -> str:
     with socket.socket() as s:  # a port nothing listens on (bound, then released)
         s.bind(("127.0.0.1", 0))
@@ -100,6 +104,20 @@ async def test_each_request_goes_straight_to_its_owner(cluster):
         await client.stream.append(s, b"event")
         assert [m.payload for m in (await deq).messages] == [b"job"]
         assert [r.payload for r in (await read).records] == [b"event"]
+        # A stream worker (its own clients, a consumer group) on a stream the home member does not own.
+        seen: list[bytes] = []
+
+        async def handle(ctx) -> None:
+            seen.append(ctx.payload)
+
+        for i in range(5):
+            await client.stream.append(s, b"w%d" % i)
+        async with client.new_stream_worker(stream=s, group="g", handler=handle, block_ms=200) as worker:
+            task = asyncio.ensure_future(worker.start())
+            await wait_for(lambda: len(seen) == 6, what="the stream worker to handle 6 records")
+            await wait_for(lambda: _no_pending(client, s), what="every record acknowledged")
+        await asyncio.wait_for(task, 10)
+        assert sorted(seen) == [b"event"] + [b"w%d" % i for i in range(5)]
         assert client._cluster.redirects == 0
         assert {p: await forwarded(p.endpoint) for p in (m0, m1)} == before  # nothing was forwarded
         assert len(client._cluster._conns) == 3  # m0, m1, and m1's long-poll connection
