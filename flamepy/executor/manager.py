@@ -51,6 +51,7 @@ NODE_TTL_S = 15
 NODE_HEARTBEAT_S = 5.0
 STOP_GRACE_S = 5.0
 START_RETRY_MAX_S = 2.0
+SHARE_UNLESS = ("FLAME_EXECUTOR_CPU", "FLAME_EXECUTOR_MEMORY")  # a capacity given is this manager's own
 
 
 def _total_memory() -> int:
@@ -145,6 +146,10 @@ class ExecutorManager:
         self.endpoint = endpoint
         self.node = _safe_node_name(node_name or os.environ.get("FLAME_EXECUTOR_NODE") or socket.gethostname())
         self.capacity = capacity or NodeCapacity.from_env()
+        # Capacity read from the machine (not given): managers of one server (cluster members) on the
+        # same machine split it between them (_share_machine) instead of each offering all of it.
+        self.share_machine = capacity is None and not any(os.environ.get(v) for v in SHARE_UNLESS)
+        self._machine = (self.capacity.cpu, self.capacity.memory)
         self.work_dir = work_dir or os.path.join(tempfile.gettempdir(), "flame-executor", self.node)
         self.interval = interval
         self.startup_timeout = float(os.environ.get("FLAME_STARTUP_TIMEOUT", startup_timeout))
@@ -227,11 +232,30 @@ class ExecutorManager:
             await asyncio.sleep(self.interval)
 
     async def _heartbeat(self) -> None:
+        if self.share_machine:
+            await self._share_machine()
         await self.store.put(R.k_node(self.node), R.pack({
             "cpu": self.capacity.cpu, "memory": self.capacity.memory, "gpu": self.capacity.gpu,
             "max": self.capacity.max_instances, "instances": len(self.instances), "pid": os.getpid(),
             "time": ops.now_ms(), "hostname": socket.gethostname(), "arch": os.uname().machine,
-            "os": sys.platform}), ttl_seconds=NODE_TTL_S)
+            "os": sys.platform, "share": self.share_machine}), ttl_seconds=NODE_TTL_S)
+
+    async def _share_machine(self) -> None:
+        """Offer ``1/n`` of the machine's cpus and memory, ``n`` = the live managers on this host that
+        share it too: several members of a cluster on one machine are several Flame nodes, not
+        several machines (each heartbeat re-counts; a peer gone for 10 s gives its share back)."""
+        keys = await self.store.scan("node/")
+        host, now = socket.gethostname(), ops.now_ms()
+        peers = {self.node}
+        for key, got in zip(keys, await self.store.mget(keys) if keys else []):
+            rec = R.unpack(got[0]) if got is not None else {}
+            if rec.get("share") and rec.get("hostname") == host and now - int(rec.get("time") or 0) <= R.NODE_STALE_MS:
+                peers.add(key[len("node/"):])
+        cpu, memory = max(1, self._machine[0] // len(peers)), self._machine[1] // len(peers)
+        if (cpu, memory) != (self.capacity.cpu, self.capacity.memory):
+            log.info("executor manager %s shares this machine with %d other manager(s): cpu=%s memory=%s",
+                     self.node, len(peers) - 1, cpu, memory)
+            self.capacity.cpu, self.capacity.memory = cpu, memory
 
     async def _forget_own_reservations(self) -> None:
         """A restarted manager has no instances: settle what its previous run's instances were doing
@@ -240,8 +264,7 @@ class ExecutorManager:
         sids = [R.tagged_id(k) for k in keys]
         for sid, got in zip(sids, await self.store.mget(keys) if keys else []):
             if got is not None and self.node in R.unpack(got[0]):
-                running = ops._as_int(await self.store.get(R.k_cnt(sid, "running")))
-                await self._settle_lost_instances(sid, running, lambda node: node == self.node)
+                await self._settle_lost_instances(sid, lambda node: node == self.node)
 
     # -- the scheduling cycle ---------------------------------------------------------------------------------
 
@@ -270,7 +293,7 @@ class ExecutorManager:
             if any(node not in live_nodes for node in alloc) and sid not in self._settling:
                 self._settling.add(sid)
                 asyncio.get_running_loop().create_task(self._settle_lost_instances(
-                    sid, running, lambda node, live=live_nodes: node not in live))
+                    sid, lambda node, live=live_nodes: node not in live))
             sessions.append((rec, pending, running, allocated))
         sessions.sort(key=lambda s: (-s[0].get("priority", 0), s[0]["ctime"]))
         # sessions with nothing to do: their lingering (delay_release) instances may make room for others
@@ -356,23 +379,24 @@ class ExecutorManager:
             except Conflict:
                 continue
 
-    async def _settle_lost_instances(self, sid: str, running: int, lost: Callable[[str], bool]) -> None:
+    async def _settle_lost_instances(self, sid: str, lost: Callable[[str], bool]) -> None:
         """Instances of ``sid`` on the nodes ``lost`` says are gone — a node that stopped heartbeating
         (its manager was killed with its member: kill -9, a lost machine), or this node's previous
         run: fail the tasks they were running, as an instance that exits does (no retry; the chunks
         they held come back when their leases lapse), then drop those nodes' entries from
-        ``alloc/{sid}``. Any manager may do it; CAS keeps a result recorded first."""
+        ``alloc/{sid}``. Any manager may do it; CAS keeps a result recorded first. Every task record
+        is read (the running counter may lag the records by the write a kill interrupted): this is
+        rare, once per lost node and session."""
         try:
-            if running:
-                keys = await self.store.scan(R.p_tasks(sid))
-                for i in range(0, len(keys), 256):
-                    for got in await self.store.mget(keys[i:i + 256]):
-                        rec = R.unpack(got[0]) if got is not None else None
-                        iid = (rec or {}).get("instance") or ""
-                        if rec and rec["state"] == int(TaskState.RUNNING) and lost(_node_of(iid)):
-                            await ops.fail_lost_task(self.store, sid, rec["id"], None,
-                                                     f"instance {iid} was lost (its node {_node_of(iid)} stopped "
-                                                     f"or restarted) while it ran task {rec['id']}")
+            keys = await self.store.scan(R.p_tasks(sid))
+            for i in range(0, len(keys), 256):
+                for got in await self.store.mget(keys[i:i + 256]):
+                    rec = R.unpack(got[0]) if got is not None else None
+                    iid = (rec or {}).get("instance") or ""
+                    if rec and rec["state"] == int(TaskState.RUNNING) and lost(_node_of(iid)):
+                        await ops.fail_lost_task(self.store, sid, rec["id"], None,
+                                                 f"instance {iid} was lost (its node {_node_of(iid)} stopped "
+                                                 f"or restarted) while it ran task {rec['id']}")
             key = R.k_alloc(sid)
             while True:
                 got = await self.store.get(key)

@@ -185,3 +185,20 @@ async def test_kill_9_of_a_member_fails_what_its_instances_ran_and_the_rest_comp
     finally:
         conn.close()
 
+
+
+async def test_members_on_one_machine_split_its_capacity(cluster):
+    """Managers whose capacity is read from the machine (no FLAME_EXECUTOR_CPU/MEMORY) and that share a
+    host offer half of it each: two members on one machine are two Flame nodes, not two machines."""
+    c = cluster(1, 2, executor=True, env={"FLAME_STARTUP_TIMEOUT": "60"})
+    await c.ready()
+    _wait_for_managers(c, {"s0m0", "s0m1"})
+    machine_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    want = (max(1, (os.cpu_count() or 1) // 2), machine_mem // 2)
+    conn = flamepy.connect(c.members[0].endpoint)
+    try:
+        def shares():
+            return {n.metadata.name: (n.status.capacity.cpu, n.status.capacity.memory) for n in conn.list_nodes()}
+        wait_until(lambda: shares() == {"s0m0": want, "s0m1": want}, timeout=30)  # by their next heartbeats
+    finally:
+        conn.close()
