@@ -209,6 +209,37 @@ async def test_a_leader_that_stops_answering_is_routed_around(cluster):
             os.kill(old.proc.pid, signal.SIGCONT)
 
 
+async def test_a_slot_move_is_followed_by_moved(cluster):
+    import subprocess
+    import sys
+
+    c = cluster(2)
+    leaders = await c.ready()
+    moving = range(8192 - 50, 8192)  # shard 0's highest 50 slots go to shard 1
+    keys = [k for k in (f"mv{i}" for i in range(20000)) if key_slot(k) in moving][:20]
+    async with FloClient(leaders[0].endpoint) as client:
+        for k in keys:
+            await client.kv.put(k, b"before")
+        out = subprocess.run([sys.executable, "-m", "flo_server", "cluster", "move-slots", "--etcd", c.etcd.urls,
+                              "--cluster", c.name, "--from", "0", "--to", "1", "--count", "50"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        before = {p: await forwarded(p.endpoint) for p in leaders.values()}
+        for k in keys:  # the map says shard 0: MOVED to shard 1's leader, then the map is learned again
+            await client.kv.put(k, b"after")
+        assert client._cluster.redirects >= 1
+        await wait_for(lambda: client._cluster.map.leader(moving[0]) == leaders[1].endpoint, what="the new map")
+        assert [g.value for g in await client.kv.mget(keys)] == [b"after"] * len(keys)
+        assert {p: await forwarded(p.endpoint) for p in leaders.values()} == before
+    import redis
+
+    held = redis.Redis(port=leaders[1].port)
+    try:
+        assert {k.decode() for k in held.keys("mv*")} == set(keys)  # on their new owner
+    finally:
+        held.close()
+
+
 async def test_seeds_past_a_dead_first_one_connect(cluster):
     c = cluster(2)
     leaders = await c.ready()
