@@ -18,9 +18,12 @@ talks to Flo meanwhile. How it stays fast without changing what clients see:
   watchdog on the I/O loop does it); a fast task goes PENDING → terminal in one
   CAS write (its record still gets the Running event);
 * results are recorded in batches (group commit: while one batch is being
-  written the next accumulates): the records in one KV_MPUT (``kv.put_many``,
-  each CAS-guarded), then counters by summed deltas, notices several per reply
-  message and the acks of the chunks whose every task is recorded, pipelined;
+  written the next accumulates; results of tasks that finish within
+  ``RECORD_EVERY_S`` of their lease's start or the last batch wait for the next
+  one, unless a slower task runs on behind them): the records in one KV_MPUT
+  (``kv.put_many``, each CAS-guarded), then counters by summed deltas, notices
+  several per reply message and the acks of the chunks whose every task is
+  recorded, pipelined;
 * before each task one ``pwrite`` to the local state file
   (``FLAME_INSTANCE_STATE``) says which task runs and which chunks are held, so
   the executor manager can fail exactly that task if the process dies and give
@@ -33,7 +36,7 @@ talks to Flo meanwhile. How it stays fast without changing what clients see:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import gc
 import logging
 import mmap
@@ -41,6 +44,7 @@ import os
 import signal
 import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -58,6 +62,10 @@ WATCH_TICK_S = 0.01        # how often the watchdog looks
 SLOW_TASK_S = 0.005        # a task this slow makes the instance give back the rest of its chunks
 FAST_DEQUEUE_CHUNKS = 4    # chunks leased per dequeue while tasks are fast
 MAX_UNRECORDED = 1024      # finished tasks waiting for the batch in flight before the runner waits for it
+# A result that finished this soon after its lease began (or after the last batch) waits for the next batch:
+# fast tasks go about one batch per lease, not a lone first task, then the rest. Never longer than that
+# while a slower task runs on behind it: then the watchdog hands it over (within a tick).
+RECORD_EVERY_S = 0.002
 
 
 @dataclass
@@ -202,11 +210,16 @@ class _InstanceRunner:
         self.state_file = _StateFile(os.environ.get("FLAME_INSTANCE_STATE"))
         self.current: Optional[_Entry] = None      # read by the watchdog on the I/O loop
         self.unacked: dict[int, list] = {}         # seq -> [seq, first, last]: chunks leased and not acked yet
-        self.acking: list[int] = []                # chunk seqs the batch in flight acks
         self.interrupted = False                   # SIGTERM arrived while a task ran
         self.unrecorded: list[tuple] = []          # finished tasks not handed to a batch yet
         self.settled: list[int] = []               # chunk seqs whose every task is in a batch
-        self.inflight: Optional[concurrent.futures.Future] = None
+        # Batch writes handed to the I/O loop and not settled here yet, oldest first: (future, chunk seqs it
+        # acks). One is written at a time: a new one is handed over only once the earlier ones are done.
+        self.batches: collections.deque = collections.deque()
+        self.gathering_since = 0.0                 # monotonic: the lease's start or the last hand-over
+        # Guards the hand-over (unrecorded, batches, gathering_since) between this thread and the
+        # watchdog, which only ever tries it (the I/O loop never waits for this thread).
+        self.handover = threading.Lock()
         self.slow = False
 
     def _call(self, coro):
@@ -315,6 +328,7 @@ class _InstanceRunner:
             self.unacked[seq] = [seq, a, b]
         self._write_chunks()
         self.slow = False
+        self.gathering_since = time.monotonic()
         for index, (seq, first, last, recs) in enumerate(work):
             for tid in range(first, last + 1):
                 if self.slow or tid not in recs:  # after a slow task: let other instances take the rest
@@ -369,40 +383,69 @@ class _InstanceRunner:
             self.current = None
         if not self.interrupted:
             self.state_file.running(None)
-        took = time.monotonic() - entry.started
-        self.unrecorded.append((entry, state, bytes(output) if output is not None else None, message))
+        now = time.monotonic()
+        took = now - entry.started
+        with self.handover:
+            self.unrecorded.append((entry, state, bytes(output) if output is not None else None, message))
         # A marked (long) task is recorded right away and waited for: its RUNNING state must not outlive it.
         if entry.mark is not None:
             self._record(wait=True)
-        elif self.inflight is None or self.inflight.done() or len(self.unrecorded) >= MAX_UNRECORDED:
+        elif len(self.unrecorded) >= MAX_UNRECORDED or (
+                now - self.gathering_since >= RECORD_EVERY_S and self._written()):
             self._record(wait=False)
         return took
 
+    def _written(self) -> bool:
+        """No batch write is still going on (they go one at a time: the newest done means all are)."""
+        return not self.batches or self.batches[-1][0].done()
+
     def _record(self, wait: bool) -> None:
         """Hand the finished tasks (and the chunks they settle) to a batch write; one batch in flight."""
-        if self.inflight is not None:
-            self._settle_inflight()
-        if self.unrecorded or self.settled:
-            done, self.unrecorded = self.unrecorded, []
-            acks, self.settled = self.settled, []
-            self.acking = acks
-            self.inflight = _runtime.submit(self._write_batch(done, acks))
-            if wait:
-                self._settle_inflight()
+        while True:
+            self._settle_batches()
+            with self.handover:
+                if self.batches:
+                    continue  # the watchdog handed one over meanwhile: that one first
+                if self.unrecorded or self.settled:
+                    done, self.unrecorded = self.unrecorded, []
+                    acks, self.settled = self.settled, []
+                    self.gathering_since = time.monotonic()
+                    self.batches.append((_runtime.submit(self._write_batch(done, acks)), acks))
+                break
+        if wait:
+            self._settle_batches()
 
-    def _settle_inflight(self) -> None:
-        fut, self.inflight = self.inflight, None
+    def _settle_batches(self) -> None:
+        """Wait for the batch writes handed over so far (the watchdog's too); forget the chunks they acked."""
+        while self.batches:
+            fut, acks = self.batches[0]
+            try:
+                fut.result()
+                if acks:
+                    for seq in acks:
+                        self.unacked.pop(seq, None)
+                    self._write_chunks()
+            except (_Terminate, KeyboardInterrupt):
+                raise
+            except Exception:  # the leases lapse and the tasks run again elsewhere (at-least-once)
+                log.exception("recording task results failed")
+            with self.handover:
+                self.batches.popleft()
+
+    def _hand_over_held(self, entry: Optional[_Entry], now: float) -> None:
+        """Watchdog (I/O loop): results held back for a batch while a slower task runs on behind them go
+        now, without the chunk acks (those stay with the runner's next batch, behind every result)."""
+        if (not self.unrecorded or entry is None or entry.finished or now - entry.started < RECORD_EVERY_S
+                or not self.handover.acquire(blocking=False)):
+            return
         try:
-            fut.result()
-            if self.acking:
-                for seq in self.acking:
-                    self.unacked.pop(seq, None)
-                self.acking = []
-                self._write_chunks()
-        except (_Terminate, KeyboardInterrupt):
-            raise
-        except Exception:  # the leases lapse and the tasks run again elsewhere (at-least-once)
-            log.exception("recording task results failed")
+            if self.unrecorded and self._written():
+                done, self.unrecorded = self.unrecorded, []
+                self.gathering_since = now
+                self.batches.append((asyncio.run_coroutine_threadsafe(self._write_batch(done, []), _runtime.loop()),
+                                     []))
+        finally:
+            self.handover.release()
 
     async def _write_batch(self, done: list[tuple], acks: list[int]) -> None:
         marks = [e.mark for e, *_ in done if e.mark is not None]
@@ -441,6 +484,7 @@ class _InstanceRunner:
             if (entry is not None and entry.mark is None and not entry.finished
                     and now - entry.started >= RUNNING_MARK_S):
                 entry.mark = asyncio.ensure_future(self._mark_running(entry))
+            self._hand_over_held(entry, now)
             if now - last_touch >= LEASE_TOUCH_S:
                 last_touch = now
                 seqs = list(self.unacked)

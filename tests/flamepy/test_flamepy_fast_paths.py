@@ -156,3 +156,42 @@ async def test_create_tasks_records_are_the_same_on_both_paths(server, monkeypat
                                                                 1_700_000_000_000)) for t in ids]
     finally:
         await store.close()
+
+
+GATED_SERVICE = '''\
+import os, time
+from flamepy.core import FlameService, run
+
+class Gated(FlameService):
+    """b"fast" answers at once; b"gate:<path>" waits (bounded) until that file exists."""
+    def on_task_invoke(self, context):
+        if context.input.startswith(b"gate:"):
+            path = context.input[5:].decode()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return context.input
+
+if __name__ == "__main__":
+    run(Gated())
+'''
+
+
+@pytest.mark.integration
+def test_a_fast_result_does_not_wait_for_a_slow_task_behind_it(flame, tmp_path):
+    """Group commit gathers results, but never holds a finished task's result while the next task of
+    the same lease runs on: the first result is out while the second still waits for its gate."""
+    import flamepy
+    from tests.helpers import wait_until
+
+    flame.register("gated-app", GATED_SERVICE)
+    ssn = flamepy.create_session("gated-app", min_instances=1, max_instances=1)
+    try:
+        gate = tmp_path / "gate"
+        fast, slow = ssn.run_many([b"fast", b"gate:" + str(gate).encode()])  # one chunk, one instance
+        assert wait_until(fast.done, timeout=30, interval=0.01), "the fast result waited for the slow task"
+        assert fast.result() == b"fast" and not slow.done()
+        gate.touch()
+        assert slow.result(60) == b"gate:" + str(gate).encode()
+    finally:
+        ssn.close()
