@@ -659,7 +659,7 @@ def markdown(records: list[dict]) -> str:
             for name, t in r["targets"].items():
                 out.append(f"| {r['workload']} | {name} | {t['ops_s'] or 0:,.0f} | {t['p50_us'] or 0:,.0f} / "
                            f"{t['p99_us'] or 0:,.0f} | {t['server_cpu_pct'] or 0:.0f} | "
-                           f"{t.get('server_us_per_op') or 0:.2f} | {t['loadgen_cpu_pct'] or 0:.0f} | {t['cores']} |")
+                           f"{t.get('server_us_per_op') or 0:.1f} | {t['loadgen_cpu_pct'] or 0:.0f} | {t['cores']} |")
         out += ["", "| workload | ratio | median of per-repetition ratios |", "|---|---|---|"]
         for r in rows:
             out += [f"| {r['workload']} | {k} | {v:.2f}x |" for k, v in r["ratios"].items()]
