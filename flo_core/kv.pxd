@@ -31,6 +31,7 @@ cdef class KVStore:
     cdef void _forget_history(self, Entry e)
     cdef void _push_history(self, Entry e, Entry old)
     cdef list _held(self, Entry e)
+    cdef Entry _entry_of(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at, list hist)
 
     cdef Namespace _space(self, str ns, bint create)
     cpdef Entry get(self, str ns, bytes key, int64_t now)

@@ -374,16 +374,7 @@ cdef class KVStore:
         cdef Namespace sp = self._space(ns, True)
         cdef Entry e, old
         for k, value, version, expires_at, written_at, hist in rows:
-            e = None
-            for h in hist:  # oldest first
-                prev = e
-                e = Entry(h[2], h[0], 0, h[1])
-                e.prev = prev
-                self.history_bytes += len(h[2]) + _OVERHEAD
-            prev = e
-            e = Entry(value, version, expires_at, written_at)
-            e.prev = prev
-            e.depth = len(hist)
+            e = self._entry_of(value, version, expires_at, written_at, hist)
             old = sp.keys.get(k)
             if old is None:
                 sp.add_key(k)
@@ -409,6 +400,20 @@ cdef class KVStore:
                 n += 1
         return n
 
+    cdef Entry _entry_of(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at, list hist):
+        """The entry of one :meth:`dump` row, its history (oldest first) hung below it and counted."""
+        cdef Entry e = None, prev
+        for h in hist:
+            prev = e
+            e = Entry(h[2], h[0], 0, h[1])
+            e.prev = prev
+            self.history_bytes += len(h[2]) + _OVERHEAD
+        prev = e
+        e = Entry(value, version, expires_at, written_at)
+        e.prev = prev
+        e.depth = len(hist)
+        return e
+
     def load(self, state):
         """Replace the contents with a :meth:`dump`."""
         cdef Namespace sp
@@ -419,17 +424,7 @@ cdef class KVStore:
         for ns, rows in state.items():
             sp = self._space(ns, True)
             for k, value, version, expires_at, written_at, hist in rows:
-                e = None
-                for h in hist:  # oldest first
-                    prev = e
-                    e = Entry(h[2], h[0], 0, h[1])
-                    e.prev = prev
-                    self.history_bytes += len(h[2]) + _OVERHEAD
-                prev = e
-                e = Entry(value, version, expires_at, written_at)
-                e.prev = prev
-                e.depth = len(hist)
-                sp.keys[k] = e
+                sp.keys[k] = e = self._entry_of(value, version, expires_at, written_at, hist)
                 if expires_at:
                     self._ttl_heap.append((expires_at, ns, k))
             sp.index = SortedList(sp.keys)

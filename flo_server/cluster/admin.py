@@ -102,7 +102,7 @@ def move_slots_cmd(etcd_urls: str, cluster: str, src: int, dst: int, count: int,
         if lead is None:
             raise ClusterError(f"shard {src} has no leader right now")
         creds = {"username": username or "default", "password": password} if password else {}
-        async with FloClient(lead[1], timeout_ms=int(timeout_s * 1000), max_retries=1, **creds) as client:
+        async with FloClient(lead[1], timeout_ms=int(timeout_s * 1000), max_retries=1, routing=False, **creds) as client:
             try:
                 data = await client._call_vo(Op.CLUSTER_MIGRATE, b"", msgpack.packb({"to": dst, "count": count}))
             except FloError as e:

@@ -202,6 +202,19 @@ def abort_txns(srv: Any, slots: set[int]) -> int:
     return len(stale)
 
 
+def _request(srv: Any, req: Any, name: str) -> tuple[Any, dict]:
+    """This member's ClusterNode and the request's msgpack map, or a clear refusal."""
+    if srv.cluster is None:
+        raise Refusal(Reason.MALFORMED, f"{name}: this server is not a cluster member")
+    try:
+        args = msgpack.unpackb(req.value, raw=False)
+    except Exception:  # noqa: BLE001 - bad input is refused, never fatal
+        args = None
+    if not isinstance(args, dict):
+        raise Refusal(Reason.MALFORMED, f"{name}: value must be a msgpack map")
+    return srv.cluster, args
+
+
 # --- the target's side ------------------------------------------------------------------------------
 
 
@@ -209,13 +222,10 @@ def abort_txns(srv: Any, slots: set[int]) -> int:
 def cluster_import(srv: Any, req: Any) -> Any:
     """CLUSTER_IMPORT value=msgpack {"shard", "floor", "part"} | {"shard", "adopt": true} | {"shard", "forget": [slots]}
     -> msgpack {"lsn"} (ext; from another shard's leader moving slots here)."""
-    node = srv.cluster
-    if node is None:
-        raise Refusal(Reason.MALFORMED, "CLUSTER_IMPORT: this server is not a cluster member")
+    node, args = _request(srv, req, "CLUSTER_IMPORT")
     try:
-        args = msgpack.unpackb(req.value, raw=False)
         shard = int(args["shard"])
-    except Exception:  # noqa: BLE001 - bad input is refused
+    except (KeyError, TypeError, ValueError):
         raise Refusal(Reason.MALFORMED, "CLUSTER_IMPORT: value must be msgpack {shard, ...}") from None
     if shard != node.shard or node.role != "leader":
         raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTER_IMPORT: this member does not lead shard {shard}")
@@ -249,11 +259,8 @@ def cluster_migrate(srv: Any, req: Any) -> Any:
     """CLUSTER_MIGRATE value=msgpack {"to": shard, "count": n} | {"to", "slots": [...]} -> msgpack summary (ext).
 
     Sent by ``flo-server cluster move-slots`` to the source shard's leader; answers when the move is done."""
-    node = srv.cluster
-    if node is None:
-        raise Refusal(Reason.MALFORMED, "CLUSTER_MIGRATE: this server is not a cluster member")
+    node, args = _request(srv, req, "CLUSTER_MIGRATE")
     try:
-        args = msgpack.unpackb(req.value, raw=False)
         to = int(args["to"])
         count = int(args.get("count", 0))
         slots = [int(s) for s in args.get("slots") or ()]

@@ -273,7 +273,9 @@ class ClusterNode:
         # A healthy leader answers a fetch within its wait; one that does not within a quarter lease
         # more is stopped or cut off: ask etcd again rather than wait on it.
         creds = {"username": self.peer_auth[0], "password": self.peer_auth[1]} if self.peer_auth else {}
-        async with FloClient(lead[1], timeout_ms=max(250, self.lease_ms // 4), max_retries=1, **creds) as client:
+        # routing=False: replication talks to this leader only, never through the slot map
+        async with FloClient(lead[1], timeout_ms=max(250, self.lease_ms // 4), max_retries=1, routing=False,
+                             **creds) as client:
             while not self._stopping:
                 cur = await self.coord.leader_of(self.shard) if self._stale_leader_check() else lead
                 if cur != lead:

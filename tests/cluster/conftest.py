@@ -84,7 +84,8 @@ class Cluster:
                 views = {tuple(sorted(i["leaders"].items())) for i in infos.values()}
                 if len(views) == 1 and all(a in by_addr for a in infos[next(iter(infos))]["leaders"].values()):
                     leaders = {int(s): by_addr[a] for s, a in next(iter(views))}
-                    if all(infos[p]["role"] == "leader" for p in leaders.values()):
+                    # a leader named may be one that was just killed: wait until the live ones name a live one
+                    if all(p in infos and infos[p]["role"] == "leader" for p in leaders.values()):
                         return leaders
             assert time.monotonic() < deadline, infos
             await asyncio.sleep(0.05)

@@ -102,7 +102,7 @@ async def test_writes_reach_the_replica_which_refuses_writes(pair):
         await c.queue.enqueue("jobs", b"job-1", EnqueueOptions(priority=3))
         sid = await c.stream.append("events", b"e1")
     await caught_up(leader, replica)
-    async with FloClient(replica.endpoint) as r:
+    async with FloClient(replica.endpoint, routing=False) as r:  # through the replica, which forwards
         for k, v in versions.items():
             got = await r.kv.get(k)
             assert got is not None and got.version == v and got.value == b"v" + k[1:].encode()
