@@ -49,6 +49,7 @@ from typing import Any
 import msgpack
 
 from flo_core.body import Writer
+from flo_core.errors import FloError
 from flo_core.slots import key_slot
 from flo_core.spec import Op
 
@@ -280,7 +281,11 @@ def main(argv: list[str] | None = None) -> None:
                     max_seconds=a.max_seconds, value_size=a.value_size)
     import uvloop
 
-    print(json.dumps(uvloop.run(routed_load(spec, pids))), flush=True)
+    try:
+        res = uvloop.run(routed_load(spec, pids))
+    except (OSError, asyncio.TimeoutError, FloError) as e:  # nothing listening, a member gone: say so, no traceback
+        raise SystemExit(f"cannot load {a.host}:{a.port}: {e}") from None
+    print(json.dumps(res), flush=True)
 
 
 # --- clusters under test --------------------------------------------------------------------------
