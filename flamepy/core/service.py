@@ -484,7 +484,10 @@ class _InstanceRunner:
             if (entry is not None and entry.mark is None and not entry.finished
                     and now - entry.started >= RUNNING_MARK_S):
                 entry.mark = asyncio.ensure_future(self._mark_running(entry))
-            self._hand_over_held(entry, now)
+            try:
+                self._hand_over_held(entry, now)
+            except Exception:  # never the end of the watchdog (leases, RUNNING marks)
+                log.exception("could not hand over finished tasks")
             if now - last_touch >= LEASE_TOUCH_S:
                 last_touch = now
                 seqs = list(self.unacked)
