@@ -38,7 +38,7 @@ from flo_core.errors import (
     error_from_refusal,
     parse_refusal_body,
 )
-from flo_core.slots import SLOTS, key_slot
+from flo_core.slots import ACROSS_SHARDS, ACTION_OPS, ACTIONS_SLOT, LOCAL_OPS, SLOTS, key_slot
 from flo_core.spec import SPEC, Flag, Op, Ran, Reason, Status
 
 if TYPE_CHECKING:
@@ -53,30 +53,6 @@ REFRESH_GAP_S = 0.05  # MOVED answers refresh the map at most this often
 MAX_ADDRESSES = 256  # members (and seeds) a map may name: every one may get a pooled connection
 _RETRY_STATUSES = (Status.OVERLOADED, Status.UNAVAILABLE)
 _REDIRECT_ON = msgpack.packb({"redirect": True})
-
-#: Served by the member they reach (``flo_server.cluster.router.LOCAL_OPS``): sent to the client's home member.
-LOCAL_OPS = frozenset({
-    Op.PING, Op.SERVER_INFO, Op.AUTH, Op.REPL_FETCH, Op.REPL_SNAPSHOT, Op.CLUSTER_HOP, Op.CLUSTER_SLOTS,
-    Op.CLUSTER_MIGRATE, Op.CLUSTER_IMPORT,
-    Op.NAMESPACE_CREATE, Op.NAMESPACE_DELETE, Op.NAMESPACE_LIST, Op.NAMESPACE_INFO,
-    Op.NAMESPACE_CONFIG_SET, Op.NAMESPACE_CONFIG_GET,
-})
-#: Routed by the members themselves on a cluster of several shards (``flo_server.cluster.router.ACROSS_SHARDS``):
-#: scans and lists cover every shard, a commit goes where its transaction began, a run lives with its action.
-#: (A copy, so the client does not import the server; a test checks they agree. Were they to differ, requests
-#: would still be served - the members route both kinds - at the cost of a hop.)
-ACROSS_SHARDS = frozenset({
-    Op.KV_SCAN, Op.KV_COMMIT_TXN, Op.KV_ROLLBACK_TXN, Op.QUEUE_LIST, Op.STREAM_LIST,
-    Op.ACTION_STATUS, Op.ACTION_LIST, Op.ACTION_LIST_RUNS, Op.ACTION_DELETE, Op.ACTION_AWAIT, Op.ACTION_COMPLETE,
-    Op.ACTION_FAIL, Op.ACTION_TOUCH, Op.ACTION_RESULT, Op.ACTION_CANCEL, Op.WORKER_REGISTER, Op.WORKER_HEARTBEAT,
-    Op.WORKER_DEREGISTER, Op.WORKER_LIST, Op.WORKER_INFO, Op.WORKER_DRAIN, Op.ACTION_REGISTER, Op.ACTION_INVOKE,
-})
-
-#: Actions, runs and workers all live on the shard owning this key's slot on a cluster of several shards
-#: (``flo_server.cluster.scatter.ACTIONS_KEY``): a worker's long poll and reports go straight there.
-ACTIONS_SLOT = key_slot(b"{flo.actions}")
-ACTION_OPS = frozenset(op for op in Op if op.name.startswith(("ACTION_", "WORKER_")))
-
 
 def slots_payload(redirect: bool) -> bytes:
     """A CLUSTER_SLOTS request (no namespace, no key); ``redirect`` marks the connection as routing by itself."""

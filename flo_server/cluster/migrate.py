@@ -34,7 +34,7 @@ from typing import Any, Iterable
 import msgpack
 
 from flo_core.errors import Refusal, error_from_refusal, parse_refusal_body
-from flo_core.slots import SLOTS, key_slot
+from flo_core.slots import ACTIONS_SLOT, SLOTS, key_slot
 from flo_core.spec import Op, Reason
 from flo_server.dispatch import handler
 from flo_server.journal import applier
@@ -46,12 +46,6 @@ BATCH_SLOTS = 256
 #: Bytes of exported state in one CLUSTER_IMPORT (a request frame holds 16 MiB).
 PART_BYTES = 4 * 1024 * 1024
 MIGRATE_TIMEOUT_S = 30.0
-
-
-def _actions_slot() -> int:
-    from flo_server.cluster.scatter import ACTIONS_SLOT
-
-    return ACTIONS_SLOT
 
 
 # --- what a set of slots holds ---------------------------------------------------------------------
@@ -92,7 +86,7 @@ def export(srv: Any, slots: set[int]) -> list[tuple[str, Any]]:
         for k, values in sp.items():
             if key_slot(k, ns) in slots:
                 items.append(("list", [ns, k, list(values)]))
-    if _actions_slot() in slots:
+    if ACTIONS_SLOT in slots:
         items.append(("actions", srv.actions.dump()))
     return items
 
@@ -172,7 +166,7 @@ def drop(srv: Any, slots: set[int]) -> int:
             n += 1
         if not sp:
             del srv.lists.spaces[ns]
-    if _actions_slot() in slots:
+    if ACTIONS_SLOT in slots:
         srv.actions.load(srv._empty_states["actions"])
     return n
 
@@ -182,7 +176,7 @@ def _waiter_slot(key: Any) -> int | None:
     if not isinstance(key, tuple) or len(key) < 3:
         return None
     if key[0] in ("a", "ar", "w"):
-        return _actions_slot()
+        return ACTIONS_SLOT
     if key[0] in ("kv", "q", "s", "l") and isinstance(key[1], str) and isinstance(key[2], (bytes, str)):
         return key_slot(key[2], key[1])
     return None

@@ -23,35 +23,17 @@ import msgpack
 
 from flo_core.body import Reader, Writer
 from flo_core.errors import Refusal
-from flo_core.slots import key_slot
+from flo_core.slots import ACROSS_SHARDS, LOCAL_OPS, key_slot  # noqa: F401 - the routing table
 from flo_core.spec import SPEC, Flag, Op, Reason
 from flo_server.cluster import scatter
 from flo_server.dispatch import HANDLERS, handler
 
 log = logging.getLogger("flo.cluster")
 
-#: Ops served by the member they reach, whatever their key.
-LOCAL_OPS = frozenset({
-    Op.PING, Op.SERVER_INFO, Op.AUTH, Op.REPL_FETCH, Op.REPL_SNAPSHOT, Op.CLUSTER_HOP, Op.CLUSTER_SLOTS,
-    Op.CLUSTER_MIGRATE, Op.CLUSTER_IMPORT,
-    Op.NAMESPACE_CREATE, Op.NAMESPACE_DELETE, Op.NAMESPACE_LIST, Op.NAMESPACE_INFO,
-    Op.NAMESPACE_CONFIG_SET, Op.NAMESPACE_CONFIG_GET,
-})
 FORWARD_TIMEOUT_S = 30.0
 #: A request is forwarded at most this often: once by the member it reached, once more by a member
 #: that knows of a slot move or a new leader the first did not yet.
 MAX_HOPS = 2
-#: Ops that are not simply "the owner of the key's slot" on a cluster of several shards: a scan or a list
-#: covers every shard, a transaction's commit goes where it began, an action run lives where its action
-#: does. :mod:`flo_server.cluster.scatter` routes them.
-ACROSS_SHARDS = frozenset({
-    Op.KV_SCAN, Op.KV_COMMIT_TXN, Op.KV_ROLLBACK_TXN, Op.QUEUE_LIST, Op.STREAM_LIST,
-    Op.ACTION_STATUS, Op.ACTION_LIST, Op.ACTION_LIST_RUNS, Op.ACTION_DELETE, Op.ACTION_AWAIT, Op.ACTION_COMPLETE,
-    Op.ACTION_FAIL, Op.ACTION_TOUCH, Op.ACTION_RESULT, Op.ACTION_CANCEL, Op.WORKER_REGISTER, Op.WORKER_HEARTBEAT,
-    Op.WORKER_DEREGISTER, Op.WORKER_LIST, Op.WORKER_INFO, Op.WORKER_DRAIN, Op.ACTION_REGISTER, Op.ACTION_INVOKE,
-})
-
-
 class Router:
     """``srv.cluster.router``: consulted by ``dispatch`` and ``RespSession`` for every request."""
 

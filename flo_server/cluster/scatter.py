@@ -33,17 +33,13 @@ from typing import Any
 
 from flo_core.body import Reader, Writer
 from flo_core.errors import Refusal
-from flo_core.slots import key_slot
+from flo_core.slots import ACTION_OPS, ACTIONS_KEY, ACTIONS_SLOT, key_slot  # noqa: F401
 from flo_core.spec import MAX_SCAN_CURSOR, MAX_SCAN_LIMIT, Op, Reason, Tag
 from flo_server.dispatch import HANDLERS, parse
 from flo_server.handlers import queue as queue_handlers
 from flo_server.handlers import stream as stream_handlers
 from flo_server.handlers.kv import SCAN_CURSOR_ROOM, scan_body, txn_shard
 
-#: Where every action, run and worker lives on a cluster of several shards.
-ACTIONS_KEY = b"{flo.actions}"
-ACTIONS_SLOT = key_slot(ACTIONS_KEY)
-ACTION_OPS = frozenset(op for op in Op if op.name.startswith(("ACTION_", "WORKER_")))
 _STREAM_ENTRY_TAIL = 32  # [count u64][bytes u64][last_ts u64][last_seq u64] after each STREAM_LIST name
 
 

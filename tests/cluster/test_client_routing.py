@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from flo_client import FloClient
-from flo_client.cluster import ACROSS_SHARDS, ACTION_OPS, ACTIONS_SLOT, LOCAL_OPS, SlotMap
+from flo_client.cluster import SlotMap
+from flo_core.slots import ACTIONS_SLOT
 from flo_client.queue import DequeueOptions
 from flo_client.stream import StreamReadOptions
 from flo_core.errors import BadRequestError, ConnectionClosedError
@@ -54,15 +55,6 @@ def dead_endpoint() -> str:
     with socket.socket() as s:  # a port nothing listens on (bound, then released)
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
-
-
-def test_the_op_sets_mirror_the_servers_router():
-    from flo_server.cluster import router, scatter
-
-    # flo_client keeps its own copies (it does not import the server): update flo_client/cluster.py with router.py.
-    assert LOCAL_OPS == router.LOCAL_OPS
-    assert ACROSS_SHARDS == router.ACROSS_SHARDS
-    assert ACTION_OPS == scatter.ACTION_OPS and ACTIONS_SLOT == scatter.ACTIONS_SLOT
 
 
 def test_doctests():
