@@ -54,14 +54,15 @@ class TaskFuture(concurrent.futures.Future):
     callbacks work as with any), built lighter because a burst makes thousands: the futures of one
     connection share one condition instead of one ``threading.Condition`` each (a lock, a deque and five
     bound methods the cyclic collector then walks again and again), their waiter and callback lists exist
-    only once something is attached, and the reply loop resolves a whole reply batch under one lock.
+    only once something is attached, a thread that blocks on one gets an event of its own (so it wakes
+    for that future only), and the reply loop resolves a whole reply batch under one lock.
     A task runs once submitted, so ``cancel()`` is always False; close the session to cancel pending tasks.
 
     >>> fut = ssn.run(b"x"); fut.task_id, fut.result()            # doctest: +SKIP
     ('1', b'x')
     """
 
-    __slots__ = ("_tid", "_w", "_cb")
+    __slots__ = ("_tid", "_w", "_cb", "_ev")
 
     def __init__(self, condition: threading.Condition, task_id: int) -> None:
         # Not Future.__init__ (its own Condition per future); the same attributes otherwise.
@@ -72,6 +73,7 @@ class TaskFuture(concurrent.futures.Future):
         self._tid = task_id
         self._w: Optional[list] = None
         self._cb: Any = None
+        self._ev: Optional[threading.Event] = None  # set when finished, made once a thread waits
 
     @property
     def task_id(self) -> str:
@@ -140,19 +142,14 @@ class TaskFuture(concurrent.futures.Future):
         return self._exception
 
     def _wait(self, timeout: Optional[float]) -> None:
-        # The condition is shared, so a wake-up may be for another future: wait again until this one is done.
-        cond = self._condition
-        with cond:
-            if timeout is None:
-                while self._state != _FINISHED:
-                    cond.wait()
+        with self._condition:
+            if self._state == _FINISHED:
                 return
-            deadline = time.monotonic() + timeout
-            while self._state != _FINISHED:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise concurrent.futures.TimeoutError()
-                cond.wait(left)
+            if self._ev is None:
+                self._ev = threading.Event()
+            ev = self._ev
+        if not ev.wait(timeout) and self._state != _FINISHED:
+            raise concurrent.futures.TimeoutError()
 
     def set_result(self, result) -> None:
         _settle(self._condition, ((self, result, None),), strict=True)
@@ -162,8 +159,9 @@ class TaskFuture(concurrent.futures.Future):
 
 
 def _settle(condition: threading.Condition, outcomes, strict: bool = False) -> None:
-    """Finish many TaskFutures of one condition: ``outcomes`` = (future, result, exception); one lock and
-    one wake-up for all, then each future's callbacks (outside the lock, as Future does). A future that is
+    """Finish many TaskFutures of one condition: ``outcomes`` = (future, result, exception); one lock for
+    all, each waiting thread woken for its own future, then each future's callbacks (outside the lock, as
+    Future does). A future that is
     already finished keeps its outcome (``strict``: InvalidStateError, as Future.set_result raises)."""
     called = []
     with condition:
@@ -181,9 +179,10 @@ def _settle(condition: threading.Condition, outcomes, strict: bool = False) -> N
                         waiter.add_result(fut)
                     else:
                         waiter.add_exception(fut)
+            if fut._ev is not None:
+                fut._ev.set()
             if fut._cb is not None:
                 called.append(fut)
-        condition.notify_all()
     for fut in called:
         fut._invoke_callbacks()
 
@@ -367,7 +366,7 @@ class Connection:
                         asyncio.get_running_loop().create_task(self._resolve_from_record(fut, key))
                     else:
                         outcomes.append(outcome(fut, notice))
-            _settle(self._settled, outcomes)  # the whole reply batch under one lock, one wake-up
+            _settle(self._settled, outcomes)  # the whole reply batch under one lock
             await self._store.ack(self._reply_queue, [seq for seq, _ in msgs])
 
     async def _check_outstanding(self) -> None:
