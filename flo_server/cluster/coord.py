@@ -282,8 +282,11 @@ class Coordinator:
     # -- leadership -------------------------------------------------------------------------------
 
     async def campaign(self, shard: int, node: str, advertise: str, lease_ms: int = 3000,
-                       give_up: asyncio.Event | None = None) -> Leadership:
-        """Wait until this node leads ``shard``; returns the :class:`Leadership` (with its epoch)."""
+                       give_up: asyncio.Event | None = None, wait: bool = True) -> Leadership | None:
+        """Wait until this node leads ``shard``; returns the :class:`Leadership` (with its epoch).
+
+        ``wait=False``: one attempt; None at once when another node holds the leadership (a member
+        then follows it rather than waiting out its lease)."""
         ttl = max(1, math.ceil(lease_ms / 1000))  # etcd leases are whole seconds
         key = self._key("shard", shard, "leader")
         value = json.dumps({"advertise": advertise, "node": node}).encode()
@@ -299,13 +302,15 @@ class Coordinator:
                 log.info("shard %d: %s leads (epoch %d)", shard, node, epoch)
                 return Leadership(self, shard, lease, epoch, ttl, granted_at)
             await lease.revoke()
-            await self._wait_vacant(key, ttl)
+            if not wait:
+                return None
+            await self._wait_vacant(key, ttl, give_up)
         raise asyncio.CancelledError
 
-    async def _wait_vacant(self, key: bytes, ttl: int) -> None:
+    async def _wait_vacant(self, key: bytes, ttl: int, give_up: asyncio.Event | None = None) -> None:
         # A watch would be exact; a bounded poll is as good at this rate and survives etcd failover.
         deadline = time.monotonic() + ttl
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (give_up is not None and give_up.is_set()):
             if await self.etcd.get(key) is None:
                 return
             await asyncio.sleep(0.1)

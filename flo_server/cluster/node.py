@@ -213,17 +213,12 @@ class ClusterNode:
         return any(n != self.node and int(m.get("lsn", 0)) > mine for n, m in members.items())
 
     async def _try_lead(self) -> Leadership | None:
-        give_up = asyncio.Event()
-        task = asyncio.ensure_future(self.coord.campaign(self.shard, self.node, self.advertise, self.lease_ms,
-                                                         give_up=give_up))
-        done, _ = await asyncio.wait({task}, timeout=self.lease_ms / 1000)
-        if task in done:
-            return task.result()
-        give_up.set()  # someone else won: follow them instead of waiting behind them
+        """One campaign: our Leadership, or None when another member won (we follow it at once)."""
         try:
-            return await task
-        except asyncio.CancelledError:
-            return None
+            return await asyncio.wait_for(self.coord.campaign(self.shard, self.node, self.advertise, self.lease_ms,
+                                                              wait=False), self.lease_ms / 1000)
+        except asyncio.TimeoutError:
+            return None  # etcd too slow to answer within a lease: ask again who leads
 
     async def _lead(self, lead: Leadership) -> None:
         self.leadership, self.epoch, self.role = lead, lead.epoch, "leader"

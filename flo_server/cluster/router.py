@@ -22,9 +22,9 @@ from typing import Any
 import msgpack
 
 from flo_core.body import Reader, Writer
-from flo_core.errors import Refusal
+from flo_core.errors import ClientError, Refusal
 from flo_core.slots import ACROSS_SHARDS, LOCAL_OPS, key_slot  # noqa: F401 - the routing table
-from flo_core.spec import SPEC, Flag, Op, Reason
+from flo_core.spec import SPEC, Flag, Op, Ran, Reason
 from flo_server.cluster import scatter
 from flo_server.dispatch import HANDLERS, handler
 
@@ -137,11 +137,20 @@ class Router:
         return (0, out) if type(out) is bytes else (0, await out)
 
     async def _forward(self, addr: str, op: int, payload: bytes, hops: int = 1) -> tuple[int, bytes]:
-        conn = await self._peer(addr, hops)
+        try:
+            conn = await self._peer(addr, hops)
+        except (OSError, ClientError) as e:  # the leader is gone (a failover): nothing ran, the client retries
+            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN cannot reach the leader {addr} ({e}): retry") from None
         self.forwarded += 1
         spec = SPEC.get(op)
         timeout = 0.0 if spec is not None and spec.flags & Flag.BLOCKING else FORWARD_TIMEOUT_S
-        return await conn.request(op, payload, timeout)
+        try:
+            return await conn.request(op, payload, timeout)
+        except (OSError, ClientError) as e:
+            # Lost with the request in flight: it may have run there, unless it only reads.
+            ran = Ran.NO if spec is not None and not spec.flags & Flag.WRITE else Ran.UNKNOWN
+            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN the leader {addr} went away ({e}): retry",
+                          ran=ran) from None
 
     async def _peer(self, addr: str, hops: int = 1) -> Any:
         """A pooled connection to ``addr`` whose requests arrive there as having come ``hops`` hops."""
