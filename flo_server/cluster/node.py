@@ -37,6 +37,7 @@ log = logging.getLogger("flo.cluster")
 
 FETCH_WAIT_MS = 1_000
 MEMBER_REFRESH_S = 0.5
+MAX_BACKOFF_S = 0.2  # longest wait before asking etcd again after a failure (one small read a member)
 
 
 class ClusterNode:
@@ -200,7 +201,9 @@ class ClusterNode:
                     (log.warning if what != last_error else log.debug)("shard %d: %s (retrying)", self.shard, what)
                     last_error = what
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                    # Short: while a dead leader's key waits out its lease, every member asks etcd again
+                    # soon enough to campaign (or follow the winner) within moments of it lapsing.
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
                     continue
                 backoff, last_error = 0.05, ""
         finally:
@@ -210,7 +213,11 @@ class ClusterNode:
         """Another live member of the shard has a longer log: let it campaign first."""
         mine = self.srv.journal.last_lsn
         members = await self.coord.members(self.shard)
-        return any(n != self.node and int(m.get("lsn", 0)) > mine for n, m in members.items())
+        fresh = time.time() * 1000 - 3 * MEMBER_REFRESH_S * 1000
+        # Not the last leader's own record (its key is gone: it died or was cut off, so it will not
+        # campaign) nor one not refreshed lately: waiting for those only delays the election.
+        return any(n != self.node and int(m.get("lsn", 0)) > mine and m.get("role") != "leader"
+                   and float(m.get("at_ms", 0)) >= fresh for n, m in members.items())
 
     async def _try_lead(self) -> Leadership | None:
         """One campaign: our Leadership, or None when another member won (we follow it at once)."""
