@@ -24,7 +24,7 @@ import msgpack
 from flo_core.body import Reader, Writer
 from flo_core.errors import ClientError, Refusal
 from flo_core.slots import ACROSS_SHARDS, LOCAL_OPS, key_slot  # noqa: F401 - the routing table
-from flo_core.spec import SPEC, Flag, Op, Ran, Reason
+from flo_core.spec import SPEC, Flag, Op, Ran, Reason, Tag
 from flo_server.cluster import scatter
 from flo_server.dispatch import HANDLERS, handler
 
@@ -108,7 +108,10 @@ class Router:
                                                  "or slot): retry")
         # A forwarded request goes on once more at most: the member that sent it had not yet seen a
         # slot move or a new leader that we have.
-        return self._forward(self.leader_for(slot), op, payload, hops + 1)
+        addr = self.leader_for(slot)
+        if op == Op.ACTION_AWAIT or (op in TAKES_WHEN_WOKEN and _blocks(req)):
+            return self._forward_parked(addr, op, payload, hops + 1)
+        return self._forward(addr, op, payload, hops + 1)
 
     # --- slot moves (flo_server.cluster.migrate) ---------------------------------------------------
 
@@ -151,6 +154,32 @@ class Router:
             ran = Ran.NO if spec is not None and not spec.flags & Flag.WRITE else Ran.UNKNOWN
             raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN the leader {addr} went away ({e}): retry",
                           ran=ran) from None
+
+    async def _forward_parked(self, addr: str, op: int, payload: bytes, hops: int) -> tuple[int, bytes]:
+        """A long poll that takes what wakes it (a dequeue's lease, a group read's delivery, a worker's run),
+        parked at the owner on a connection of its own that closes when the client's does.
+
+        On one server, closing the polling connection is what stops a parked poll: it is handed nothing.
+        On the pooled connection the owner would not know the client went, and could lease the next
+        message to a poll nobody reads (it would come back only when that lease ran out)."""
+        from flo_client.connection import Connection
+
+        host, _, port = addr.rpartition(":")
+        try:
+            conn = await Connection.open(host, int(port), 5.0, auth=self.node.peer_auth)
+        except (OSError, ClientError) as e:
+            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN cannot reach the leader {addr} ({e}): retry") from None
+        try:
+            status, _ = await conn.request(Op.CLUSTER_HOP, hop_payload(hops), 5.0)
+            if status != 0:
+                raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
+            self.forwarded += 1
+            return await conn.request(op, payload, 0.0)
+        except ClientError as e:
+            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN the leader {addr} went away ({e}): retry",
+                          ran=Ran.UNKNOWN) from None
+        finally:
+            conn.close()  # also when the client went away and this coroutine was cancelled
 
     async def _peer(self, addr: str, hops: int = 1) -> Any:
         """A pooled connection to ``addr`` whose requests arrive there as having come ``hops`` hops."""
@@ -294,6 +323,16 @@ def hop_payload(hops: int = 1) -> bytes:
 class _Relayed(Exception):
     def __init__(self, status: int, data: bytes) -> None:
         self.status, self.data = status, data
+
+
+#: Long polls that take what wakes them: forwarded on a connection of their own (``_forward_parked``).
+TAKES_WHEN_WOKEN = frozenset({Op.QUEUE_DEQUEUE, Op.STREAM_GROUP_READ, Op.ACTION_AWAIT})
+
+
+def _blocks(req: Any) -> bool:
+    """The request asks to wait (its BLOCK_MS option is not zero)."""
+    b = req.opts.get(Tag.BLOCK_MS) if req.opts else None
+    return bool(b) and any(b)
 
 
 def _changes(op: int) -> bool:

@@ -77,31 +77,7 @@ def _forwarded(req: Any) -> bool:
 def _to_slot(router: Any, req: Any, op: int, payload: bytes, slot: int) -> Any:
     """The owner of ``slot`` answers, as ``Router.route`` does for a key (a read of our own shard without
     a leader is served from our copy)."""
-    if op == Op.ACTION_AWAIT and not (router.serves(slot) or router._read_without_leader(slot, op)
-                                      or _forwarded(req) or slot in router.frozen):
-        return _parked(router, router.leader_for(slot), op, payload)
-    return router.to_slot(req, op, payload, slot)
-
-
-async def _parked(router: Any, addr: str, op: int, payload: bytes) -> tuple[int, bytes]:
-    """A worker's await, parked at the owner on a connection of its own that closes when the worker's does.
-
-    On one server, closing the poll connection is what interrupts a parked await: it is handed no run.
-    On the pooled connection the owner would not know the worker went, and could hand the next run to
-    an await nobody reads (that run would wait out its timeout and spend an attempt)."""
-    from flo_client.connection import Connection
-    from flo_server.cluster.router import hop_payload
-
-    host, _, port = addr.rpartition(":")
-    conn = await Connection.open(host, int(port), 5.0, auth=router.node.peer_auth)
-    try:
-        status, _ = await conn.request(Op.CLUSTER_HOP, hop_payload(), 5.0)
-        if status != 0:
-            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
-        router.forwarded += 1
-        return await conn.request(op, payload, 0.0)
-    finally:
-        conn.close()
+    return router.to_slot(req, op, payload, slot)  # a worker's await parks on a connection of its own there
 
 
 def _to_shard(router: Any, req: Any, op: int, payload: bytes, shard: int) -> Any:

@@ -3,6 +3,7 @@ by flo_client, the public SDK, redis-py's RedisCluster and redis-cli -c."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 
@@ -96,3 +97,23 @@ async def test_an_mput_across_shards_is_refused_not_answered_in_part(two_shards)
         # a hash tag keeps keys of one mput on one shard
         await c.kv.put_many([("{t}a", b"1"), ("{t}b", b"2")])
         assert [g.value for g in await c.kv.mget(["{t}a", "{t}b"])] == [b"1", b"2"]
+
+
+async def test_a_forwarded_long_poll_whose_client_went_away_takes_nothing(two_shards):
+    """A dequeue parked at the owner through another member: when its client goes, so does the poll (on a
+    connection of its own), so the next message is not leased to nobody."""
+    from flo_client import DequeueOptions
+    from tests.helpers import parked
+
+    queue = next(f"lp{i}" for i in range(1000) if owner(f"lp{i}") == 0)
+    via = FloClient(two_shards[1].endpoint, routing=False)  # one connection to the member that does not own it
+    await via.connect()
+    poll = asyncio.ensure_future(via.queue.dequeue(queue, 1, DequeueOptions(block_ms=60_000)))
+    await parked(two_shards[0].endpoint, 1)  # parked at the owner
+    await via.close()
+    poll.cancel()
+    await parked(two_shards[0].endpoint, 0)  # and gone with its client
+    async with FloClient(two_shards[0].endpoint) as c:
+        await c.queue.enqueue(queue, b"for a live consumer")
+        got = await c.queue.dequeue(queue, 1, DequeueOptions(block_ms=5_000))
+        assert [m.payload for m in got.messages] == [b"for a live consumer"]
