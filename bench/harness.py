@@ -447,7 +447,8 @@ def measure(run: Run, cell: Cell, server: str, sp: ServerProc, key: str = "") ->
         cal = redis_benchmark(sp.port, w.redis_benchmark, total=cal_n, max_seconds=b.max_seconds * 3, **kw)
         if cal.get("errors") or not cal.get("ops_s"):
             return cal
-        total = max(cal_n, min(total, int(cal["ops_s"] * b.max_seconds)))
+        if math.isfinite(cal["ops_s"]):  # redis-benchmark says "inf" for a run too short to time: keep the count
+            total = max(cal_n, min(total, int(cal["ops_s"] * b.max_seconds)))
         cpu0 = sp.cpu_seconds()
         res = redis_benchmark(sp.port, w.redis_benchmark, total=total, max_seconds=b.max_seconds * 3, **kw)
         cpu = sp.cpu_seconds() - cpu0
