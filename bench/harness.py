@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from secrets import token_urlsafe
@@ -55,6 +55,9 @@ from .servers import HOST, REPO, Fleet, ServerProc, cpu_layout
 from .workloads import WORKLOADS
 
 FLO, REDIS, CEILING = "flo-server", "redis", "ceiling"
+#: Redis with ``appendonly yes appendfsync everysec``: the like-for-like partner of flo-server's default
+#: ``everysec`` in every plain cell (issue 20); ``redis`` (no persistence) stays as the second comparison.
+REDIS_AOF = "redis-aof"
 RESULTS = REPO / "bench" / "results"
 #: The security group's flo-server variants; each is compared with plain flo-server (FLO) in the same cell, and
 #: flo+metrics with flo+nometrics too (the cost of metrics).
@@ -126,7 +129,13 @@ AOF_OF_FSYNC = {"always": "always", "everysec": "everysec", "no": "off"}
 
 
 def grid(quick: bool) -> list[Cell]:
-    """Every cell of the grid (the issue's list); ``quick`` keeps a few that cover each group."""
+    """Every cell of the grid (the issue's list); ``quick`` keeps a few that cover each group. Every plain
+    cell that runs Redis runs it twice: without persistence and with AOF everysec (like for like)."""
+    return [replace(c, servers=(*c.servers, REDIS_AOF)) if REDIS in c.servers and c.fsync is None else c
+            for c in _grid(quick)]
+
+
+def _grid(quick: bool) -> list[Cell]:
     cells: list[Cell] = []
     if quick:
         for wl in ("kv.set", "kv.get", "kv.incr"):
@@ -456,7 +465,7 @@ def measure(run: Run, cell: Cell, server: str, sp: ServerProc, key: str = "") ->
         res["server_cpu_pct"] = round(100 * cpu / el, 1) if el else None
         return res
     # The load generator reads the server's CPU time over exactly its timed phase.
-    proto = "resp" if server == REDIS else "flo"
+    proto = "resp" if server in (REDIS, REDIS_AOF) else "flo"
     w = WORKLOADS[cell.workload]
     if w.fresh_key and not key:
         run.fresh_keys += 1
@@ -558,7 +567,7 @@ def summarize(records: list[dict], cells: list[Cell]) -> list[dict]:
                 by_rep.setdefault(r["rep"], {})[name] = r["ops_s"]
         ratios = {}
         # flo-server against Redis and the ceiling; each variant against plain flo-server (and EXTRA_RATIOS).
-        for num, den in [(FLO, REDIS), (FLO, CEILING)] + [(v, FLO) for v in VARIANTS] + EXTRA_RATIOS:
+        for num, den in [(FLO, REDIS_AOF), (FLO, REDIS), (FLO, CEILING)] + [(v, FLO) for v in VARIANTS] + EXTRA_RATIOS:
             per = [v[num] / v[den] for v in by_rep.values() if v.get(num) and v.get(den)]
             if per:
                 ratios[f"{num}/{den}"] = round(statistics.median(per), 3)
@@ -882,6 +891,8 @@ def _start(run: Run, fleet: Fleet, names: set[str], fsync: str | None, have_redi
                 servers[name] = sp
             elif name == REDIS:
                 servers[name] = fleet.start_redis(AOF_OF_FSYNC[fsync or "no"]) if have_redis else None
+            elif name == REDIS_AOF:
+                servers[name] = fleet.start_redis("everysec", label=REDIS_AOF) if have_redis else None
             elif name == CEILING:
                 servers[name] = fleet.start_ceiling()
         except Exception as e:  # noqa: BLE001 - reported in the notes; the other columns still run
