@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FLO, REDIS, CEILING = "flo-server", "redis", "ceiling"
+LOADGEN_BUSY_PCT = 90  # a load generator this busy may be what limits a cell (its ratio is then a lower bound)
 REDIS_AOF = "redis-aof"  # Redis with appendonly yes, appendfsync everysec: like for like with flo-server's default
 #: flo-server with security on (the harness's ``VARIANTS`` say how each is started), group ``security``, a
 #: second plain one: its ratio to the first is the noise floor the others are read against (A/A), and flo-server
@@ -236,7 +237,8 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str], 
         head += (["flo/redis AOF"] if has_aof else []) + ["flo/redis"] + (["flo/ceiling"] if has_ceiling else [])
         head += ["flo p50/p99 µs", "redis p50/p99 µs"] + (["ceiling p50/p99 µs"] if has_ceiling else [])
         head += ["flo CPU %", "flo µs/op"] + (["redis AOF µs/op"] if has_aof else [])
-        out += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += [f"## {title}", "", f"A ratio marked ≥ is a lower bound: the load generator's core was ≥ {LOADGEN_BUSY_PCT} % "
+                "busy, so it may have been the limit.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in mine:
             s = r["servers"]
             size = f"{r['value_size']} B" if r["value_size"] < 1024 else f"{r['value_size'] // 1024} KiB"
@@ -247,9 +249,12 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str], 
             cells += [_fmt_ops((s.get(REDIS) or {}).get("ops_s"))]
             if has_ceiling:
                 cells.append(_fmt_ops((s.get(CEILING) or {}).get("ops_s")))
+            # A load generator whose core was ≥ 90 % busy may have been the limit: flo's figure (and the
+            # ratio) is then a lower bound, marked "≥".
+            bound = "≥" if ((s.get(FLO) or {}).get("loadgen_cpu_pct") or 0) >= LOADGEN_BUSY_PCT else ""
             for den in ([REDIS_AOF] if has_aof else []) + [REDIS]:
                 rr = r["ratios"].get(f"{FLO}/{den}")
-                cells.append("-" if rr is None else f"{rr:.2f}")
+                cells.append("-" if rr is None else f"{bound}{rr:.2f}")
             if has_ceiling:
                 rc = r["ratios"].get(f"{FLO}/{CEILING}")
                 cells.append("-" if rc is None else f"{rc:.2f}")
