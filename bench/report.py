@@ -276,12 +276,14 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str], 
     fl = [e for e in extras if e.get("type") == "flamepy"]
     if fl:
         out += ["## flamepy: no-op tasks through the embedded executor (bench/flamepy_bench.py)", "",
-                "| tasks | completed | instances | tasks/s | p50 / p99 ms | single task p50 ms | flo CPU % |",
-                "|---|---|---|---|---|---|---|"]
+                "| tasks | completed | instances | tasks/s | p50 / p99 ms | single task p50 ms | flo CPU % "
+                "| runner calls/s (function service, no-op) |",
+                "|---|---|---|---|---|---|---|---|"]
         for e in fl:
             out.append(f"| {e.get('tasks') or 0:,} | {e.get('completed', '-')} | {e.get('instances', '-')} | "
                        f"{_fmt_ops(e.get('tasks_per_s'))} | {e.get('p50_ms', '-')} / {e.get('p99_ms', '-')} | "
-                       f"{e.get('single_task_p50_ms', '-')} | {e.get('server_cpu_pct', '-')} |")
+                       f"{e.get('single_task_p50_ms', '-')} | {e.get('server_cpu_pct', '-')} | "
+                       f"{_fmt_ops(e.get('runner_calls_per_s'))} |")
         out.append("")
     rc = [e for e in extras if e.get("type") == "recovery"]
     if rc:
