@@ -42,13 +42,13 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from flo_core.body import Writer
+from flo_core.body import bare_request
 from flo_core.errors import FloError
 from flo_core.slots import key_slot
 from flo_core.spec import Op
@@ -83,14 +83,9 @@ QUICK = Plan(reps=1, max_seconds=0.5, total=5_000, shards=(1, 2), workloads=("kv
              leases_ms=(1000,), failover_runs=(1,))
 
 
-def _empty_head() -> bytes:
-    """``[ns ""][key ""]`` and an empty value+options body: server-level ops (CLUSTER_SLOTS, SERVER_INFO)."""
-    return b"\x00\x00\x00\x00" + Writer().bytes32(b"").options({}).getvalue()
-
-
-ASK_SLOTS = _empty_head()
+ASK_SLOTS = bare_request()
 #: CLUSTER_SLOTS with value ``{"redirect": true}``: this connection routes by itself (MOVED instead of forwarding).
-ROUTING = b"\x00\x00\x00\x00" + Writer().bytes32(msgpack.packb({"redirect": True})).options({}).getvalue()
+ROUTING = bare_request(msgpack.packb({"redirect": True}))
 
 
 # --- the slot map --------------------------------------------------------------------------------

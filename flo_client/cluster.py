@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from flo_core.body import Reader, Writer
+from flo_core.body import Reader, bare_request
 from flo_core.errors import (
     ConnectionClosedError,
     NotConnectedError,
@@ -56,7 +56,7 @@ _REDIRECT_ON = msgpack.packb({"redirect": True})
 
 def slots_payload(redirect: bool) -> bytes:
     """A CLUSTER_SLOTS request (no namespace, no key); ``redirect`` marks the connection as routing by itself."""
-    return b"\x00\x00\x00\x00" + Writer().bytes32(_REDIRECT_ON if redirect else b"").options({}).getvalue()
+    return bare_request(_REDIRECT_ON if redirect else b"")
 
 
 async def probe(conn: "Connection", timeout: float) -> dict | None:

@@ -233,6 +233,15 @@ class Writer:
         return self
 
 
+def bare_request(value: bytes = b"") -> bytes:
+    """A value+options request with no namespace, no key and no options (server-level and cluster ops).
+
+    >>> bare_request(b"2")
+    b'\\x00\\x00\\x00\\x00\\x01\\x00\\x00\\x002\\x00\\x00'
+    """
+    return Writer().u16(0).u16(0).bytes32(value).options({}).getvalue()
+
+
 def id_be(ts: int, seq: int) -> bytes:
     """StreamID as the 16-byte big-endian option value (STREAM_START / STREAM_END)."""
     return _BE_ID.pack(ts, seq)

@@ -130,7 +130,6 @@ class LocalEtcd:
 def main(argv: list[str] | None = None) -> int:
     """``make cluster``: a local etcd and SHARDS x MEMBERS flo-server processes on loopback, until Ctrl-C."""
     import argparse
-    import asyncio
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m flo_server.cluster.local", description=main.__doc__)

@@ -29,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Iterable
+from collections import deque
+from typing import Any, Iterable, Iterator
 
 import msgpack
 
+from flo_core.body import bare_request
 from flo_core.errors import Refusal, error_from_refusal, parse_refusal_body
 from flo_core.slots import ACTIONS_SLOT, SLOTS, key_slot
 from flo_core.spec import Op, Reason
@@ -64,6 +66,21 @@ def objects(items: list[tuple[str, Any]]) -> int:
     return sum(len(state[1]) if kind == "kv" else 1 for kind, state in items)
 
 
+def _named_in(srv: Any, slots: set[int]) -> Iterator[tuple[str, str, Any, Any]]:
+    """``(kind, ns, name, object)`` of every queue, stream and RESP list whose slot is in ``slots``."""
+    for ns, name in srv.queues.all_names():
+        if key_slot(name, ns) in slots:
+            yield "queue", ns, name, srv.queues.get(ns, name)
+    for ns, d in srv.streams.by_ns.items():
+        for name, stream in d.items():
+            if key_slot(name, ns) in slots:
+                yield "stream", ns, name, stream
+    for ns, sp in srv.lists.spaces.items():
+        for k, values in sp.items():
+            if key_slot(k, ns) in slots:
+                yield "list", ns, k, values
+
+
 def export(srv: Any, slots: set[int]) -> list[tuple[str, Any]]:
     """Every object of ``slots`` as ``(kind, state)`` items, in one loop turn (an exact copy)."""
     items: list[tuple[str, Any]] = []
@@ -75,17 +92,13 @@ def export(srv: Any, slots: set[int]) -> list[tuple[str, Any]]:
             rows = kv.export_keys(ns, keys)
             for i in range(0, len(rows), 512):
                 items.append(("kv", [ns, rows[i:i + 512]]))
-    for ns, name in srv.queues.all_names():
-        if key_slot(name, ns) in slots:
-            items.append(("queue", [ns, name, srv.queues.get(ns, name).dump()]))
-    for ns, d in srv.streams.by_ns.items():
-        for name, stream in d.items():
-            if key_slot(name, ns) in slots:
-                items.append(("stream", [ns, stream.dump()]))
-    for ns, sp in srv.lists.spaces.items():
-        for k, values in sp.items():
-            if key_slot(k, ns) in slots:
-                items.append(("list", [ns, k, list(values)]))
+    for kind, ns, name, obj in _named_in(srv, slots):
+        if kind == "queue":
+            items.append(("queue", [ns, name, obj.dump()]))
+        elif kind == "stream":
+            items.append(("stream", [ns, obj.dump()]))
+        else:
+            items.append(("list", [ns, name, list(obj)]))
     if ACTIONS_SLOT in slots:
         items.append(("actions", srv.actions.dump()))
     return items
@@ -111,10 +124,8 @@ def parts(items: list[tuple[str, Any]], limit: int = PART_BYTES) -> list[bytes]:
 
 
 def _join(packed: list[bytes]) -> bytes:
-    # a msgpack array header followed by the already packed items
-    n = len(packed)
-    head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"))
-    return head + b"".join(packed)
+    """One msgpack array of items packed already (each was packed once, to measure it)."""
+    return msgpack.Packer().pack_array_header(len(packed)) + b"".join(packed)
 
 
 @applier("cluster.import")
@@ -134,8 +145,6 @@ def apply_import(srv: Any, lsn: int, items: list) -> int:
             srv.streams.by_ns.setdefault(ns, {})[d["name"]] = Stream.from_dump(d)
         elif kind == "list":
             ns, k, values = state
-            from collections import deque
-
             srv.lists.spaces.setdefault(ns, {})[k] = deque(values)
         elif kind == "actions":
             srv.actions.load(state)
@@ -154,18 +163,17 @@ def drop(srv: Any, slots: set[int]) -> int:
     mask = slot_mask(slots)
     for ns in list(kv.spaces):
         n += kv.drop_keys(ns, kv.keys_in_slots(ns, mask))
-    for ns, name in srv.queues.all_names():
-        if key_slot(name, ns) in slots:
-            n += bool(srv.queues.drop(ns, name))
-    for ns, d in list(srv.streams.by_ns.items()):
-        for name in [nm for nm in d if key_slot(nm, ns) in slots]:
-            n += bool(srv.streams.delete(ns, name))
-    for ns, sp in list(srv.lists.spaces.items()):
-        for k in [k for k in sp if key_slot(k, ns) in slots]:
-            del sp[k]
-            n += 1
-        if not sp:
-            del srv.lists.spaces[ns]
+    for kind, ns, name, _ in list(_named_in(srv, slots)):
+        if kind == "queue":
+            srv.queues.drop(ns, name)
+        elif kind == "stream":
+            srv.streams.delete(ns, name)
+        else:
+            sp = srv.lists.spaces[ns]
+            del sp[name]
+            if not sp:
+                del srv.lists.spaces[ns]
+        n += 1
     if ACTIONS_SLOT in slots:
         srv.actions.load(srv._empty_states["actions"])
     return n
@@ -362,14 +370,8 @@ class Mover:
             thaw()
 
     async def _ask(self, peer: Any, args: dict) -> dict:
-        status, data = await peer.request(Op.CLUSTER_IMPORT, _vo(msgpack.packb(args, use_bin_type=True)),
+        status, data = await peer.request(Op.CLUSTER_IMPORT, bare_request(msgpack.packb(args, use_bin_type=True)),
                                           MIGRATE_TIMEOUT_S)
         if status != 0:
             raise error_from_refusal(status, *parse_refusal_body(data))
         return msgpack.unpackb(data, raw=False)
-
-
-def _vo(value: bytes) -> bytes:
-    from flo_core.body import Writer
-
-    return b"\x00\x00\x00\x00" + Writer().bytes32(value).options({}).getvalue()

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from flo_core.body import Reader, Writer
+from flo_core.body import Reader, Writer, bare_request
 from flo_core.errors import ClientError, Refusal
 from flo_core.slots import ACROSS_SHARDS, LOCAL_OPS, key_slot  # noqa: F401 - the routing table
 from flo_core.spec import SPEC, Flag, Op, Ran, Reason, Tag
@@ -34,6 +34,8 @@ FORWARD_TIMEOUT_S = 30.0
 #: A request is forwarded at most this often: once by the member it reached, once more by a member
 #: that knows of a slot move or a new leader the first did not yet.
 MAX_HOPS = 2
+
+
 class Router:
     """``srv.cluster.router``: consulted by ``dispatch`` and ``RespSession`` for every request."""
 
@@ -140,10 +142,7 @@ class Router:
         return (0, out) if type(out) is bytes else (0, await out)
 
     async def _forward(self, addr: str, op: int, payload: bytes, hops: int = 1) -> tuple[int, bytes]:
-        try:
-            conn = await self._peer(addr, hops)
-        except (OSError, ClientError) as e:  # the leader is gone (a failover): nothing ran, the client retries
-            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN cannot reach the leader {addr} ({e}): retry") from None
+        conn = await self._peer(addr, hops)
         self.forwarded += 1
         spec = SPEC.get(op)
         timeout = 0.0 if spec is not None and spec.flags & Flag.BLOCKING else FORWARD_TIMEOUT_S
@@ -162,17 +161,8 @@ class Router:
         On one server, closing the polling connection is what stops a parked poll: it is handed nothing.
         On the pooled connection the owner would not know the client went, and could lease the next
         message to a poll nobody reads (it would come back only when that lease ran out)."""
-        from flo_client.connection import Connection
-
-        host, _, port = addr.rpartition(":")
+        conn = await self._open_peer(addr, hops)
         try:
-            conn = await Connection.open(host, int(port), 5.0, auth=self.node.peer_auth)
-        except (OSError, ClientError) as e:
-            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN cannot reach the leader {addr} ({e}): retry") from None
-        try:
-            status, _ = await conn.request(Op.CLUSTER_HOP, hop_payload(hops), 5.0)
-            if status != 0:
-                raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
             self.forwarded += 1
             return await conn.request(op, payload, 0.0)
         except ClientError as e:
@@ -183,8 +173,6 @@ class Router:
 
     async def _peer(self, addr: str, hops: int = 1) -> Any:
         """A pooled connection to ``addr`` whose requests arrive there as having come ``hops`` hops."""
-        from flo_client.connection import Connection
-
         pool = (addr, hops)
         conn = self._peers.get(pool)
         if conn is not None and not conn.closed:
@@ -193,13 +181,22 @@ class Router:
         async with lock:
             conn = self._peers.get(pool)
             if conn is None or conn.closed:
-                host, _, port = addr.rpartition(":")
-                conn = await Connection.open(host, int(port), 5.0, auth=self.node.peer_auth)
-                status, data = await conn.request(Op.CLUSTER_HOP, hop_payload(hops), 5.0)
-                if status != 0:
-                    conn.close()
-                    raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
-                self._peers[pool] = conn
+                conn = self._peers[pool] = await self._open_peer(addr, hops)
+        return conn
+
+    async def _open_peer(self, addr: str, hops: int) -> Any:
+        """A new connection to member ``addr``, marked as carrying requests that came ``hops`` hops."""
+        from flo_client.connection import Connection
+
+        host, _, port = addr.rpartition(":")
+        try:
+            conn = await Connection.open(host, int(port), 5.0, auth=self.node.peer_auth)
+            status, _ = await conn.request(Op.CLUSTER_HOP, hop_payload(hops), 5.0)
+        except (OSError, ClientError) as e:  # the leader is gone (a failover): nothing ran, the client retries
+            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN cannot reach the leader {addr} ({e}): retry") from None
+        if status != 0:
+            conn.close()
+            raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN member {addr} refused to take forwarded requests")
         return conn
 
     def _mget(self, req: Any, payload: bytes) -> Any:
@@ -208,9 +205,8 @@ class Router:
         groups: dict[int, list[int]] = {}
         for i, k in enumerate(keys):
             groups.setdefault(self.node.slot_map.owner(key_slot(k, req.ns)), []).append(i)
-        if len(groups) == 1:
-            slot = key_slot(keys[0], req.ns)
-            return None if self.serves(slot) else self._forward(self.leader_for(slot), Op.KV_MGET, payload)
+        if len(groups) == 1:  # one shard: routed as any request of one slot
+            return self.to_slot(req, Op.KV_MGET, payload, key_slot(keys[0], req.ns))
         return self._scatter(req, keys, groups)
 
     async def _scatter(self, req: Any, keys: list[bytes], groups: dict[int, list[int]]) -> tuple[int, bytes]:
@@ -232,7 +228,10 @@ class Router:
                 lead = self.node.leaders.get(shard)
                 if lead is None:
                     raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN shard {shard} has no leader right now")
-                status, data = await self._forward(lead[1], Op.KV_MGET, head + body.getvalue())
+                hops = getattr(req.conn, "forwarded", 0)
+                if hops >= MAX_HOPS:
+                    raise Refusal(Reason.LEADER_UNKNOWN, f"CLUSTERDOWN shard {shard}'s keys are not served here: retry")
+                status, data = await self._forward(lead[1], Op.KV_MGET, head + body.getvalue(), hops + 1)
                 if status != 0:
                     raise _Relayed(status, data)
             rd = Reader(data)
@@ -317,7 +316,7 @@ def cluster_hop(srv: Any, req: Any) -> bytes:
 
 def hop_payload(hops: int = 1) -> bytes:
     """The CLUSTER_HOP request of a connection whose requests have come ``hops`` hops."""
-    return Writer().u16(0).u16(0).bytes32(str(hops).encode()).options({}).getvalue()  # no ns or key
+    return bare_request(str(hops).encode())
 
 
 class _Relayed(Exception):

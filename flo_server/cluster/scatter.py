@@ -18,7 +18,8 @@ a coroutine answering ``(status, data)``, or raises a Refusal.
   hash tag is all that is hashed), so a worker's await, complete and fail reach the runs it took.
 
 A request that came forwarded by another member (``conn.forwarded``) asks for this shard's part
-only: it is served here, never fanned out or forwarded again.
+only: it is served here, never fanned out again (a single-slot request may go one hop further:
+``Router.to_slot``).
 
 >>> ACTIONS_SLOT == key_slot(b"{flo.actions}", "any-namespace")
 True
@@ -33,7 +34,7 @@ from typing import Any
 
 from flo_core.body import Reader, Writer
 from flo_core.errors import Refusal
-from flo_core.slots import ACTION_OPS, ACTIONS_KEY, ACTIONS_SLOT, key_slot  # noqa: F401
+from flo_core.slots import ACTION_OPS, ACTIONS_SLOT, key_slot  # noqa: F401 - key_slot: the doctest
 from flo_core.spec import MAX_SCAN_CURSOR, MAX_SCAN_LIMIT, Op, Reason, Tag
 from flo_server.dispatch import HANDLERS, parse
 from flo_server.handlers import queue as queue_handlers
