@@ -52,6 +52,8 @@ FLO_REFUSAL = wire.encode_reply(0, Status.OVERLOADED, refusal_body(
     Reason.SHARD_BUSY, Ran.NO, "max number of clients reached"))
 _refusing = 0  # refusals now waiting for first bytes (all servers of this process)
 TRIM_FROM = 1000  # after this many connections were open, half of them closing gives memory back
+TRIM_QUIET_S = 1.0  # ... once no connection has closed for this long
+TRIM_WAIT_MAX_S = 10.0  # ... or this long after the first of them, if closes go on
 
 
 class FloProtocol(asyncio.Protocol):
@@ -352,15 +354,20 @@ class _OpenPeak:
 
     A closed connection's objects are freed as it closes (``_unlink`` breaks their cycles), but
     the C allocator keeps the holes they leave in its heap: RSS would stay near the peak. Once the
-    open connections fall to half of a peak of at least TRIM_FROM, a second later one
-    ``malloc_trim(0)`` (glibc; a few ms, once) returns those pages. Per connection this is one
-    comparison when it opens and one when it closes.
+    open connections fall to half of a peak of at least TRIM_FROM, one ``malloc_trim(0)`` (glibc; a
+    few ms, once) returns those pages a second after the closes stop (at most TRIM_WAIT_MAX_S after
+    the first): a mass close that a busy server takes seconds to see through is trimmed once, at its
+    end, not half-way. Per connection this is one comparison when it opens and one when it closes.
     """
 
     def __init__(self) -> None:
         self.peak: dict[int, int] = {}  # id(server) -> most connections open since the last trim
         self.pending = False
         self._trim: Any = None
+        self._loop: Any = None
+        self._srv: Any = None  # the server whose connections closed
+        self._armed_at = 0.0  # loop time the trim was armed
+        self._last_close = 0.0  # loop time of the latest close while it is armed
 
     def note(self, srv: Any) -> None:
         n = len(srv.connections)
@@ -368,17 +375,28 @@ class _OpenPeak:
             self.peak[id(srv)] = n
 
     def closed(self, srv: Any) -> None:
+        if self.pending:
+            self._last_close = self._loop.time()
+            return
         peak = self.peak.get(id(srv), 0)
-        if peak >= TRIM_FROM and len(srv.connections) <= peak // 2 and not self.pending:
+        if peak >= TRIM_FROM and len(srv.connections) <= peak // 2:
             self.peak[id(srv)] = len(srv.connections)
-            self.pending = True
             try:
-                asyncio.get_running_loop().call_later(1.0, self.trim)
+                self._loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop (a server being torn down)
-                self.pending = False
+                return
+            self.pending, self._srv = True, srv
+            self._armed_at = self._last_close = self._loop.time()
+            self._loop.call_later(TRIM_QUIET_S, self.trim)
 
     def trim(self) -> None:
+        now = self._loop.time()
+        quiet_at = self._last_close + TRIM_QUIET_S
+        if now < quiet_at and now < self._armed_at + TRIM_WAIT_MAX_S:
+            self._loop.call_later(min(quiet_at, self._armed_at + TRIM_WAIT_MAX_S) - now, self.trim)
+            return  # connections are still closing: trim once they stop
         self.pending = False
+        self.peak[id(self._srv)] = len(self._srv.connections)  # the next halving counts from here
         t0 = time.perf_counter()
         if self._trim is None:
             self._trim = False
