@@ -39,11 +39,13 @@ import json
 import logging
 import secrets
 import socket
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from flo_core.errors import ClientError, FloError, NotFoundError, ServerError
-from flo_core.spec import MAX_BLOCK_MS, Reason, Status
+from flo_core.body import Writer
+from flo_core.errors import ClientError, FloError, NotFoundError, ProtocolError, ServerError
+from flo_core.spec import MAX_BLOCK_MS, Op, Reason, Status, Tag
 
 from .action import (
     MAX_OUTPUT,
@@ -56,6 +58,7 @@ from .action import (
     WorkerFailOptions,
     WorkerRegisterOptions,
     WorkerTouchOptions,
+    parse_task_assignment,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +76,61 @@ RESULT_SENDS = 3  # a report lost to a dropped connection is resent this many ti
 _BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.1, 5.0
 # Touch refusals that mean the run moved on (finished, cancelled, taken back).
 _TOUCH_FINAL = (Status.CONFLICT, Status.NOT_FOUND, Status.BAD_REQUEST)
+# Batches (flo-server extension, docs/protocol-action.md): an await asks for up to COUNT runs and
+# gets them behind BATCH_MARK; the completions of one loop turn go in one COMPLETE with COUNT.
+MAX_AWAIT_BATCH = 256
+MAX_COMPLETE_BATCH = 1024
+BATCH_MARK = b"\x00\x00"  # an empty task id: never the start of a single assignment
+_COUNT_TAG = bytes((Tag.COUNT, 4))
+_HEAD = struct.Struct("<H")
+_TAIL = struct.Struct("<qIB")  # created_at i64, attempt u32, has_caller u8
+_U32 = struct.Struct("<I")
+
+
+def parse_assignments(data: bytes) -> list[TaskAssignment]:
+    """A batch answer of ACTION_AWAIT: ``BATCH_MARK [n u16]`` then n x ``[task_id str16]
+    [task_type str16][created_at i64][attempt u32][has_caller u8]([caller str16][workflow str16])?
+    [payload bytes32]``.
+
+    >>> data = bytes.fromhex("0000010005006163742d310100610500000000000000010000000002000000696e")
+    >>> parse_assignments(data)[0]
+    TaskAssignment(task_id='act-1', task_type='a', payload=b'in', created_at=5, attempt=1, caller_run_id='', caller_workflow_name='')
+    """
+    head, tail, u32 = _HEAD.unpack_from, _TAIL.unpack_from, _U32.unpack_from
+    out = []
+    try:
+        (n,) = head(data, 2)
+        pos = 4
+        for _ in range(n):
+            (ln,) = head(data, pos)
+            task_id = data[pos + 2 : pos + 2 + ln].decode("utf-8")
+            pos += 2 + ln
+            (ln,) = head(data, pos)
+            task_type = data[pos + 2 : pos + 2 + ln].decode("utf-8")
+            pos += 2 + ln
+            created, attempt, has_caller = tail(data, pos)
+            pos += 13
+            caller = ["", ""]
+            if has_caller == 1:
+                for i in (0, 1):
+                    (ln,) = head(data, pos)
+                    caller[i] = data[pos + 2 : pos + 2 + ln].decode("utf-8")
+                    pos += 2 + ln
+            (ln,) = u32(data, pos)
+            payload = data[pos + 4 : pos + 4 + ln]
+            if len(payload) != ln:
+                raise ValueError("payload cut short")
+            pos += 4 + ln
+            out.append(TaskAssignment(task_id, task_type, payload, created, attempt, caller[0], caller[1]))
+    except (struct.error, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"bad batch of task assignments: {e}") from None
+    return out
+
+
+def _complete_entry(action: str, task_id: str, outcome: str, data: bytes) -> bytes:
+    """One report of a batched ACTION_COMPLETE: ``[action str16][task_id str16][outcome str16][result bytes16]``."""
+    a, t, o = action.encode("utf-8"), task_id.encode("utf-8"), outcome.encode("utf-8")
+    return b"".join((_HEAD.pack(len(a)), a, _HEAD.pack(len(t)), t, _HEAD.pack(len(o)), o, _HEAD.pack(len(data)), data))
 
 
 class NonRetryableError(FloError):
@@ -245,7 +303,14 @@ class ActionWorker:
         self._started = False
         self._polling = False
         self._tasks: set[asyncio.Task] = set()
-        self._slots: asyncio.Semaphore | None = None
+        self._free = concurrency  # slots not holding a run (a run holds its slot until reported)
+        self._slot_freed = asyncio.Event()
+        self._batches = False  # the server answered an await with a batch: it takes batched completes too
+        self._outbox: list[bytes] = []  # completions of this loop turn, encoded
+        self._outbox_ids: list[str] = []
+        self._outbox_scheduled = False
+        self._await_value = b""
+        self._await_opts = b""
         self.running_handlers = 0
 
     # --- handlers ---------------------------------------------------------------------------
@@ -312,7 +377,7 @@ class ActionWorker:
             for name, o in self._options.items():
                 await self._poll.action.register(name, ActionType.USER, o)
             await self._register()
-            self._slots = asyncio.Semaphore(self.concurrency)
+            self._free = self.concurrency
             heartbeat = asyncio.ensure_future(self._heartbeat_loop())
             log.info("action worker %s started: %s", self.worker_id, ", ".join(self._handlers))
             self._polling = True
@@ -337,6 +402,7 @@ class ActionWorker:
     def stop(self) -> None:
         """Stop taking work (a parked await is interrupted); running handlers finish and report."""
         self._stop.set()
+        self._slot_freed.set()
         if self._poll is not None:
             # Closing the poll connection is what interrupts a parked await: the
             # server then hands nothing to it. A run that arrived just before is still run.
@@ -386,23 +452,45 @@ class ActionWorker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
+    def _release(self, n: int = 1) -> None:
+        """``n`` runs are over (handled and reported): their slots take work again."""
+        self._free += n
+        self._slot_freed.set()
+
+    async def _await_runs(self, want: int) -> list[TaskAssignment]:
+        """One ACTION_AWAIT asking for up to ``want`` runs (option COUNT; a server without
+        batches answers one assignment, which this reads too)."""
+        opts = self._await_opts + _COUNT_TAG + want.to_bytes(4, "little")
+        rest = self._await_value + (len(opts)).to_bytes(2, "little") + opts
+        data = await self._poll._call(Op.ACTION_AWAIT, self.worker_id, rest, block_ms=self.block_ms)
+        if not data:
+            return []
+        if data[:2] == BATCH_MARK:
+            self._batches = True
+            return parse_assignments(data)
+        return [parse_task_assignment(data)]
+
     async def _poll_loop(self) -> None:
-        assert self._slots is not None
-        api = WorkerAPI(self._poll)
         names = list(self._handlers)
+        w = Writer().u32(len(names))
+        for name in names:
+            w.str16(name)
+        value = w.getvalue()
+        self._await_value = len(value).to_bytes(4, "little") + value
+        self._await_opts = bytes((Tag.BLOCK_MS, 4)) + self.block_ms.to_bytes(4, "little")
         loop = asyncio.get_running_loop()
         backoff = _BACKOFF_FIRST_S
         quick_empties = 0
         while not self._stop.is_set():
-            await self._slots.acquire()
+            while self._free <= 0 and not self._stop.is_set():
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
             if self._stop.is_set():
-                self._slots.release()
                 break
             started = loop.time()
             try:
-                task = await api.await_task(self.worker_id, names, WorkerAwaitOptions(block_ms=self.block_ms))
+                tasks = await self._await_runs(min(self._free, MAX_AWAIT_BATCH))
             except ServerError as e:
-                self._slots.release()
                 if e.reason == Reason.WORKER_DRAINING:
                     log.info("worker %s is drained: taking no more work", self.worker_id)
                     break
@@ -414,7 +502,6 @@ class ActionWorker:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             except Exception as e:  # noqa: BLE001 - a lost connection: reconnect and go on
-                self._slots.release()
                 if self._stop.is_set():
                     break
                 log.warning("await lost (%s); reconnecting in %.1fs", e, backoff)
@@ -424,8 +511,7 @@ class ActionWorker:
                     await self._register()  # the next call reconnects; the server may have restarted
                 continue
             backoff = _BACKOFF_FIRST_S
-            if task is None:
-                self._slots.release()
+            if not tasks:
                 # Empty answers faster than the wait mean something else ends the
                 # waits early: do not spin.
                 if loop.time() - started < min(0.25, self.block_ms / 2000):
@@ -436,27 +522,38 @@ class ActionWorker:
                     quick_empties = 0
                 continue
             quick_empties = 0
-            t = asyncio.ensure_future(self._execute(task))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
+            self._free -= len(tasks)
+            for task in tasks:
+                t = asyncio.ensure_future(self._execute(task))
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
 
     # --- running one run ------------------------------------------------------------------------------------------
 
     async def _execute(self, task: TaskAssignment) -> None:
-        assert self._slots is not None
+        """Run one handler in this task, then queue its report (the slot is released once it is sent)."""
+        queued = False
         try:
             self.running_handlers += 1
             try:
                 report = await self._run_handler(task)
             finally:
                 self.running_handlers -= 1
-            await self._send(task, report)
+            if report.kind == "complete" and self._batches:
+                self._queue_complete(task, report)
+                queued = True
+            else:
+                await self._send(task, report)
         except Exception:  # noqa: BLE001 - one run never takes the worker down
             log.exception("reporting run %s failed", task.task_id)
         finally:
-            self._slots.release()
+            if not queued:
+                self._release()
 
     async def _run_handler(self, task: TaskAssignment) -> _Report:
+        """The handler runs in the caller's task (one task per run); a timer cancels it past
+        ``action_timeout`` and, with ``auto_touch``, another starts touching its lease once a
+        third of the action's timeout has gone by (most handlers are done long before either)."""
         handler = self._handlers.get(task.task_type)
         if handler is None:
             return _Report("fail", message=f"No handler for: {task.task_type}")
@@ -469,42 +566,104 @@ class ActionWorker:
             namespace=self._parent.namespace,
             _worker=self,
         )
-        run = asyncio.ensure_future(handler(ctx))
-        stop_touching = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        assert me is not None
+        timed_out = False
+
+        def time_out() -> None:
+            nonlocal timed_out
+            timed_out = True
+            me.cancel()
+
+        timer = loop.call_later(self.action_timeout, time_out)
         timeout_ms = self._options[task.task_type].timeout_ms
-        toucher = (
-            asyncio.ensure_future(self._keep_touching(ctx, timeout_ms, stop_touching))
-            if self.auto_touch and timeout_ms > 0
-            else None
-        )
+        toucher: list[Any] = []
+        touch_timer = None
+        if self.auto_touch and timeout_ms > 0:
+            stop_touching = asyncio.Event()
+            interval = max(min(timeout_ms, MAX_TOUCH_EXTEND_MS) / 3000, MIN_TOUCH_INTERVAL_S)
+            touch_timer = loop.call_later(interval, lambda: toucher.append(
+                asyncio.ensure_future(self._keep_touching(ctx, timeout_ms, stop_touching, first_now=True))))
         try:
-            await asyncio.wait({run}, timeout=self.action_timeout)
-        finally:
-            if toucher is not None:
-                stop_touching.set()
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(toucher)
-        if not run.done():
-            run.cancel()
-            with contextlib.suppress(BaseException):
-                await run
-            log.error("action %s (run %s) timed out after %ss", task.task_type, task.task_id, self.action_timeout)
-            return _Report("fail", message="Action timed out", retry=False)
-        if run.cancelled():
-            return _Report("fail", message="Action cancelled")
-        exc = run.exception()
-        if exc is not None:
+            value = await handler(ctx)
+        except asyncio.CancelledError:
+            if not timed_out:
+                if me.cancelling():
+                    raise  # this run's task was cancelled from outside: the worker is going away
+                return _Report("fail", message="Action cancelled")  # the handler raised it itself
+            value = None
+        except Exception as exc:  # noqa: BLE001 - the handler's failure is the run's
             message = str(exc) or type(exc).__name__
             retry = not isinstance(exc, NonRetryableError)
             log.warning("action %s (run %s, attempt %d) failed: %r", task.task_type, task.task_id, task.attempt, exc)
             return _Report("fail", message=message, retry=retry)
+        finally:
+            timer.cancel()
+            if touch_timer is not None:
+                touch_timer.cancel()
+                if toucher:
+                    stop_touching.set()
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(toucher[0])
+        if timed_out:  # (even if the handler swallowed the cancellation and returned)
+            me.uncancel()
+            log.error("action %s (run %s) timed out after %ss", task.task_type, task.task_id, self.action_timeout)
+            return _Report("fail", message="Action timed out", retry=False)
         try:
-            outcome, data = _output_of(run.result())
+            outcome, data = _output_of(value)
         except (TypeError, ValueError) as e:
             return _Report("fail", message=f"result is not bytes or JSON: {e}", retry=False)
         if len(data) > MAX_OUTPUT:
             return _Report("fail", message=f"output of {len(data)} bytes is over the {MAX_OUTPUT}-byte limit", retry=False)
         return _Report("complete", outcome=outcome, data=data)
+
+    # --- reports ----------------------------------------------------------------------------------------------------
+
+    def _queue_complete(self, task: TaskAssignment, report: _Report) -> None:
+        """Completions of one loop turn leave in one ACTION_COMPLETE (option COUNT)."""
+        self._outbox.append(_complete_entry(task.task_type, task.task_id, report.outcome, report.data))
+        self._outbox_ids.append(task.task_id)
+        if not self._outbox_scheduled:
+            self._outbox_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_outbox)
+
+    def _send_outbox(self) -> None:
+        self._outbox_scheduled = False
+        while self._outbox:
+            entries, ids = self._outbox[:MAX_COMPLETE_BATCH], self._outbox_ids[:MAX_COMPLETE_BATCH]
+            del self._outbox[:MAX_COMPLETE_BATCH], self._outbox_ids[:MAX_COMPLETE_BATCH]
+            t = asyncio.ensure_future(self._send_completes(entries, ids))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def _send_completes(self, entries: list[bytes], ids: list[str]) -> None:
+        n = len(entries)
+        value = b"".join(entries)
+        rest = len(value).to_bytes(4, "little") + value + b"\x06\x00" + _COUNT_TAG + n.to_bytes(4, "little")
+        try:
+            for attempt in range(1, RESULT_SENDS + 1):
+                try:
+                    data = await self._results._call(Op.ACTION_COMPLETE, self.worker_id, rest)
+                except ServerError as e:
+                    log.error("completion of %d run(s) refused: %s", n, e)
+                    return
+                except Exception as e:  # noqa: BLE001
+                    if attempt == RESULT_SENDS or not _is_connection_error(e):
+                        log.error("completion of %d run(s) dropped after %d sends: %r", n, attempt, e)
+                        return
+                    await asyncio.sleep(_BACKOFF_FIRST_S * attempt)  # the next call reconnects
+                    continue
+                codes = data[2:]
+                if any(codes):
+                    for task_id, code in zip(ids, codes):
+                        if code:
+                            # STALE_REPORT: the run moved on (cancelled, or taken back and given to another worker).
+                            level = logging.INFO if code == Reason.STALE_REPORT else logging.ERROR
+                            log.log(level, "complete of run %s refused: reason %d", task_id, code)
+                return
+        finally:
+            self._release(n)
 
     async def _send(self, task: TaskAssignment, report: _Report) -> None:
         api = WorkerAPI(self._results)
@@ -536,13 +695,17 @@ class ActionWorker:
     async def _touch(self, action: str, task_id: str, extend_ms: int) -> None:
         await WorkerAPI(self._results).touch(self.worker_id, action, task_id, WorkerTouchOptions(extend_ms=extend_ms))
 
-    async def _keep_touching(self, ctx: ActionContext, timeout_ms: int, stop: asyncio.Event) -> None:
+    async def _keep_touching(self, ctx: ActionContext, timeout_ms: int, stop: asyncio.Event,
+                             first_now: bool = False) -> None:
         extend_ms = min(timeout_ms, MAX_TOUCH_EXTEND_MS)
         interval = max(extend_ms / 3000, MIN_TOUCH_INTERVAL_S)
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-                return
+            if first_now:  # started by the run's timer, one interval in: touch at once
+                first_now = False
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+                    return
             try:
                 await self._touch(ctx.action_name, ctx.task_id, extend_ms)
             except ServerError as e:

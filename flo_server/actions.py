@@ -432,8 +432,10 @@ class Actions:
     def next_due(self) -> int | None:
         """The earliest time a timer becomes due (a blocked await or result
         wait wakes then to look again), or None."""
-        due = [h[0][0] for h in (self._delays, self._leases) if h]
-        return min(due) if due else None
+        delays, leases = self._delays, self._leases
+        if delays:
+            return min(delays[0][0], leases[0][0]) if leases else delays[0][0]
+        return leases[0][0] if leases else None
 
     def drain_events(self) -> list[tuple[Any, ...]]:
         ev, self.events = self.events, []
@@ -656,6 +658,33 @@ class Actions:
             if not heaps:
                 del self._ready[(ns, name)]
         return self.runs[best[3]] if best is not None else None
+
+    def select_many(self, ns: str, names: list[str], labels: dict[str, Any], now: int, n: int) -> list[Run]:
+        """The first ``n`` runs :meth:`select` would return if each were taken in turn
+        (fewer when fewer are takeable). Takes none.
+
+        >>> a = Actions()
+        >>> a.register_action(1000, "default", "x", 0, 60_000, 3, "")
+        >>> ids = [a.invoke(lsn, 1000, "default", "x", b"", None, 10, None) for lsn in (1, 2, 3)]
+        >>> [r.run_id for r in a.select_many("default", ["x"], {}, 1001, 2)] == ids[:2]
+        True
+        """
+        picked: list[Run] = []
+        aside: list[tuple[tuple[str, str], str, tuple[int, int, int, str]]] = []
+        try:
+            while len(picked) < n:
+                run = self.select(ns, names, labels, now)
+                if run is None:
+                    break
+                picked.append(run)
+                # Set its entry aside so the next select sees the one behind it.
+                heap = self._ready[(ns, run.action)][run.label_sig]
+                aside.append(((ns, run.action), run.label_sig, heapq.heappop(heap)))
+        finally:
+            # Put every entry back: the runs are still PENDING until taken (take makes the entries stale).
+            for key, sig, entry in aside:
+                heapq.heappush(self._ready.setdefault(key, {}).setdefault(sig, []), entry)
+        return picked
 
     def take(self, now: int, ns: str, worker_id: str, run_id: str) -> Run | None:
         """Give a PENDING run to a worker: RUNNING, attempt + 1, lease from the

@@ -9,7 +9,10 @@ awaits are refused at once).
 Extensions (docs/protocol-action.md): invoke options RUN_PRIORITY (u8, lower
 value first, default 10) and IDEMPOTENCY_KEY; ACTION_RESULT (wait for a run to
 finish, WAIT_MS); ACTION_CANCEL; answers of ACTION_LIST / ACTION_LIST_RUNS /
-WORKER_INFO (the SDK ignores or never sends those).
+WORKER_INFO (the SDK ignores or never sends those); batches: option COUNT on
+ACTION_AWAIT (up to COUNT runs in one answer, :func:`assignments_answer`) and on
+ACTION_COMPLETE (COUNT reports in one value, one status byte each). A request
+without COUNT is served exactly as flo-wire-v2 says, so the SDK is unaffected.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 from typing import Any
 
 from flo_core.body import Reader, Writer, opt_str, opt_uint
@@ -27,9 +31,21 @@ from flo_server.actions import Run, Worker
 from flo_server.dispatch import Request, handler
 from flo_server.journal import applier
 
-__all__ = ["status_answer", "assignment_answer"]
+__all__ = ["status_answer", "assignment_answer", "assignments_answer", "BATCH_MARK"]
 
 DEFAULT_LIST_LIMIT = 100
+MAX_AWAIT_BATCH = 256  # runs one ACTION_AWAIT with COUNT may carry
+MAX_COMPLETE_BATCH = 1024  # reports one ACTION_COMPLETE with COUNT may carry
+#: A batch of assignments starts with an empty task id, which a single assignment never has
+#: (run ids are non-empty): a worker tells the two layouts apart by these two bytes.
+BATCH_MARK = b"\x00\x00"
+
+_head = struct.Struct("<H")
+_times = struct.Struct("<qIB")  # created_at i64, attempt u32, has_caller u8
+_u32 = struct.Struct("<I")
+# status u8, created i64, present + started i64, present + completed i64, attempt u32, present + output length u16
+_done_head = struct.Struct("<BqBqBqIBH")
+_present16 = struct.Struct("<BH")
 
 log = logging.getLogger("flo_server.action")
 
@@ -114,6 +130,24 @@ def apply_take(srv: Any, lsn: int, now: int, ns: str, worker_id: str, run_id: st
     run = srv.actions.take(now, ns, worker_id, run_id)
     _flush(srv)
     return run
+
+
+@applier("a.takes")
+def apply_takes(srv: Any, lsn: int, now: int, ns: str, worker_id: str, run_ids: list) -> list[Run]:
+    """One await's batch: the runs :meth:`Actions.select_many` chose, taken in that order."""
+    take = srv.actions.take
+    runs = [run for run in (take(now, ns, worker_id, rid) for rid in run_ids) if run is not None]
+    _flush(srv)
+    return runs
+
+
+@applier("a.dones")
+def apply_completes(srv: Any, lsn: int, now: int, ns: str, worker_id: str, reports: list) -> int:
+    """One batch of completions: ``[[run_id, outcome, output], ...]`` (each checked by the handler)."""
+    complete = srv.actions.complete
+    done = sum(1 for run_id, outcome, output in reports if complete(now, ns, worker_id, run_id, outcome, output))
+    _flush(srv)
+    return done
 
 
 @applier("a.done")
@@ -259,14 +293,45 @@ def status_answer(run: Run) -> bytes:
 
 def _result_answer(run: Run) -> bytes:
     """ACTION_RESULT OK: the status layout, then ``opt(outcome str16)``."""
+    status = run.status
+    out = run.output
+    if (status == RunStatus.COMPLETED and out is not None and run.error is None and run.outcome is not None
+            and run.started_at is not None and run.completed_at is not None):
+        # The common answer (a run that completed), packed in one go; the same bytes as below.
+        worker, outcome = run.worker_id, run.outcome
+        wb, ob = worker.encode("utf-8") if worker is not None else None, outcome.encode("utf-8")
+        return b"".join((
+            _done_head.pack(int(status), run.created_at, 1, run.started_at, 1, run.completed_at, run.attempt, 1, len(out)),
+            out, b"\x00",  # no error
+            _present16.pack(1, len(wb)) + wb if wb is not None else b"\x00",
+            _present16.pack(1, len(ob)), ob,
+        ))
     return _status_fields(Writer(), run).opt_str16(run.outcome).getvalue()
+
+
+def _assignment_head(run: Run) -> bytes:
+    rid = run.run_id.encode("utf-8")
+    name = run.action.encode("utf-8")
+    return b"".join((_head.pack(len(rid)), rid, _head.pack(len(name)), name, _times.pack(run.created_at, run.attempt, 0)))
 
 
 def assignment_answer(run: Run) -> bytes:
     """ACTION_AWAIT OK: ``[task_id str16][task_type str16][created_at i64][attempt u32][has_caller u8 = 0][payload]``."""
-    return (
-        Writer().str16(run.run_id).str16(run.action).i64(run.created_at).u32(run.attempt).u8(0).raw(run.payload)
-    ).getvalue()
+    return _assignment_head(run) + run.payload
+
+
+def assignments_answer(runs: list[Run]) -> bytes:
+    """ACTION_AWAIT with COUNT, OK: ``BATCH_MARK [n u16]`` then n x (an assignment's head, then
+    ``[payload bytes32]``), runs in the order they were taken.
+
+    >>> r = Run("act-1", "default", "a", 1, b"in", "", 10, None, 5, 3, 0, attempt=1)
+    >>> assignments_answer([r]).hex()
+    '0000010005006163742d310100610500000000000000010000000002000000696e'
+    """
+    parts = [BATCH_MARK, _head.pack(len(runs))]
+    for run in runs:
+        parts += (_assignment_head(run), _u32.pack(len(run.payload)), run.payload)
+    return b"".join(parts)
 
 
 def _worker_entry(w: Writer, wk: Worker, now: int) -> Writer:
@@ -370,15 +435,22 @@ def action_result(srv: Any, req: Request) -> Any:
 
 
 async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int) -> bytes:
-    ns = req.ns
-
-    def attempt() -> Run | None:
+    # Parks on the run's key directly (not Waiters.poll: nothing is taken, so there is no
+    # wake-up to hand on); looks again first, since a write between the handler's check and
+    # this coroutine's start woke nobody.
+    ns, conn, store = req.ns, req.conn, srv.actions
+    keys = (("ar", ns, run_id),)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_ms / 1000.0
+    while True:
+        run = store.run(ns, run_id)
+        if run is None or run.finished:
+            break
+        remaining = deadline - loop.time()
+        if remaining <= 0 or (conn is not None and conn.closed):
+            break
+        await srv.waiters.wait(keys, conn, remaining)
         _settle(srv, srv.now())
-        run = srv.actions.run(ns, run_id)
-        return run if run is None or run.finished else None
-
-    await srv.waiters.poll([("ar", ns, run_id)], req.conn, wait_ms, attempt)
-    run = srv.actions.run(ns, run_id)
     if run is None:
         raise Refusal(Reason.NOT_FOUND, f"run {run_id!r} is no longer kept")
     return _result_answer(run)
@@ -453,7 +525,9 @@ def action_delete(srv: Any, req: Request) -> bytes:
 @handler(Op.ACTION_AWAIT)
 def action_await(srv: Any, req: Request) -> Any:
     """key = worker id, value ``[n u32] n x str16 action``, option BLOCK_MS (absent = 30 000,
-    0 = don't wait) -> empty (nothing came) or a task assignment (:func:`assignment_answer`)."""
+    0 = don't wait) -> empty (nothing came) or a task assignment (:func:`assignment_answer`).
+    ext: option COUNT u32 (1..256) -> up to COUNT runs at once (:func:`assignments_answer`),
+    as many as are ready; it waits only while none is."""
     worker_id = _worker_id(req.key)
     r = Reader(req.value)
     n = r.u32()
@@ -461,12 +535,21 @@ def action_await(srv: Any, req: Request) -> Any:
         raise Refusal(Reason.OUT_OF_RANGE, f"await names 1..{A.MAX_WORKER_ACTIONS} actions, not {n}")
     names = list(dict.fromkeys(_action_name(r.bytes16()) for _ in range(n)))
     block_ms = _wait_ms(req.opts, Tag.BLOCK_MS, A.DEFAULT_AWAIT_BLOCK_MS)
+    count = opt_uint(req.opts, Tag.COUNT, 0)
+    if count is not None and count > MAX_AWAIT_BATCH:
+        raise Refusal(Reason.OUT_OF_RANGE, f"an await takes at most {MAX_AWAIT_BATCH} runs, not {count}")
     ns = req.ns
 
     def attempt() -> bytes | None:
         now = srv.now()
         _settle(srv, now)
         labels = _admit(srv, ns, worker_id, now)
+        if count:
+            picked = srv.actions.select_many(ns, names, labels, now, count)
+            if not picked:
+                return None
+            runs = srv.write("a.takes", now, ns, worker_id, [run.run_id for run in picked])
+            return assignments_answer(runs) if runs else None
         run = srv.actions.select(ns, names, labels, now)
         if run is None:
             return None
@@ -509,26 +592,74 @@ def _report_target(srv: Any, req: Request, r: Reader) -> tuple[str, str, str]:
 def _check_holder(srv: Any, ns: str, worker_id: str, action: str, run_id: str, now: int) -> None:
     """NOT_FOUND for an unknown run, STALE_REPORT when this worker no longer holds it."""
     _settle(srv, now)
-    run = srv.actions.run(ns, run_id)
+    refusal = _holder_refusal(srv, ns, worker_id, action, run_id, now)
+    if refusal is not None:
+        raise refusal
+
+
+def _holder_refusal(srv: Any, ns: str, worker_id: str, action: str, run_id: str, now: int) -> Refusal | None:
+    """What :func:`_check_holder` raises, or None when the worker holds the run (the store is settled)."""
+    store = srv.actions
+    run = store.run(ns, run_id)
     if run is None or run.action != action:
-        raise Refusal(Reason.NOT_FOUND, f"no run {run_id!r} of action {action!r}")
-    if srv.actions.holds(ns, worker_id, run_id, now) is None:
+        return Refusal(Reason.NOT_FOUND, f"no run {run_id!r} of action {action!r}")
+    if store.holds(ns, worker_id, run_id, now) is None:
         why = run.status.name.lower() if run.finished else f"held by {run.worker_id!r}, attempt {run.attempt}"
         if run.status == RunStatus.PENDING:
             why = "taken back (lease lapsed or retried)"
-        raise Refusal(Reason.STALE_REPORT, f"worker {worker_id!r} no longer holds run {run_id!r}: {why}")
+        return Refusal(Reason.STALE_REPORT, f"worker {worker_id!r} no longer holds run {run_id!r}: {why}")
+    return None
+
+
+def _outcome(raw: bytes) -> str:
+    return _text(raw, "outcome", A.MAX_OUTCOME, empty_ok=True) or "success"
 
 
 @handler(Op.ACTION_COMPLETE)
 def action_complete(srv: Any, req: Request) -> bytes:
-    """key = worker id, value ``[action str16][task_id str16][outcome str16][result bytes16]`` -> empty."""
+    """key = worker id, value ``[action str16][task_id str16][outcome str16][result bytes16]`` -> empty.
+    ext: option COUNT u32 (1..1024): the value holds COUNT such reports (:func:`_complete_many`)."""
+    count = opt_uint(req.opts, Tag.COUNT, 0)
+    if count:
+        return _complete_many(srv, req, count)
     r = Reader(req.value)
     worker_id, action, run_id = _report_target(srv, req, r)
-    outcome = _text(r.bytes16(), "outcome", A.MAX_OUTCOME, empty_ok=True) or "success"
+    outcome = _outcome(r.bytes16())
     output = r.bytes16()
     _check_holder(srv, req.ns, worker_id, action, run_id, req.now)
     srv.write("a.done", req.now, req.ns, worker_id, run_id, outcome, output)
     return b""
+
+
+def _complete_many(srv: Any, req: Request, count: int) -> bytes:
+    """COUNT reports of one worker -> ``[n u16] n x [reason u8]``: 0 = completed, else the
+    reason a single COMPLETE would have been refused with (NOT_FOUND, STALE_REPORT). A malformed
+    report refuses the whole request before anything is written; the rest go in one log record."""
+    if count > MAX_COMPLETE_BATCH:
+        raise Refusal(Reason.OUT_OF_RANGE, f"a complete carries at most {MAX_COMPLETE_BATCH} reports, not {count}")
+    worker_id = _worker_id(req.key)
+    r = Reader(req.value)
+    reports = [(_action_name(r.bytes16()), _run_id(r.bytes16()), _outcome(r.bytes16()), r.bytes16())
+               for _ in range(count)]
+    if r.remaining:
+        raise Refusal(Reason.MALFORMED, f"{r.remaining} bytes after {count} reports")
+    ns, now = req.ns, req.now
+    _settle(srv, now)
+    codes = bytearray(count)
+    accepted: list[list[Any]] = []
+    seen: set[str] = set()
+    for i, (action, run_id, outcome, output) in enumerate(reports):
+        refusal = _holder_refusal(srv, ns, worker_id, action, run_id, now)
+        if refusal is None and run_id in seen:  # the same run twice: the second report is stale
+            refusal = Refusal(Reason.STALE_REPORT, f"run {run_id!r} reported twice")
+        if refusal is not None:
+            codes[i] = int(refusal.reason)
+            continue
+        seen.add(run_id)
+        accepted.append([run_id, outcome, output])
+    if accepted:
+        srv.write("a.dones", now, ns, worker_id, accepted)
+    return _head.pack(count) + bytes(codes)
 
 
 @handler(Op.ACTION_FAIL)
