@@ -42,7 +42,7 @@ from flo_core.kv cimport KVStore, Entry, Namespace, entry_dead
 from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok, key_slot
-from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue
+from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue, log_queue_dequeue, log_queue_seqs
 from flo_core.stream cimport Stream, next_id_of
 from flo_core.pqueue cimport PriorityQueue, Queues
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
@@ -54,7 +54,18 @@ cdef enum:
     OP_KV_INCR = 0x10B
     OP_STREAM_APPEND = 0x130
     OP_QUEUE_ENQUEUE = 0x170
+    OP_QUEUE_DEQUEUE = 0x171
+    OP_QUEUE_COMPLETE = 0x172
+    OP_QUEUE_FAIL = 0x174
     TAG_PRIORITY = 0x10
+    TAG_COUNT = 0x15
+    TAG_BLOCK_MS = 0x17
+    TAG_LEASE_MS = 0x43
+    MAX_DEQUEUE_COUNT = 1000                  # flo_server.handlers.queue.MAX_DEQUEUE_COUNT
+    MAX_BLOCK_MS = 300_000                    # flo_core.spec.MAX_BLOCK_MS
+    MAX_LEASE_MS = 12 * 3600 * 1000           # flo_server.handlers.queue.MAX_LEASE_MS
+    DEFAULT_LEASE_MS = 30_000                 # flo_core.pqueue.DEFAULT_LEASE_MS
+    MAX_SEQS = 100_000                        # flo_server.handlers.queue.MAX_SEQS
     MAX_QUEUE_PAYLOAD = 16 * 1024 * 1024      # flo_server.handlers.queue.MAX_PAYLOAD
     MAX_DEDUP_WINDOW_MS = 7 * 24 * 3600 * 1000  # flo_server.handlers.queue.MAX_DEDUP_WINDOW_MS
     DEFAULT_DEDUP_WINDOW_MS = 300_000         # flo_core.pqueue.DEFAULT_DEDUP_WINDOW_MS
@@ -67,6 +78,11 @@ cdef enum:
 cdef bytes NOT_FOUND_BODY = b"\x0d\x00\x00key not found"
 cdef str KIND_SET = "kv.set"
 cdef str KIND_ENQUEUE = "q.enq"
+cdef str KIND_DEQUEUE = "q.deq"
+cdef str KIND_ACK = "q.ack"
+cdef str KIND_NACK = "q.nack"
+cdef str QUEUE_WAKE = "q"  # a queue's line of parked dequeues: Queues.lines[("q", ns, name)]
+cdef Py_ssize_t ANSWER_BUDGET = 64 * 1024 * 1024  # flo_server.handlers.queue.ANSWER_BUDGET
 cdef str STREAM_WAKE = "s"  # waiters' key of a stream: ("s", ns, name)
 
 
@@ -98,6 +114,7 @@ cdef class ServerCore(FrameReader):
     cdef dict _ns_cache
     cdef int64_t _now
     cdef str _hns  # the request head _head() parsed last
+    cdef str _hname  # the queue name _known_queue() decoded last
     cdef uint32_t _hns_len, _hkey_at, _hkey_len, _hval_at, _hval_len
     cdef LogWriter _log  # set for one run() when the journal is on disk and healthy
     cdef Py_ssize_t _logged  # bytes appended through _log in this run()
@@ -106,6 +123,7 @@ cdef class ServerCore(FrameReader):
     cdef object _streams  # srv.streams (flo_core.stream.Streams) for this run(), or None
     cdef object _queues  # srv.queues (flo_core.pqueue.Queues) for this run(), or None
     cdef int64_t _qwindow  # the default dedup window for this run(); -2 not read yet, -1 out of range
+    cdef int64_t _qlease  # the default lease length for this run(); -2 not read yet, -1 out of range
     cdef Metrics metrics  # srv.metrics: counts and sampled timings of what the fast paths serve
     # The client's output limit (0: none): once one read's answers pass it, the rest of the read
     # is not served and the edge drops the connection (``proto._output_full``).
@@ -173,6 +191,7 @@ cdef class ServerCore(FrameReader):
         self._streams = getattr(self.srv, "streams", None)
         self._queues = getattr(self.srv, "queues", None)
         self._qwindow = -2
+        self._qlease = -2
         self._logged = 0
         try:
             self.feed(data)
@@ -222,6 +241,10 @@ cdef class ServerCore(FrameReader):
             return self._fast_incr(rid, p, n)
         if op == OP_QUEUE_ENQUEUE:
             return self._fast_enqueue(rid, p, n)
+        if op == OP_QUEUE_DEQUEUE:
+            return self._fast_dequeue(rid, p, n)
+        if op == OP_QUEUE_COMPLETE or op == OP_QUEUE_FAIL:
+            return self._fast_seqs(rid, p, n, op == OP_QUEUE_FAIL)
         return False
 
     cdef int _count(self, Metrics m, uint32_t op, Py_ssize_t at, int64_t t0) except -1:
@@ -619,6 +642,171 @@ cdef class ServerCore(FrameReader):
         st64(h + HEADER, seq)
         st32(h + 16, frame_crc(h, h + HEADER, 8))
         return True
+
+    cdef int64_t _lease_default(self) except -2:
+        """``srv.config.queue_lease_ms`` (or the built-in default) as the handler reads it; -1 when
+        it is outside 1..MAX_LEASE_MS (the handler refuses a dequeue without LEASE_MS then)."""
+        if self._qlease == -2:
+            value = getattr(getattr(self.srv, "config", None), "queue_lease_ms", None)
+            value = DEFAULT_LEASE_MS if value is None else int(value)
+            self._qlease = value if 1 <= value <= MAX_LEASE_MS else -1
+        return self._qlease
+
+    cdef PriorityQueue _known_queue(self, const uint8_t *p, uint32_t n, bint lineless):
+        """The queue a value+options request names (``_named_value`` already ran), or None for the
+        Python path: a name that is not UTF-8, a queue that does not exist, and with ``lineless``
+        a queue with dequeues parked in its line (they are served first, in arrival order).
+        Sets ``_hname``."""
+        if not self._can_write() or self._queues is None or type(self._queues) is not Queues:
+            return None
+        try:
+            name = PyUnicode_DecodeUTF8(<const char *>p + self._hkey_at, self._hkey_len, NULL)
+        except UnicodeDecodeError:
+            return None  # the handler refuses a name that is not UTF-8
+        d = (<Queues>self._queues).by_ns.get(self._hns)
+        qo = d.get(name) if d is not None else None
+        if qo is None or type(qo) is not PriorityQueue:
+            return None
+        lines = (<Queues>self._queues).lines
+        if lineless and lines and lines.get((QUEUE_WAKE, self._hns, name)):
+            return None
+        self._hname = name
+        return <PriorityQueue>qo
+
+    cdef bint _fast_dequeue(self, uint64_t rid, const uint8_t *p, uint32_t n) except -1:
+        """QUEUE_DEQUEUE of a known queue with ready messages and nobody parked in its line: the
+        ``queue_dequeue`` handler, ``_take`` and the ``q.deq`` applier, inline.
+
+        ``[value bytes32][options_len u16][TLV...]`` (the value is ignored) with COUNT, BLOCK_MS and
+        LEASE_MS options. Nothing ready (a dequeue that waits or answers an empty list), a line of
+        parked dequeues, COUNT 0, any other option and every refusal go to Python.
+        """
+        cdef uint8_t tags[3]
+        cdef uint64_t values[3]
+        cdef uint64_t count
+        cdef int64_t lease, clock
+        cdef Py_ssize_t at, seen
+        cdef uint32_t dlen
+        cdef PriorityQueue q
+        tags[0], tags[1], tags[2] = TAG_COUNT, TAG_BLOCK_MS, TAG_LEASE_MS
+        values[0], values[1], values[2] = 1, 0, 0  # the defaults of COUNT and BLOCK_MS
+        if self._named_value(p, n, 0xFFFFFFFF) < 0:
+            return False
+        seen = self._uint_options(p, self._hval_at + self._hval_len, n, tags, 3, values)
+        if seen < 0:
+            return False
+        count = values[0] if values[0] < MAX_DEQUEUE_COUNT else MAX_DEQUEUE_COUNT
+        if count == 0 or values[1] > MAX_BLOCK_MS:
+            return False  # an empty answer / a refusal: Python
+        if not seen & 4:
+            lease = self._lease_default()
+        else:
+            lease = <int64_t>values[2] if values[2] <= MAX_LEASE_MS else -1
+        if lease < 1:
+            return False  # out of range: the handler refuses
+        q = self._known_queue(p, n, True)
+        if q is None:
+            return False
+        clock = q.advance(self._now)  # has_ready(now); the record carries _clock(q, now), the same time
+        if q.n_ready == 0:
+            return False  # it waits, or answers an empty list: Python
+        # srv.write("q.deq", clock, ns, name, count, lease_ms): log, then the applier
+        if self._log is not None:
+            log_queue_dequeue(self._log, self._rec, clock, p + 2, self._hns_len, p + self._hkey_at,
+                              self._hkey_len, count, <uint64_t>lease, &self._logged)
+        else:  # the in-memory journal: numbers the record, keeps nothing
+            self.srv.journal.append(KIND_DEQUEUE, (clock, self._hns, self._hname, count, lease))
+        # the message list, encoded straight after the frame header
+        at = PyByteArray_GET_SIZE(self.out)
+        PyByteArray_Resize(self.out, at + HEADER)
+        q.dequeue_wire(<Py_ssize_t>count, clock, lease, ANSWER_BUDGET, self.out)
+        dlen = <uint32_t>(PyByteArray_GET_SIZE(self.out) - at - HEADER)
+        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + at
+        self._header(h, rid, 0, dlen)
+        st32(h + 16, frame_crc(h, h + HEADER, dlen))
+        return True
+
+    cdef bint _fast_seqs(self, uint64_t rid, const uint8_t *p, uint32_t n, bint nack) except -1:
+        """QUEUE_COMPLETE (ack), or with ``nack`` QUEUE_FAIL without options, of a known queue:
+        the ``queue_ack`` / ``queue_nack`` handlers and the ``q.ack`` / ``q.nack`` appliers, inline.
+
+        value ``[n u32] n x [seq u64]``. An empty list, a short or too long one, any option, and a
+        nack of a queue with dequeues parked in its line (its applier wakes them, the handler arms
+        their timer) go to Python.
+        """
+        cdef const uint8_t *v
+        cdef uint32_t vlen, count, pos
+        cdef int64_t clock
+        cdef Py_ssize_t k
+        cdef PriorityQueue q
+        if self._named_value(p, n, 0xFFFFFFFF) < 0:
+            return False
+        pos = self._hval_at + self._hval_len
+        if n - pos >= 2 and ld16(p + pos) != 0:
+            return False  # options: the handler reads DELAY_MS / TO_DLQ (nack), checks the block
+        v, vlen = p + self._hval_at, self._hval_len
+        if vlen < 4:
+            return False
+        count = ld32(v)
+        if count == 0 or count > MAX_SEQS or 8 * count > vlen - 4:
+            return False
+        q = self._known_queue(p, n, nack)
+        if q is None:
+            return False
+        clock = self._now if q.clock <= self._now else q.clock  # _clock(q, now)
+        # srv.write("q.ack", clock, ns, name, seqs) / srv.write("q.nack", clock, ns, name, seqs, 0, False)
+        if self._log is not None:
+            log_queue_seqs(self._log, self._rec, nack, clock, p + 2, self._hns_len, p + self._hkey_at,
+                           self._hkey_len, v + 4, count, &self._logged)
+        else:  # the in-memory journal: numbers the record, keeps nothing
+            seqs = [ld64(v + 4 + 8 * i) for i in range(count)]
+            if nack:
+                self.srv.journal.append(KIND_NACK, (clock, self._hns, self._hname, seqs, 0, False))
+            else:
+                self.srv.journal.append(KIND_ACK, (clock, self._hns, self._hname, seqs))
+        k = q.nack_wire(v + 4, count, clock) if nack else q.ack_wire(v + 4, count, clock)
+        # [affected u32]
+        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
+        PyByteArray_Resize(self.out, old + HEADER + 4)
+        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        self._header(h, rid, 0, 4)
+        st32(h + HEADER, <uint32_t>k)
+        st32(h + 16, frame_crc(h, h + HEADER, 4))
+        return True
+
+    cdef Py_ssize_t _uint_options(self, const uint8_t *p, uint32_t pos, uint32_t n, const uint8_t *tags,
+                                  int ntags, uint64_t *values) except -2:
+        """The options block at ``pos`` as split_value_options and opt_uint read it, when every option
+        is one of ``tags`` with a natural width (1, 2, 4, 8 bytes, LE; the last one wins, into
+        ``values``): a bit mask of the tags seen (bit i: ``tags[i]``), -1 for anything else (Python).
+        Absent when fewer than 2 bytes follow."""
+        cdef uint32_t olen, end, ln, i
+        cdef uint64_t v
+        cdef int t
+        cdef Py_ssize_t seen = 0
+        if n - pos < 2:
+            return 0
+        olen = ld16(p + pos)
+        pos += 2
+        if olen > n - pos:
+            return -1
+        end = pos + olen
+        while pos + 2 <= end:
+            ln = p[pos + 1]
+            if ln > end - pos - 2 or (ln != 1 and ln != 2 and ln != 4 and ln != 8):
+                return -1
+            for t in range(ntags):
+                if tags[t] == p[pos]:
+                    break
+            else:
+                return -1
+            v = 0
+            for i in range(ln):
+                v |= (<uint64_t>p[pos + 2 + i]) << (8 * i)
+            values[t] = v
+            seen |= 1 << t
+            pos += 2 + ln
+        return seen if pos == end else -1
 
     cdef uint64_t _log_set(self, str ns, const uint8_t *nsb, uint32_t nslen, bytes key, bytes value,
                            int64_t expires_at) except 0:

@@ -1,6 +1,7 @@
-# C-level view of flo_core/pqueue.pyx (the leased priority queues), for the C fast path of
-# QUEUE_ENQUEUE in flo_core/core.pyx. The Python API is documented in the .pyx.
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+# C-level view of flo_core/pqueue.pyx (the leased priority queues), for the C fast paths of
+# QUEUE_ENQUEUE, QUEUE_DEQUEUE, QUEUE_COMPLETE and QUEUE_FAIL in flo_core/core.pyx. The Python API is
+# documented in the .pyx.
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 
 cdef struct Entry:
@@ -65,6 +66,14 @@ cdef class PriorityQueue:
     cdef Message _live(self, Entry* e, int state)
     cpdef int64_t advance(self, int64_t now) except? -1
     cdef uint64_t enqueue_ready(self, bytes payload, int priority, int64_t now) except 0
+    cdef Message _lease_next(self, Py_ssize_t taken, Py_ssize_t total, Py_ssize_t max_bytes, int64_t now,
+                             int64_t lease_ms)
+    cdef Py_ssize_t dequeue_wire(self, Py_ssize_t count, int64_t now, int64_t lease_ms, Py_ssize_t max_bytes,
+                                 bytearray out) except -1
+    cdef bint _ack_one(self, seq) except -1
+    cdef Py_ssize_t ack_wire(self, const uint8_t *seqs, Py_ssize_t n, int64_t now) except -1
+    cdef bint _nack_one(self, seq, int64_t now, int64_t delay_ms, bint to_dlq) except -1
+    cdef Py_ssize_t nack_wire(self, const uint8_t *seqs, Py_ssize_t n, int64_t now) except -1
     cdef int _maybe_compact(self) except -1
     cdef int _compact(self, _Heap h, int state) except -1
 
@@ -75,3 +84,6 @@ cdef class Queues:
     cdef public Py_ssize_t dlq_max
     cdef public Py_ssize_t max_messages
     cdef public Py_ssize_t max_queues
+    # ("q", ns, name) -> that queue's line of parked dequeues, {ticket: woken} oldest first
+    # (flo_server.handlers.queue keeps them; the C dequeue takes only from a queue without one)
+    cdef readonly dict lines

@@ -38,8 +38,14 @@ from collections import OrderedDict
 import heapq
 import struct
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_FromUnsignedLongLong
 from libc.stdlib cimport free, malloc, realloc
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+
+from flo_core.wirefmt cimport ld64, st32, st64
 
 # --- defaults (server settings override them through Queues(...)) ----------
 
@@ -401,69 +407,139 @@ cdef class PriorityQueue:
         ``delivery_count`` already includes this delivery). Encode them
         before the next call: they are live views.
         """
-        cdef Entry e
         cdef Message m
         cdef list out = []
         cdef Py_ssize_t total = 0
         if lease_ms <= 0:
             raise ValueError("lease_ms must be > 0")
         now = self.advance(now)
-        while len(out) < count and self.ready_heap.n:
-            e = self.ready_heap.data[0]
-            m = self._live(&e, S_READY)
+        while len(out) < count:
+            m = self._lease_next(len(out), total, max_bytes, now, lease_ms)
             if m is None:
-                self.ready_heap.pop()
-                continue
-            if out and total + len(m.payload) > max_bytes:
                 break
-            self.ready_heap.pop()
             total += len(m.payload)
-            m.delivery_count += 1
-            m.lease_ms = lease_ms
-            self._to_leased(m, now + lease_ms)
             out.append(m)
         self.total_delivered += len(out)
         self._maybe_compact()
         return out
 
+    cdef Message _lease_next(self, Py_ssize_t taken, Py_ssize_t total, Py_ssize_t max_bytes, int64_t now,
+                             int64_t lease_ms):
+        """One step of a dequeue (already advanced to ``now``): lease the next ready message, or None
+        when none is ready or it would take the answer past ``max_bytes`` (``total`` bytes in
+        ``taken`` messages so far; the first one always goes)."""
+        cdef Entry e
+        cdef Message m
+        while self.ready_heap.n:
+            e = self.ready_heap.data[0]
+            m = self._live(&e, S_READY)
+            if m is None:
+                self.ready_heap.pop()
+                continue
+            if taken and total + len(m.payload) > max_bytes:
+                return None
+            self.ready_heap.pop()
+            m.delivery_count += 1
+            m.lease_ms = lease_ms
+            self._to_leased(m, now + lease_ms)
+            return m
+        return None
+
+    cdef Py_ssize_t dequeue_wire(self, Py_ssize_t count, int64_t now, int64_t lease_ms, Py_ssize_t max_bytes,
+                                 bytearray out) except -1:
+        """:meth:`dequeue` for the C fast path of QUEUE_DEQUEUE (flo_core/core.pyx): appends the
+        answer, :func:`encode_messages` of what it leased, to ``out``; returns how many.
+        ``lease_ms`` > 0 (the caller checked)."""
+        cdef Message m
+        cdef Py_ssize_t taken = 0, total = 0, at, plen
+        cdef Py_ssize_t head = PyByteArray_GET_SIZE(out)
+        cdef uint8_t *b
+        PyByteArray_Resize(out, head + 4)
+        now = self.advance(now)
+        while taken < count:
+            m = self._lease_next(taken, total, max_bytes, now, lease_ms)
+            if m is None:
+                break
+            plen = PyBytes_GET_SIZE(m.payload)
+            total += plen
+            taken += 1
+            # [seq u64][payload bytes32][enqueued_at_ms i64][delivery_count u32][priority u8]
+            at = PyByteArray_GET_SIZE(out)
+            PyByteArray_Resize(out, at + 25 + plen)
+            b = <uint8_t *>PyByteArray_AS_STRING(out) + at
+            st64(b, m.seq)
+            st32(b + 8, <uint32_t>plen)
+            memcpy(b + 12, PyBytes_AS_STRING(m.payload), plen)
+            st64(b + 12 + plen, <uint64_t>m.enqueued_at_ms)
+            st32(b + 20 + plen, m.delivery_count)
+            b[24 + plen] = <uint8_t>m.priority
+        st32(<uint8_t *>PyByteArray_AS_STRING(out) + head, <uint32_t>taken)
+        self.total_delivered += taken
+        self._maybe_compact()
+        return taken
+
     def ack(self, seqs, int64_t now):
         """Remove delivered messages (leased, or lapsed/nacked but not yet
         redelivered: the work was done). Unknown seqs are ignored. Returns
         how many were removed."""
-        cdef Message m
         cdef Py_ssize_t n = 0
         self.advance(now)
         for seq in seqs:
-            m = self.msgs.get(seq)
-            if m is not None and m.delivery_count > 0:
-                self._remove(m)
-                n += 1
+            n += self._ack_one(seq)
         self.total_acked += n
         self._maybe_compact()
         return n
+
+    cdef bint _ack_one(self, seq) except -1:
+        cdef Message m = self.msgs.get(seq)
+        if m is not None and m.delivery_count > 0:
+            self._remove(m)
+            return True
+        return False
+
+    cdef Py_ssize_t ack_wire(self, const uint8_t *seqs, Py_ssize_t n, int64_t now) except -1:
+        """:meth:`ack` of ``n`` little-endian u64 seqs (the wire's seq list), for the C fast path."""
+        cdef Py_ssize_t i, acked = 0
+        self.advance(now)
+        for i in range(n):
+            acked += self._ack_one(PyLong_FromUnsignedLongLong(ld64(seqs + 8 * i)))
+        self.total_acked += acked
+        self._maybe_compact()
+        return acked
 
     def nack(self, seqs, int64_t now, int64_t delay_ms=0, bint to_dlq=False):
         """Give leased messages back: ready again (after ``delay_ms``), or
         to the DLQ when ``to_dlq`` or after ``max_deliveries`` deliveries.
         Seqs that are not leased are ignored. Returns how many were taken back."""
-        cdef Message m
         cdef Py_ssize_t n = 0
         if delay_ms < 0:
             raise ValueError("delay_ms must be >= 0")
         now = self.advance(now)
         for seq in seqs:
-            m = self.msgs.get(seq)
-            if m is None or m.state != S_LEASED:
-                continue
-            n += 1
-            if to_dlq or (self.max_deliveries and <int64_t>m.delivery_count >= self.max_deliveries):
-                self._to_dlq(m, now)
-            elif delay_ms > 0:
-                self._to_delayed(m, now + delay_ms)
-            else:
-                self._to_ready(m)
+            n += self._nack_one(seq, now, delay_ms, to_dlq)
         self._maybe_compact()
         return n
+
+    cdef bint _nack_one(self, seq, int64_t now, int64_t delay_ms, bint to_dlq) except -1:
+        cdef Message m = self.msgs.get(seq)
+        if m is None or m.state != S_LEASED:
+            return False
+        if to_dlq or (self.max_deliveries and <int64_t>m.delivery_count >= self.max_deliveries):
+            self._to_dlq(m, now)
+        elif delay_ms > 0:
+            self._to_delayed(m, now + delay_ms)
+        else:
+            self._to_ready(m)
+        return True
+
+    cdef Py_ssize_t nack_wire(self, const uint8_t *seqs, Py_ssize_t n, int64_t now) except -1:
+        """:meth:`nack` without delay or DLQ flag of ``n`` little-endian u64 seqs, for the C fast path."""
+        cdef Py_ssize_t i, taken = 0
+        now = self.advance(now)
+        for i in range(n):
+            taken += self._nack_one(PyLong_FromUnsignedLongLong(ld64(seqs + 8 * i)), now, 0, False)
+        self._maybe_compact()
+        return taken
 
     def touch(self, seqs, int64_t now, int64_t lease_ms=0):
         """Extend the leases of messages still leased to ``now + lease_ms``
@@ -704,6 +780,7 @@ cdef class Queues:
     def __init__(self, int max_deliveries=DEFAULT_MAX_DELIVERIES, Py_ssize_t dlq_max=DEFAULT_DLQ_MAX,
                  Py_ssize_t max_messages=DEFAULT_MAX_MESSAGES, Py_ssize_t max_queues=100_000):
         self.by_ns = {}
+        self.lines = {}
         self.max_deliveries = max_deliveries
         self.dlq_max = dlq_max
         self.max_messages = max_messages

@@ -1,5 +1,6 @@
-# The C encoders of the journal's ``kv.set``, ``s.append``, ``q.enq``, ``l.push`` and ``l.pop`` records, shared by the C fast paths
-# (flo_core.core.ServerCore for Flo KV_PUT / KV_INCR / STREAM_APPEND / QUEUE_ENQUEUE, flo_core.respcore.RespCore for
+# The C encoders of the journal's ``kv.set``, ``s.append``, ``q.enq``, ``q.deq``, ``q.ack``, ``q.nack``, ``l.push`` and
+# ``l.pop`` records, shared by the C fast paths (flo_core.core.ServerCore for Flo KV_PUT / KV_INCR / STREAM_APPEND /
+# QUEUE_ENQUEUE / QUEUE_DEQUEUE / QUEUE_COMPLETE / QUEUE_FAIL, flo_core.respcore.RespCore for
 # RESP SET/INCR/XADD/LPUSH/RPUSH/LPOP/RPOP).
 #
 # The bytes are exactly what flo_server.persistence.pack_record(kind, args) makes (msgpack,
@@ -11,6 +12,7 @@ from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from flo_core.log cimport LogWriter
+from flo_core.wirefmt cimport ld64
 
 cdef enum:
     RECORD_WRITE = 1      # log record kind of flo_server.persistence: msgpack [kind, args]
@@ -271,6 +273,61 @@ cdef inline uint64_t log_queue_enqueue(LogWriter log, bytearray scratch, int64_t
     cdef Py_ssize_t need = queue_enqueue_record_max(nslen, namelen, plen)
     cdef Py_ssize_t n = encode_queue_enqueue(_scratch(scratch, need), now, nsb, nslen, name, namelen, payload,
                                              plen, priority, window)
+    return _log_scratch(log, scratch, n, need, logged)
+
+
+# --- q.deq / q.ack / q.nack -----------------------------------------------------------------
+# The C QUEUE_DEQUEUE / QUEUE_COMPLETE / QUEUE_FAIL (flo_core/core.pyx) log what the handlers log:
+# srv.write("q.deq", clock, ns, name, count, lease_ms), srv.write("q.ack", clock, ns, name, seqs) and
+# srv.write("q.nack", clock, ns, name, seqs, 0, False); seqs arrive as the wire's little-endian u64s.
+
+
+cdef inline Py_ssize_t _mp_queue_head(uint8_t *b, const char *kind, Py_ssize_t kindlen, int nargs, int64_t now,
+                                      const uint8_t *nsb, Py_ssize_t nslen, const uint8_t *name,
+                                      Py_ssize_t namelen) noexcept:
+    # [kind, [now, ns, name, ...]]: what every q.* record starts with
+    cdef Py_ssize_t n = _mp_record_head(b, kind, kindlen, nargs)
+    n += _mp_uint(b + n, <uint64_t>now)
+    n += _mp_ns(b + n, nsb, nslen)
+    n += _mp_str(b + n, name, namelen)
+    return n
+
+
+cdef inline Py_ssize_t _queue_head_max(Py_ssize_t nslen, Py_ssize_t namelen) noexcept:
+    return 10 + 9 + 5 + (nslen if nslen > 7 else 7) + 5 + namelen
+
+
+cdef inline uint64_t log_queue_dequeue(LogWriter log, bytearray scratch, int64_t now, const uint8_t *nsb,
+                                       Py_ssize_t nslen, const uint8_t *name, Py_ssize_t namelen,
+                                       uint64_t count, uint64_t lease_ms, Py_ssize_t *logged) except 0:
+    """``["q.deq", [now, ns, name, count, lease_ms]]``; returns its LSN (see log_kv_set)."""
+    cdef Py_ssize_t need = _queue_head_max(nslen, namelen) + 18
+    cdef uint8_t *b = _scratch(scratch, need)
+    cdef Py_ssize_t n = _mp_queue_head(b, b"q.deq", 5, 5, now, nsb, nslen, name, namelen)
+    n += _mp_uint(b + n, count)
+    n += _mp_uint(b + n, lease_ms)
+    return _log_scratch(log, scratch, n, need, logged)
+
+
+cdef inline uint64_t log_queue_seqs(LogWriter log, bytearray scratch, bint nack, int64_t now, const uint8_t *nsb,
+                                    Py_ssize_t nslen, const uint8_t *name, Py_ssize_t namelen,
+                                    const uint8_t *seqs, Py_ssize_t count, Py_ssize_t *logged) except 0:
+    """``["q.ack", [now, ns, name, seqs]]``, or with ``nack`` ``["q.nack", [now, ns, name, seqs, 0, False]]``
+    (no delay, not to the DLQ); ``seqs`` holds ``count`` little-endian u64s. Returns its LSN (see log_kv_set)."""
+    cdef Py_ssize_t i, need = _queue_head_max(nslen, namelen) + 5 + 9 * count + 2
+    cdef uint8_t *b = _scratch(scratch, need)
+    cdef Py_ssize_t n
+    if nack:
+        n = _mp_queue_head(b, b"q.nack", 6, 6, now, nsb, nslen, name, namelen)
+    else:
+        n = _mp_queue_head(b, b"q.ack", 5, 4, now, nsb, nslen, name, namelen)
+    n += _mp_array(b + n, count)
+    for i in range(count):
+        n += _mp_uint(b + n, ld64(seqs + 8 * i))
+    if nack:
+        b[n] = 0x00  # delay_ms 0
+        b[n + 1] = 0xc2  # to_dlq False
+        n += 2
     return _log_scratch(log, scratch, n, need, logged)
 
 

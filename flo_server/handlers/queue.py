@@ -264,17 +264,14 @@ def queue_dequeue(srv: Any, req: Request) -> Any:
 # under its own ticket key, and a wake-up goes to the oldest ticket not yet
 # woken, so a waiter that wakes, finds nothing (someone else was quicker) and
 # parks again keeps its place: the line is served strictly in arrival order.
-_lines: "weakref.WeakKeyDictionary[Any, dict[tuple, dict[int, bool]]]" = weakref.WeakKeyDictionary()
+# The lines live in srv.queues.lines, where the C dequeue (flo_core/core.pyx)
+# looks: it serves only a queue without one.
 _tickets = itertools.count(1)
 
 
 def _line(srv: Any, ns: str, name: str, create: bool = True) -> dict[int, bool] | None:
     """ticket -> woken, oldest first (dicts keep insertion order)."""
-    lines = _lines.get(srv)
-    if lines is None:
-        if not create:
-            return None
-        lines = _lines[srv] = {}
+    lines = srv.queues.lines
     line = lines.get(_key(ns, name))
     if line is None and create:
         line = lines[_key(ns, name)] = {}
@@ -322,7 +319,7 @@ async def _wait_dequeue(srv: Any, req: Request, name: str, count: int, lease_ms:
     finally:
         del line[ticket]
         if not line:
-            _lines.get(srv, {}).pop(_key(ns, name), None)
+            srv.queues.lines.pop(_key(ns, name), None)
         # Whatever wake-up this waiter held (closed, cancelled, timed out) goes on.
         q = srv.queues.get(ns, name)
         if line and q is not None and q.has_ready(srv.now()):

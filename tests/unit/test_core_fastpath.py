@@ -515,7 +515,7 @@ def test_enqueue_on_the_memory_journal_matches(twins) -> None:
     b = slow.run([enqueue(b"q", b"a"), enqueue(b"q", b"b", opts=_prio(2)), dequeue(b"q")])
     assert a == b and fast.state() == slow.state()
     assert fast.srv.journal.last_lsn == slow.srv.journal.last_lsn == 3
-    assert fast.slow_ops == [Op.QUEUE_ENQUEUE, Op.QUEUE_DEQUEUE]
+    assert fast.slow_ops == [Op.QUEUE_ENQUEUE]  # the dequeue ran in C too (tests/unit/test_queue_fastpath.py)
     fast.srv.journal, slow.srv.journal = disk  # the fixture closes their writers
 
 
