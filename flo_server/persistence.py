@@ -25,13 +25,14 @@ refusal (``StorageFailure.refusal``) while reads go on; the records already take
 pending and are retried with backoff (10 ms doubling to 1 s) until the disk takes them, then
 their answers leave and writes resume (docs/reliability.md, "Disk full and I/O errors").
 
-A snapshot (msgpack of ``{name: store.dump()}`` and its LSN) is taken after
+A snapshot (every store at one LSN, streamed in bounded checksummed frames: flo_server.snapshots) is taken after
 ``snapshot_bytes`` of log - and at least as many bytes as the last snapshot
 has, so snapshot work stays proportional to what is written (Redis rewrites its
 AOF on the same rule, auto-aof-rewrite-percentage 100) - and on clean shutdown:
 temp file + fsync + rename,
 the newest two are kept, segments wholly below the older one are deleted.
-Start-up = newest valid snapshot + replay of the log after it.
+Start-up = newest valid snapshot (every frame's CRC and the trailer checked before any store is
+touched) + replay of the log after it.
 
 Example:
     >>> from flo_server.persistence import open_journal    # doctest: +SKIP
@@ -46,10 +47,9 @@ import fcntl
 import logging
 import gc
 import os
-import struct
+import io
 import sys
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -72,6 +72,7 @@ from flo_core.log import (
 from flo_core.output import release_held
 from flo_core.spec import Reason
 from flo_server import faults
+from flo_server.snapshots import SnapshotFile, write_stores, write_v1
 
 __all__ = [
     "DiskJournal",
@@ -85,6 +86,7 @@ __all__ = [
     "dump_log_cmd",
     "read_snapshot",
     "write_snapshot",
+    "load_snapshot",
     "list_snapshots",
 ]
 
@@ -92,8 +94,6 @@ log = logging.getLogger("flo_server.persistence")
 
 POLICIES = ("always", "everysec", "no")
 RECORD_WRITE = 1  # log record kind: payload is msgpack [kind, args]
-SNAP_MAGIC = b"FLOSNAP1"
-_SNAP_HEAD = struct.Struct("<8sQQI")  # magic, lsn, body length, crc32(body)
 SNAPSHOTS_KEPT = 2
 EVERYSEC_S = 1.0
 RETRY_FIRST_S = 0.01  # a failing log is retried after 10 ms, then twice as long each time ...
@@ -171,10 +171,45 @@ def _newest_snapshot_size(data_dir: str, snapshots: list[tuple[int, str]] | None
         return 0
 
 
-def write_snapshot(data_dir: str, lsn: int, body: bytes, keep: int = SNAPSHOTS_KEPT) -> str:
-    """Write ``body`` (msgpack) as the snapshot at ``lsn`` durably; prune to the newest ``keep``.
+def write_snapshot(data_dir: str, lsn: int, stores: dict[str, Any], keep: int = SNAPSHOTS_KEPT) -> str:
+    """Stream ``stores`` (name -> store) durably as the snapshot at ``lsn``; prune to the newest ``keep``.
 
-    Runs in a forked child (or a worker thread): temp file + fsync + rename + directory fsync,
+    Runs in a forked child (or in the loop at shutdown): the stores must not change meanwhile.
+    Rows go to the file about 1 MiB at a time (flo_server.snapshots), so no second copy of the
+    stores is built. See :func:`_install_snapshot` for what a crash or a failure leaves.
+    """
+    return _install_snapshot(data_dir, lsn, lambda f: write_stores(f, lsn, stores, after_store=_once(_halfway)),
+                             keep)
+
+
+def _halfway() -> None:
+    """The fault points of a snapshot's temp file half written (flo_server.faults)."""
+    if faults.ACTIVE:
+        faults.crash("snap.mid_file")
+        faults.fault("snap.write")
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn()
+    return call
+
+
+def _write_bytes(f: Any, data: bytes) -> None:
+    half = len(data) // 2
+    f.write(memoryview(data)[:half])
+    f.flush()
+    _halfway()
+    f.write(memoryview(data)[half:])
+
+
+def _install_snapshot(data_dir: str, lsn: int, fill: Callable[[Any], None], keep: int = SNAPSHOTS_KEPT) -> str:
+    """``fill(file)`` writes the snapshot at ``lsn``: temp file + fsync + rename + directory fsync,
     so a crash leaves either the old set of snapshots or the new one, never half a file.
     A failure (disk full, I/O error) removes the temp file and raises: the log and the
     snapshots already in place are untouched (the log is cut only after a snapshot is in place).
@@ -183,16 +218,9 @@ def write_snapshot(data_dir: str, lsn: int, body: bytes, keep: int = SNAPSHOTS_K
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, f"{lsn:020d}.snap")
     tmp = path + ".tmp"
-    half = len(body) // 2
     try:
-        with open(tmp, "wb") as f:
-            f.write(_SNAP_HEAD.pack(SNAP_MAGIC, lsn, len(body), zlib.crc32(body)))
-            f.write(memoryview(body)[:half])
-            if faults.ACTIVE:
-                f.flush()
-                faults.crash("snap.mid_file")
-                faults.fault("snap.write")
-            f.write(memoryview(body)[half:])
+        with open(tmp, "wb", buffering=1 << 20) as f:
+            fill(f)
             f.flush()
             if faults.ACTIVE:
                 faults.crash("snap.before_fsync")
@@ -221,38 +249,41 @@ def write_snapshot(data_dir: str, lsn: int, body: bytes, keep: int = SNAPSHOTS_K
 
 
 def read_snapshot(path: str) -> tuple[int, dict]:
-    """``(lsn, {store name: state})`` of a snapshot file; ``ValueError`` if it is damaged."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < _SNAP_HEAD.size:
-        raise ValueError("shorter than its header")
-    magic, lsn, length, crc = _SNAP_HEAD.unpack_from(data)
-    body = memoryview(data)[_SNAP_HEAD.size:]
-    if magic != SNAP_MAGIC:
-        raise ValueError("bad magic")
-    if len(body) != length:
-        raise ValueError(f"body is {len(body)} bytes, header says {length}")
-    if zlib.crc32(body) != crc:
-        raise ValueError("CRC mismatch")
+    """``(lsn, {store name: state})`` of a snapshot file, decoded whole (either format);
+    ``ValueError`` if it is damaged. Start-up streams it instead (:func:`newest_valid_snapshot`)."""
+    snap = SnapshotFile.open(path)
     try:
-        doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except (TypeError, ValueError, msgpack.UnpackException) as e:  # TypeError: a list as a map key
-        raise ValueError(f"body does not decode: {e}") from None
-    if not isinstance(doc, dict) or doc.get("lsn") != lsn or not isinstance(doc.get("stores"), dict):
-        raise ValueError("body does not match its header")
-    return lsn, doc["stores"]
+        return snap.lsn, snap.states()
+    except (TypeError, KeyError, IndexError) as e:  # CRCs matched: written by another program or a bug
+        raise ValueError(f"does not decode ({type(e).__name__}: {e})") from None
 
 
-def newest_valid_snapshot(data_dir: str) -> tuple[int, dict | None, str | None]:
-    """``(lsn, stores, path)`` of the newest snapshot that reads back intact; ``(0, None, None)`` if none."""
+def newest_valid_snapshot(data_dir: str) -> tuple[int, SnapshotFile | None, str | None]:
+    """``(lsn, snapshot, path)`` of the newest snapshot whose frames all check out; ``(0, None, None)`` if none."""
     for lsn, path in list_snapshots(data_dir):
         try:
-            got, stores = read_snapshot(path)
+            snap = SnapshotFile.open(path)
         except (OSError, ValueError, msgpack.UnpackException) as e:
             log.warning("snapshot %s is unusable (%s); trying an older one", path, e)
             continue
-        return got, stores, path
+        return snap.lsn, snap, path
     return 0, None, None
+
+
+def load_snapshot(srv: Any, snap: SnapshotFile) -> None:
+    """Load a checked snapshot into ``srv.stores``, each store fed its rows as they are read."""
+    name = None
+    try:
+        for name, state in snap.dumps():
+            store = srv.stores.get(name) if isinstance(name, str) else None
+            if store is None:
+                raise RecoveryError(f"snapshot {snap.path} holds store {name!r} which this server does not have")
+            store.load(state)
+    except RecoveryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - its CRCs matched: written by another version or a bug
+        raise RecoveryError(f"snapshot {snap.path}: store {name!r} does not load "
+                            f"({type(e).__name__}: {e})") from None
 
 
 # --- recovery ----------------------------------------------------------------
@@ -291,17 +322,9 @@ def recover(srv: Any, data_dir: str, *, repair: bool = False) -> Recovery:
 
     t0 = time.monotonic()
     rec = Recovery()
-    lsn, stores, path = newest_valid_snapshot(data_dir)
-    if stores is not None:
-        for name, state in stores.items():
-            store = srv.stores.get(name) if isinstance(name, str) else None
-            if store is None:
-                raise RecoveryError(f"snapshot {path} holds store {name!r} which this server does not have")
-            try:
-                store.load(state)
-            except Exception as e:  # noqa: BLE001 - its CRC matched: written by another version or a bug
-                raise RecoveryError(f"snapshot {path}: store {name!r} does not load "
-                                    f"({type(e).__name__}: {e})") from None
+    lsn, snap, path = newest_valid_snapshot(data_dir)
+    if snap is not None:
+        load_snapshot(srv, snap)
         rec.snapshot_lsn, rec.snapshot_path = lsn, path
     reader = LogReader(log_dir(data_dir), lsn + 1)
     segs = reader.segments
@@ -651,11 +674,12 @@ class DiskJournal:
 
     # --- snapshots -----------------------------------------------------------------------
 
-    def _snapshot_body(self) -> tuple[int, bytes]:
+    def _snapshot_bytes(self) -> tuple[int, bytes]:
         # Called between requests: every appended record has been applied.
         lsn = self.writer.last_lsn
-        stores = {name: store.dump() for name, store in self.srv.stores.items()}
-        return lsn, msgpack.packb({"lsn": lsn, "stores": stores}, use_bin_type=True)
+        out = io.BytesIO()
+        write_stores(out, lsn, self.srv.stores)
+        return lsn, out.getvalue()
 
     def _start_snapshot(self) -> None:
         """Snapshot in a forked child (as Redis's BGSAVE): copy-on-write freezes the stores at
@@ -667,16 +691,16 @@ class DiskJournal:
             pid = os.fork()
         except OSError as e:
             log.warning("cannot fork for a snapshot (%s); taking it in-loop", e)
-            lsn, body = self._snapshot_body()
-            fut = self.loop.run_in_executor(self._snap_pool, write_snapshot, self.data_dir, lsn, body)
+            lsn, data = self._snapshot_bytes()  # packed in-loop (the stores change once it returns)
+            fut = self.loop.run_in_executor(self._snap_pool, _install_snapshot, self.data_dir, lsn,
+                                            lambda f: _write_bytes(f, data))
         else:
             if pid == 0:  # the child: write the snapshot, then leave without any cleanup of the parent's
                 code = 1
                 try:
                     os.nice(10)  # background work: the serving process comes first on a shared core
                     gc.disable()  # fewer copied pages
-                    _, body = self._snapshot_body()
-                    write_snapshot(self.data_dir, lsn, body)
+                    write_snapshot(self.data_dir, lsn, self.srv.stores)
                     code = 0
                 except BaseException as e:  # noqa: BLE001 - told to the parent through stderr and the exit code
                     os.write(2, f"flo-server snapshot process: {type(e).__name__}: {e}\n".encode())
@@ -719,8 +743,8 @@ class DiskJournal:
         if self.snapshot_lsn == self.writer.last_lsn:
             return None
         t0 = time.monotonic()
-        lsn, body = self._snapshot_body()
-        path = write_snapshot(self.data_dir, lsn, body)
+        lsn = self.writer.last_lsn  # between requests: every appended record has been applied
+        path = write_snapshot(self.data_dir, lsn, self.srv.stores)
         self.bytes_since_snapshot = 0
         self._after_snapshot(lsn, time.monotonic() - t0)
         return path
@@ -830,7 +854,8 @@ def replace_with_snapshot(data_dir: str, lsn: int, body: bytes) -> None:
         os.unlink(path)
     for _, path in list_segments(log_dir(data_dir)):
         os.unlink(path)
-    write_snapshot(data_dir, lsn, body)
+    # The leader's body is a first-format snapshot (flo_server.cluster.replication): written as it came.
+    _install_snapshot(data_dir, lsn, lambda f: write_v1(f, lsn, body))
     fsync_dir(log_dir(data_dir))
     os.unlink(mark)
     fsync_dir(data_dir)
@@ -968,8 +993,8 @@ def check_log_cmd(data_dir: str, repair: bool) -> None:
     usable = None
     for lsn, path in snaps:
         try:
-            _, stores = read_snapshot(path)
-            status = "ok (" + ", ".join(sorted(stores)) + ")"
+            names = SnapshotFile.open(path).names
+            status = "ok (" + ", ".join(sorted(str(n) for n in names)) + ")"
             usable = usable if usable is not None else lsn
         except (OSError, ValueError, msgpack.UnpackException) as e:
             status = f"UNUSABLE: {e}"
