@@ -584,47 +584,60 @@ def _median(vals: list) -> float | None:  # type: ignore[type-arg]
 # --- memory -----------------------------------------------------------------------
 
 
+#: Value sizes of the memory test, each with the share of ``Budget.memory_keys`` it loads (4 KiB values:
+#: a tenth, so that 1M keys' worth stays a few hundred MB per server).
+MEMORY_SIZES = ((100, 1), (4096, 10))
+
+
 def measure_memory(run: Run, fleet: Fleet) -> None:
-    """Resident bytes per key after loading N keys (16-byte keys, 100-byte values), fresh servers."""
-    n = run.budget.memory_keys
+    """Resident bytes per key after loading N keys (16-byte keys; 100-byte values, then N/10 4 KiB values),
+    a fresh server for each size."""
     starters: list[tuple[str, Callable[[], ServerProc]]] = []
     if run.opts.flo:
         starters.append((FLO, lambda: fleet.start_flo(fsync="no", label="flo-server-memory")))
     starters.append((CEILING, fleet.start_ceiling))
     if shutil.which("redis-server"):
         starters.append((REDIS, lambda: fleet.start_redis("off", label="redis-memory")))
-    for name, start in starters:
-        try:
-            sp = start()
-        except Exception as e:  # noqa: BLE001 - a server that cannot start is reported, not fatal
-            run.note(f"memory: {name} did not start: {str(e).splitlines()[0]}")
-            continue
-        try:
-            if name != REDIS and not flo_supports(sp.port, "kv.set")[0]:
-                run.note(f"memory: {name} does not serve KV_PUT yet")
-                continue
-            info0 = info_memory(sp.port) if name == REDIS else {}
-            rss0 = sp.rss_bytes()
-            proto = "resp" if name == REDIS else "flo"
-            res = _loadgen(run, sp.port, proto, "kv.set", 4, 64, 100, n, 600.0,
-                           extra=("--sequential", "--key-width", "12"))
-            if name == REDIS:
-                resp_call(sp.port, b"PING")
-            rss1 = sp.rss_bytes()
-            rec = {"type": "memory", "server": name, "keys": res.get("completed", 0), "key_bytes": 16,
-                   "value_bytes": 100, "rss_before": rss0, "rss_after": rss1, "errors": res.get("errors", 0),
-                   "load_ops_s": res.get("ops_s")}
-            done = max(res.get("completed", 0), 1)
-            rec["rss_bytes_per_key"] = round((rss1 - rss0) / done, 1)
-            if name == REDIS:
-                info1 = info_memory(sp.port)
-                rec["used_memory_before"] = info0.get("used_memory")
-                rec["used_memory_after"] = info1.get("used_memory")
-                rec["used_memory_bytes_per_key"] = round((info1["used_memory"] - info0["used_memory"]) / done, 1)
-            run.emit(rec)
-            run.progress.step(f"memory {name:<10} {rec['rss_bytes_per_key']:>8.1f} B/key resident ({done:,} keys)")
-        finally:
-            fleet.stop(sp)
+    for size, share in MEMORY_SIZES:
+        for name, start in starters:
+            if name == CEILING and size != MEMORY_SIZES[0][0]:
+                continue  # the bare server keeps nothing: once is enough
+            _memory_one(run, fleet, name, start, size, max(run.budget.memory_keys // share, 1))
+
+
+def _memory_one(run: Run, fleet: Fleet, name: str, start: Callable[[], ServerProc], size: int, n: int) -> None:
+    try:
+        sp = start()
+    except Exception as e:  # noqa: BLE001 - a server that cannot start is reported, not fatal
+        run.note(f"memory: {name} did not start: {str(e).splitlines()[0]}")
+        return
+    try:
+        if name != REDIS and not flo_supports(sp.port, "kv.set")[0]:
+            run.note(f"memory: {name} does not serve KV_PUT yet")
+            return
+        info0 = info_memory(sp.port) if name == REDIS else {}
+        rss0 = sp.rss_bytes()
+        proto = "resp" if name == REDIS else "flo"
+        res = _loadgen(run, sp.port, proto, "kv.set", 4, 64, size, n, 600.0,
+                       extra=("--sequential", "--key-width", "12"))
+        if name == REDIS:
+            resp_call(sp.port, b"PING")
+        rss1 = sp.rss_bytes()
+        rec = {"type": "memory", "server": name, "keys": res.get("completed", 0), "key_bytes": 16,
+               "value_bytes": size, "rss_before": rss0, "rss_after": rss1, "errors": res.get("errors", 0),
+               "load_ops_s": res.get("ops_s")}
+        done = max(res.get("completed", 0), 1)
+        rec["rss_bytes_per_key"] = round((rss1 - rss0) / done, 1)
+        if name == REDIS:
+            info1 = info_memory(sp.port)
+            rec["used_memory_before"] = info0.get("used_memory")
+            rec["used_memory_after"] = info1.get("used_memory")
+            rec["used_memory_bytes_per_key"] = round((info1["used_memory"] - info0["used_memory"]) / done, 1)
+        run.emit(rec)
+        run.progress.step(f"memory {name:<10} {size:>5} B values {rec['rss_bytes_per_key']:>8.1f} B/key resident "
+                          f"({done:,} keys)")
+    finally:
+        fleet.stop(sp)
 
 
 # --- flamepy ---------------------------------------------------------------------
@@ -822,7 +835,7 @@ def run_bench(opts: Options) -> Path:
     env.update(mode="quick" if opts.quick else "full", budget=asdict(budget), debug_reasons=reasons,
                started_at=datetime.now().isoformat(timespec="seconds"),
                pinning=" / ".join(" ".join(p) or "none" for p in cpu_layout()))
-    steps = sum(len(c.servers) for c in cells) * budget.reps + len(extras) + (3 if opts.memory and not opts.only else 0)
+    steps = sum(len(c.servers) for c in cells) * budget.reps + len(extras) + (5 if opts.memory and not opts.only else 0)
     progress = Progress(steps)
     t_start = time.monotonic()
     with open(outdir / "results.jsonl", "w") as jsonl, Fleet(outdir / "run") as fleet:

@@ -68,8 +68,12 @@ def test_quick_bench_writes_results(tmp_path: Path) -> None:
     assert set(extras) == {"flamepy/noop", "recovery/log", "recovery/snapshot"}, extras
     for rid in ("recovery/log", "recovery/snapshot"):
         assert extras[rid].get("ready_s") or extras[rid].get("error"), extras[rid]
+    # Memory per key is measured at both value sizes, each on a fresh flo-server.
+    mem = [r for r in records if r["type"] == "memory" and r["server"] == "flo-server"]
+    assert sorted(r["value_bytes"] for r in mem) == [100, 4096] and all(r["keys"] > 0 for r in mem), mem
     md = (out / "summary.md").read_text()
     assert "## Targets" in md and "KV over Flo wire v2" in md and "flamepy ≥ 30,000 tasks/s" in md
+    assert "16 B keys, 4,096 B values" in md
     assert (out / "kv.png").stat().st_size > 0
     assert "## Targets" in proc.stdout  # the table is printed too
     # Every server the harness started was stopped, by pid.
