@@ -21,6 +21,8 @@ cdef class RespParser:
     cdef Py_ssize_t _parse(self, const uint8_t *p, Py_ssize_t n, list out) except -1
     # one complete command: the parser appends it to ``out``; RespCore runs it instead
     cdef int _emit(self, list args, list out) except -1
+    # a whole command at ``p`` served without parsing it into a list: the bytes it took, 0 = none
+    cdef Py_ssize_t _quick(self, const uint8_t *p, Py_ssize_t n) except -1
 
 
 cdef inline bint _parse_ll(const uint8_t *p, Py_ssize_t n, long long *out) noexcept nogil:

@@ -238,6 +238,9 @@ cdef class RespParser:
         out.append(args)
         return 0
 
+    cdef Py_ssize_t _quick(self, const uint8_t *p, Py_ssize_t n) except -1:
+        return 0  # the plain parser has no shortcut: RespCore serves GET this way
+
     cdef _fail(self, str message, list out):
         self._args = None
         raise RespProtocolError("Protocol error: " + message, out)
@@ -270,6 +273,10 @@ cdef class RespParser:
                     pos = line_end + 1
                     if PyList_GET_SIZE(args):
                         self._emit(args, out)
+                    continue
+                ln = self._quick(p + pos, n - pos)
+                if ln:
+                    pos += ln
                     continue
                 nl = <const uint8_t *>memchr(p + pos, b'\r', n - pos)
                 if nl == NULL or nl + 1 >= p + n:

@@ -270,11 +270,7 @@ cdef class RespCore(RespParser):
             except Exception:
                 done = False  # nothing was answered or changed: the Python command decides
         if done:
-            self.fast_count += 1
-            if m is not None:
-                m.count(self._slots[which], 0)
-                if t0 >= 0:
-                    m.observe_ns(self._slots[which], mono_ns() - t0)
+            self._served_fast(which, t0)
             return 0
         r = self.slow(args, self.out)
         self._refresh()
@@ -282,6 +278,50 @@ cdef class RespCore(RespParser):
             self.executing = False
             self.stopped = r
         return 0
+
+    cdef int _served_fast(self, int which, int64_t t0) except -1:
+        """Count a command the C path answered (``which`` indexes FAST_COMMANDS; ``t0`` >= 0: timed)."""
+        cdef Metrics m = self.metrics
+        self.fast_count += 1
+        if m is not None:
+            m.count(self._slots[which], 0)
+            if t0 >= 0:
+                m.observe_ns(self._slots[which], mono_ns() - t0)
+        return 0
+
+    cdef Py_ssize_t _quick(self, const uint8_t *p, Py_ssize_t n) except -1:
+        """``*2\\r\\n$3\\r\\nGET\\r\\n$<len>\\r\\n<key>\\r\\n`` whole in the read buffer: served from
+        there, with no argument list and no command-name object (what redis-benchmark and every
+        client send for GET). Anything else, or a GET the C path does not answer, returns 0 and
+        takes the general path, which sees the same bytes."""
+        cdef Py_ssize_t i = 14, klen = 0, end
+        cdef int64_t t0 = -1
+        cdef Metrics m = self.metrics
+        if n < 19 or not self.executing or not self.fast or not self._ns_ok:
+            return 0
+        if (p[0] != b'*' or p[1] != b'2' or p[2] != b'\r' or p[3] != b'\n' or p[4] != b'$' or p[5] != b'3'
+                or p[6] != b'\r' or p[7] != b'\n' or (p[8] | 0x20) != b'g' or (p[9] | 0x20) != b'e'
+                or (p[10] | 0x20) != b't' or p[11] != b'\r' or p[12] != b'\n' or p[13] != b'$'):
+            return 0
+        while i < n and i < 14 + 5 and b'0' <= p[i] <= b'9':  # at most 5 digits: MAX_KEY is smaller
+            klen = klen * 10 + (p[i] - 48)  # 48: '0'
+            i += 1
+        if i == 14 or (p[14] == b'0' and i > 15) or i + 2 > n or p[i] != b'\r' or p[i + 1] != b'\n':
+            return 0
+        end = i + 2 + klen + 2  # Redis skips the two bytes after a bulk unchecked; so does the parser
+        if end > n or klen > MAX_KEY:
+            return 0
+        if self.out_cap and PyByteArray_GET_SIZE(self.out) > self.out_cap:
+            return 0  # _emit stops the run
+        key = PyBytes_FromStringAndSize(<const char *>p + i + 2, klen)
+        if self.served is not None and not self._serves(key):
+            return 0
+        if m is not None and m.sample():
+            t0 = mono_ns()
+        if not self._get(key):
+            return 0  # WRONGTYPE: nothing was answered or changed
+        self._served_fast(0, t0)
+        return end
 
     cdef bint _serves(self, object key) except -1:
         """A cluster member serves ``key``'s slot here (RESP routes by the key alone, as Redis Cluster)."""

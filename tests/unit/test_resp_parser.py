@@ -494,3 +494,30 @@ def test_core_list_cases_left_to_python(core) -> None:
     out, _ = _run(core, *cmds)
     assert core.session.ran == cmds and core.fast_count == 0
     assert list(core.session.lists.spaces["default"][b"l"]) == [b"1", b"2"]
+
+
+def test_core_quick_get_from_the_read_buffer(core) -> None:
+    """A whole ``*2 $3 GET $n key`` is answered from the read buffer (RespCore._quick), in order with the
+    commands around it, whatever the case of GET; a GET cut across reads, or one with a non-canonical
+    length, takes the general path, which answers the same."""
+    core.srv.kv.set("default", b"k", b"v" * 200, 1, 0, NOW)
+    out, rest = _run(core, [b"get", b"k"], [b"GeT", b"nope"], [b"SET", b"k2", b"x"], [b"GET", b"k2"])
+    assert out == b"$200\r\n" + b"v" * 200 + b"\r\n$-1\r\n+OK\r\n$1\r\nx\r\n"
+    assert rest == [] and core.session.ran == [] and core.fast_count == 4
+    whole = encode_command(b"GET", b"k2")
+    for cut in range(1, len(whole)):  # every cut: the general parser completes it
+        out = bytearray()
+        assert core.run(whole[:cut], NOW, out) == [] and out == b""
+        assert core.run(whole[cut:], NOW, out) == [] and bytes(out) == b"$1\r\nx\r\n"
+    assert core.session.ran == []
+
+
+def test_core_quick_get_leaves_the_rest_to_the_general_path(core) -> None:
+    core.session.lists.spaces["default"] = {b"lst": deque([b"a"])}
+    out, rest = _run(core, [b"GET", b"lst"], [b"GET", b"a", b"b"], [b"GETX", b"k"])
+    assert [c[0] for c in core.session.ran] == [b"GET", b"GET", b"GETX"]  # WRONGTYPE, arity, another command
+    assert core.fast_count == 0
+    out = bytearray()
+    with pytest.raises(RespProtocolError, match="invalid bulk length"):
+        core.run(b"*2\r\n$3\r\nGET\r\n$01\r\nk\r\n", NOW, out)  # a length with a leading zero: as Redis
+    assert core.fast_count == 0
