@@ -311,6 +311,7 @@ class ActionWorker:
         self._outbox_scheduled = False
         self._await_value = b""
         self._await_opts = b""
+        self._loop: Any = None  # the running loop (start)
         self.running_handlers = 0
 
     # --- handlers ---------------------------------------------------------------------------
@@ -368,6 +369,7 @@ class ActionWorker:
         if self._started:
             raise RuntimeError("worker already started")
         self._started = True
+        self._loop = asyncio.get_running_loop()
         self._stop.clear()
         self._done.clear()
         heartbeat: asyncio.Task | None = None
@@ -524,7 +526,7 @@ class ActionWorker:
             quick_empties = 0
             self._free -= len(tasks)
             for task in tasks:
-                t = asyncio.ensure_future(self._execute(task))
+                t = self._loop.create_task(self._execute(task))
                 self._tasks.add(t)
                 t.add_done_callback(self._tasks.discard)
 
@@ -566,8 +568,9 @@ class ActionWorker:
             namespace=self._parent.namespace,
             _worker=self,
         )
-        loop = asyncio.get_running_loop()
-        me = asyncio.current_task()
+        # (the loop is passed, never looked up: each lookup is a getpid() call in CPython 3.11)
+        loop = self._loop
+        me = asyncio.current_task(loop)
         assert me is not None
         timed_out = False
 
@@ -626,14 +629,14 @@ class ActionWorker:
         self._outbox_ids.append(task.task_id)
         if not self._outbox_scheduled:
             self._outbox_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_outbox)
+            self._loop.call_soon(self._send_outbox)
 
     def _send_outbox(self) -> None:
         self._outbox_scheduled = False
         while self._outbox:
             entries, ids = self._outbox[:MAX_COMPLETE_BATCH], self._outbox_ids[:MAX_COMPLETE_BATCH]
             del self._outbox[:MAX_COMPLETE_BATCH], self._outbox_ids[:MAX_COMPLETE_BATCH]
-            t = asyncio.ensure_future(self._send_completes(entries, ids))
+            t = self._loop.create_task(self._send_completes(entries, ids))
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
 

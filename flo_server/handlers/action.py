@@ -39,6 +39,7 @@ MAX_COMPLETE_BATCH = 1024  # reports one ACTION_COMPLETE with COUNT may carry
 #: A batch of assignments starts with an empty task id, which a single assignment never has
 #: (run ids are non-empty): a worker tells the two layouts apart by these two bytes.
 BATCH_MARK = b"\x00\x00"
+BATCH = "n"  # the 4th part of a batch await's waiter key: ("a", ns, action, BATCH)
 
 _head = struct.Struct("<H")
 _times = struct.Struct("<qIB")  # created_at i64, attempt u32, has_caller u8
@@ -54,15 +55,42 @@ log = logging.getLogger("flo_server.action")
 
 
 def _flush(srv: Any) -> None:
-    """Turn the store's events into wake-ups, and keep the timer armed for the next due time."""
+    """Turn the store's events into wake-ups, and keep the timer armed for the next due time.
+
+    Awaits that take one run (the SDK's) are woken one per new run, at once. Awaits that take
+    batches (COUNT) park on their own key and are woken once per loop turn: the first takes
+    every ready run it has room for and wakes the next only if some are left (:func:`_take_batch`),
+    so runs invoked in one turn go out in one answer instead of waking one worker each."""
+    waiters = srv.waiters
     for ev in srv.actions.drain_events():
         if ev[0] == "ready":
             _, ns, name, n, labeled = ev
             # A labelled run may suit only some waiters: wake them all to look.
-            srv.waiters.notify(("a", ns, name), 0 if labeled else n)
+            waiters.notify(("a", ns, name), 0 if labeled else n)
+            bkey = ("a", ns, name, BATCH)
+            if waiters.has_waiters(bkey):
+                if labeled:
+                    waiters.notify(bkey, 0)
+                else:
+                    _wake_later(srv, bkey)
         elif ev[0] == "run":
-            srv.waiters.notify(("ar", ev[1], ev[2]), 0)
+            waiters.notify(("ar", ev[1], ev[2]), 0)
     _arm_timer(srv)
+
+
+def _wake_later(srv: Any, key: tuple) -> None:
+    wakes = getattr(srv, "_action_wakes", None)
+    if wakes is None:
+        wakes = srv._action_wakes = {}
+    if not wakes:
+        asyncio.get_running_loop().call_soon(_wake_batches, srv)
+    wakes[key] = None
+
+
+def _wake_batches(srv: Any) -> None:
+    wakes, srv._action_wakes = srv._action_wakes, {}
+    for key in wakes:
+        srv.waiters.notify(key, 1)
 
 
 def _arm_timer(srv: Any) -> None:
@@ -440,7 +468,7 @@ async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int) -> byt
     # this coroutine's start woke nobody.
     ns, conn, store = req.ns, req.conn, srv.actions
     keys = (("ar", ns, run_id),)
-    loop = asyncio.get_running_loop()
+    loop = getattr(conn, "loop", None) or asyncio.get_running_loop()  # (a lookup is a getpid() call)
     deadline = loop.time() + wait_ms / 1000.0
     while True:
         run = store.run(ns, run_id)
@@ -545,11 +573,7 @@ def action_await(srv: Any, req: Request) -> Any:
         _settle(srv, now)
         labels = _admit(srv, ns, worker_id, now)
         if count:
-            picked = srv.actions.select_many(ns, names, labels, now, count)
-            if not picked:
-                return None
-            runs = srv.write("a.takes", now, ns, worker_id, [run.run_id for run in picked])
-            return assignments_answer(runs) if runs else None
+            return _take_batch(srv, ns, worker_id, names, labels, now, count)
         run = srv.actions.select(ns, names, labels, now)
         if run is None:
             return None
@@ -559,7 +583,22 @@ def action_await(srv: Any, req: Request) -> Any:
     out = attempt()
     if out is not None or block_ms == 0:
         return out or b""
-    return _await_run(srv, req, ns, worker_id, names, block_ms, attempt)
+    return _await_run(srv, req, ns, worker_id, names, block_ms, attempt, BATCH if count else None)
+
+
+def _take_batch(srv: Any, ns: str, worker_id: str, names: list[str], labels: dict[str, Any], now: int,
+                count: int) -> bytes | None:
+    """Up to ``count`` ready runs for one batch await, in one log record; wakes the next batch
+    waiter when this one was filled and runs are left."""
+    store = srv.actions
+    picked = store.select_many(ns, names, labels, now, count)
+    if not picked:
+        return None
+    runs = srv.write("a.takes", now, ns, worker_id, [run.run_id for run in picked])
+    if len(picked) == count and store.select(ns, names, labels, now) is not None:
+        for name in names:
+            srv.waiters.notify(("a", ns, name, BATCH), 1)
+    return assignments_answer(runs) if runs else None
 
 
 def _admit(srv: Any, ns: str, worker_id: str, now: int) -> dict[str, Any]:
@@ -576,8 +615,9 @@ def _admit(srv: Any, ns: str, worker_id: str, now: int) -> dict[str, Any]:
     return w.labels
 
 
-async def _await_run(srv: Any, req: Request, ns: str, worker_id: str, names: list[str], block_ms: int, attempt: Any) -> bytes:
-    keys = [("a", ns, name) for name in names] + [("w", ns, worker_id)]
+async def _await_run(srv: Any, req: Request, ns: str, worker_id: str, names: list[str], block_ms: int, attempt: Any,
+                     kind: str | None = None) -> bytes:
+    keys = [("a", ns, name) if kind is None else ("a", ns, name, kind) for name in names] + [("w", ns, worker_id)]
     out = await srv.waiters.poll(keys, req.conn, block_ms, attempt)
     return out or b""
 
