@@ -62,6 +62,7 @@ class FloProtocol(asyncio.Protocol):
     def __init__(self, srv: Any) -> None:
         self.srv = srv
         self.transport: Any = None
+        self.loop: Any = None  # the running loop, looked up once (connection_made)
         self.closed = False
         self.parked: set = set()  # futures of this connection's parked requests
         self.tasks: set = set()  # coroutines of blocking requests
@@ -95,6 +96,10 @@ class FloProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:  # an edge driven without a loop (tests): _start looks it up then
+            self.loop = None
         srv = self.srv
         srv.connections_received += 1
         if len(srv.connections) >= srv.config.max_connections:
@@ -263,7 +268,9 @@ class FloProtocol(asyncio.Protocol):
         return dispatch(self.srv, rid, op, payload, self, self.reader.now)
 
     def _start(self, rid: int, coro: Any) -> None:
-        task = asyncio.ensure_future(self._later(rid, coro))
+        # The loop's create_task, not asyncio.ensure_future: that looks the loop up, and the lookup
+        # is a getpid() system call per blocking request (CPython 3.11's running-loop check).
+        task = (self.loop or asyncio.get_event_loop()).create_task(self._later(rid, coro))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
