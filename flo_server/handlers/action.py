@@ -404,35 +404,44 @@ def action_invoke(srv: Any, req: Request) -> bytes:
     """value ``[has_labels u8][labels str16]?[input: rest]``, options RUN_PRIORITY u8 /
     IDEMPOTENCY_KEY string -> ``[run_id str16][0x00]``."""
     name = _action_name(req.key)
-    r = Reader(req.value)
+    value = req.value
     labels_sig = None
-    if r.flag():
-        raw = r.bytes16()
-        try:
-            labels = A.parse_labels(raw.decode("utf-8"))
-        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise Refusal(Reason.MALFORMED, f"labels: {e}") from None
-        labels_sig = json.dumps(labels, sort_keys=True, separators=(",", ":")) if labels else None
-    payload = r.rest()
+    if value[:1] == b"\x00":  # no labels (the common case): the input is the rest
+        payload = value[1:]
+    else:
+        r = Reader(value)
+        if r.flag():
+            raw = r.bytes16()
+            try:
+                labels = A.parse_labels(raw.decode("utf-8"))
+            except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                raise Refusal(Reason.MALFORMED, f"labels: {e}") from None
+            labels_sig = json.dumps(labels, sort_keys=True, separators=(",", ":")) if labels else None
+        payload = r.rest()
     if len(payload) > A.MAX_RUN_INPUT:
         raise Refusal(Reason.FIELD_TOO_LONG, f"input is longer than {A.MAX_RUN_INPUT} bytes")
-    priority = opt_uint(req.opts, Tag.RUN_PRIORITY, A.DEFAULT_RUN_PRIORITY)
-    assert priority is not None
-    if priority > 255:
-        raise Refusal(Reason.OUT_OF_RANGE, "priority must be 0..255")
-    key = opt_str(req.opts, Tag.IDEMPOTENCY_KEY)
-    if key == "":
-        key = None
+    priority, key = A.DEFAULT_RUN_PRIORITY, None
+    if req.opts:
+        priority = opt_uint(req.opts, Tag.RUN_PRIORITY, A.DEFAULT_RUN_PRIORITY)  # type: ignore[assignment]
+        if priority > 255:
+            raise Refusal(Reason.OUT_OF_RANGE, "priority must be 0..255")
+        key = opt_str(req.opts, Tag.IDEMPOTENCY_KEY) or None
     ns, store = req.ns, srv.actions
     if store.action(ns, name) is None:
         raise Refusal(Reason.NOT_FOUND, f"action {name!r} is not registered")
-    hit = store.idempotent_hit(ns, name, key, req.now)
-    if hit is not None:  # inside the key's window: the same run, nothing written
-        return Writer().str16(hit).u8(0).getvalue()
+    if key is not None:
+        hit = store.idempotent_hit(ns, name, key, req.now)
+        if hit is not None:  # inside the key's window: the same run, nothing written
+            return _invoke_answer(hit)
     if store.unfinished >= A.MAX_UNFINISHED_RUNS:
         raise Refusal(Reason.TOO_MANY_PROPOSALS, "too many unfinished runs; retry later")
-    run_id = srv.write("a.inv", req.now, ns, name, payload, labels_sig, priority, key)
-    return Writer().str16(run_id).u8(0).getvalue()
+    return _invoke_answer(srv.write("a.inv", req.now, ns, name, payload, labels_sig, priority, key))
+
+
+def _invoke_answer(run_id: str) -> bytes:
+    """``[run_id str16][0x00]`` (the trailing byte: an absent output)."""
+    rid = run_id.encode("utf-8")
+    return _head.pack(len(rid)) + rid + b"\x00"
 
 
 @handler(Op.ACTION_STATUS)
@@ -678,11 +687,7 @@ def _complete_many(srv: Any, req: Request, count: int) -> bytes:
     if count > MAX_COMPLETE_BATCH:
         raise Refusal(Reason.OUT_OF_RANGE, f"a complete carries at most {MAX_COMPLETE_BATCH} reports, not {count}")
     worker_id = _worker_id(req.key)
-    r = Reader(req.value)
-    reports = [(_action_name(r.bytes16()), _run_id(r.bytes16()), _outcome(r.bytes16()), r.bytes16())
-               for _ in range(count)]
-    if r.remaining:
-        raise Refusal(Reason.MALFORMED, f"{r.remaining} bytes after {count} reports")
+    reports = _reports(req.value, count)
     ns, now = req.ns, req.now
     _settle(srv, now)
     codes = bytearray(count)
@@ -700,6 +705,26 @@ def _complete_many(srv: Any, req: Request, count: int) -> bytes:
     if accepted:
         srv.write("a.dones", now, ns, worker_id, accepted)
     return _head.pack(count) + bytes(codes)
+
+
+def _reports(value: bytes, count: int) -> list[tuple[str, str, str, bytes]]:
+    """``count`` x ``[action str16][task_id str16][outcome str16][result bytes16]``, nothing after."""
+    out = []
+    pos, end = 0, len(value)
+    for _ in range(count):
+        fields = []
+        for _ in range(4):
+            if pos + 2 > end:
+                raise Refusal(Reason.MALFORMED, f"reports cut short: {count} announced, {len(out)} complete")
+            stop = pos + 2 + (value[pos] | value[pos + 1] << 8)
+            if stop > end:
+                raise Refusal(Reason.MALFORMED, f"reports cut short: {count} announced, {len(out)} complete")
+            fields.append(value[pos + 2 : stop])
+            pos = stop
+        out.append((_action_name(fields[0]), _run_id(fields[1]), _outcome(fields[2]), fields[3]))
+    if pos != end:
+        raise Refusal(Reason.MALFORMED, f"{end - pos} bytes after {count} reports")
+    return out
 
 
 @handler(Op.ACTION_FAIL)
