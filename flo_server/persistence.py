@@ -178,13 +178,16 @@ def write_snapshot(data_dir: str, lsn: int, stores: dict[str, Any], keep: int = 
     Rows go to the file about 1 MiB at a time (flo_server.snapshots), so no second copy of the
     stores is built. See :func:`_install_snapshot` for what a crash or a failure leaves.
     """
-    return _install_snapshot(data_dir, lsn, lambda f: write_stores(f, lsn, stores, after_store=_once(_halfway)),
-                             keep)
+    def fill(f: Any) -> None:
+        write_stores(f, lsn, stores, after_store=_once(lambda: _halfway(f)))  # "half": after the first store
+
+    return _install_snapshot(data_dir, lsn, fill, keep)
 
 
-def _halfway() -> None:
+def _halfway(f: Any) -> None:
     """The fault points of a snapshot's temp file half written (flo_server.faults)."""
     if faults.ACTIVE:
+        f.flush()
         faults.crash("snap.mid_file")
         faults.fault("snap.write")
 
@@ -203,8 +206,7 @@ def _once(fn: Callable[[], None]) -> Callable[[], None]:
 def _write_bytes(f: Any, data: bytes) -> None:
     half = len(data) // 2
     f.write(memoryview(data)[:half])
-    f.flush()
-    _halfway()
+    _halfway(f)
     f.write(memoryview(data)[half:])
 
 
