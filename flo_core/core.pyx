@@ -6,8 +6,9 @@
 answer to ``out`` in request order. The hot paths run here: plain KV_GET,
 KV_PUT and KV_INCR (no transaction, no wait that has to park, no guard that
 fails, a counter that parses and does not overflow) against the KV store, and
-STREAM_APPEND without options against the stream store, and QUEUE_ENQUEUE without delay or dedup key
-against the queue store. Everything else, and any case the fast path does not cover,
+STREAM_APPEND without options against the stream store, and QUEUE_ENQUEUE without delay or dedup key,
+QUEUE_DEQUEUE of ready messages from a queue without parked dequeues, QUEUE_COMPLETE and QUEUE_FAIL
+without options against the queue store. Everything else, and any case the fast path does not cover,
 goes to the Python dispatcher ``slow(rid, op, payload)``, which returns
 ``(status, data)`` or a coroutine; coroutines are collected in ``deferred``
 as ``(rid, coro)`` for the edge to schedule.
@@ -24,7 +25,9 @@ append, store write, wake waiters) and the fast STREAM_APPEND what the
 ``stream_append`` handler and the ``s.append`` applier do (same id, same
 journal record bytes, same stored blobs, retention, wake), the fast QUEUE_ENQUEUE what
 ``queue_enqueue`` and the ``q.enq`` applier do (same clock, seq, record bytes, wake of the
-queue's line of parked dequeues), so live writes
+queue's line of parked dequeues), the fast QUEUE_DEQUEUE / QUEUE_COMPLETE / QUEUE_FAIL what
+``queue_dequeue`` / ``queue_ack`` / ``queue_nack`` and the ``q.deq`` / ``q.ack`` / ``q.nack`` appliers do
+(same clock, record bytes, message-list and count answers), so live writes
 and replay stay identical whichever path served a request.
 """
 

@@ -761,6 +761,22 @@ cdef class PriorityQueue:
         heapq.heapify(q.dedup_heap)
         return q
 
+    def message_rows(self):
+        """The "msgs" rows of :meth:`dump`, one at a time: a snapshot streams them instead of listing them all.
+
+        Nothing may change the queue while they are read (the forked snapshot child, or the loop thread)."""
+        cdef Message m
+        for m in self.msgs.values():
+            yield [m.seq, m.payload, m.priority, m.enqueued_at_ms, m.delivery_count, m.state, m.due, m.lease_ms]
+
+    def dump_without_messages(self):
+        """:meth:`dump` with "msgs" empty; :meth:`message_rows` has them (:meth:`load` takes any iterable there)."""
+        msgs, self.msgs = self.msgs, {}
+        try:
+            return self.dump()
+        finally:
+            self.msgs = msgs
+
 
 # --- the registry: every queue of every namespace ------------------------------
 
@@ -769,6 +785,8 @@ cdef class Queues:
 
     Queues come into being on their first enqueue (:meth:`get_or_create`);
     reads of a never-used queue see nothing (:meth:`get` returns None).
+    ``lines`` holds each queue's line of parked dequeues (flo_server.handlers.queue
+    keeps it; the C dequeue of flo_core/core.pyx serves only a queue without one).
 
     >>> qs = Queues()
     >>> qs.get_or_create("default", "tasks").enqueue(b"x", 0, now=0)

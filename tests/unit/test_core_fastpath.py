@@ -104,6 +104,17 @@ class Twin:
         self.srv.journal.writer.flush()
         return [(lsn, kind, bytes(p)) for lsn, kind, p in LogReader(self.srv.journal.writer.directory)]
 
+    def replayed(self) -> Server:
+        """A fresh server that applied this one's journal records, as recovery does."""
+        from flo_server.journal import APPLIERS, MemoryJournal
+
+        srv = Server()
+        srv.journal = MemoryJournal()
+        for lsn, _kind, payload in self.records():
+            kind, args = unpack_record(payload)
+            APPLIERS[kind](srv, lsn, *args)
+        return srv
+
     def state(self) -> Any:
         kv = {(ns, k): (e.value, e.version, e.expires_at)
               for ns, space in self.srv.kv.spaces.items() for k, e in space.keys.items()}
@@ -287,19 +298,11 @@ def test_append_without_a_raw_writer_falls_back(twins) -> None:
     assert all(status != 0 for _, status, _ in replies)
 
 
-def test_append_record_replays_to_the_same_stream(twins, tmp_path) -> None:
+def test_append_record_replays_to_the_same_stream(twins) -> None:
     fast, _ = twins()
     fast.run([append(b"s", [(b"a", {"k": "v"}.items()), (b"b" * 70000, None)], ns="ns1"),
               append(b"s", [(b"c", None)], ns="ns1")])
-    replay = Server()
-    replay.journal = _Journal(tmp_path / "replay")
-    from flo_server.journal import APPLIERS
-
-    for lsn, _kind, payload in fast.records():
-        kind, args = unpack_record(payload)
-        APPLIERS[kind](replay, lsn, *args)
-    assert replay.streams.dump() == fast.srv.streams.dump()
-    replay.journal.writer.close()
+    assert fast.replayed().streams.dump() == fast.srv.streams.dump()
 
 
 # --- KV_INCR -------------------------------------------------------------------------------

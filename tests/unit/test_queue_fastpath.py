@@ -17,11 +17,10 @@ import pytest
 pytest.importorskip("flo_core.core")
 
 from flo_core.spec import Op, Tag  # noqa: E402
-from flo_server.app import Server  # noqa: E402
-from flo_server.journal import APPLIERS, MemoryJournal  # noqa: E402
+from flo_server.journal import MemoryJournal  # noqa: E402
 from flo_server.persistence import pack_record, unpack_record  # noqa: E402
 
-from test_core_fastpath import NOW, Twin, _head, _Journal, _same, enqueue  # noqa: E402
+from test_core_fastpath import NOW, Twin, _head, _same, enqueue  # noqa: E402
 from test_core_fastpath import twins  # noqa: E402,F401 - the fixture
 
 
@@ -242,18 +241,13 @@ def test_memory_journal_matches(twins) -> None:
     fast.srv.journal, slow.srv.journal = disk  # the fixture closes their writers
 
 
-def test_records_replay_to_the_same_queues(twins, tmp_path) -> None:
+def test_records_replay_to_the_same_queues(twins) -> None:
     fast, _ = twins()
     fast.run([enqueue(b"q", b"x%d" % i) for i in range(5)])
     fast.run([dequeue(b"q", 3, lease_ms=100), ack(b"q", [1]), nack(b"q", [2])], NOW + 10)
     fast.run([dequeue(b"q", 3)], NOW + 200)  # seq 3's lease lapsed: redelivered
-    replay = Server()
-    replay.journal = _Journal(tmp_path / "replay")
-    for lsn, _kind, payload in fast.records():
-        kind, args = unpack_record(payload)
-        APPLIERS[kind](replay, lsn, *args)
-    assert replay.queues.dump() == fast.srv.queues.dump()
-    replay.journal.writer.close()
+    assert fast.slow_ops == [Op.QUEUE_ENQUEUE]
+    assert fast.replayed().queues.dump() == fast.srv.queues.dump()
 
 
 def test_disk_journal_that_stopped_falls_back(twins) -> None:
