@@ -125,9 +125,8 @@ def _kv_rows(kv: KVStore, ns: str, keys: dict) -> Iterator[list]:
 def _queue_parts(queues: Queues) -> Iterator[tuple[Any, Iterable]]:
     for ns in queues.namespaces():
         for name in queues.names(ns):
-            state = queues.get(ns, name).dump()  # one queue at a time
-            msgs = state.pop("msgs")
-            yield [ns, name, state], msgs
+            q = queues.get(ns, name)
+            yield [ns, name, q.dump_without_messages()], q.message_rows()
 
 
 def _stream_parts(streams: Streams) -> Iterator[tuple[Any, Iterable]]:
