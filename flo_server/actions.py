@@ -670,6 +670,12 @@ class Actions:
         True
         """
         picked: list[Run] = []
+        self.settle(now)
+        if len(names) == 1:
+            heaps = self._ready.get((ns, names[0]))
+            if heaps is not None and len(heaps) == 1 and "" in heaps:
+                # Only unlabelled runs of one action (the common case): its one heap, in order.
+                return self._first_of(heaps[""], n)
         aside: list[tuple[tuple[str, str], str, tuple[int, int, int, str]]] = []
         try:
             while len(picked) < n:
@@ -684,6 +690,22 @@ class Actions:
             # Put every entry back: the runs are still PENDING until taken (take makes the entries stale).
             for key, sig, entry in aside:
                 heapq.heappush(self._ready.setdefault(key, {}).setdefault(sig, []), entry)
+        return picked
+
+    def _first_of(self, heap: list[tuple[int, int, int, str]], n: int) -> list[Run]:
+        """The first ``n`` takeable runs of one ready heap (stale entries are dropped; the
+        others are put back: the runs stay PENDING until taken)."""
+        runs, picked, aside = self.runs, [], []
+        pending = RunStatus.PENDING
+        pop = heapq.heappop
+        while heap and len(picked) < n:
+            entry = pop(heap)
+            run = runs.get(entry[3])
+            if run is not None and run.token == entry[2] and run.status == pending:
+                picked.append(run)
+                aside.append(entry)
+        for entry in aside:
+            heapq.heappush(heap, entry)
         return picked
 
     def take(self, now: int, ns: str, worker_id: str, run_id: str) -> Run | None:
