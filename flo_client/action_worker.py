@@ -391,7 +391,11 @@ class ActionWorker:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
-            if self._tasks:
+            # Running handlers finish and report: a run's task queues its completion, which the
+            # batch send (a task of its own, started later) carries, so wait until both are gone.
+            while self._tasks or self._outbox:
+                if self._outbox:
+                    self._send_outbox()
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             for c in (self._poll, self._results):
                 if c is not None:

@@ -212,3 +212,24 @@ async def test_worker_times_a_handler_out_even_if_it_swallows_the_cancel(client)
 
 async def _echo(ctx: ActionContext) -> bytes:
     return ctx.payload
+
+
+async def test_stopping_worker_reports_the_runs_it_holds(client):
+    worker = client.new_action_worker(concurrency=8, block_ms=2000)
+    release = asyncio.Event()
+
+    @worker.action("b-stop", timeout_ms=30_000)
+    async def held(ctx: ActionContext) -> bytes:
+        await release.wait()
+        return b"done " + ctx.payload
+
+    task = asyncio.ensure_future(worker.start())
+    await wait_for(lambda: worker.running, timeout=5, what="the worker to start")
+    runs = [(await client.action.invoke("b-stop", f"{i}".encode())).run_id for i in range(5)]
+    await wait_for(lambda: worker.running_handlers == 5, timeout=5, what="all five runs to be held")
+    worker.stop()  # while all five handlers still run
+    release.set()
+    await asyncio.wait_for(task, 10)
+    for i, rid in enumerate(runs):  # every completion left before the worker closed its connections
+        res = await client.action.result(rid, timeout_ms=0)
+        assert res.status == RunStatus.COMPLETED and res.output == f"done {i}".encode()
