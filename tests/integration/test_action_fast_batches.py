@@ -9,7 +9,6 @@ and the worker's per-run timers (timeout) that replaced its per-run helper tasks
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -145,20 +144,13 @@ async def test_batched_takes_and_completes_survive_a_restart(server_proc):
         assert (await c.action.result(ids[2], timeout_ms=0)).output == b"late"
 
 
-@contextlib.asynccontextmanager
-async def running(worker: ActionWorker):
+async def _start(worker: ActionWorker) -> asyncio.Task:
+    """Start ``worker`` and return once it polls (``async with worker`` stops it, reports sent)."""
     task = asyncio.ensure_future(worker.start())
-    try:
-        def started() -> bool:
-            if task.done():
-                task.result()
-            return worker.running
-
-        await wait_for(started, timeout=5, what="the worker to start")
-        yield task
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
+    await wait_for(lambda: worker.running or task.done(), timeout=5, what="the worker to start")
+    if task.done():
+        task.result()  # a failed start raises here
+    return task
 
 
 async def test_worker_completes_a_burst_once_each_with_batches(client):
@@ -172,7 +164,8 @@ async def test_worker_completes_a_burst_once_each_with_batches(client):
             await asyncio.sleep(0.01)  # some handlers really wait: their runs finish later, in other batches
         return ctx.payload[::-1]
 
-    async with running(worker):
+    async with worker:
+        await _start(worker)
         runs = [(await client.action.invoke("b-burst", f"p{i}".encode())).run_id for i in range(200)]
         results = await asyncio.gather(*(client.action.result(r, timeout_ms=10_000) for r in runs))
     assert worker._batches  # the server answered batches, so completions went batched
@@ -196,7 +189,8 @@ async def test_worker_times_a_handler_out_even_if_it_swallows_the_cancel(client)
         await asyncio.sleep(30)
         return b"never"
 
-    async with running(worker):
+    async with worker:
+        await _start(worker)
         plain = (await client.action.invoke("b-slow", b"plain")).run_id
         stubborn = (await client.action.invoke("b-slow", b"stubborn")).run_id
         for rid in (plain, stubborn):
@@ -223,8 +217,7 @@ async def test_stopping_worker_reports_the_runs_it_holds(client):
         await release.wait()
         return b"done " + ctx.payload
 
-    task = asyncio.ensure_future(worker.start())
-    await wait_for(lambda: worker.running, timeout=5, what="the worker to start")
+    task = await _start(worker)
     runs = [(await client.action.invoke("b-stop", f"{i}".encode())).run_id for i in range(5)]
     await wait_for(lambda: worker.running_handlers == 5, timeout=5, what="all five runs to be held")
     worker.stop()  # while all five handlers still run
