@@ -539,6 +539,62 @@ cdef class Stream:
             s.groups[g.name] = g
         return s
 
+    def dump_without_records(self):
+        """``(dump, meta_bytes, data_bytes)``: :meth:`dump` with "meta" and "data" empty, and their lengths.
+        :meth:`record_pieces` has those bytes - a snapshot streams them rather than copy the stream at once."""
+        cdef Py_ssize_t n
+        cdef uint64_t dlen
+        self._compact()  # the live records are now meta[0:n], data[0:dlen]
+        n, dlen = self.n, self.dlen
+        self.n = 0
+        self.dlen = 0
+        try:
+            d = self.dump()
+        finally:
+            self.n, self.dlen = n, dlen
+        return d, n * sizeof(Meta), dlen
+
+    def record_pieces(self, Py_ssize_t size=1 << 20):
+        """The bytes :meth:`dump_without_records` left out, "meta" then "data", in pieces of at most ``size``.
+
+        Nothing may change the stream while they are read (the forked snapshot child, or the loop thread)."""
+        cdef Py_ssize_t at, total
+        self._compact()
+        total = self.n * sizeof(Meta)
+        for at in range(0, total, size):
+            yield PyBytes_FromStringAndSize(<char *>self.meta + at, min(size, total - at))
+        total = self.dlen
+        for at in range(0, total, size):
+            yield PyBytes_FromStringAndSize(<char *>self.data + at, min(size, total - at))
+
+    def load_records(self, Py_ssize_t meta_bytes, Py_ssize_t data_bytes, pieces):
+        """Put back the records of a stream :meth:`from_dump` made of a :meth:`dump_without_records`:
+        ``pieces`` (bytes, as :meth:`record_pieces` cut them) hold ``meta_bytes`` then ``data_bytes``.
+        ``ValueError`` if the stream holds records already or the pieces do not add up."""
+        cdef Py_ssize_t got = 0, plen, total = meta_bytes + data_bytes
+        cdef bytes piece
+        if self.n != self.head or self.dlen:
+            raise ValueError("the stream holds records already")
+        if meta_bytes < 0 or data_bytes < 0 or meta_bytes % sizeof(Meta):
+            raise ValueError(f"no stream has {meta_bytes} bytes of record index and {data_bytes} of records")
+        self._reserve(meta_bytes // sizeof(Meta), data_bytes)
+        for piece in (pieces if total else ()):  # (takes no more than its own pieces: the rest are the next stream's)
+            plen = PyBytes_GET_SIZE(piece)
+            if got + plen > total or (got < meta_bytes < got + plen):
+                raise ValueError("the stream's pieces do not add up to its records")
+            if got < meta_bytes:
+                memcpy(<char *>self.meta + got, PyBytes_AS_STRING(piece), plen)
+            else:
+                memcpy(self.data + (got - meta_bytes), PyBytes_AS_STRING(piece), plen)
+            got += plen
+            if got == total:
+                break
+        if got != total:
+            raise ValueError(f"the stream's pieces hold {got} of its {total} bytes")
+        self.head = 0
+        self.n = meta_bytes // sizeof(Meta)
+        self.dlen = data_bytes
+
 
 cdef bytes _encode_blob(object payload, object headers):
     """``[payload bytes32][header_count u32]([k bytes32][v bytes32])*``."""

@@ -72,7 +72,7 @@ from flo_core.log import (
 from flo_core.output import release_held
 from flo_core.spec import Reason
 from flo_server import faults
-from flo_server.snapshots import SnapshotFile, write_stores, write_v1
+from flo_server.snapshots import SnapshotFile, load_store, write_stores, write_v1
 
 __all__ = [
     "DiskJournal",
@@ -280,7 +280,7 @@ def load_snapshot(srv: Any, snap: SnapshotFile) -> None:
             store = srv.stores.get(name) if isinstance(name, str) else None
             if store is None:
                 raise RecoveryError(f"snapshot {snap.path} holds store {name!r} which this server does not have")
-            store.load(state)
+            load_store(store, state)
     except RecoveryError:
         raise
     except Exception as e:  # noqa: BLE001 - its CRCs matched: written by another version or a bug

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 import zlib
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
@@ -43,9 +44,10 @@ import msgpack
 
 from flo_core.kv import KVStore
 from flo_core.pqueue import Queues
-from flo_core.stream import Streams
+from flo_core.stream import Stream, Streams
 
-__all__ = ["SNAP_MAGIC", "SNAP_MAGIC_V1", "MAX_FRAME", "SnapshotFile", "write_stores", "write_v1", "read_v1"]
+__all__ = ["SNAP_MAGIC", "SNAP_MAGIC_V1", "MAX_FRAME", "SnapshotFile", "load_store", "write_stores", "write_v1",
+           "read_v1"]
 
 SNAP_MAGIC = b"FLOSNAP2"
 SNAP_MAGIC_V1 = b"FLOSNAP1"
@@ -136,15 +138,11 @@ def _stream_parts(streams: Streams) -> Iterator[tuple[Any, Iterable]]:
 
 def _stream_rows(streams: Iterable) -> Iterator[Any]:
     """Per stream: ``["s", its dump without the record bytes, len(meta), len(data)]``, then
-    those bytes in pieces of at most PIECE (meta first)."""
+    those bytes in pieces of at most PIECE, meta first (``Stream.record_pieces``: no copy of the stream)."""
     for s in streams:
-        state = s.dump()  # one stream at a time
-        meta, data = state.pop("meta"), state.pop("data")
-        yield ["s", state, len(meta), len(data)]
-        for blob in (meta, data):
-            view = memoryview(blob)
-            for at in range(0, len(blob), PIECE):
-                yield view[at:at + PIECE]
+        state, meta_bytes, data_bytes = s.dump_without_records()
+        yield ["s", state, meta_bytes, data_bytes]
+        yield from s.record_pieces(PIECE)
 
 
 def _generic_parts(state: Any) -> tuple[str, Iterator[tuple[Any, Iterable]]]:
@@ -284,32 +282,66 @@ class _Reader:
 
 
 class _Parts:
-    """A store's parts as the mapping its ``load`` iterates (``.items()``), read as it goes."""
+    """A store's parts as the mapping its ``load`` iterates (``.items()``: ``(head, rows)``), read as it goes."""
 
-    def __init__(self, parts: Iterator[tuple[Any, Iterator]], rows: Callable[[Iterator], Iterable]) -> None:
-        self._parts, self._rows = parts, rows
+    def __init__(self, parts: Iterator[tuple[Any, Iterator]]) -> None:
+        self._parts = parts
 
-    def items(self) -> Iterator[tuple[Any, Iterable]]:
-        for head, rows in self._parts:
-            yield head, self._rows(rows)
+    def items(self) -> Iterator[tuple[Any, Iterator]]:
+        return self._parts
 
 
-def _stream_dumps(rows: Iterator) -> Iterator[dict]:
-    """Streams' dumps back from :func:`_stream_rows`."""
-    for row in rows:
-        if not (isinstance(row, list) and len(row) == 4 and row[0] == "s" and isinstance(row[1], dict)):
-            raise ValueError("a stream's row is not its header")
-        state, sizes = row[1], row[2:]
-        for field, size in zip(("meta", "data"), sizes):
-            pieces, got = [], 0
-            while got < size:
-                piece = next(rows, None)
-                if not isinstance(piece, bytes) or got + len(piece) > size:
-                    raise ValueError(f"a stream's {field} bytes do not add up to {size}")
-                pieces.append(piece)
-                got += len(piece)
-            state[field] = b"".join(pieces)
-        yield state
+def _stream_head(row: Any, limit: int) -> tuple[dict, int, int]:
+    """``(dump without records, meta bytes, data bytes)`` of a stream's first row (:func:`_stream_rows`)."""
+    if not (isinstance(row, list) and len(row) == 4 and row[0] == "s" and isinstance(row[1], dict)
+            and all(isinstance(n, int) and 0 <= n <= limit for n in row[2:]) and row[2] + row[3] <= limit):
+        raise ValueError("a stream's row is not its header")
+    return row[1], row[2], row[3]
+
+
+class _StreamsDump:
+    """The streams of a snapshot as they are read: :meth:`load_into` rebuilds each stream piece by
+    piece (``Stream.load_records``); :meth:`items` gives ``Streams.dump()``'s shape (tools)."""
+
+    def __init__(self, parts: Iterator[tuple[Any, Iterator]], limit: int) -> None:
+        self._parts, self._limit = parts, limit  # limit: the file's size (no stream holds more)
+
+    def load_into(self, streams: Streams) -> None:
+        streams.load({})
+        for ns, rows in self._parts:
+            by_name = streams.by_ns[ns] = {}
+            for row in rows:
+                state, meta_bytes, data_bytes = _stream_head(row, self._limit)
+                s = Stream.from_dump(state)
+                s.load_records(meta_bytes, data_bytes, rows)
+                by_name[s.name] = s
+
+    def items(self) -> Iterator[tuple[Any, list]]:
+        for ns, rows in self._parts:
+            yield ns, list(self._dumps(rows))
+
+    def _dumps(self, rows: Iterator) -> Iterator[dict]:
+        for row in rows:
+            state, *sizes = _stream_head(row, self._limit)
+            for field, size in zip(("meta", "data"), sizes):
+                pieces, got = [], 0
+                while got < size:
+                    piece = next(rows, None)
+                    if not isinstance(piece, bytes) or got + len(piece) > size:
+                        raise ValueError(f"a stream's {field} bytes do not add up to {size}")
+                    pieces.append(piece)
+                    got += len(piece)
+                state[field] = b"".join(pieces)
+            yield state
+
+
+def load_store(store: Any, dump: Any) -> None:
+    """Load a dump of :meth:`SnapshotFile.dumps` into its store: ``store.load(dump)``, but streams are
+    rebuilt piece by piece rather than from whole byte strings."""
+    if isinstance(dump, _StreamsDump):
+        dump.load_into(store)
+    else:
+        store.load(dump)
 
 
 def _queue_states(parts: Iterator[tuple[Any, Iterator]]) -> Iterator[list]:
@@ -319,14 +351,14 @@ def _queue_states(parts: Iterator[tuple[Any, Iterator]]) -> Iterator[list]:
         yield [ns, name, state]
 
 
-def _lazy(shape: str, parts: Iterator[tuple[Any, Iterator]]) -> Any:
+def _lazy(shape: str, parts: Iterator[tuple[Any, Iterator]], size: int) -> Any:
     """The store's dump as its ``load`` reads it: kv, queues and streams one row at a time."""
     if shape == "kv":
-        return _Parts(parts, lambda rows: rows)
+        return _Parts(parts)
     if shape == "queues":
         return _queue_states(parts)
     if shape == "streams":
-        return _Parts(parts, _stream_dumps)
+        return _StreamsDump(parts, size)
     if shape == "map":
         return {head: list(rows) for head, rows in parts}
     if shape == "list":
@@ -338,8 +370,10 @@ def _lazy(shape: str, parts: Iterator[tuple[Any, Iterator]]) -> Any:
 
 def _whole(shape: str, lazy: Any) -> Any:
     """A :func:`_lazy` dump made into plain lists and dicts (what ``store.dump()`` returned)."""
-    if shape in ("kv", "streams"):
+    if shape == "kv":
         return {head: list(rows) for head, rows in lazy.items()}
+    if shape == "streams":
+        return dict(lazy.items())
     if shape == "queues":
         return [[ns, name, dict(state, msgs=list(state["msgs"]))] for ns, name, state in lazy]
     return lazy
@@ -354,7 +388,7 @@ class SnapshotFile:
         >>> snap.lsn, snap.names                                              # doctest: +SKIP
         (1234, ['kv', 'queues', 'streams', 'actions', 'lists', 'cluster'])
         >>> for name, dump in snap.dumps():                                   # doctest: +SKIP
-        ...     srv.stores[name].load(dump)
+        ...     load_store(srv.stores[name], dump)
     """
 
     def __init__(self, path: str, lsn: int, names: list, v1_stores: dict | None = None) -> None:
@@ -402,13 +436,14 @@ class SnapshotFile:
             yield from self._v1.items()
             return
         with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             f.seek(_HEAD.size)
             r = _Reader(f, self.path)
             while r.head[0] == "store":
                 _, name, shape = r.take()
                 if not isinstance(shape, str):
                     raise ValueError(f"{self.path}: store {name!r} has no shape")
-                lazy = _lazy(shape, r.parts())
+                lazy = _lazy(shape, r.parts(), size)
                 yield name, (_whole(shape, lazy) if whole else lazy)
                 for _ in r.parts():  # what the store's load left unread
                     pass

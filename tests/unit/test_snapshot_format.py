@@ -41,10 +41,12 @@ def filled_server(keys: int = 3000) -> Server:
                   dedup_key=b"d%d" % i if i < 5 else None)
     q.dequeue(5, T0)
     srv.queues.get_or_create("ns2", "empty")
+    srv.streams.get_or_create("default", "quiet", T0)  # no records, and another stream after it
     s = srv.streams.get_or_create("default", "events", T0)
     for i in range(200):
         ts, seq = s.next_id(T0 + i)
-        s.append(T0 + i, ts, seq, [[b"payload%d" % i, None]])
+        s.append(T0 + i, ts, seq, [[b"payload%d" % i, [["h", "v"]] if i % 7 == 0 else None]])
+    s.remove_oldest(30)  # a trimmed prefix: the snapshot holds the live records only
     g = s.group_create("g", T0)
     g.deliver(s, "c1", 7, T0 + 500)
     srv.lists.push("default", b"l", [b"a", b"b", b"c"], False)
@@ -166,6 +168,10 @@ def test_a_flipped_bit_anywhere_makes_the_file_unusable(tmp_path: Path) -> None:
     assert newest_valid_snapshot(str(tmp_path))[0] == 10
 
 
+STREAM_HEAD = {"name": "s", "created": 0, "first_ord": 0, "last": [0, 0], "bytes": 0, "retention": [0, 0, 0],
+               "meta": b"", "data": b"", "groups": []}
+
+
 def frame(obj) -> bytes:
     payload = msgpack.packb(obj, use_bin_type=True)
     return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
@@ -178,7 +184,13 @@ def test_frames_with_good_crcs_and_bad_contents_stop_start_up_with_a_reason(tmp_
     cases = {
         "unknown store": [["store", "nosuch", "list"], ["part", None], ["rows", [1]]],
         "kv row of the wrong shape": [["store", "kv", "kv"], ["part", "default"], ["rows", [[b"k", b"v"]]]],
-        "bad stream pieces": [["store", "streams", "streams"], ["part", "default"], ["rows", [["s", {}, 5, 0], b"ab"]]],
+        "bad stream header": [["store", "streams", "streams"], ["part", "default"], ["rows", [["s", {}, 5, 0], b"ab"]]],
+        "stream pieces short": [["store", "streams", "streams"], ["part", "default"],
+                                ["rows", [["s", STREAM_HEAD, 0, 5], b"ab"]]],
+        "stream pieces long": [["store", "streams", "streams"], ["part", "default"],
+                               ["rows", [["s", STREAM_HEAD, 0, 1], b"ab"]]],
+        "stream claims more than the file": [["store", "streams", "streams"], ["part", "default"],
+                                             ["rows", [["s", STREAM_HEAD, 0, 1 << 40], b"ab"]]],
         "unknown shape": [["store", "kv", "triangle"]],
     }
     for why, body in cases.items():
@@ -187,7 +199,7 @@ def test_frames_with_good_crcs_and_bad_contents_stop_start_up_with_a_reason(tmp_
                          + frame(["end", 9, len(body), ["kv"]]))
         with pytest.raises(RecoveryError, match="snapshot .*(does not load|does not have)"):
             recover(Server(), str(tmp_path))
-        if why in ("bad stream pieces", "unknown shape"):  # (the whole-file reader knows no stores' rows)
+        if why.startswith("stream") or why in ("bad stream header", "unknown shape"):  # (the whole-file reader knows no stores' rows)
             with pytest.raises(ValueError):
                 read_snapshot(str(path))
 
