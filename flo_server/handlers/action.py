@@ -486,8 +486,8 @@ async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int) -> byt
         remaining = deadline - loop.time()
         if remaining <= 0 or (conn is not None and conn.closed):
             break
-        await srv.waiters.wait(keys, conn, remaining)
-        _settle(srv, srv.now())
+        if not await srv.waiters.wait(keys, conn, remaining):
+            _settle(srv, srv.now())  # the wait ran out: a lapse may be due that no timer fired yet
     if run is None:
         raise Refusal(Reason.NOT_FOUND, f"run {run_id!r} is no longer kept")
     return _result_answer(run)
