@@ -41,7 +41,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from flo_core.frame cimport FrameReader, append_reply
 from flo_core.output cimport Output
 from flo_core._pyframe import FrameError
-from flo_core.kv cimport KVStore, Entry, Namespace, entry_dead
+from flo_core.kv cimport KVStore, Namespace, kv_ent, kv_val, entry_dead, find_live, find_stored
 from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok, key_slot
@@ -318,13 +318,16 @@ cdef class ServerCore(FrameReader):
         cdef uint64_t wait_ms = 0, ttl = 0
         cdef uint8_t condition = 0
         cdef int64_t expires_at = 0
-        cdef Entry e, old
+        cdef const kv_ent *e
+        cdef const kv_ent *old
+        cdef const char *k
         cdef Namespace sp
         cdef bint live
         if self._head(p, n) < 0:
             return False
         ns, nslen, pos = self._hns, self._hns_len, self._hkey_at + self._hkey_len
-        key = PyBytes_FromStringAndSize(<const char *>p + self._hkey_at, self._hkey_len)
+        k = <const char *>p + self._hkey_at  # looked up where it lies: no key object
+        klen = self._hkey_len
         if op == OP_KV_GET:
             # opt(u64 wait_ms) opt(u8 wait_for) opt(routing) opt(txn)
             if pos < n and p[pos] == 1:
@@ -349,8 +352,8 @@ cdef class ServerCore(FrameReader):
                 return False
             if pos + 1 < n and p[pos + 1] != 0:
                 return False
-            e = self.kv.get(ns, key, self._now)
-            if e is None:
+            e = find_live(self.kv, ns, k, klen, self._now)
+            if e == NULL:
                 if wait_ms:
                     return False  # parks: Python path
                 append_reply(self.out, rid, 2, NOT_FOUND_BODY)
@@ -364,7 +367,7 @@ cdef class ServerCore(FrameReader):
         pos += 4
         if vlen > n - pos or vlen > MAX_KV_VALUE:
             return False
-        value = PyBytes_FromStringAndSize(<const char *>p + pos, vlen)
+        cdef const char *v = <const char *>p + pos
         pos += vlen
         if pos < n and p[pos] == 1:
             if pos + 9 > n:
@@ -391,17 +394,17 @@ cdef class ServerCore(FrameReader):
             if p[pos] != 0:
                 return False
             pos += 1
-        sp = self.kv._space(ns, False)
-        old = sp.keys.get(key) if sp is not None else None
+        sp = self.kv.spaces.get(ns)
         if condition:
-            live = old is not None and not entry_dead(old, self._now)
+            old = find_stored(sp, k, klen)
+            live = old != NULL and not entry_dead(old, self._now)
             if (condition == 1 and live) or (condition == 2 and not live) or condition > 2:
                 return False  # the Python path refuses with the right reason
         if not self._can_write():
             return False
         if ttl:
             expires_at = self._now + <int64_t>ttl
-        lsn = self._kv_set(ns, p + 2, nslen, key, value, expires_at, sp, old)
+        lsn = self._kv_set(ns, p + 2, nslen, k, klen, v, vlen, expires_at, sp)
         self._append_version(rid, lsn)
         return True
 
@@ -409,19 +412,28 @@ cdef class ServerCore(FrameReader):
         # a disk journal that stopped taking writes gives no raw writer: the Python path refuses
         return self._log is not None or not self._durable
 
-    cdef uint64_t _kv_set(self, str ns, const uint8_t *nsb, uint32_t nslen, bytes key, bytes value,
-                          int64_t expires_at, Namespace sp, Entry old) except 0:
+    cdef uint64_t _kv_set(self, str ns, const uint8_t *nsb, uint32_t nslen, const char *k, size_t klen,
+                          const char *v, size_t vlen, int64_t expires_at, Namespace sp) except 0:
         """The ``kv.set`` applier, inline: log, store, wake. Returns the new version.
 
-        ``sp``/``old``: the namespace and the key's stored entry as the caller looked them up
-        (KVStore.put)."""
+        Key and value come as pointers (into the read buffer): bytes objects are made only for
+        what needs them (a journal without a raw writer, a waiter, a TTL). ``sp``: the namespace
+        as the caller looked it up (``kv.spaces.get(ns)``, None: no keys yet; KVStore.put)."""
+        cdef uint64_t lsn
+        key = None
         if self._log is not None:
-            lsn = self._log_set(ns, nsb, nslen, key, value, expires_at)
+            lsn = log_kv_set(self._log, self._rec, self._now, nsb, nslen, <const uint8_t *>k, klen,
+                             <const uint8_t *>v, vlen, expires_at, &self._logged)
         else:
+            key = PyBytes_FromStringAndSize(k, klen)
+            value = PyBytes_FromStringAndSize(v, vlen)
             lsn = self.srv.journal.append(KIND_SET, (self._now, ns, key, value, expires_at))
-        self.kv.put(ns, sp, key, old, value, lsn, expires_at, self._now)
+            # Python ran: store from the copies, and look the namespace up again
+            k, v = PyBytes_AS_STRING(key), PyBytes_AS_STRING(value)
+            sp = self.kv.spaces.get(ns)
+        self.kv.put(ns, sp, k, klen, v, vlen, lsn, expires_at, self._now, key)
         if self.waiting:
-            self.srv.waiters.notify(("kv", ns, key), 0)
+            self.srv.waiters.notify(("kv", ns, key if key is not None else PyBytes_FromStringAndSize(k, klen)), 0)
         return lsn
 
     cdef bint _fast_incr(self, uint64_t rid, const uint8_t *p, uint32_t n) except -1:
@@ -434,13 +446,14 @@ cdef class ServerCore(FrameReader):
         cdef int64_t delta = 1, expires_at = 0
         cdef long long result = 0
         cdef char text[COUNTER_TEXT_MAX]
-        cdef Entry old
+        cdef const kv_ent *old
         cdef Namespace sp
-        cdef bytes v = None
+        cdef const char *k
         if self._head(p, n) < 0:
             return False
         ns, nslen, pos = self._hns, self._hns_len, self._hkey_at + self._hkey_len
-        key = PyBytes_FromStringAndSize(<const char *>p + self._hkey_at, self._hkey_len)
+        k = <const char *>p + self._hkey_at
+        klen = self._hkey_len
         if pos < n:  # opt(delta i64); an exhausted body means absent
             if p[pos] == 1:
                 if pos + 9 > n:
@@ -458,17 +471,17 @@ cdef class ServerCore(FrameReader):
             return False
         if not self._can_write():
             return False
-        sp = self.kv._space(ns, False)
-        old = sp.keys.get(key) if sp is not None else None
-        if old is not None and not entry_dead(old, self._now):
-            v = old.value
+        sp = self.kv.spaces.get(ns)
+        old = find_stored(sp, k, klen)
+        if old != NULL and entry_dead(old, self._now):
+            old = NULL
+        if old != NULL:
             expires_at = old.expires_at  # incr keeps the TTL
-        if counter_add(<const uint8_t *>PyBytes_AS_STRING(v) if v is not None else NULL,
-                       PyBytes_GET_SIZE(v) if v is not None else 0, v is not None, delta,
+        if counter_add(<const uint8_t *>kv_val(old) if old != NULL else NULL,
+                       old.vlen if old != NULL else 0, old != NULL, delta,
                        &result) != COUNTER_OK:
             return False
-        value = PyBytes_FromStringAndSize(text, counter_text(text, result))
-        lsn = self._kv_set(ns, p + 2, nslen, key, value, expires_at, sp, old)
+        lsn = self._kv_set(ns, p + 2, nslen, k, klen, text, counter_text(text, result), expires_at, sp)
         # opt(version u64) opt(value i64)
         cdef Py_ssize_t at = PyByteArray_GET_SIZE(self.out)
         PyByteArray_Resize(self.out, at + HEADER + 18)
@@ -811,16 +824,10 @@ cdef class ServerCore(FrameReader):
             pos += 2 + ln
         return seen if pos == end else -1
 
-    cdef uint64_t _log_set(self, str ns, const uint8_t *nsb, uint32_t nslen, bytes key, bytes value,
-                           int64_t expires_at) except 0:
-        """Append ``["kv.set", [now, ns, key, value, expires_at]]`` (flo_core/records.pxd) to the log."""
-        return log_kv_set(self._log, self._rec, self._now, nsb, nslen,
-                          <const uint8_t *>PyBytes_AS_STRING(key), len(key),
-                          <const uint8_t *>PyBytes_AS_STRING(value), len(value), expires_at, &self._logged)
-
-    cdef void _append_value(self, uint64_t rid, Entry e) except *:
-        cdef bytes v = e.value
-        cdef Py_ssize_t vlen = len(v)
+    cdef void _append_value(self, uint64_t rid, const kv_ent *e) except *:
+        """The reply to a KV_GET, written from the stored version (``e`` must not move: nothing
+        here runs Python code that could write the store)."""
+        cdef Py_ssize_t vlen = e.vlen
         cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
         cdef uint32_t dlen = <uint32_t>(12 + vlen)
         PyByteArray_Resize(self.out, old + HEADER + dlen)
@@ -829,7 +836,7 @@ cdef class ServerCore(FrameReader):
         st64(h + HEADER, e.version)
         st32(h + HEADER + 8, <uint32_t>vlen)
         if vlen:
-            memcpy(h + HEADER + 12, PyBytes_AS_STRING(v), vlen)
+            memcpy(h + HEADER + 12, kv_val(e), vlen)
         st32(h + 16, frame_crc(h, h + HEADER, dlen))
 
     cdef void _append_version(self, uint64_t rid, uint64_t version) except *:

@@ -8,6 +8,10 @@ replay identically), an absolute expiry time in unix ms (0 = none) and up to
 as absent at once (lazy) and are removed by :meth:`KVStore.expire_some`
 (active), which the server calls from a timer.
 
+The versions live in C (``flo_core/kvtable.h``): one allocation per version with
+the key and value inline, an open-addressing hash table per namespace and a
+sorted index for scans. :class:`Entry` objects are copies made on demand.
+
 Example:
     >>> s = KVStore()
     >>> s.set("default", b"k", b"v", 5, 0, 1000)
@@ -18,52 +22,146 @@ Example:
 
 cimport cython
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdlib cimport malloc, free, qsort
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
 from flo_core.wirefmt cimport key_slot
 import heapq
-from sortedcontainers import SortedList
+
+
+cdef extern from "kvtable.h":
+    void kv_table_init(kv_table *t) noexcept
+    void kv_table_release(kv_table *t) noexcept
+    uint64_t kv_hash(const kv_table *t, const char *k, size_t n) noexcept
+    int kv_key_cmp(const char *a, size_t an, const char *b, size_t bn) noexcept
+    Py_ssize_t kv_find_slot(const kv_table *t, uint64_t h, const char *k, size_t n) noexcept
+    int kv_reserve(kv_table *t) noexcept
+    void kv_insert(kv_table *t, uint64_t h, kv_ent *e) noexcept
+    void kv_index_swap(kv_table *t, kv_ent *old, kv_ent *e) noexcept
+    kv_ent *kv_take(kv_table *t, const char *k, size_t n) noexcept
+    int kv_index_merge(kv_table *t) noexcept
+    void kv_index_maybe_merge(kv_table *t) noexcept
+    size_t kv_lower_bound(const kv_table *t, const char *k, size_t n) noexcept
+    void kv_fresh_sort(kv_table *t) noexcept
+    size_t KV_MERGE_MIN
+    size_t kv_fresh_lower_bound(const kv_table *t, const char *k, size_t n) noexcept
+    int kv_ent_cmp(const void *a, const void *b) noexcept nogil
+
 
 DEF_HISTORY = 64
 DEF_HISTORY_BUDGET = 256 * 1024 * 1024
-#: What one kept version costs besides its value's bytes: the Entry (64 B), the bytes
-#: object's header (33 B, rounded up by the allocator) and what the chain adds.
-#: Counted in the history budget so that small values (counters) are bounded too.
-VERSION_OVERHEAD = 112
+#: The size of a stored version's header (its key and value bytes follow it in the same block).
+ENTRY_HEADER = sizeof(kv_ent)
+#: What one kept version costs besides its key's and value's bytes: the 48 B header, the
+#: allocator's 8 B and its rounding to 16 B (8 B on average). Counted in the history budget
+#: so that small values (counters) are bounded too.
+VERSION_OVERHEAD = 64
 cdef Py_ssize_t _OVERHEAD = VERSION_OVERHEAD
+cdef Py_ssize_t _live = 0  # versions allocated and not yet freed, every store together
 
 
-# Entries hold only bytes, ints and tuples: they can never be part of a cycle, so the
-# garbage collector need not track them (a million tracked entries make every full
-# collection walk them all).
+def live_versions():
+    """Stored versions not yet freed (every store of this process): tests check that what is
+    dropped is freed."""
+    return _live
+
+
+cdef kv_ent *_new_ent(const char *k, size_t klen, const char *v, size_t vlen, uint64_t version,
+                      int64_t expires_at, int64_t written_at) except NULL:
+    global _live
+    if klen > 0xFFFFFFFF or vlen > 0xFFFFFFFF:
+        raise OverflowError("a KV key or value is at most 4 GiB")  # far above any frame limit
+    cdef kv_ent *e = <kv_ent *>malloc(sizeof(kv_ent) + klen + vlen)
+    if e == NULL:
+        raise MemoryError()
+    e.version = version
+    e.expires_at = expires_at
+    e.written_at = written_at
+    e.prev = NULL
+    e.klen = <uint32_t>klen
+    e.vlen = <uint32_t>vlen
+    e.depth = 0
+    e.ipos = 0
+    if klen:
+        memcpy(<char *>kv_key(e), k, klen)
+    if vlen:
+        memcpy(<char *>kv_val(e), v, vlen)
+    _live += 1
+    return e
+
+
+cdef inline void _free_ent(kv_ent *e) noexcept:
+    global _live
+    free(e)
+    _live -= 1
+
+
+cdef inline bytes _key_of(const kv_ent *e):
+    return PyBytes_FromStringAndSize(kv_key(e), e.klen)
+
+
+cdef inline bytes _value_of(const kv_ent *e):
+    return PyBytes_FromStringAndSize(kv_val(e), e.vlen)
+
+
+cdef Entry _entry(Namespace sp, bytes key, const kv_ent *e):
+    cdef Entry out = Entry.__new__(Entry)
+    out.value = _value_of(e)
+    out.version = e.version
+    out.expires_at = e.expires_at
+    out.written_at = e.written_at
+    if e.prev != NULL:
+        out._sp = sp
+        out._key = key if key is not None else _key_of(e)
+    return out
+
+
+# Entries hold only bytes, ints and a Namespace (which holds no Python objects but its name):
+# never part of a cycle, so the garbage collector need not track them.
 @cython.no_gc
 @cython.final
 cdef class Entry:
-    """A live key: ``value``, ``version``, ``expires_at`` (0 = none), ``written_at``.
+    """One version of a key: ``value``, ``version``, ``expires_at`` (0 = none), ``written_at``.
 
-    Earlier versions hang off ``prev`` (newest first): keeping the replaced entry costs
-    one pointer in the new one, and no other object is touched on a write.
+    A copy: a later write does not change it. Earlier versions: ``prev`` (the one it replaced)
+    and ``history`` (oldest first), read from the store when asked for.
     """
 
-    def __cinit__(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at):
-        if len(value) > 0xFFFFFFFF:
-            raise OverflowError("a KV value is at most 4 GiB")  # far above any frame limit
-        self.value = value
-        self.size = <uint32_t>len(value)  # history accounting without touching (cache-cold) old values
-        self.version = version
-        self.expires_at = expires_at
-        self.written_at = written_at
-        self.prev = None
-        self.depth = 0
+    @property
+    def size(self):
+        """``len(value)``."""
+        return PyBytes_GET_SIZE(self.value)
+
+    cdef const kv_ent *_stored(self):
+        """This version in the store's chain of the key, or NULL (no longer held)."""
+        cdef const kv_ent *e
+        if self._sp is None:
+            return NULL
+        e = kv_lookup(&self._sp.t, PyBytes_AS_STRING(self._key), PyBytes_GET_SIZE(self._key))
+        while e != NULL and e.version != self.version:
+            e = e.prev
+        return e
+
+    @property
+    def prev(self):
+        """The version this one replaced, or None."""
+        cdef const kv_ent *e = self._stored()
+        if e == NULL or e.prev == NULL:
+            return None
+        return _entry(self._sp, self._key, e.prev)
 
     @property
     def history(self):
         """The earlier versions held, oldest first (a list; empty when none)."""
         out = []
-        cdef Entry h = self.prev
-        while h is not None:
-            out.append(h)
-            h = h.prev
+        cdef const kv_ent *e = self._stored()
+        if e == NULL:
+            return out
+        e = e.prev
+        while e != NULL:
+            out.append(_entry(self._sp, self._key, e))
+            e = e.prev
         out.reverse()
         return out
 
@@ -72,38 +170,124 @@ cdef class Entry:
 
 
 cdef class Namespace:
-    """The keys of one namespace, with a sorted index for prefix scans.
+    """The keys of one namespace (``flo_core/kvtable.h``): a hash table of stored versions, with a
+    sorted index for prefix scans.
 
-    New keys wait in ``fresh`` (a set) and join the sorted ``index`` in bulk - when a
-    scan needs the order, or when they reach a quarter of the index - so writing a
-    new key costs a set insert, not a sorted insert done in Python.
+    New keys wait in a "fresh" array and join the sorted one in bulk - when a scan needs the
+    order, or when they reach a quarter of it - so writing a new key costs an append, not a
+    sorted insert. ``keys`` is a read-only mapping view ``{key: Entry}``.
     """
 
-    # keys: {key: Entry}; index: SortedList of the keys; fresh: keys not yet in index
+    def __cinit__(self, str name=""):
+        kv_table_init(&self.t)
+        self.name = name
 
-    def __cinit__(self):
-        self.keys = {}
-        self.index = SortedList()
-        self.fresh = set()
+    def __dealloc__(self):
+        cdef size_t i
+        cdef kv_ent *e
+        cdef kv_ent *nxt
+        for i in range(self.t.cap):
+            e = self.t.slots[i].e
+            while e != NULL:
+                nxt = e.prev
+                _free_ent(e)
+                e = nxt
+        kv_table_release(&self.t)
 
-    cdef int add_key(self, bytes key) except -1:
-        self.fresh.add(key)
-        if len(self.fresh) >= 4096 and len(self.fresh) * 4 >= len(self.index):
-            self.merge()  # SortedList.update rebuilds by one sort: amortised O(1) a key
-        return 0
+    @property
+    def keys(self):
+        """``{key: Entry}`` as stored (expired keys not yet reclaimed included), read-only."""
+        return KeysView(self)
 
-    cdef int remove_key(self, bytes key) except -1:
-        if key in self.fresh:
-            self.fresh.discard(key)
-        else:
-            self.index.remove(key)
-        return 0
+    def __len__(self):
+        return self.t.used
 
-    cdef int merge(self) except -1:
-        if self.fresh:
-            self.index.update(self.fresh)
-            self.fresh = set()
-        return 0
+    def __repr__(self):
+        return f"Namespace({self.name!r}, {self.t.used} keys)"
+
+
+@cython.final
+cdef class KeysView:
+    """A namespace's keys as a read-only mapping: ``len``, ``in``, iteration (key bytes, in key
+    order), ``[key]``, ``get``, ``keys``, ``values``, ``items``. Any write to the namespace while
+    iterating raises RuntimeError (a dict allows changing a value; this view does not)."""
+
+    cdef Namespace _sp
+
+    def __cinit__(self, Namespace sp):
+        self._sp = sp
+
+    def __len__(self):
+        return self._sp.t.used
+
+    def __contains__(self, key):
+        cdef bytes k = key
+        return kv_lookup(&self._sp.t, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)) != NULL
+
+    def __getitem__(self, key):
+        cdef bytes k = key
+        cdef kv_ent *e = kv_lookup(&self._sp.t, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+        if e == NULL:
+            raise KeyError(key)
+        return _entry(self._sp, k, e)
+
+    def get(self, key, default=None):
+        cdef bytes k = key
+        cdef kv_ent *e = kv_lookup(&self._sp.t, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+        return default if e == NULL else _entry(self._sp, k, e)
+
+    def _walk(self, int what):
+        # what: 0 keys, 1 entries, 2 (key, entry). In key order, as dump() (snapshots read the
+        # same rows whatever the table's past): the sorted index beside a sorted copy of the
+        # fresh pointers - one allocation, no write to the table (a forked snapshot child
+        # iterates this and must not dirty its pages).
+        cdef kv_table *t = &self._sp.t
+        cdef uint64_t gen = t.gen
+        cdef size_t i = 0, j = 0, nf = t.n_fresh
+        cdef kv_ent **fresh = NULL
+        cdef kv_ent *e
+        if nf:
+            fresh = <kv_ent **>malloc(nf * sizeof(kv_ent *))
+            if fresh == NULL:
+                raise MemoryError()
+            memcpy(fresh, t.fresh, nf * sizeof(kv_ent *))
+            qsort(fresh, nf, sizeof(kv_ent *), kv_ent_cmp)
+        try:
+            while True:
+                if t.gen != gen:
+                    raise RuntimeError("namespace changed during iteration")
+                while i < t.n_sorted and t.sorted[i] == NULL:
+                    i += 1
+                if i < t.n_sorted and (j >= nf or kv_key_cmp(
+                        kv_key(t.sorted[i]), t.sorted[i].klen, kv_key(fresh[j]), fresh[j].klen) < 0):
+                    e = t.sorted[i]
+                    i += 1
+                elif j < nf:
+                    e = fresh[j]
+                    j += 1
+                else:
+                    return
+                k = _key_of(e)
+                if what == 0:
+                    yield k
+                elif what == 1:
+                    yield _entry(self._sp, k, e)
+                else:
+                    yield k, _entry(self._sp, k, e)
+        finally:
+            free(fresh)
+
+    def __iter__(self):
+        return self._walk(0)
+
+    def keys(self):
+        return self._walk(0)
+
+    def values(self):
+        return self._walk(1)
+
+    def items(self):
+        return self._walk(2)
 
 
 cdef class KVStore:
@@ -117,11 +301,20 @@ cdef class KVStore:
         self.history_budget = history_budget
         self.history_bytes = 0
         self._ttl_heap = []
+        self._hash_mask = <uint64_t>-1
+
+    def set_hash_mask(self, uint64_t mask):
+        """Tests only: keep only ``mask``'s bits of every key hash, so that keys collide. Only
+        before the first key."""
+        if self.spaces:
+            raise ValueError("the hash mask is set before any key is stored")
+        self._hash_mask = mask
 
     cdef Namespace _space(self, str ns, bint create):
         cdef Namespace sp = self.spaces.get(ns)
         if sp is None and create:
-            sp = Namespace()
+            sp = Namespace(ns)
+            sp.t.hash_mask = self._hash_mask
             self.spaces[ns] = sp
         return sp
 
@@ -130,48 +323,63 @@ cdef class KVStore:
         cdef Namespace sp = self.spaces.get(ns)
         if sp is None:
             return None
-        cdef Entry e = sp.keys.get(key)
-        if e is None or entry_dead(e, now):
+        cdef kv_ent *e = kv_lookup(&sp.t, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        if e == NULL or entry_dead(e, now):
             return None
-        return e
+        return _entry(sp, key, e)
 
     cpdef Entry raw(self, str ns, bytes key):
         """The entry even if expired (history reads), or None."""
         cdef Namespace sp = self.spaces.get(ns)
         if sp is None:
             return None
-        return sp.keys.get(key)
+        cdef kv_ent *e = kv_lookup(&sp.t, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        return None if e == NULL else _entry(sp, key, e)
 
     cpdef set(self, str ns, bytes key, bytes value, uint64_t version, int64_t expires_at, int64_t now):
         """Write ``value`` at ``version``; the old value goes to the history."""
-        cdef Namespace sp = self._space(ns, True)
-        self.put(ns, sp, key, sp.keys.get(key), value, version, expires_at, now)
+        self.put(ns, self.spaces.get(ns), PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                 PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), version, expires_at, now, key)
 
-    cdef int put(self, str ns, Namespace sp, bytes key, Entry old, bytes value, uint64_t version,
-                 int64_t expires_at, int64_t now) except -1:
-        """:meth:`set` for a caller that already looked the key up: ``sp`` is ``_space(ns, False)``
-        (None: the namespace has no keys yet) and ``old`` the key's entry as stored
-        (``sp.keys.get(key)``: maybe expired, None if absent) - the C request loops, which
-        look the key up to check it: no second lookup."""
-        cdef Entry e = Entry(value, version, expires_at, now)
+    cdef int put(self, str ns, Namespace sp, const char *k, size_t klen, const char *v, size_t vlen,
+                 uint64_t version, int64_t expires_at, int64_t now, object key) except -1:
+        """:meth:`set` from pointers (the C request paths write from their read buffers): ``sp`` is
+        ``spaces.get(ns)`` or None; ``key`` the key's bytes if the caller has them, else None (made
+        only if the TTL heap needs it)."""
+        cdef kv_ent *e
+        cdef kv_ent *old
+        cdef uint64_t h
+        cdef Py_ssize_t i
         if sp is None:
             sp = self._space(ns, True)
-        if old is None:
-            sp.add_key(key)
-        elif entry_dead(old, now):
-            self._forget_history(old)
-        elif self.history_depth > 0:
-            self._push_history(e, old)
-        sp.keys[key] = e
+        h = kv_hash(&sp.t, k, klen)
+        i = kv_find_slot(&sp.t, h, k, klen)
+        e = _new_ent(k, klen, v, vlen, version, expires_at, now)
+        if i < 0:
+            if kv_reserve(&sp.t) < 0:
+                _free_ent(e)
+                raise MemoryError()
+            kv_insert(&sp.t, h, e)
+            kv_index_maybe_merge(&sp.t)
+        else:
+            old = sp.t.slots[i].e
+            sp.t.slots[i].e = e
+            kv_index_swap(&sp.t, old, e)
+            if entry_dead(old, now) or self.history_depth <= 0:
+                self._drop(old)
+            else:
+                self._push_history(e, old)
         if expires_at:
-            heapq.heappush(self._ttl_heap, (expires_at, ns, key))
+            heapq.heappush(self._ttl_heap, (expires_at, ns, key if key is not None else _key_of(e)))
         return 0
 
-    cdef void _push_history(self, Entry e, Entry old):
+    cdef void _push_history(self, kv_ent *e, kv_ent *old) noexcept:
         """``old`` becomes the newest earlier version of ``e``."""
-        cdef Entry keep, cut, nxt
+        cdef kv_ent *keep
+        cdef kv_ent *cut
+        cdef kv_ent *nxt
         cdef int i
-        self.history_bytes += old.size + _OVERHEAD
+        self.history_bytes += old.klen + old.vlen + _OVERHEAD
         if self.history_bytes > self.history_budget:
             # Over the server's history budget: a key written now keeps only its last version.
             self._forget_history(old)
@@ -181,45 +389,66 @@ cdef class KVStore:
         e.prev = old
         if e.depth >= <uint32_t>(2 * self.history_depth):
             # Cut back to history_depth versions in one walk every history_depth writes, not
-            # one walk (or a list shift) per write; history() shows history_depth at most.
+            # one walk per write; history() shows history_depth at most.
             keep = e
             for i in range(self.history_depth):
                 keep = keep.prev
             cut = keep.prev
-            keep.prev = None
+            keep.prev = NULL
             e.depth = self.history_depth
-            while cut is not None:
-                self.history_bytes -= cut.size + _OVERHEAD
+            while cut != NULL:
+                self.history_bytes -= cut.klen + cut.vlen + _OVERHEAD
                 nxt = cut.prev
-                cut.prev = None  # unlink first: each entry is freed alone, no deep recursion
+                _free_ent(cut)
                 cut = nxt
+
+    cdef void _forget_history(self, kv_ent *e) noexcept:
+        """Free the earlier versions of ``e``."""
+        cdef kv_ent *h = e.prev
+        cdef kv_ent *nxt
+        e.prev = NULL
+        e.depth = 0
+        while h != NULL:
+            self.history_bytes -= h.klen + h.vlen + _OVERHEAD
+            nxt = h.prev
+            _free_ent(h)
+            h = nxt
+
+    cdef void _drop(self, kv_ent *e) noexcept:
+        """Free ``e`` (no longer in any table) and its history."""
+        self._forget_history(e)
+        _free_ent(e)
+
+    cdef int _drop_all(self, Namespace sp) except -1:
+        cdef size_t i
+        cdef kv_ent *e
+        for i in range(sp.t.cap):
+            e = sp.t.slots[i].e
+            if e != NULL:
+                sp.t.slots[i].e = NULL
+                self._drop(e)
+        kv_table_release(&sp.t)
+        return 0
 
     cpdef bint delete(self, str ns, bytes key, int64_t now):
         """Remove ``key``; True if it was live."""
         cdef Namespace sp = self.spaces.get(ns)
         if sp is None:
             return False
-        cdef Entry e = sp.keys.pop(key, None)
-        if e is None:
+        cdef kv_ent *e = kv_take(&sp.t, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        if e == NULL:
             return False
-        sp.remove_key(key)
-        self._forget_history(e)
-        return not entry_dead(e, now)
-
-    cdef void _forget_history(self, Entry e):
-        cdef Entry h = e.prev, nxt
-        e.prev = None
-        e.depth = 0
-        while h is not None:
-            self.history_bytes -= h.size + _OVERHEAD
-            nxt = h.prev
-            h.prev = None
-            h = nxt
+        cdef bint live = not entry_dead(e, now)
+        self._drop(e)
+        return live
 
     cpdef bint set_expiry(self, str ns, bytes key, int64_t expires_at, int64_t now):
         """Change the TTL without a new version; False if the key is absent."""
-        cdef Entry e = self.get(ns, key, now)
-        if e is None:
+        cdef kv_ent *e = NULL
+        cdef Namespace sp = self.spaces.get(ns)
+        if sp is not None:
+            e = kv_lookup(&sp.t, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        if e == NULL or entry_dead(e, now):
             return False
         e.expires_at = expires_at
         if expires_at:
@@ -235,22 +464,47 @@ cdef class KVStore:
         """
         cdef Namespace sp = self.spaces.get(ns)
         cdef list out = []
-        cdef Entry e
+        cdef kv_ent *e
+        cdef const char *pp = PyBytes_AS_STRING(prefix)
+        cdef size_t pn = PyBytes_GET_SIZE(prefix)
+        cdef const char *ap = PyBytes_AS_STRING(after)
+        cdef size_t an = PyBytes_GET_SIZE(after)
+        cdef size_t i, j
+        cdef kv_ent **fresh
         if sp is None:
             return out, False
         start = after if after > prefix else prefix
-        sp.merge()
-        for k in sp.index.irange(start, None):
-            if not (<bytes>k).startswith(prefix):
+        # Two sorted runs walked together: the index, and the keys not merged into it yet (sorted
+        # where they are: a scan after a few new keys does not merge the whole index).
+        if sp.t.n_fresh >= KV_MERGE_MIN:
+            if kv_index_merge(&sp.t) < 0:  # many: merge them (at most once per KV_MERGE_MIN new keys)
+                raise MemoryError()
+        else:
+            kv_fresh_sort(&sp.t)
+        fresh = (<kv_ent **>sp.t.fresh)
+        i = kv_lower_bound(&sp.t, PyBytes_AS_STRING(start), PyBytes_GET_SIZE(start))
+        j = kv_fresh_lower_bound(&sp.t, PyBytes_AS_STRING(start), PyBytes_GET_SIZE(start))
+        while True:
+            while i < sp.t.n_sorted and sp.t.sorted[i] == NULL:
+                i += 1
+            if i < sp.t.n_sorted and (j >= sp.t.n_fresh or kv_key_cmp(
+                    kv_key(sp.t.sorted[i]), sp.t.sorted[i].klen, kv_key(fresh[j]), fresh[j].klen) < 0):
+                e = sp.t.sorted[i]
+                i += 1
+            elif j < sp.t.n_fresh:
+                e = fresh[j]
+                j += 1
+            else:
+                break
+            if e.klen < pn or kv_key_cmp(kv_key(e), pn, pp, pn) != 0:
                 return out, False
-            if after and k <= after:
+            if an and kv_key_cmp(kv_key(e), e.klen, ap, an) <= 0:
                 continue
-            e = sp.keys[k]
             if entry_dead(e, now):
                 continue
             if len(out) == limit:
                 return out, True
-            out.append(k)
+            out.append(_key_of(e))
         return out, False
 
     def count(self, str ns, int64_t now):
@@ -258,33 +512,36 @@ cdef class KVStore:
         cdef Namespace sp = self.spaces.get(ns)
         if sp is None:
             return 0
-        cdef Entry e
+        cdef size_t i
+        cdef kv_ent *e
         cdef Py_ssize_t n = 0
-        for e in sp.keys.values():
-            if not entry_dead(e, now):
+        for i in range(sp.t.cap):
+            e = sp.t.slots[i].e
+            if e != NULL and not entry_dead(e, now):
                 n += 1
         return n
 
     def flush(self, str ns):
         """Drop every key of ``ns``."""
         cdef Namespace sp = self.spaces.pop(ns, None)
-        cdef Entry e
         if sp is not None:
-            for e in sp.keys.values():
-                self._forget_history(e)
+            self._drop_all(sp)
 
     def history(self, str ns, bytes key, int limit, int64_t now):
         """``[(version, at_ms, value)]`` newest first, the live value included."""
-        cdef Entry e = self.raw(ns, key)
-        if e is None:
+        cdef Namespace sp = self.spaces.get(ns)
+        cdef kv_ent *e = NULL
+        if sp is not None:
+            e = kv_lookup(&sp.t, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        if e == NULL:
             return []
         cdef list out = []
         if not entry_dead(e, now):
-            out.append((e.version, e.written_at, e.value))
-        cdef Entry h = e.prev
+            out.append((e.version, e.written_at, _value_of(e)))
+        cdef kv_ent *h = e.prev
         cdef int shown = 0
-        while h is not None and shown < self.history_depth and len(out) < limit:
-            out.append((h.version, h.written_at, h.value))
+        while h != NULL and shown < self.history_depth and len(out) < limit:
+            out.append((h.version, h.written_at, _value_of(h)))
             h = h.prev
             shown += 1
         return out[:limit]
@@ -292,8 +549,9 @@ cdef class KVStore:
     def expire_some(self, int64_t now, int budget=1000):
         """Remove up to ``budget`` keys whose TTL has passed; returns how many went."""
         cdef int removed = 0
-        cdef Entry e
+        cdef kv_ent *e
         cdef Namespace sp
+        cdef bytes k
         heap = self._ttl_heap
         while heap and budget > 0 and heap[0][0] <= now:
             at, ns, key = heapq.heappop(heap)
@@ -301,12 +559,11 @@ cdef class KVStore:
             sp = self.spaces.get(ns)
             if sp is None:
                 continue
-            e = sp.keys.get(key)
+            k = key
+            e = kv_lookup(&sp.t, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
             # the heap holds stale candidates too: re-check against the entry
-            if e is not None and e.expires_at != 0 and e.expires_at <= now:
-                self._forget_history(e)
-                del sp.keys[key]
-                sp.remove_key(key)
+            if e != NULL and e.expires_at != 0 and e.expires_at <= now:
+                self._drop(kv_take(&sp.t, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)))
                 removed += 1
         return removed
 
@@ -314,102 +571,145 @@ cdef class KVStore:
         return list(self.spaces)
 
     def dump(self):
-        """Snapshot state: ``{ns: [[key, value, version, expires_at, written_at, history], ...]}``."""
+        """Snapshot state: ``{ns: [[key, value, version, expires_at, written_at, history], ...]}``,
+        each namespace's rows in key order (the same state dumps the same whatever its past)."""
         cdef Namespace sp
-        cdef Entry e
+        cdef size_t i
+        cdef kv_ent *e
         out = {}
         for ns, sp in self.spaces.items():
-            out[ns] = [[k, e.value, e.version, e.expires_at, e.written_at, self._held(e)]
-                       for k, e in sp.keys.items()]
+            if kv_index_merge(&sp.t) < 0:
+                raise MemoryError()
+            rows = out[ns] = []
+            for i in range(sp.t.n_sorted):
+                e = sp.t.sorted[i]
+                if e != NULL:
+                    rows.append(self._row(_key_of(e), e))
         return out
 
-    cdef list _held(self, Entry e):
+    cdef list _row(self, bytes key, kv_ent *e):
+        return [key, _value_of(e), e.version, e.expires_at, e.written_at, self._held(e)]
+
+    cdef list _held(self, kv_ent *e):
         """Up to history_depth earlier versions of ``e``, oldest first, as snapshot tuples."""
         cdef list out = []
-        cdef Entry h = e.prev
-        while h is not None and len(out) < self.history_depth:
-            out.append((h.version, h.written_at, h.value))
+        cdef kv_ent *h = e.prev
+        while h != NULL and len(out) < self.history_depth:
+            out.append((h.version, h.written_at, _value_of(h)))
             h = h.prev
         out.reverse()
         return out
 
     def keys_in_slots(self, str ns, bytes mask):
         """The keys of ``ns`` whose cluster slot has a non-zero byte in ``mask`` (16384 bytes), computed
-        in C (flo_core/slotcrc.h): a slot move finds its keys without a Python call per key."""
+        in C (flo_core/slotcrc.h) from the stored key bytes: a slot move finds its keys without a
+        Python object per key."""
         cdef Namespace sp = self.spaces.get(ns)
         cdef bytes nsb = b"" if ns == "default" else ns.encode("utf-8")
         cdef const uint8_t *m = <const uint8_t *>PyBytes_AS_STRING(mask)
-        cdef bytes k
+        cdef size_t i
+        cdef kv_ent *e
         cdef int slot
         if sp is None:
             return []
         if PyBytes_GET_SIZE(mask) != 16384:
             raise ValueError("mask must be 16384 bytes, one per slot")
         out = []
-        for k in sp.keys:
+        for i in range(sp.t.cap):
+            e = sp.t.slots[i].e
+            if e == NULL:
+                continue
             slot = key_slot(<const uint8_t *>PyBytes_AS_STRING(nsb), PyBytes_GET_SIZE(nsb),
-                            <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+                            <const uint8_t *>kv_key(e), e.klen)
             if slot < 0:  # too long to hash in place: the Python rule
                 from flo_core.slots import key_slot as py_slot
-                slot = py_slot(k, ns)
+                slot = py_slot(_key_of(e), ns)
             if m[slot]:
-                out.append(k)
+                out.append(_key_of(e))
         return out
 
     def export_keys(self, str ns, keys):
         """:meth:`dump` rows of those of ``keys`` that ``ns`` holds (a slot move hands them over)."""
         cdef Namespace sp = self.spaces.get(ns)
-        cdef Entry e
+        cdef kv_ent *e
+        cdef bytes k
         if sp is None:
             return []
         out = []
         for k in keys:
-            e = sp.keys.get(k)
-            if e is not None:
-                out.append([k, e.value, e.version, e.expires_at, e.written_at, self._held(e)])
+            e = kv_lookup(&sp.t, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+            if e != NULL:
+                out.append(self._row(k, e))
         return out
 
     def import_rows(self, str ns, rows):
         """Add :meth:`dump` rows to ``ns``, each replacing what the key held (a slot moved here)."""
         cdef Namespace sp = self._space(ns, True)
-        cdef Entry e, old
         for k, value, version, expires_at, written_at, hist in rows:
-            e = self._entry_of(value, version, expires_at, written_at, hist)
-            old = sp.keys.get(k)
-            if old is None:
-                sp.add_key(k)
-            else:
-                self._forget_history(old)
-            sp.keys[k] = e
-            if expires_at:
-                heapq.heappush(self._ttl_heap, (expires_at, ns, k))
+            self._store_row(sp, ns, k, value, version, expires_at, written_at, hist)
         return len(rows)
+
+    cdef int _store_row(self, Namespace sp, str ns, bytes k, bytes value, uint64_t version,
+                        int64_t expires_at, int64_t written_at, list hist) except -1:
+        cdef kv_ent *e = self._entry_of(k, value, version, expires_at, written_at, hist)
+        cdef kv_ent *old
+        cdef uint64_t h = kv_hash(&sp.t, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+        cdef Py_ssize_t i = kv_find_slot(&sp.t, h, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+        if i < 0:
+            if kv_reserve(&sp.t) < 0:
+                self._drop(e)
+                raise MemoryError()
+            kv_insert(&sp.t, h, e)
+            kv_index_maybe_merge(&sp.t)
+        else:
+            old = sp.t.slots[i].e
+            sp.t.slots[i].e = e
+            kv_index_swap(&sp.t, old, e)
+            self._drop(old)
+        if expires_at:
+            heapq.heappush(self._ttl_heap, (expires_at, ns, k))
+        return 0
 
     def drop_keys(self, str ns, keys):
         """Forget ``keys`` of ``ns`` with their history (their slot moved away); how many there were."""
         cdef Namespace sp = self.spaces.get(ns)
-        cdef Entry e
+        cdef kv_ent *e
+        cdef bytes k
         cdef Py_ssize_t n = 0
         if sp is None:
             return 0
         for k in keys:
-            e = sp.keys.pop(k, None)
-            if e is not None:
-                sp.remove_key(k)
-                self._forget_history(e)
+            e = kv_take(&sp.t, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
+            if e != NULL:
+                self._drop(e)
                 n += 1
         return n
 
-    cdef Entry _entry_of(self, bytes value, uint64_t version, int64_t expires_at, int64_t written_at, list hist):
+    cdef kv_ent *_entry_of(self, bytes key, bytes value, uint64_t version, int64_t expires_at,
+                           int64_t written_at, list hist) except NULL:
         """The entry of one :meth:`dump` row, its history (oldest first) hung below it and counted."""
-        cdef Entry e = None, prev
-        for h in hist:
-            prev = e
-            e = Entry(h[2], h[0], 0, h[1])
-            e.prev = prev
-            self.history_bytes += len(h[2]) + _OVERHEAD
-        prev = e
-        e = Entry(value, version, expires_at, written_at)
+        cdef kv_ent *e = NULL
+        cdef kv_ent *prev = NULL
+        cdef kv_ent *nxt
+        cdef const char *kp = PyBytes_AS_STRING(key)
+        cdef size_t kn = PyBytes_GET_SIZE(key)
+        cdef bytes hv
+        try:
+            for h in hist:
+                hv = h[2]
+                e = _new_ent(kp, kn, PyBytes_AS_STRING(hv), PyBytes_GET_SIZE(hv), h[0], 0, h[1])
+                e.prev = prev
+                prev = e
+                self.history_bytes += kn + PyBytes_GET_SIZE(hv) + _OVERHEAD
+            e = _new_ent(kp, kn, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), version,
+                         expires_at, written_at)
+        except BaseException:
+            while prev != NULL:  # the partial chain, uncounted again
+                self.history_bytes -= prev.klen + prev.vlen + _OVERHEAD
+                nxt = prev.prev
+                _free_ent(prev)
+                prev = nxt
+            raise
         e.prev = prev
         e.depth = len(hist)
         return e
@@ -417,15 +717,13 @@ cdef class KVStore:
     def load(self, state):
         """Replace the contents with a :meth:`dump`."""
         cdef Namespace sp
-        cdef Entry e
         self.spaces = {}
         self._ttl_heap = []
         self.history_bytes = 0
         for ns, rows in state.items():
             sp = self._space(ns, True)
             for k, value, version, expires_at, written_at, hist in rows:
-                sp.keys[k] = e = self._entry_of(value, version, expires_at, written_at, hist)
-                if expires_at:
-                    self._ttl_heap.append((expires_at, ns, k))
-            sp.index = SortedList(sp.keys)
+                self._store_row(sp, ns, k, value, version, expires_at, written_at, hist)
+            if kv_index_merge(&sp.t) < 0:
+                raise MemoryError()
         heapq.heapify(self._ttl_heap)

@@ -50,7 +50,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 from flo_core.resp cimport RespParser, _bulk, _line, _header
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
-from flo_core.kv cimport KVStore, Entry, Namespace, entry_dead
+from flo_core.kv cimport KVStore, Namespace, kv_ent, kv_key, kv_val, entry_dead, find_live, find_stored
 from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
 from flo_core.records cimport log_kv_set, log_stream_append, log_list_push, log_list_pop
@@ -246,13 +246,15 @@ cdef class RespCore(RespParser):
         cdef int which = -1  # index into FAST_COMMANDS
         cdef Metrics m = self.metrics
         cdef int64_t t0 = -1
+        cdef bytes gkey
         if self.fast and self._ns_ok and argc >= 2 and (self.served is None or self._serves(args[1])):
             name = args[0]
             if m is not None and m.sample():
                 t0 = mono_ns()
             try:
                 if argc == 2 and _named(name, b"get", 3):
-                    which, done = 0, self._get(args[1])
+                    gkey = args[1]  # a TypeError (not bytes) leaves it to the Python command
+                    which, done = 0, self._get(PyBytes_AS_STRING(gkey), PyBytes_GET_SIZE(gkey), gkey)
                 elif argc == 3 and _named(name, b"set", 3):
                     which, done = 1, self._set(args[1], args[2])
                 elif argc == 2 and _named(name, b"incr", 4):
@@ -313,22 +315,24 @@ cdef class RespCore(RespParser):
             return 0
         if self.out_cap and PyByteArray_GET_SIZE(self.out) > self.out_cap:
             return 0  # _emit stops the run
-        key = PyBytes_FromStringAndSize(<const char *>p + i + 2, klen)
-        if self.served is not None and not self._serves(key):
+        # served from the read buffer: no key object unless the key is absent (the type check)
+        if self.served is not None and not self._serves_at(<const uint8_t *>p + i + 2, klen):
             return 0
         if m is not None and m.sample():
             t0 = mono_ns()
-        if not self._get(key):
+        if not self._get(<const char *>p + i + 2, klen, None):
             return 0  # WRONGTYPE: nothing was answered or changed
         self._served_fast(0, t0)
         return end
 
     cdef bint _serves(self, object key) except -1:
         """A cluster member serves ``key``'s slot here (RESP routes by the key alone, as Redis Cluster)."""
-        cdef int slot
         if type(key) is not bytes:
             return False
-        slot = key_slot(NULL, 0, <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        return self._serves_at(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+
+    cdef bint _serves_at(self, const uint8_t *k, Py_ssize_t klen) noexcept:
+        cdef int slot = key_slot(NULL, 0, k, klen)
         return slot >= 0 and (<const uint8_t *>PyByteArray_AS_STRING(self.served))[slot] != 0
 
     cdef bint _holds(self, bytes key, bint string, bint list_, bint stream) except -1:
@@ -338,7 +342,7 @@ cdef class RespCore(RespParser):
             sp = self._lists.get(self._ns)
             if sp and key in sp:
                 return True
-        if string and self.kv.get(self._ns, key, self._now) is not None:
+        if string and find_live(self.kv, self._ns, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), self._now) != NULL:
             return True
         return stream and self._is_stream(key)
 
@@ -401,13 +405,15 @@ cdef class RespCore(RespParser):
         except UnicodeDecodeError:
             return False
 
-    cdef bint _get(self, bytes key) except -1:
-        cdef Entry e = self.kv.get(self._ns, key, self._now)
-        cdef bytes v
-        if e is not None:
-            v = e.value
-            _bulk(self.out, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+    cdef bint _get(self, const char *k, Py_ssize_t klen, object key) except -1:
+        """``GET`` of ``k[:klen]``, answered from the stored version; ``key``: its bytes or None
+        (made only for the type check of an absent key)."""
+        cdef const kv_ent *e = find_live(self.kv, self._ns, k, klen, self._now)
+        if e != NULL:
+            _bulk(self.out, kv_val(e), e.vlen)
             return True
+        if key is None:
+            key = PyBytes_FromStringAndSize(k, klen)
         if self._holds(key, False, True, True):
             return False  # WRONGTYPE: the Python command words it
         if self._resp3:
@@ -422,17 +428,16 @@ cdef class RespCore(RespParser):
 
     cdef bint _set(self, bytes key, bytes value) except -1:
         cdef Namespace sp
-        cdef Entry old = None
+        cdef const kv_ent *old
         if PyBytes_GET_SIZE(key) > MAX_KEY or PyBytes_GET_SIZE(value) > MAX_KV_VALUE or not self._can_write():
             return False
-        sp = self.kv._space(self._ns, False)
-        if sp is not None:
-            old = sp.keys.get(key)
+        sp = self.kv.spaces.get(self._ns)
+        old = find_stored(sp, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
         # a live string is what RESP sees at the key (TYPE answers "string" first): only a key
         # with no live string needs the list/stream check
-        if (old is None or entry_dead(old, self._now)) and self._holds(key, False, True, True):
+        if (old == NULL or entry_dead(old, self._now)) and self._holds(key, False, True, True):
             return False  # SET replaces a list/stream: Python does that
-        self._write(key, value, 0, sp, old)  # plain SET clears the TTL
+        self._write(key, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), 0, sp)  # plain SET clears the TTL
         _line(self.out, b'+', b"OK", 2)
         return True
 
@@ -441,24 +446,22 @@ cdef class RespCore(RespParser):
         cdef int64_t expires_at = 0
         cdef char text[COUNTER_TEXT_MAX]
         cdef Namespace sp
-        cdef Entry old = None
-        cdef bytes v = None
+        cdef const kv_ent *old
         if PyBytes_GET_SIZE(key) > MAX_KEY or not self._can_write():
             return False
-        sp = self.kv._space(self._ns, False)
-        if sp is not None:
-            old = sp.keys.get(key)
-        if old is not None and not entry_dead(old, self._now):
-            v = old.value
+        sp = self.kv.spaces.get(self._ns)
+        old = find_stored(sp, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        if old != NULL and entry_dead(old, self._now):
+            old = NULL
+        if old != NULL:
             expires_at = old.expires_at  # INCR keeps the TTL
         elif self._holds(key, False, True, True):
             return False
         # not a counter or overflow: the Python command answers the error (flo_core/counters.pxd)
-        if counter_add(<const uint8_t *>PyBytes_AS_STRING(v) if v is not None else NULL,
-                       PyBytes_GET_SIZE(v) if v is not None else 0, v is not None, 1, &current) != COUNTER_OK:
+        if counter_add(<const uint8_t *>kv_val(old) if old != NULL else NULL,
+                       old.vlen if old != NULL else 0, old != NULL, 1, &current) != COUNTER_OK:
             return False
-        value = PyBytes_FromStringAndSize(text, counter_text(text, current))
-        self._write(key, value, expires_at, sp, old)
+        self._write(key, text, counter_text(text, current), expires_at, sp)
         _header(self.out, b':', current)
         return True
 
@@ -546,21 +549,22 @@ cdef class RespCore(RespParser):
         _bulk(self.out, PyBytes_AS_STRING(idb), PyBytes_GET_SIZE(idb))
         return True
 
-    cdef uint64_t _write(self, bytes key, bytes value, int64_t expires_at, Namespace sp, Entry old) except 0:
+    cdef uint64_t _write(self, bytes key, const char *v, Py_ssize_t vlen, int64_t expires_at, Namespace sp) except 0:
         """The ``kv.set`` applier, inline: log, store, wake. Returns the new version.
 
-        ``sp``/``old``: the namespace and the key's stored entry as the caller looked them up
-        (KVStore.put)."""
+        ``sp``: the namespace as the caller looked it up (``kv.spaces.get``; KVStore.put)."""
         cdef uint64_t lsn
         if self._log is not None:
             lsn = log_kv_set(self._log, self._rec, self._now,
                              <const uint8_t *>PyBytes_AS_STRING(self._nsb), PyBytes_GET_SIZE(self._nsb),
                              <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                             <const uint8_t *>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value),
-                             expires_at, &self._logged)
+                             <const uint8_t *>v, vlen, expires_at, &self._logged)
         else:
-            lsn = self.journal.append(KIND_SET, (self._now, self._ns, key, value, expires_at))
-        self.kv.put(self._ns, sp, key, old, value, lsn, expires_at, self._now)
+            lsn = self.journal.append(KIND_SET, (self._now, self._ns, key, PyBytes_FromStringAndSize(v, vlen),
+                                                 expires_at))
+            sp = self.kv.spaces.get(self._ns)  # Python ran: look again
+        self.kv.put(self._ns, sp, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), v, vlen, lsn, expires_at,
+                    self._now, key)
         if self.waiting:
             self.srv.waiters.notify(("kv", self._ns, key), 0)
         return lsn

@@ -252,7 +252,7 @@ def test_history_keeps_at_least_64_versions(kv: KVStore) -> None:
     assert kv.history_depth <= held < 2 * kv.history_depth
     from flo_core.kv import VERSION_OVERHEAD
 
-    assert kv.history_bytes == sum(len(x.value) + VERSION_OVERHEAD for x in kv.raw(NS, b"k").history)
+    assert kv.history_bytes == sum(len(b"k") + len(x.value) + VERSION_OVERHEAD for x in kv.raw(NS, b"k").history)
 
 
 def test_history_shows_the_same_depth_whatever_the_chain_holds(kv: KVStore) -> None:
@@ -273,7 +273,7 @@ def test_history_depth_is_a_setting() -> None:
 def test_history_budget_keeps_only_the_last_version_of_keys_written_over_it() -> None:
     from flo_core.kv import VERSION_OVERHEAD
 
-    cost = 100 + VERSION_OVERHEAD  # a kept 100-byte version: its bytes and its objects
+    cost = 1 + 100 + VERSION_OVERHEAD  # a kept 100-byte version of key b"a": its key, value and header
     s = KVStore(history_budget=10 * cost)
     for v in range(1, 9):  # 7 replaced versions: under the budget
         s.set(NS, b"a", b"%04d" % v * 25, v, 0, T0)
@@ -294,9 +294,9 @@ def test_history_budget_bounds_small_values_too() -> None:
     s = KVStore(history_budget=1_000_000)
     for v in range(1, 20_001):
         s.set(NS, b"c%d" % (v % 100), b"%08d" % v, v, 0, T0)
-    assert s.history_bytes <= 1_000_000 + 100 * (8 + VERSION_OVERHEAD)
-    kept = sum(len(s.raw(NS, b"c%d" % k).history or ()) for k in range(100))
-    assert kept * (8 + VERSION_OVERHEAD) == s.history_bytes
+    assert s.history_bytes <= 1_000_000 + 100 * (3 + 8 + VERSION_OVERHEAD)
+    kept = sum(len(s.raw(NS, b"c%d" % k).history or ()) * (len(b"c%d" % k) + 8 + VERSION_OVERHEAD) for k in range(100))
+    assert kept == s.history_bytes
 
 
 def test_history_after_delete_and_expiry(kv: KVStore) -> None:
@@ -369,8 +369,11 @@ def test_random_operations_against_a_model() -> None:
         assert names == sorted(x for x in model if live(x)) and not more
 
 
-def test_an_entry_stays_in_the_64_byte_allocator_class() -> None:
-    """Memory per key is a target (≤ 2× Redis): one more field would cost 16 B on every key."""
-    from flo_core.kv import Entry
-
-    assert Entry.__basicsize__ <= 64
+def test_an_entry_is_a_copy_made_on_demand() -> None:
+    """Entries live in C (flo_core/kvtable.h; its header size: test_kv_table); get() copies one out."""
+    s = KVStore()
+    s.set(NS, b"k", b"v", 1, 0, T0)
+    a, b = s.get(NS, b"k", T0), s.get(NS, b"k", T0)
+    assert a is not b and (a.value, a.version, a.size) == (b.value, b.version, 1)
+    with pytest.raises(AttributeError):
+        a.version = 2  # read-only: a write goes through the store
