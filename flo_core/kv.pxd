@@ -62,6 +62,7 @@ cdef class KVStore:
     cdef void _forget_history(self, kv_ent *e) noexcept
     cdef void _drop(self, kv_ent *e) noexcept
     cdef void _push_history(self, kv_ent *e, kv_ent *old) noexcept
+    cdef int _install(self, Namespace sp, kv_ent *e, kv_ent **old) except -1
     cdef int _drop_all(self, Namespace sp) except -1
     cdef list _held(self, kv_ent *e)
     cdef list _row(self, bytes key, kv_ent *e)

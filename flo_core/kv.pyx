@@ -202,6 +202,11 @@ cdef class Namespace:
     def __len__(self):
         return self.t.used
 
+    @property
+    def table_slots(self):
+        """The hash table's slots (16 B each; it grows at 3/4 full, halves under 1/8)."""
+        return self.t.cap
+
     def __repr__(self):
         return f"Namespace({self.name!r}, {self.t.used} keys)"
 
@@ -348,29 +353,36 @@ cdef class KVStore:
         only if the TTL heap needs it)."""
         cdef kv_ent *e
         cdef kv_ent *old
-        cdef uint64_t h
-        cdef Py_ssize_t i
         if sp is None:
             sp = self._space(ns, True)
-        h = kv_hash(&sp.t, k, klen)
-        i = kv_find_slot(&sp.t, h, k, klen)
         e = _new_ent(k, klen, v, vlen, version, expires_at, now)
-        if i < 0:
-            if kv_reserve(&sp.t) < 0:
-                _free_ent(e)
-                raise MemoryError()
-            kv_insert(&sp.t, h, e)
-            kv_index_maybe_merge(&sp.t)
-        else:
-            old = sp.t.slots[i].e
-            sp.t.slots[i].e = e
-            kv_index_swap(&sp.t, old, e)
+        self._install(sp, e, &old)
+        if old != NULL:
             if entry_dead(old, now) or self.history_depth <= 0:
                 self._drop(old)
             else:
                 self._push_history(e, old)
         if expires_at:
             heapq.heappush(self._ttl_heap, (expires_at, ns, key if key is not None else _key_of(e)))
+        return 0
+
+    cdef int _install(self, Namespace sp, kv_ent *e, kv_ent **old) except -1:
+        """Store ``e`` (a new version, its history hung below it) as its key's live version;
+        ``old[0]``: the version it replaced (the caller's to keep or free), NULL if the key is new.
+        Out of memory: ``e`` is freed and MemoryError raised, nothing else changed."""
+        cdef uint64_t h = kv_hash(&sp.t, kv_key(e), e.klen)
+        cdef Py_ssize_t i = kv_find_slot(&sp.t, h, kv_key(e), e.klen)
+        old[0] = NULL
+        if i < 0:
+            if kv_reserve(&sp.t) < 0:
+                self._drop(e)
+                raise MemoryError()
+            kv_insert(&sp.t, h, e)
+            kv_index_maybe_merge(&sp.t)
+        else:
+            old[0] = sp.t.slots[i].e
+            sp.t.slots[i].e = e
+            kv_index_swap(&sp.t, old[0], e)
         return 0
 
     cdef void _push_history(self, kv_ent *e, kv_ent *old) noexcept:
@@ -651,20 +663,9 @@ cdef class KVStore:
 
     cdef int _store_row(self, Namespace sp, str ns, bytes k, bytes value, uint64_t version,
                         int64_t expires_at, int64_t written_at, list hist) except -1:
-        cdef kv_ent *e = self._entry_of(k, value, version, expires_at, written_at, hist)
         cdef kv_ent *old
-        cdef uint64_t h = kv_hash(&sp.t, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
-        cdef Py_ssize_t i = kv_find_slot(&sp.t, h, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
-        if i < 0:
-            if kv_reserve(&sp.t) < 0:
-                self._drop(e)
-                raise MemoryError()
-            kv_insert(&sp.t, h, e)
-            kv_index_maybe_merge(&sp.t)
-        else:
-            old = sp.t.slots[i].e
-            sp.t.slots[i].e = e
-            kv_index_swap(&sp.t, old, e)
+        self._install(sp, self._entry_of(k, value, version, expires_at, written_at, hist), &old)
+        if old != NULL:
             self._drop(old)
         if expires_at:
             heapq.heappush(self._ttl_heap, (expires_at, ns, k))

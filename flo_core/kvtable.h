@@ -190,11 +190,32 @@ static inline kv_ent *kv_remove_at(kv_table *t, size_t i) {
     }
 }
 
+/* After deletes: halve the table while it is under 1/8 full (deletes give memory back; the gap to
+ * the 3/4 that grows it keeps a size from flapping). Best effort: out of memory it stays. */
+static inline void kv_maybe_shrink(kv_table *t) {
+    size_t ncap = t->cap, i;
+    kv_slot *ns;
+    if (ncap <= 64 || t->used * 8 >= ncap) return;
+    while (ncap > 64 && t->used * 4 < ncap) ncap /= 2;  /* ends between 1/4 and 1/2 full */
+    ns = (kv_slot *)calloc(ncap, sizeof(kv_slot));
+    if (!ns) return;
+    for (i = 0; i < t->cap; i++)
+        if (t->slots[i].e) kv_place(ns, ncap, t->slots[i].hash, t->slots[i].e);
+    free(t->slots);
+    t->slots = ns;
+    t->cap = ncap;
+    t->gen++;
+}
+
 static inline kv_ent *kv_take(kv_table *t, const char *k, size_t n) {
     Py_ssize_t i;
+    kv_ent *e;
     if (!t->cap) return NULL;
     i = kv_find_slot(t, kv_hash(t, k, n), k, n);
-    return i < 0 ? NULL : kv_remove_at(t, (size_t)i);
+    if (i < 0) return NULL;
+    e = kv_remove_at(t, (size_t)i);
+    kv_maybe_shrink(t);
+    return e;
 }
 
 static int kv_ent_cmp(const void *a, const void *b) {

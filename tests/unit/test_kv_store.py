@@ -329,14 +329,18 @@ def test_dump_load_round_trip_through_msgpack(kv: KVStore) -> None:
     assert s2.get("a", b"k1", T0 + 5000) is None
 
 
-def test_random_operations_against_a_model() -> None:
-    """A dict model with the same rules: every read agrees after every step."""
+@pytest.mark.parametrize("mask,nkeys", [(None, 12), (0x3F, 300)])
+def test_random_operations_against_a_model(mask, nkeys) -> None:
+    """A dict model with the same rules: every read agrees after every step (the second case
+    with hashes cut to 6 bits, so keys share probe runs, and enough keys to grow the table)."""
     rng = random.Random(3)
     s = KVStore()
+    if mask is not None:
+        s.set_hash_mask(mask)
     model: dict[bytes, tuple[bytes, int, int]] = {}  # key -> (value, version, expires_at)
     now = T0
     version = 0
-    keys = [b"k%d" % i for i in range(12)]
+    keys = [b"k%d" % i for i in range(nkeys)]
 
     def live(k: bytes):
         m = model.get(k)
@@ -365,8 +369,9 @@ def test_random_operations_against_a_model() -> None:
         e = s.get(NS, k, now)
         m = live(k)
         assert (e.value, e.version) == (m[0], m[1]) if m else e is None
-        names, more = s.scan(NS, b"", b"", 100, now)
+        names, more = s.scan(NS, b"", b"", 1000, now)
         assert names == sorted(x for x in model if live(x)) and not more
+        assert s.count(NS, now) == len(names)
 
 
 def test_an_entry_is_a_copy_made_on_demand() -> None:

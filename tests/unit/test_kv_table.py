@@ -117,41 +117,6 @@ def test_scan_skips_expired_and_starts_after_the_cursor() -> None:
     assert s.scan(NS, b"", b"p9", 10, T0) == ([], False)
 
 
-def test_random_ops_with_ttls_against_a_dict_model() -> None:
-    rng = random.Random(5)
-    s = KVStore(history_depth=3)
-    s.set_hash_mask(0x3F)
-    model: dict[bytes, tuple[bytes, int]] = {}
-    now, version = T0, 0
-    keys = [b"r%d" % i for i in range(300)]
-
-    def live(k: bytes):
-        m = model.get(k)
-        return m if m is not None and (m[1] == 0 or m[1] > now) else None
-
-    for step in range(6000):
-        now += rng.randrange(0, 3)
-        k = rng.choice(keys)
-        op = rng.random()
-        if op < 0.5:
-            version += 1
-            exp = rng.choice([0, 0, 0, now + rng.randrange(1, 50)])
-            s.set(NS, k, b"%d" % version, version, exp, now)
-            model[k] = (b"%d" % version, exp)
-        elif op < 0.7:
-            assert s.delete(NS, k, now) == (live(k) is not None)
-            model.pop(k, None)
-        elif op < 0.8:
-            s.expire_some(now, budget=rng.randrange(1, 20))
-            model = {x: m for x, m in model.items() if m[1] == 0 or m[1] > now or s.raw(NS, x) is not None}
-        e = s.get(NS, k, now)
-        m = live(k)
-        assert (e.value if e else None) == (m[0] if m else None)
-        if step % 300 == 0:
-            assert s.scan(NS, b"", b"", 1000, now)[0] == sorted(x for x in model if live(x))
-            assert s.count(NS, now) == sum(1 for x in model if live(x))
-
-
 def test_history_chain_through_entries_and_the_budget_in_bytes() -> None:
     s = KVStore(history_depth=4)
     for v in range(1, 12):
@@ -220,3 +185,21 @@ def test_keys_view_reads_as_a_mapping_and_refuses_changes_while_iterating() -> N
         for k in view:
             s.flush(NS)
     assert list(view) == []
+
+
+def test_the_table_grows_under_inserts_and_shrinks_after_deletes() -> None:
+    s = KVStore()
+    s.set_hash_mask(0xFFF)  # collisions too, so that rehashing moves runs
+    keys = [b"g%05d" % i for i in range(20000)]
+    for i, k in enumerate(keys):
+        s.set(NS, k, b"v", i + 1, 0, T0)
+    space = s.spaces[NS]
+    assert len(keys) * 4 <= space.table_slots * 3 < len(keys) * 8
+    for k in keys[10:]:
+        assert s.delete(NS, k, T0)
+    assert space.table_slots <= 64
+    _check(s, {k: b"v" for k in keys[:10]}, T0)
+    s.drop_keys(NS, keys[:10])
+    for i, k in enumerate(keys[:5000]):
+        s.set(NS, k, b"w", i + 1, 0, T0)
+    _check(s, {k: b"w" for k in keys[:5000]}, T0)
