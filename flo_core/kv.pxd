@@ -59,6 +59,7 @@ cdef class KVStore:
     cdef list _ttl_heap
     cdef uint64_t _hash_mask
 
+    cdef void _free_kept(self, kv_ent *h) noexcept
     cdef void _forget_history(self, kv_ent *e) noexcept
     cdef void _drop(self, kv_ent *e) noexcept
     cdef void _push_history(self, kv_ent *e, kv_ent *old) noexcept

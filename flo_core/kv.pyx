@@ -389,7 +389,6 @@ cdef class KVStore:
         """``old`` becomes the newest earlier version of ``e``."""
         cdef kv_ent *keep
         cdef kv_ent *cut
-        cdef kv_ent *nxt
         cdef int i
         self.history_bytes += old.klen + old.vlen + _OVERHEAD
         if self.history_bytes > self.history_budget:
@@ -408,23 +407,23 @@ cdef class KVStore:
             cut = keep.prev
             keep.prev = NULL
             e.depth = self.history_depth
-            while cut != NULL:
-                self.history_bytes -= cut.klen + cut.vlen + _OVERHEAD
-                nxt = cut.prev
-                _free_ent(cut)
-                cut = nxt
+            self._free_kept(cut)
 
-    cdef void _forget_history(self, kv_ent *e) noexcept:
-        """Free the earlier versions of ``e``."""
-        cdef kv_ent *h = e.prev
+    cdef void _free_kept(self, kv_ent *h) noexcept:
+        """Free the kept versions ``h``, ``h.prev``, ... and take them out of ``history_bytes``."""
         cdef kv_ent *nxt
-        e.prev = NULL
-        e.depth = 0
         while h != NULL:
             self.history_bytes -= h.klen + h.vlen + _OVERHEAD
             nxt = h.prev
             _free_ent(h)
             h = nxt
+
+    cdef void _forget_history(self, kv_ent *e) noexcept:
+        """Free the earlier versions of ``e``."""
+        cdef kv_ent *h = e.prev
+        e.prev = NULL
+        e.depth = 0
+        self._free_kept(h)
 
     cdef void _drop(self, kv_ent *e) noexcept:
         """Free ``e`` (no longer in any table) and its history."""
@@ -691,7 +690,6 @@ cdef class KVStore:
         """The entry of one :meth:`dump` row, its history (oldest first) hung below it and counted."""
         cdef kv_ent *e = NULL
         cdef kv_ent *prev = NULL
-        cdef kv_ent *nxt
         cdef const char *kp = PyBytes_AS_STRING(key)
         cdef size_t kn = PyBytes_GET_SIZE(key)
         cdef bytes hv
@@ -705,11 +703,7 @@ cdef class KVStore:
             e = _new_ent(kp, kn, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), version,
                          expires_at, written_at)
         except BaseException:
-            while prev != NULL:  # the partial chain, uncounted again
-                self.history_bytes -= prev.klen + prev.vlen + _OVERHEAD
-                nxt = prev.prev
-                _free_ent(prev)
-                prev = nxt
+            self._free_kept(prev)  # the partial chain, uncounted again
             raise
         e.prev = prev
         e.depth = len(hist)
