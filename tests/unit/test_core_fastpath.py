@@ -561,3 +561,25 @@ def test_core_queue_bounds_are_the_handlers_bounds() -> None:
     assert (MAX_PAYLOAD, MAX_DEDUP_WINDOW_MS, DEFAULT_DEDUP_WINDOW_MS) == (16 * 1024 * 1024, 7 * 24 * 3600 * 1000,
                                                                          300_000)
     assert (_Op.QUEUE_ENQUEUE, Tag.PRIORITY) == (0x170, 0x10)
+
+
+def test_kv_on_the_memory_journal_matches(twins) -> None:
+    """No raw writer: the fast PUT/INCR journal through ``journal.append`` and store from copies of
+    the read buffer (flo_core/core.pyx ``_kv_set``); GET answers from the stored version."""
+    from flo_server.journal import MemoryJournal
+
+    fast, slow = twins()
+    disk = [fast.srv.journal, slow.srv.journal]
+    for t in (fast, slow):
+        t.srv.journal = MemoryJournal()
+    get = (Op.KV_GET, _head("", b"k").getvalue())
+    frames = [put(b"k", b"v1"), get, put(b"k", b"v2" * 500), get, put(b"t", b"5", ttl=1000), incr(b"t", 2),
+              incr(b"n", ns="other"), put("\u00e9".encode(), b"", ns="db"), (Op.KV_GET, _head("db", "\u00e9".encode()).getvalue())]
+    a = fast.run(frames)
+    b = slow.run(frames)
+    assert a == b and fast.state() == slow.state() and all(status == 0 for _, status, _ in a)
+    assert fast.srv.journal.last_lsn == slow.srv.journal.last_lsn == 6
+    assert fast.slow_ops == [] and fast.srv.waiters.notified == slow.srv.waiters.notified
+    assert fast.srv.kv.history("default", b"k", 5, NOW) == slow.srv.kv.history("default", b"k", 5, NOW)
+    assert fast.srv.kv.get("default", b"t", NOW).expires_at == NOW + 1000
+    fast.srv.journal, slow.srv.journal = disk  # the fixture closes their writers

@@ -521,3 +521,20 @@ def test_core_quick_get_leaves_the_rest_to_the_general_path(core) -> None:
     with pytest.raises(RespProtocolError, match="invalid bulk length"):
         core.run(b"*2\r\n$3\r\nGET\r\n$01\r\nk\r\n", NOW, out)  # a length with a leading zero: as Redis
     assert core.fast_count == 0
+
+
+def test_core_set_incr_without_a_raw_writer_journal_through_append(core) -> None:
+    """A memory journal: SET/INCR in C journal through ``journal.append`` and store the same."""
+    from flo_server.journal import MemoryJournal
+
+    disk = core.srv.journal
+    core.srv.journal = MemoryJournal()
+    try:
+        out, rest = _run(core, [b"SET", b"k", b"v" * 300], [b"GET", b"k"], [b"INCR", b"n"], [b"INCR", b"n"],
+                         [b"SET", b"k", b"w"], [b"GET", b"k"])
+        assert out == b"+OK\r\n$300\r\n" + b"v" * 300 + b"\r\n:1\r\n:2\r\n+OK\r\n$1\r\nw\r\n"
+        assert rest == [] and core.session.ran == [] and core.srv.journal.last_lsn == 4
+        assert [h[0] for h in core.srv.kv.history("default", b"k", 5, NOW)] == [4, 1]
+        assert core.srv.kv.get("default", b"n", NOW).value == b"2"
+    finally:
+        core.srv.journal = disk  # the fixture closes its writer
