@@ -66,6 +66,7 @@ class Server:
             "cluster": self.epochs,
         }
         self._empty_states = {name: store.dump() for name, store in self.stores.items()}
+        self.loop: Any = None  # the serving loop, once start() runs (None during replay)
         self.cluster: Any = None  # a ClusterNode with --etcd (flo_server.cluster.node)
         self.router: Any = None  # its Router: where each request is served (flo_server.cluster.router)
         self.txns = Txns()
@@ -155,7 +156,7 @@ class Server:
                                        advertise=cfg.advertise or "", node=cfg.node, lease_ms=cfg.lease_ms,
                                        sync_replicas=cfg.sync_replicas)
         tls = server_tls_context(cfg)
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()  # for hot paths: each lookup is a getpid() call
         main_tls = tls if tls is not None and cfg.tls_port is None else None
         self._server = await loop.create_server(
             lambda: FloProtocol(self), cfg.host, cfg.port, reuse_address=True, backlog=1024, ssl=main_tls

@@ -26,6 +26,22 @@ from flo_core.errors import Refusal
 from flo_core.spec import MAX_WAITERS, Reason
 
 
+#: What a waiter's future holds when its time ran out (a wake-up sets None).
+_TIMED_OUT = object()
+
+
+def _time_out(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(_TIMED_OUT)
+
+
+def _loop_of(conn: Any) -> asyncio.AbstractEventLoop:
+    """The connection's loop (looked up once when it connected), else the running one: each
+    ``asyncio.get_running_loop()`` costs a getpid() system call."""
+    loop = getattr(conn, "loop", None)
+    return loop if loop is not None else asyncio.get_running_loop()
+
+
 class Waiters:
     def __init__(self, limit: int = MAX_WAITERS) -> None:
         self._by_key: dict[Hashable, OrderedDict[int, asyncio.Future]] = {}
@@ -44,7 +60,7 @@ class Waiters:
             return False
         if self._count >= self._limit:
             raise Refusal(Reason.TOO_MANY_WAITERS, "too many blocked requests; retry later")
-        loop = asyncio.get_running_loop()
+        loop = _loop_of(conn)
         fut = loop.create_future()
         self._ids += 1
         wid = self._ids
@@ -54,16 +70,17 @@ class Waiters:
         self._count += 1
         if conn is not None:
             conn.parked.add(fut)
+        # One future and one timer: asyncio.wait_for(shield(fut)) made three futures, a task
+        # step and two loop lookups per park, a third of a parked request's cost.
+        timer = loop.call_later(timeout_s, _time_out, fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-            return True
-        except asyncio.TimeoutError:
-            return fut.done() and not fut.cancelled()
+            return await fut is not _TIMED_OUT
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is None:
                 self._pass_on(keys, wid)  # woken, then cancelled: the wake-up is someone else's now
             raise
         finally:
+            timer.cancel()
             self._count -= 1
             for k in keys:
                 d = self._by_key.get(k)
@@ -131,7 +148,7 @@ class Waiters:
         own check ran on an earlier loop turn, and a write since then woke
         nobody (this waiter was not parked yet).
         """
-        loop = asyncio.get_running_loop()
+        loop = _loop_of(conn)
         keys = list(keys)
         deadline = loop.time() + timeout_ms / 1000.0
         woken = False

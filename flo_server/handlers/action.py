@@ -83,7 +83,7 @@ def _wake_later(srv: Any, key: tuple) -> None:
     if wakes is None:
         wakes = srv._action_wakes = {}
     if not wakes:
-        asyncio.get_running_loop().call_soon(_wake_batches, srv)
+        (getattr(srv, "loop", None) or asyncio.get_running_loop()).call_soon(_wake_batches, srv)
     wakes[key] = None
 
 
