@@ -221,8 +221,8 @@ def _flame(srv: Any, now: int) -> Iterator[Any]:
     kv = srv.kv
     by_task: dict[tuple[str, str], int] = {}
     by_inst: dict[tuple[str, str], int] = {}
-    opened = [k for k in list(space.keys)[:100_000] if k.startswith(b"open/")]
-    for key in opened[:MAX_LABELLED]:
+    opened, _ = kv.scan(R.NAMESPACE, b"open/", b"", MAX_LABELLED, now)  # in key order, from the index
+    for key in opened:
         sid = R.tagged_id(key.decode("utf-8", "replace"))
         e = kv.get(R.NAMESPACE, key, now)
         if e is None:

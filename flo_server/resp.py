@@ -1075,8 +1075,7 @@ def _info_sections(s: RespSession) -> dict[str, list]:
     for db in range(NUM_DATABASES):
         n = _dbsize(s, db_namespace(db))
         if n:
-            space = srv.kv.spaces.get(db_namespace(db))
-            expires = sum(1 for e in space.keys.values() if e.expires_at) if space is not None and len(space.keys) <= 100_000 else 0
+            expires = srv.kv.count(db_namespace(db), s.now, True)
             keyspace.append((f"db{db}", f"keys={n},expires={expires},avg_ttl=0"))
     sections["keyspace"] = keyspace
     return sections

@@ -119,6 +119,22 @@ def test_metrics_need_credentials_when_the_server_has_users(make_server):
     assert "flo_commands" in scrape(sp.http_port, "default:pw")
 
 
+async def test_flame_gauges_count_open_sessions_only(make_server):
+    """flame_tasks sums the task counters of open sessions (``open/{id}`` in the flame namespace)."""
+    from flamepy.core import records as R
+
+    sp = make_server("--http-port", "-1")
+    async with FloClient(sp.endpoint, namespace=R.NAMESPACE) as c:
+        for sid, app, pending in (("s-1", "calc", 3), ("s-2", "calc", 4), ("s-3", "other", 5)):
+            await c.kv.put(R.k_open(sid), app.encode())
+            await c.kv.put(R.k_cnt(sid, "pending"), str(pending).encode())
+        await c.kv.put(R.k_cnt("s-9", "pending"), b"100")  # a closed session: no open/ key
+        await c.kv.put("opened-elsewhere", b"calc")  # shares the prefix "open" but not "open/"
+    fams = scrape(sp.http_port)
+    assert value(fams, "flame_tasks", app="calc", state="pending") == 7
+    assert value(fams, "flame_tasks", app="other", state="pending") == 5
+
+
 def test_info_client_slowlog_latency_config(make_server):
     sp = make_server("--http-port", "-1")
     r = redis.Redis(port=sp.port, decode_responses=True)
@@ -131,7 +147,10 @@ def test_info_client_slowlog_latency_config(make_server):
         assert field in info, field
     assert info["connected_clients"] >= 2
     r.set("x", 1)
-    assert r.info("keyspace")["db0"]["keys"] >= 1
+    r.set("with-ttl-1", 1, ex=600)
+    r.set("with-ttl-2", 1, px=600_000)
+    db0 = r.info("keyspace")["db0"]
+    assert db0["keys"] >= 3 and db0["expires"] == 2
     clients = r.client_list()
     assert any(c["name"] == "ops-test" for c in clients) and len(clients) >= 2
     victim = next(c for c in clients if c["name"] != "ops-test")
