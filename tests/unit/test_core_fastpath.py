@@ -86,6 +86,9 @@ class Twin:
         self.slow_ops: list[int] = []
         self.core = ServerCore(self.srv, self._slow, fast=fast)
         self.now = NOW
+        # The handlers' own clock reads (a queue's wake-up timer looks at srv.now()) see the scenario's
+        # time too: the wall clock would move the queues' clocks by whatever ms the twins ran apart.
+        self.srv.now = lambda: self.now
 
     def _slow(self, rid: int, op: int, payload: bytes) -> Any:
         self.slow_ops.append(op)

@@ -221,6 +221,7 @@ def test_a_line_of_parked_dequeues_keeps_its_order(twins) -> None:
     _same(fast, slow, [dequeue(b"q", 1), nack(b"q", [1]), ack(b"q", [2]), dequeue(b"other"), nack(b"other", [1])])
     assert fast.slow_ops == [Op.QUEUE_DEQUEUE, Op.QUEUE_FAIL]
     assert fast.srv.waiters.notified == slow.srv.waiters.notified == [("q", "default", "q", 21)]
+    assert fast.srv.queues.get("default", "q").clock == NOW  # the wake-up timer read the scenario's clock
     for t in (fast, slow):
         t.srv.queues.lines.pop(("q", "default", "q"))
     fast.slow_ops.clear()
