@@ -369,13 +369,18 @@ cdef class KVStore:
     cdef int _install(self, Namespace sp, kv_ent *e, kv_ent **old) except -1:
         """Store ``e`` (a new version, its history hung below it) as its key's live version;
         ``old[0]``: the version it replaced (the caller's to keep or free), NULL if the key is new.
-        Out of memory: ``e`` is freed and MemoryError raised, nothing else changed."""
+        Out of memory (or past KV_MAX_KEYS, 2**30 keys: index positions are 31 bits): ``e`` is freed and
+        MemoryError (OverflowError) raised, nothing else changed."""
         cdef uint64_t h = kv_hash(&sp.t, kv_key(e), e.klen)
         cdef Py_ssize_t i = kv_find_slot(&sp.t, h, kv_key(e), e.klen)
+        cdef int rc
         old[0] = NULL
         if i < 0:
-            if kv_reserve(&sp.t) < 0:
+            rc = kv_reserve(&sp.t)
+            if rc < 0:
                 self._drop(e)
+                if rc == -2:
+                    raise OverflowError("a namespace holds at most 2**30 keys")
                 raise MemoryError()
             kv_insert(&sp.t, h, e)
             kv_index_maybe_merge(&sp.t)

@@ -98,8 +98,14 @@ static inline void kv_place(kv_slot *slots, size_t cap, uint64_t h, kv_ent *e) {
     slots[i].e = e;
 }
 
-/* Room for one more key in the table and in the fresh array; -1: out of memory (nothing changed). */
+/* Keys one namespace may hold: index positions are 31 bits (the top bit marks the fresh array) and
+ * the sorted array may carry a quarter more in holes. */
+#define KV_MAX_KEYS ((size_t)1 << 30)
+
+/* Room for one more key in the table and in the fresh array; -1: out of memory, -2: the namespace
+ * holds KV_MAX_KEYS (nothing changed either way). */
 static inline int kv_reserve(kv_table *t) {
+    if (t->used >= KV_MAX_KEYS) return -2;
     if ((t->used + 1) * 4 > t->cap * 3) {      /* load <= 0.75 */
         size_t ncap = t->cap ? t->cap * 2 : 8, i;
         kv_slot *ns = (kv_slot *)calloc(ncap, sizeof(kv_slot));
