@@ -26,15 +26,6 @@ from flo_core.errors import Refusal
 from flo_core.spec import MAX_WAITERS, Reason
 
 
-#: What a waiter's future holds when its time ran out (a wake-up sets None).
-_TIMED_OUT = object()
-
-
-def _time_out(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(_TIMED_OUT)
-
-
 def _loop_of(conn: Any) -> asyncio.AbstractEventLoop:
     """The connection's loop (looked up once when it connected), else the running one: each
     ``asyncio.get_running_loop()`` costs a getpid() system call."""
@@ -70,17 +61,16 @@ class Waiters:
         self._count += 1
         if conn is not None:
             conn.parked.add(fut)
-        # One future and one timer: asyncio.wait_for(shield(fut)) made three futures, a task
-        # step and two loop lookups per park, a third of a parked request's cost.
-        timer = loop.call_later(timeout_s, _time_out, fut)
         try:
-            return await fut is not _TIMED_OUT
+            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return fut.done() and not fut.cancelled()
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is None:
+            if fut.done() and not fut.cancelled():
                 self._pass_on(keys, wid)  # woken, then cancelled: the wake-up is someone else's now
             raise
         finally:
-            timer.cancel()
             self._count -= 1
             for k in keys:
                 d = self._by_key.get(k)
