@@ -41,7 +41,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from flo_core.frame cimport FrameReader, append_reply
 from flo_core.output cimport Output
 from flo_core._pyframe import FrameError
-from flo_core.kv cimport KVStore, Namespace, kv_ent, kv_val, entry_dead, find_live, find_stored
+from flo_core.kv cimport KVStore, Namespace, kv_ent, kv_val, entry_dead, find_live, find_stored, live_in
 from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
 from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok, key_slot
@@ -472,9 +472,7 @@ cdef class ServerCore(FrameReader):
         if not self._can_write():
             return False
         sp = self.kv.spaces.get(ns)
-        old = find_stored(sp, k, klen)
-        if old != NULL and entry_dead(old, self._now):
-            old = NULL
+        old = live_in(sp, k, klen, self._now)
         if old != NULL:
             expires_at = old.expires_at  # incr keeps the TTL
         if counter_add(<const uint8_t *>kv_val(old) if old != NULL else NULL,

@@ -90,11 +90,12 @@ cdef inline bint entry_dead(const kv_ent *e, int64_t now) noexcept nogil:
 cdef inline kv_ent *find_live(KVStore kv, str ns, const char *k, size_t klen, int64_t now) noexcept:
     """The live version of key ``k[:klen]`` in ``ns``, or NULL (absent or expired): the C request
     paths look up straight from their read buffers, with no key object."""
-    cdef Namespace sp = kv.spaces.get(ns)
-    cdef kv_ent *e
-    if sp is None:
-        return NULL
-    e = kv_lookup(&sp.t, k, klen)
+    return live_in(kv.spaces.get(ns), k, klen, now)
+
+
+cdef inline kv_ent *live_in(Namespace sp, const char *k, size_t klen, int64_t now) noexcept:
+    """:func:`find_live` for a namespace already looked up (``sp`` may be None)."""
+    cdef kv_ent *e = find_stored(sp, k, klen)
     if e == NULL or entry_dead(e, now):
         return NULL
     return e

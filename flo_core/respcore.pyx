@@ -50,7 +50,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 from flo_core.resp cimport RespParser, _bulk, _line, _header
 from flo_core.counters cimport counter_add, counter_text, COUNTER_OK, COUNTER_TEXT_MAX
-from flo_core.kv cimport KVStore, Namespace, kv_ent, kv_key, kv_val, entry_dead, find_live, find_stored
+from flo_core.kv cimport KVStore, Namespace, kv_ent, kv_key, kv_val, entry_dead, find_live, find_stored, live_in
 from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
 from flo_core.records cimport log_kv_set, log_stream_append, log_list_push, log_list_pop
@@ -450,9 +450,7 @@ cdef class RespCore(RespParser):
         if PyBytes_GET_SIZE(key) > MAX_KEY or not self._can_write():
             return False
         sp = self.kv.spaces.get(self._ns)
-        old = find_stored(sp, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
-        if old != NULL and entry_dead(old, self._now):
-            old = NULL
+        old = live_in(sp, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), self._now)
         if old != NULL:
             expires_at = old.expires_at  # INCR keeps the TTL
         elif self._holds(key, False, True, True):

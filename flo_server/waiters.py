@@ -26,10 +26,10 @@ from flo_core.errors import Refusal
 from flo_core.spec import MAX_WAITERS, Reason
 
 
-def _loop_of(conn: Any) -> asyncio.AbstractEventLoop:
-    """The connection's loop (looked up once when it connected), else the running one: each
+def loop_of(holder: Any) -> asyncio.AbstractEventLoop:
+    """``holder.loop`` (a connection's or the server's, looked up once), else the running loop: each
     ``asyncio.get_running_loop()`` costs a getpid() system call."""
-    loop = getattr(conn, "loop", None)
+    loop = getattr(holder, "loop", None)
     return loop if loop is not None else asyncio.get_running_loop()
 
 
@@ -51,7 +51,7 @@ class Waiters:
             return False
         if self._count >= self._limit:
             raise Refusal(Reason.TOO_MANY_WAITERS, "too many blocked requests; retry later")
-        loop = _loop_of(conn)
+        loop = loop_of(conn)
         fut = loop.create_future()
         self._ids += 1
         wid = self._ids
@@ -138,7 +138,7 @@ class Waiters:
         own check ran on an earlier loop turn, and a write since then woke
         nobody (this waiter was not parked yet).
         """
-        loop = _loop_of(conn)
+        loop = loop_of(conn)
         keys = list(keys)
         deadline = loop.time() + timeout_ms / 1000.0
         woken = False

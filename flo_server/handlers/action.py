@@ -30,6 +30,7 @@ from flo_server import actions as A
 from flo_server.actions import Run, Worker
 from flo_server.dispatch import Request, handler
 from flo_server.journal import applier
+from flo_server.waiters import loop_of
 
 __all__ = ["status_answer", "assignment_answer", "assignments_answer", "BATCH_MARK"]
 
@@ -83,7 +84,7 @@ def _wake_later(srv: Any, key: tuple) -> None:
     if wakes is None:
         wakes = srv._action_wakes = {}
     if not wakes:
-        (getattr(srv, "loop", None) or asyncio.get_running_loop()).call_soon(_wake_batches, srv)
+        loop_of(srv).call_soon(_wake_batches, srv)
     wakes[key] = None
 
 
@@ -477,7 +478,7 @@ async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int) -> byt
     # this coroutine's start woke nobody.
     ns, conn, store = req.ns, req.conn, srv.actions
     keys = (("ar", ns, run_id),)
-    loop = getattr(conn, "loop", None) or asyncio.get_running_loop()  # (a lookup is a getpid() call)
+    loop = loop_of(conn)
     deadline = loop.time() + wait_ms / 1000.0
     while True:
         run = store.run(ns, run_id)
