@@ -20,7 +20,7 @@ import pytest
 from flo_client import FloClient
 from flo_core.errors import ConnectionClosedError, UnauthorizedError
 from flo_server import EmbeddedServer
-from tests.helpers import parked
+from tests.helpers import parked, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -149,7 +149,6 @@ async def test_a_client_reconnects_after_restart(tmp_path: Path) -> None:
             await c.kv.put("k", b"before")
             await c.queue.enqueue("q", b"m1")
             await asyncio.to_thread(srv.restart)  # this loop runs meanwhile: it sees the connection go
-            await asyncio.sleep(0.05)
             assert (await c.kv.get("k")).value == b"before"
             assert [m.payload for m in (await c.queue.dequeue("q", 1)).messages] == [b"m1"]
     finally:
@@ -264,12 +263,10 @@ async def test_tls_port_and_client(tmp_path: Path) -> None:
 
 async def test_with_the_flamepy_executor() -> None:
     async with EmbeddedServer(executor=True, requirepass="pw") as srv, srv.client() as c:
-        for _ in range(100):  # the executor manager connects to its server as a client of its own
-            if (await c.server_info())["connections"] >= 2:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the executor manager never connected")
+        async def manager_connected() -> bool:  # the executor manager connects as a client of its own
+            return (await c.server_info())["connections"] >= 2
+
+        await wait_for(manager_connected, timeout=5, what="the executor manager's connection")
     assert not server_threads()
 
 
