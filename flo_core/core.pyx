@@ -44,7 +44,7 @@ from flo_core._pyframe import FrameError
 from flo_core.kv cimport KVStore, Namespace, kv_ent, kv_val, entry_dead, find_live, find_stored, live_in
 from flo_core.log cimport LogWriter, takes_writes
 from flo_core.clock cimport unix_ms
-from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok, key_slot
+from flo_core.wirefmt cimport grow_by, HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc, utf8_ok, key_slot
 from flo_core.records cimport log_kv_set, log_stream_append, log_queue_enqueue, log_queue_dequeue, log_queue_seqs
 from flo_core.stream cimport Stream, next_id_of
 from flo_core.pqueue cimport PriorityQueue, Queues
@@ -481,9 +481,7 @@ cdef class ServerCore(FrameReader):
             return False
         lsn = self._kv_set(ns, p + 2, nslen, k, klen, text, counter_text(text, result), expires_at, sp)
         # opt(version u64) opt(value i64)
-        cdef Py_ssize_t at = PyByteArray_GET_SIZE(self.out)
-        PyByteArray_Resize(self.out, at + HEADER + 18)
-        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + at
+        cdef uint8_t *h = grow_by(self.out, HEADER + 18)
         self._header(h, rid, 0, 18)
         h[HEADER] = 1
         st64(h + HEADER + 1, lsn)
@@ -562,9 +560,7 @@ cdef class ServerCore(FrameReader):
         if self.waiting:
             self.srv.waiters.notify((STREAM_WAKE, ns, name), 0)
         # [seq u64][ts i64]
-        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
-        PyByteArray_Resize(self.out, old + HEADER + 16)
-        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        cdef uint8_t *h = grow_by(self.out, HEADER + 16)
         self._header(h, rid, 0, 16)
         st64(h + HEADER, seq)
         st64(h + HEADER + 8, ts)
@@ -649,9 +645,7 @@ cdef class ServerCore(FrameReader):
             # a queue's parked dequeues stand in a line of ticket keys: the server picks whom to wake
             self.srv.wake_queue(ns, name)
         # [seq u64]
-        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
-        PyByteArray_Resize(self.out, old + HEADER + 8)
-        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        cdef uint8_t *h = grow_by(self.out, HEADER + 8)
         self._header(h, rid, 0, 8)
         st64(h + HEADER, seq)
         st32(h + 16, frame_crc(h, h + HEADER, 8))
@@ -732,7 +726,7 @@ cdef class ServerCore(FrameReader):
             self.srv.journal.append(KIND_DEQUEUE, (clock, self._hns, self._hname, count, lease))
         # the message list, encoded straight after the frame header
         at = PyByteArray_GET_SIZE(self.out)
-        PyByteArray_Resize(self.out, at + HEADER)
+        grow_by(self.out, HEADER)
         q.dequeue_wire(<Py_ssize_t>count, clock, lease, ANSWER_BUDGET, self.out)
         dlen = <uint32_t>(PyByteArray_GET_SIZE(self.out) - at - HEADER)
         cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + at
@@ -780,9 +774,7 @@ cdef class ServerCore(FrameReader):
                 self.srv.journal.append(KIND_ACK, (clock, self._hns, self._hname, seqs))
         k = q.nack_wire(v + 4, count, clock) if nack else q.ack_wire(v + 4, count, clock)
         # [affected u32]
-        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
-        PyByteArray_Resize(self.out, old + HEADER + 4)
-        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        cdef uint8_t *h = grow_by(self.out, HEADER + 4)
         self._header(h, rid, 0, 4)
         st32(h + HEADER, <uint32_t>k)
         st32(h + 16, frame_crc(h, h + HEADER, 4))
@@ -826,10 +818,8 @@ cdef class ServerCore(FrameReader):
         """The reply to a KV_GET, written from the stored version (``e`` must not move: nothing
         here runs Python code that could write the store)."""
         cdef Py_ssize_t vlen = e.vlen
-        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
         cdef uint32_t dlen = <uint32_t>(12 + vlen)
-        PyByteArray_Resize(self.out, old + HEADER + dlen)
-        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        cdef uint8_t *h = grow_by(self.out, HEADER + dlen)
         self._header(h, rid, 0, dlen)
         st64(h + HEADER, e.version)
         st32(h + HEADER + 8, <uint32_t>vlen)
@@ -838,9 +828,7 @@ cdef class ServerCore(FrameReader):
         st32(h + 16, frame_crc(h, h + HEADER, dlen))
 
     cdef void _append_version(self, uint64_t rid, uint64_t version) except *:
-        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.out)
-        PyByteArray_Resize(self.out, old + HEADER + 9)
-        cdef uint8_t *h = <uint8_t *>PyByteArray_AS_STRING(self.out) + old
+        cdef uint8_t *h = grow_by(self.out, HEADER + 9)
         self._header(h, rid, 0, 9)
         h[HEADER] = 1
         st64(h + HEADER + 1, version)

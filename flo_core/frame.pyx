@@ -16,7 +16,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from flo_core._pyframe import FrameError
 from flo_core.spec import Reason
 
-from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
+from flo_core.wirefmt cimport grow_by, HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
 
 
 cdef _bad(list out, reason, message):
@@ -137,12 +137,10 @@ def encode_reply(uint64_t request_id, uint32_t status, data):
 cpdef append_reply(bytearray buf, uint64_t request_id, uint32_t status, data):
     """Append one reply frame to ``buf`` (the connection's output buffer)."""
     cdef Py_buffer view
-    cdef Py_ssize_t old = PyByteArray_GET_SIZE(buf)
     cdef uint8_t *h
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        PyByteArray_Resize(buf, old + HEADER + view.len)
-        h = <uint8_t *>PyByteArray_AS_STRING(buf) + old
+        h = grow_by(buf, HEADER + view.len)
         _write_header(h, request_id, <uint32_t>view.len)
         h[20] = VERSION; h[21] = status; h[22] = 0; h[23] = 0
         if view.len:

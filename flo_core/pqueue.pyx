@@ -45,7 +45,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
-from flo_core.wirefmt cimport ld64, st32, st64
+from flo_core.wirefmt cimport grow_by, ld64, st32, st64
 
 # --- defaults (server settings override them through Queues(...)) ----------
 
@@ -464,9 +464,7 @@ cdef class PriorityQueue:
             total += plen
             taken += 1
             # [seq u64][payload bytes32][enqueued_at_ms i64][delivery_count u32][priority u8]
-            at = PyByteArray_GET_SIZE(out)
-            PyByteArray_Resize(out, at + 25 + plen)
-            b = <uint8_t *>PyByteArray_AS_STRING(out) + at
+            b = grow_by(out, 25 + plen)
             st64(b, m.seq)
             st32(b + 8, <uint32_t>plen)
             memcpy(b + 12, PyBytes_AS_STRING(m.payload), plen)

@@ -4,6 +4,8 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyBy
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t
 
+from flo_core.wirefmt cimport grow_by
+
 
 cdef class RespParser:
     cdef bytearray _buf
@@ -87,9 +89,7 @@ cdef inline Py_ssize_t _fmt_ll(char *b, long long v) noexcept nogil:
 
 
 cdef inline char *_grow(bytearray buf, Py_ssize_t extra) except NULL:
-    cdef Py_ssize_t old = PyByteArray_GET_SIZE(buf)
-    PyByteArray_Resize(buf, old + extra)
-    return PyByteArray_AS_STRING(buf) + old
+    return <char *>grow_by(buf, extra)
 
 
 cdef inline void _shrink(bytearray buf, Py_ssize_t unused):

@@ -1,5 +1,10 @@
 # Little-endian loads/stores and the frame CRC, shared by the .pyx modules of flo_core (inline, no symbols).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+
+cdef extern from "Python.h":
+    ctypedef struct PyByteArrayObject:
+        Py_ssize_t ob_alloc  # bytes allocated (the size plus the trailing NUL, and any slack)
 
 cdef extern from "fastcrc.h" nogil:
     # zlib's crc32, folded with PCLMULQDQ for spans >= 64 bytes (flo_core/fastcrc.h)
@@ -91,3 +96,20 @@ cdef inline bint utf8_ok(const uint8_t *p, Py_ssize_t n) noexcept nogil:
             return False
         i += k + 1
     return True
+
+
+cdef inline uint8_t *grow_by(bytearray buf, Py_ssize_t extra) except NULL:
+    """Lengthen ``buf`` by ``extra`` bytes; a pointer to the first new byte.
+
+    Why not ``PyByteArray_Resize(buf, size + extra)`` alone: CPython grows a bytearray by
+    1/8 at most, and to the exact size when asked for more, so a read's answers of 4 KiB
+    values reallocated (and copied) the whole buffer once per answer. Here the allocation
+    at least doubles; the resize back to the wanted size keeps it (a shrink to more than
+    half of the allocation only moves the size)."""
+    cdef Py_ssize_t old = PyByteArray_GET_SIZE(buf)
+    cdef Py_ssize_t size = old + extra
+    cdef Py_ssize_t alloc = (<PyByteArrayObject *>buf).ob_alloc
+    if size >= alloc and alloc > 0:
+        PyByteArray_Resize(buf, size if size > 2 * alloc else 2 * alloc)
+    PyByteArray_Resize(buf, size)
+    return <uint8_t *>PyByteArray_AS_STRING(buf) + old
