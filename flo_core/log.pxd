@@ -82,6 +82,7 @@ cdef class LogWriter:
     cdef uint64_t _gen           # bumped at each segment opened
     cdef uint64_t _zeroed        # the open segment is zero-filled (or data) up to here
     cdef public bint ack_on_sync # answers wait for the fdatasync (fsync=always), else for the write
+    cdef public bint zero_fill   # the room ahead is written zeros (fsync=always), else fallocate'd
     # Kept by the journal (flo_server.persistence), read and set from C by the request loops:
     cdef public bint accepting       # the journal takes writes (not failed, not closed)
     cdef public bint flush_scheduled # a flush is queued for the end of this loop iteration

@@ -431,6 +431,7 @@ class DiskJournal:
         self.writer = LogWriter(log_dir(data_dir), next_lsn=next_lsn,
                                 segment_bytes=segment_bytes or segment_bytes_for(snapshot_bytes), repair=repair)
         self.writer.ack_on_sync = self._always  # what Output and _run_after_sync wait for
+        self.writer.zero_fill = self._always  # zeros on disk save fsync=always a device flush per sync
         if self.writer.truncated:
             p, off, n = self.writer.truncated
             log.warning("torn log tail: cut %d byte(s) from %s at offset %d (writes never acknowledged as durable)",
