@@ -45,8 +45,10 @@ def test_roundtrip_and_lsns(tmp_path):
     assert [os.path.basename(p) for _, p in list_segments(tmp_path)] == [segment_name(1)]
 
 
-def test_append_is_buffered_until_flush(tmp_path):
+@pytest.mark.parametrize("zero_fill", [True, False], ids=["written-zeros", "fallocated"])
+def test_append_is_buffered_until_flush(tmp_path, zero_fill):
     w = LogWriter(tmp_path)
+    w.zero_fill = zero_fill  # the journal's choice: written zeros under fsync=always, else fallocate
     w.append(1, b"abc")
     assert w.pending_bytes == RECORD_HEADER + 3
     assert os.path.getsize(w.segment_path) == 0
@@ -61,6 +63,24 @@ def test_append_is_buffered_until_flush(tmp_path):
     assert w.sync() == 1
     w.close()
     assert os.path.getsize(w.segment_path) == RECORD_HEADER + 3  # a clean close cuts the room
+
+
+def test_a_fallocated_room_left_by_a_crash_is_the_end(tmp_path):
+    """Under everysec the room ahead is fallocate'd: after a crash (no clean close cut it) it
+    reads as zeros, so recovery ends the log there and appends continue after the records."""
+    w = LogWriter(tmp_path)
+    w.zero_fill = False
+    for p in (b"one", b"two"):
+        w.append(1, p)
+    w.flush()
+    path = w.segment_path
+    assert os.path.getsize(path) > 2 * RECORD_HEADER + 6  # the room, not cut: as a kill -9 leaves it
+    w2 = LogWriter(tmp_path)  # (the first writer is never closed, like a killed process's)
+    assert w2.truncated is None and w2.last_lsn == 2
+    assert w2.append(1, b"three") == 3
+    w2.close()
+    recs, r = read_all(tmp_path)
+    assert [p for _, _, p in recs] == [b"one", b"two", b"three"] and r.torn is None
 
 
 def test_bad_arguments(tmp_path):
