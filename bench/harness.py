@@ -179,6 +179,7 @@ def _action_cells() -> list[Cell]:
     return [
         Cell("action", "action.roundtrip", "flo", ACTION_CONNS, 1, 100, servers=(FLO,), workers=1),
         Cell("action", "action.roundtrip", "flo", ACTION_CONNS, 1, 100, servers=(FLO,), workers=ACTION_WORKERS),
+        Cell("action", "action.invoke_result", "flo", ACTION_CONNS, 1, 100, servers=(FLO,), workers=ACTION_WORKERS),
         Cell("action", "queue.cycle", "flo", ACTION_CONNS, 1, 100, servers=(FLO,)),
     ]
 

@@ -231,8 +231,10 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], notes: list[str], 
               "stream": "Streams: append (Redis XADD), read of 10 from an id (XRANGE ... COUNT 10), "
                         "group read of 10 -> ack (XREADGROUP -> XACK)",
               "queue": "Queues: enqueue, and enqueue -> dequeue -> ack cycles (Redis LPUSH; LPUSH -> RPOPLPUSH -> LREM)",
-              "action": "Actions: invoke -> complete round trips (ACTION_INVOKE -> ACTION_RESULT, ActionWorker processes), "
-                        "beside the queue cycle at the same shape; ops/s = round trips/s, latency = end to end",
+              "action": "Actions: invoke -> complete round trips with ActionWorker processes: action.roundtrip is one "
+                        "request (ACTION_INVOKE with WAIT_MS, client.action.call), action.invoke_result two (ACTION_INVOKE "
+                        "-> ACTION_RESULT); beside the queue cycle at the same shape; ops/s = round trips/s, "
+                        "latency = end to end",
               "durability": "Durability: flo-server fsync vs Redis AOF (SET, K=1)"}
     for group, title in titles.items():
         mine = [r for r in rows if r["group"] == group]

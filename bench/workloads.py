@@ -384,31 +384,58 @@ register(
 )
 
 
-# --- actions (flo-wire-v2 §3.6; ACTION_RESULT is our extension) ----------------------
+# --- actions (flo-wire-v2 §3.6; ACTION_RESULT and invoke's WAIT_MS are our extensions) ------
 
-#: How long one ACTION_RESULT waits for its no-op run: a run not finished by then is an error, not a hang.
+#: How long one wait for a no-op run lasts: a run not finished by then is an error, not a hang.
 RESULT_WAIT_MS = 2_000
+_RESULT_WAIT = {Tag.WAIT_MS: RESULT_WAIT_MS.to_bytes(4, "little")}
+
+
+def _invoke_request(key: bytes, value: bytes, opts: dict) -> bytes:
+    # value [has_labels u8 = 0][input: rest]
+    return _head(key).bytes32(b"\x00" + value).options(opts).getvalue()
+
+
+def _completed(status: bytes) -> None:
+    if not status or status[0] != RunStatus.COMPLETED:
+        raise LookupError(f"run not completed: status {status[:1].hex() or 'empty'}")
+
+
+def _action_call_step(step: int, key: bytes, value: bytes, prev: bytes) -> tuple[int, bytes] | None:
+    if step == 0:  # one request: invoke and wait (client.action.call)
+        return Op.ACTION_INVOKE, _invoke_request(key, value, _RESULT_WAIT)
+    r = Reader(prev)  # [run_id str16] then ACTION_RESULT's answer
+    r.bytes16()
+    _completed(r.rest())
+    return None
 
 
 def _action_step(step: int, key: bytes, value: bytes, prev: bytes) -> tuple[int, bytes] | None:
     if step == 0:
-        # value [has_labels u8 = 0][input: rest]
-        return Op.ACTION_INVOKE, _head(key).bytes32(b"\x00" + value).options({}).getvalue()
+        return Op.ACTION_INVOKE, _invoke_request(key, value, {})
     if step == 1:
         run_id = Reader(prev).bytes16()  # [run_id str16][opt output absent]
-        opts = {Tag.WAIT_MS: RESULT_WAIT_MS.to_bytes(4, "little")}
-        return Op.ACTION_RESULT, _head(run_id).bytes32(b"").options(opts).getvalue()
-    if step == 2:
-        if not prev or prev[0] != RunStatus.COMPLETED:
-            raise LookupError(f"run not completed: status {prev[:1].hex() or 'empty'}")
-        return None
+        return Op.ACTION_RESULT, _head(run_id).bytes32(b"").options(_RESULT_WAIT).getvalue()
+    _completed(prev)
     return None
 
 
 register(
     Workload(
         "action.roundtrip",
-        "invoke a no-op action, wait for its result (ACTION_RESULT) while ActionWorker processes complete it",
+        "invoke a no-op action and wait for its result in one request (ACTION_INVOKE with WAIT_MS, "
+        "client.action.call) while ActionWorker processes complete it",
+        fixed_key=b"bench-noop",
+        chain=Chain(_action_call_step, lambda *a: None),
+        cost=3,
+        needs_workers=True,
+        tags=("action",),
+    )
+)
+register(
+    Workload(
+        "action.invoke_result",
+        "invoke a no-op action, then wait for its result (ACTION_RESULT): two requests per round trip",
         fixed_key=b"bench-noop",
         chain=Chain(_action_step, lambda *a: None),
         cost=3,

@@ -287,6 +287,30 @@ def parse_run_status(run_id: str, data: bytes, *, with_outcome: bool = False) ->
     return st
 
 
+def _invoke_request(input_data: Any, o: "ActionInvokeOptions") -> tuple[bytes, dict[int, bytes]]:
+    """ACTION_INVOKE's value ``[has_labels u8][labels str16]?[input: rest]`` and its options."""
+    w = Writer()
+    if o.labels is not None:
+        labels = json.dumps(o.labels, separators=(",", ":")).encode("utf-8")
+        if len(labels) > 65535:
+            raise BadRequestError("labels are longer than 65535 bytes of JSON")
+        w.u8(1).bytes16(labels)
+    else:
+        w.u8(0)
+    w.raw(_payload_bytes(input_data))
+    opts: dict[int, bytes] = {}
+    if o.priority is not None:
+        if not 0 <= int(o.priority) <= 255:
+            raise BadRequestError("priority must be 0..255")
+        opts[Tag.RUN_PRIORITY] = bytes([int(o.priority)])
+    if o.idempotency_key:
+        key = o.idempotency_key.encode("utf-8")
+        if len(key) > 255:
+            raise BadRequestError("idempotency_key is longer than 255 bytes")
+        opts[Tag.IDEMPOTENCY_KEY] = key
+    return w.getvalue(), opts
+
+
 def _payload_bytes(data: Any) -> bytes:
     """Invoke input: bytes as-is, str as UTF-8, anything else as JSON."""
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -333,32 +357,46 @@ class ActionAPI:
             'act-2a'
         """
         o = options or ActionInvokeOptions()
-        w = Writer()
-        if o.labels is not None:
-            labels = json.dumps(o.labels, separators=(",", ":")).encode("utf-8")
-            if len(labels) > 65535:
-                raise BadRequestError("labels are longer than 65535 bytes of JSON")
-            w.u8(1).bytes16(labels)
-        else:
-            w.u8(0)
-        w.raw(_payload_bytes(input_data))
-        opts: dict[int, bytes] = {}
-        if o.priority is not None:
-            if not 0 <= int(o.priority) <= 255:
-                raise BadRequestError("priority must be 0..255")
-            opts[Tag.RUN_PRIORITY] = bytes([int(o.priority)])
-        if o.idempotency_key:
-            key = o.idempotency_key.encode("utf-8")
-            if len(key) > 255:
-                raise BadRequestError("idempotency_key is longer than 255 bytes")
-            opts[Tag.IDEMPOTENCY_KEY] = key
-        data = await self._client._call_vo(Op.ACTION_INVOKE, name, w.getvalue(), opts, ns=o.namespace)
+        value, opts = _invoke_request(input_data, o)
+        data = await self._client._call_vo(Op.ACTION_INVOKE, name, value, opts, ns=o.namespace)
+        try:
+            run_id = Reader(data).str16()
+        except ServerError as e:
+            raise ProtocolError(f"bad invoke answer: {e}") from None
+        return InvokeResult(run_id=run_id)
+
+    async def call(
+        self, name: str, input_data: Any = b"", timeout_ms: int | None = None, options: ActionInvokeOptions | None = None
+    ) -> ActionRunStatus:
+        """Invoke ``name`` and wait for the run to finish: :meth:`invoke` then :meth:`result`,
+        in one request while the run finishes within ``MAX_BLOCK_MS`` (flo-server's extension:
+        ACTION_INVOKE with WAIT_MS). ``timeout_ms`` None waits for good; when it passes first,
+        raises :class:`RequestTimeoutError` (the run goes on; its id is in the message).
+
+        Example:
+            >>> done = await client.action.call("resize", b"...", timeout_ms=30000)  # doctest: +SKIP
+            >>> done.status, done.output                                             # doctest: +SKIP
+            (<RunStatus.COMPLETED: 2>, b'...')
+        """
+        o = options or ActionInvokeOptions()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_ms is None else loop.time() + timeout_ms / 1000
+        wait = MAX_BLOCK_MS if timeout_ms is None else max(0, min(int(timeout_ms), MAX_BLOCK_MS))
+        value, opts = _invoke_request(input_data, o)
+        opts[Tag.WAIT_MS] = wait.to_bytes(4, "little")
+        data = await self._client._call_vo(Op.ACTION_INVOKE, name, value, opts, ns=o.namespace, block_ms=wait)
         try:
             r = Reader(data)
             run_id = r.str16()
         except ServerError as e:
             raise ProtocolError(f"bad invoke answer: {e}") from None
-        return InvokeResult(run_id=run_id)
+        st = parse_run_status(run_id, r.rest(), with_outcome=True)
+        if st.done:
+            return st
+        left = None if deadline is None else int(max(0.0, deadline - loop.time()) * 1000)
+        if left == 0:
+            raise RequestTimeoutError(f"run {run_id} did not finish within {timeout_ms} ms (it is {st.status.name})")
+        return await self.result(run_id, left, ActionResultOptions(namespace=o.namespace))
 
     async def status(self, run_id: str, options: ActionStatusOptions | None = None) -> ActionRunStatus:
         """The run's current state (NotFoundError for an unknown run)."""

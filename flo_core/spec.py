@@ -254,7 +254,7 @@ _OPS: tuple[OpSpec, ...] = (
     OpSpec(Op.QUEUE_PURGE, W, "empty a queue"),
     OpSpec(Op.QUEUE_LIST, R, "list queues"),
     OpSpec(Op.ACTION_REGISTER, W, "create or replace an action"),
-    OpSpec(Op.ACTION_INVOKE, W, "create a run"),
+    OpSpec(Op.ACTION_INVOKE, W | B, "create a run (ext: with WAIT_MS, answer once it finished)"),
     OpSpec(Op.ACTION_STATUS, T | R, "run status"),
     OpSpec(Op.ACTION_LIST, R, "list actions"),
     OpSpec(Op.ACTION_LIST_RUNS, R, "list runs"),

@@ -88,11 +88,11 @@ async def action_invoke(session: Session, client: FloClient, name: str, input_da
       flo action invoke resize '{"id": 1}'
       flo action invoke resize - --wait < job.json
     """
-    started = await client.action.invoke(name, input_data, ActionInvokeOptions(priority=priority,
-                                                                                idempotency_key=idempotency_key))
+    options = ActionInvokeOptions(priority=priority, idempotency_key=idempotency_key)
     if not wait:
+        started = await client.action.invoke(name, input_data, options)
         return session.emit({"action": name, "run_id": started.run_id}, started.run_id)
-    done = await client.action.result(started.run_id, timeout_ms=None if timeout is None else int(timeout * 1000))
+    done = await client.action.call(name, input_data, None if timeout is None else int(timeout * 1000), options)
     completed = done.status == RunStatus.COMPLETED
     session.emit({"action": name, **run_doc(done)}, text_of(done.output) if completed else None)
     if not completed:

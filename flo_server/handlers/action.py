@@ -401,9 +401,13 @@ def action_register(srv: Any, req: Request) -> bytes:
 
 
 @handler(Op.ACTION_INVOKE)
-def action_invoke(srv: Any, req: Request) -> bytes:
+def action_invoke(srv: Any, req: Request) -> Any:
     """value ``[has_labels u8][labels str16]?[input: rest]``, options RUN_PRIORITY u8 /
-    IDEMPOTENCY_KEY string -> ``[run_id str16][0x00]``."""
+    IDEMPOTENCY_KEY string -> ``[run_id str16][0x00]``.
+
+    ext: with option WAIT_MS (u32, ≤ MAX_BLOCK_MS) the answer waits for the run like ACTION_RESULT
+    does and is ``[run_id str16]`` then ACTION_RESULT's answer: one request instead of two for
+    the invoker (a client that sends no WAIT_MS, like the SDK, gets the plain answer)."""
     name = _action_name(req.key)
     value = req.value
     labels_sig = None
@@ -421,28 +425,38 @@ def action_invoke(srv: Any, req: Request) -> bytes:
         payload = r.rest()
     if len(payload) > A.MAX_RUN_INPUT:
         raise Refusal(Reason.FIELD_TOO_LONG, f"input is longer than {A.MAX_RUN_INPUT} bytes")
-    priority, key = A.DEFAULT_RUN_PRIORITY, None
+    priority, key, wait_ms = A.DEFAULT_RUN_PRIORITY, None, 0
     if req.opts:
         priority = opt_uint(req.opts, Tag.RUN_PRIORITY, A.DEFAULT_RUN_PRIORITY)  # type: ignore[assignment]
         if priority > 255:
             raise Refusal(Reason.OUT_OF_RANGE, "priority must be 0..255")
         key = opt_str(req.opts, Tag.IDEMPOTENCY_KEY) or None
+        wait_ms = _wait_ms(req.opts, Tag.WAIT_MS, 0)
     ns, store = req.ns, srv.actions
     if store.action(ns, name) is None:
         raise Refusal(Reason.NOT_FOUND, f"action {name!r} is not registered")
-    if key is not None:
-        hit = store.idempotent_hit(ns, name, key, req.now)
-        if hit is not None:  # inside the key's window: the same run, nothing written
-            return _invoke_answer(hit)
-    if store.unfinished >= A.MAX_UNFINISHED_RUNS:
-        raise Refusal(Reason.TOO_MANY_PROPOSALS, "too many unfinished runs; retry later")
-    return _invoke_answer(srv.write("a.inv", req.now, ns, name, payload, labels_sig, priority, key))
+    run_id = store.idempotent_hit(ns, name, key, req.now) if key is not None else None
+    if run_id is None:  # (a hit inside the key's window: the same run, nothing written)
+        if store.unfinished >= A.MAX_UNFINISHED_RUNS:
+            raise Refusal(Reason.TOO_MANY_PROPOSALS, "too many unfinished runs; retry later")
+        run_id = srv.write("a.inv", req.now, ns, name, payload, labels_sig, priority, key)
+    if not wait_ms:
+        return _invoke_answer(run_id)
+    head = _run_id_field(run_id)
+    run = store.run(ns, run_id)
+    if run is None or run.finished:
+        return head + _result_of(run, run_id)
+    return _wait_result(srv, req, run_id, wait_ms, head)
+
+
+def _run_id_field(run_id: str) -> bytes:
+    rid = run_id.encode("utf-8")
+    return _head.pack(len(rid)) + rid
 
 
 def _invoke_answer(run_id: str) -> bytes:
     """``[run_id str16][0x00]`` (the trailing byte: an absent output)."""
-    rid = run_id.encode("utf-8")
-    return _head.pack(len(rid)) + rid + b"\x00"
+    return _run_id_field(run_id) + b"\x00"
 
 
 @handler(Op.ACTION_STATUS)
@@ -465,14 +479,18 @@ def action_result(srv: Any, req: Request) -> Any:
     ns = req.ns
     _settle(srv, req.now)
     run = srv.actions.run(ns, run_id)
-    if run is None:
-        raise Refusal(Reason.NOT_FOUND, f"no run {run_id!r}")
-    if run.finished or wait_ms == 0:
-        return _result_answer(run)
+    if run is None or run.finished or wait_ms == 0:
+        return _result_of(run, run_id)
     return _wait_result(srv, req, run_id, wait_ms)
 
 
-async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int) -> bytes:
+def _result_of(run: Run | None, run_id: str) -> bytes:
+    if run is None:
+        raise Refusal(Reason.NOT_FOUND, f"no run {run_id!r}")
+    return _result_answer(run)
+
+
+async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int, head: bytes = b"") -> bytes:
     # Parks on the run's key directly (not Waiters.poll: nothing is taken, so there is no
     # wake-up to hand on); looks again first, since a write between the handler's check and
     # this coroutine's start woke nobody.
@@ -491,7 +509,7 @@ async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int) -> byt
             _settle(srv, srv.now())  # the wait ran out: a lapse may be due that no timer fired yet
     if run is None:
         raise Refusal(Reason.NOT_FOUND, f"run {run_id!r} is no longer kept")
-    return _result_answer(run)
+    return head + _result_answer(run)
 
 
 @handler(Op.ACTION_CANCEL)

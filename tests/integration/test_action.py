@@ -160,6 +160,59 @@ async def test_result_waits_without_polling_and_times_out(client):
     assert done.status == RunStatus.COMPLETED and done.output == b"42"
 
 
+async def test_call_invokes_and_answers_with_the_result_in_one_request(client):
+    """client.action.call: ACTION_INVOKE with WAIT_MS answers once the run finished."""
+    await client.action.register("later-call", options=ActionRegisterOptions(timeout_ms=0))
+    waiting = asyncio.ensure_future(client.action.call("later-call", b"in", timeout_ms=10000))
+    api = WorkerAPI(client)
+    task = await api.await_task("manual", ["later-call"], WorkerAwaitOptions(block_ms=5000))
+    assert task.payload == b"in" and not waiting.done()
+    await api.complete("manual", "later-call", task.task_id, b"out")
+    done = await asyncio.wait_for(waiting, 5)
+    assert (done.run_id, done.status, done.output) == (task.task_id, RunStatus.COMPLETED, b"out")
+    assert (await client.action.status(task.task_id)).status == RunStatus.COMPLETED
+
+
+async def test_call_times_out_and_leaves_the_run_going(client):
+    await client.action.register("slow-call", options=ActionRegisterOptions(timeout_ms=0))
+    with pytest.raises(RequestTimeoutError) as e:
+        await client.action.call("slow-call", b"", timeout_ms=200)
+    run_id = str(e.value).split()[1]  # "run <id> did not finish within ..."
+    assert (await client.action.status(run_id)).status == RunStatus.PENDING
+    with pytest.raises(NotFoundError):
+        await client.action.call("never-registered", b"", timeout_ms=200)
+
+
+async def test_call_with_an_idempotency_key_answers_with_the_first_run(client):
+    await client.action.register("once-call", options=ActionRegisterOptions(timeout_ms=0))
+    opts = ActionInvokeOptions(idempotency_key="k-1")
+    first = await client.action.invoke("once-call", b"a", opts)
+    api = WorkerAPI(client)
+    task = await api.await_task("manual", ["once-call"], WorkerAwaitOptions(block_ms=5000))
+    await api.complete("manual", "once-call", task.task_id, b"done")
+    again = await client.action.call("once-call", b"b", timeout_ms=5000, options=opts)
+    assert (again.run_id, again.output) == (first.run_id, b"done")  # answered at once: it had finished
+
+
+async def test_call_by_workers_under_load(client, server):
+    """ActionWorker processes complete what 8 callers ``call`` at once: every answer is its own run's."""
+    async with FloClient(server, namespace="it", timeout_ms=3000) as wc:
+        w = new_worker(wc, worker_id="caller-load", concurrency=16, auto_touch=False)
+
+        @w.action("echo-call", timeout_ms=30_000, max_retries=1)
+        async def echo(ctx: ActionContext) -> bytes:
+            return ctx.payload
+
+        async def caller(i: int) -> None:
+            async with FloClient(server, namespace="it", timeout_ms=3000) as c:
+                for j in range(40):
+                    done = await c.action.call("echo-call", b"%d-%d" % (i, j), timeout_ms=5000)
+                    assert done.status == RunStatus.COMPLETED and done.output == b"%d-%d" % (i, j)
+
+        async with running(w):
+            await asyncio.wait_for(asyncio.gather(*(caller(i) for i in range(8))), 30)
+
+
 async def test_timed_out_when_last_lease_lapses(client):
     await client.action.register("stuck", options=ActionRegisterOptions(timeout_ms=200, max_retries=1))
     run = (await client.action.invoke("stuck", b"")).run_id
