@@ -420,29 +420,14 @@ def _action_step(step: int, key: bytes, value: bytes, prev: bytes) -> tuple[int,
     return None
 
 
-register(
-    Workload(
-        "action.roundtrip",
-        "invoke a no-op action and wait for its result in one request (ACTION_INVOKE with WAIT_MS, "
-        "client.action.call) while ActionWorker processes complete it",
-        fixed_key=b"bench-noop",
-        chain=Chain(_action_call_step, lambda *a: None),
-        cost=3,
-        needs_workers=True,
-        tags=("action",),
-    )
-)
-register(
-    Workload(
-        "action.invoke_result",
-        "invoke a no-op action, then wait for its result (ACTION_RESULT): two requests per round trip",
-        fixed_key=b"bench-noop",
-        chain=Chain(_action_step, lambda *a: None),
-        cost=3,
-        needs_workers=True,
-        tags=("action",),
-    )
-)
+for _name, _what, _step in (
+    ("action.roundtrip", "invoke a no-op action and wait for its result in one request (ACTION_INVOKE with "
+     "WAIT_MS, client.action.call) while ActionWorker processes complete it", _action_call_step),
+    ("action.invoke_result", "invoke a no-op action, then wait for its result (ACTION_RESULT): two requests "
+     "per round trip", _action_step),
+):
+    register(Workload(_name, _what, fixed_key=b"bench-noop", chain=Chain(_step, lambda *a: None), cost=3,
+                      needs_workers=True, tags=("action",)))
 
 
 def resp_command(args: list[bytes]) -> bytes:
