@@ -311,6 +311,15 @@ def _invoke_request(input_data: Any, o: "ActionInvokeOptions") -> tuple[bytes, d
     return w.getvalue(), opts
 
 
+def _split_invoke_answer(data: bytes) -> tuple[str, bytes]:
+    """An ACTION_INVOKE answer: ``[run_id str16]`` and what follows it."""
+    try:
+        r = Reader(data)
+        return r.str16(), r.rest()
+    except ServerError as e:
+        raise ProtocolError(f"bad invoke answer: {e}") from None
+
+
 def _payload_bytes(data: Any) -> bytes:
     """Invoke input: bytes as-is, str as UTF-8, anything else as JSON."""
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -359,11 +368,7 @@ class ActionAPI:
         o = options or ActionInvokeOptions()
         value, opts = _invoke_request(input_data, o)
         data = await self._client._call_vo(Op.ACTION_INVOKE, name, value, opts, ns=o.namespace)
-        try:
-            run_id = Reader(data).str16()
-        except ServerError as e:
-            raise ProtocolError(f"bad invoke answer: {e}") from None
-        return InvokeResult(run_id=run_id)
+        return InvokeResult(run_id=_split_invoke_answer(data)[0])
 
     async def call(
         self, name: str, input_data: Any = b"", timeout_ms: int | None = None, options: ActionInvokeOptions | None = None
@@ -385,12 +390,8 @@ class ActionAPI:
         value, opts = _invoke_request(input_data, o)
         opts[Tag.WAIT_MS] = wait.to_bytes(4, "little")
         data = await self._client._call_vo(Op.ACTION_INVOKE, name, value, opts, ns=o.namespace, block_ms=wait)
-        try:
-            r = Reader(data)
-            run_id = r.str16()
-        except ServerError as e:
-            raise ProtocolError(f"bad invoke answer: {e}") from None
-        st = parse_run_status(run_id, r.rest(), with_outcome=True)
+        run_id, rest = _split_invoke_answer(data)
+        st = parse_run_status(run_id, rest, with_outcome=True)
         if st.done:
             return st
         left = None if deadline is None else int(max(0.0, deadline - loop.time()) * 1000)

@@ -451,10 +451,10 @@ cdef class PriorityQueue:
         answer, :func:`encode_messages` of what it leased, to ``out``; returns how many.
         ``lease_ms`` > 0 (the caller checked)."""
         cdef Message m
-        cdef Py_ssize_t taken = 0, total = 0, at, plen
+        cdef Py_ssize_t taken = 0, total = 0, plen
         cdef Py_ssize_t head = PyByteArray_GET_SIZE(out)
         cdef uint8_t *b
-        PyByteArray_Resize(out, head + 4)
+        grow_by(out, 4)
         now = self.advance(now)
         while taken < count:
             m = self._lease_next(taken, total, max_bytes, now, lease_ms)
