@@ -64,7 +64,6 @@ class FloProtocol(asyncio.Protocol):
         self.transport: Any = None
         self.loop: Any = None  # the running loop, looked up once (connection_made)
         self.closed = False
-        self.parked: set = set()  # futures of this connection's parked requests
         self.tasks: set = set()  # coroutines of blocking requests
         self.out = bytearray()
         self.output: Any = None

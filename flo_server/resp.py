@@ -267,7 +267,6 @@ class RespSession:
         self.lib_name = b""
         self.lib_ver = b""
         self.closed = False
-        self.parked: set = set()  # futures of a parked blocking command (flo_server.waiters)
         self.now = 0
         self.lists = lists_of(srv)
         self._core: Any = None  # flo_core.respcore.RespCore: parser + C fast path

@@ -33,6 +33,11 @@ def loop_of(holder: Any) -> asyncio.AbstractEventLoop:
     return loop if loop is not None else asyncio.get_running_loop()
 
 
+def _lapse(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
 class Waiters:
     def __init__(self, limit: int = MAX_WAITERS) -> None:
         self._by_key: dict[Hashable, OrderedDict[int, asyncio.Future]] = {}
@@ -59,18 +64,19 @@ class Waiters:
         for k in keys:
             self._by_key.setdefault(k, OrderedDict())[wid] = fut
         self._count += 1
-        if conn is not None:
-            conn.parked.add(fut)
+        # A timer, not asyncio.wait_for(shield(fut)): that costs three more futures, two callbacks
+        # and a running-loop lookup (a getpid() system call) per park. A wake-up sets True, the
+        # timer False; whichever comes first is the answer. A cancelled task cancels ``fut``, unless
+        # it was woken first (then the wake-up is passed on below).
+        timer = loop.call_later(timeout_s, _lapse, fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-            return True
-        except asyncio.TimeoutError:
-            return fut.done() and not fut.cancelled()
+            return await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None and fut.result():
                 self._pass_on(keys, wid)  # woken, then cancelled: the wake-up is someone else's now
             raise
         finally:
+            timer.cancel()
             self._count -= 1
             for k in keys:
                 d = self._by_key.get(k)
@@ -78,8 +84,6 @@ class Waiters:
                     d.pop(wid, None)
                     if not d:
                         del self._by_key[k]
-            if conn is not None:
-                conn.parked.discard(fut)
 
     def notify(self, key: Hashable, n: int = 1) -> None:
         """Wake up to ``n`` waiters of ``key``, oldest first (n <= 0: all)."""
@@ -89,7 +93,7 @@ class Waiters:
         woken = 0
         for fut in list(d.values()):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
                 woken += 1
                 if 0 < n <= woken:
                     break
@@ -102,7 +106,7 @@ class Waiters:
                 continue
             for wid, fut in d.items():
                 if wid != skip and not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(True)
                     break
 
     def fail_where(self, match: Any, error: Any) -> int:

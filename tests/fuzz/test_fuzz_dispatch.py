@@ -95,7 +95,6 @@ class FakeConn:
     def __init__(self, user) -> None:  # noqa: ANN001
         self.transport = FakeTransport()
         self.closed = False
-        self.parked: set = set()
         self.tasks: set = set()
         self.auth_failures = 0
         self.id = 1

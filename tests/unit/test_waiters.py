@@ -15,7 +15,6 @@ KEY = ("a", "default", "job")
 class Conn:
     def __init__(self) -> None:
         self.closed = False
-        self.parked: set = set()
 
 
 async def test_write_between_check_and_park_is_seen():
