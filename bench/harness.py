@@ -557,6 +557,7 @@ def summarize(records: list[dict], cells: list[Cell]) -> list[dict]:
                 "p99_us": _median([r.get("p99_us") for r in mine]),
                 "server_cpu_pct": _median([r.get("server_cpu_pct") for r in mine]),
                 "loadgen_cpu_pct": _median([r.get("loadgen_cpu_pct") for r in mine]),
+                "load_core_busy_pct": _median([r.get("load_core_busy_pct") for r in mine]),
                 "errors": sum(r.get("errors", 0) for r in mine),
                 "reps": len(mine),
                 "tool": mine[0].get("tool", ""),

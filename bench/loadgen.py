@@ -96,6 +96,32 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def load_core_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks since boot of the one core this process is pinned to, from
+    /proc/stat: the whole load side's cost (this generator and what shares its core, such as
+    an action cell's workers). None when not pinned to one core (the figure would mix in others)."""
+    cores = os.sched_getaffinity(0)
+    if len(cores) != 1:
+        return None
+    want = f"cpu{next(iter(cores))} "
+    try:
+        with open("/proc/stat") as f:
+            line = next((ln for ln in f if ln.startswith(want)), None)
+    except OSError:
+        return None
+    if line is None:
+        return None
+    ticks = [int(x) for x in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+    total = sum(ticks)
+    return total - ticks[3] - ticks[4], total
+
+
+def busy_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+
 # --- request pools ----------------------------------------------------------------
 
 
@@ -319,7 +345,7 @@ async def connect(spec: LoadSpec, factory) -> asyncio.Protocol:  # type: ignore[
 
 
 class _State:
-    __slots__ = ("completed", "errors", "statuses", "error_sample", "lat", "stop", "server_cpu")
+    __slots__ = ("completed", "errors", "statuses", "error_sample", "lat", "stop", "server_cpu", "load_core_busy")
 
     def __init__(self) -> None:
         self.completed = 0
@@ -329,6 +355,7 @@ class _State:
         self.lat: list[int] = []
         self.stop = False
         self.server_cpu = 0.0
+        self.load_core_busy: float | None = None
 
 
 class FloLoad(asyncio.Protocol):
@@ -624,6 +651,7 @@ async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: in
         proto = await connect(spec, lambda fr=fr, rd=rd, off=off, b=budget: cls(st, window, fr, rd, off, b))
         clients.append(proto)  # type: ignore[arg-type]
     cpu0 = proc_cpu_seconds(spec.server_pid)
+    core0 = load_core_ticks()
     t0 = time.perf_counter()  # every connection is open before the clock starts
     for cl in clients:
         cl.start()
@@ -639,6 +667,7 @@ async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: in
             st.error_sample = st.error_sample or "replies still missing 5 s after the time limit"
     elapsed = time.perf_counter() - t0
     st.server_cpu = proc_cpu_seconds(spec.server_pid) - cpu0
+    st.load_core_busy = busy_pct(core0, load_core_ticks())
     for cl in clients:
         cl.transport.close()  # type: ignore[union-attr]
     return st, elapsed, t0
@@ -731,6 +760,8 @@ async def run(spec: LoadSpec) -> dict:
         "prefill_s": round(prefill_s, 3),
         "seeded_records": seeded,
         "server_cpu_pct": round(100 * st.server_cpu / elapsed, 1) if spec.server_pid and elapsed > 0 else None,
+        # The load core's busy share over the timed phase (None unless pinned to one core).
+        "load_core_busy_pct": st.load_core_busy,
         "timed_out": st.stop,
     }
 

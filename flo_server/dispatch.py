@@ -20,6 +20,7 @@ from flo_core import wire
 from flo_core.errors import Refusal, refusal_body, refusal_of
 from flo_core.spec import DEFAULT_NAMESPACE, MAX_KEY, MAX_NAMESPACE, SPEC, TABLE_OPS, Reason, Status
 from flo_server.auth import check_flo
+from flo_server.waiters import Parked
 
 log = logging.getLogger("flo_server.dispatch")
 
@@ -107,6 +108,9 @@ def dispatch(srv: Any, rid: int, op: int, payload: bytes, conn: Any, now: int) -
     if type(out) is bytes:
         return _counted(srv, op, req, conn, (0, out), t0)
     _counted(srv, op, req, conn, None, t0)  # its service time; the answer is counted when it comes
+    if type(out) is Parked:  # parked without a task: it answers the connection itself
+        out.metrics, out.op = srv.metrics, op
+        return out
     return _finish(srv.metrics, op, out)
 
 

@@ -38,6 +38,7 @@ from flo_core import wire
 from flo_core.errors import refusal_body
 from flo_core.spec import MAGIC_BYTES, Ran, Reason, Status
 from flo_server.dispatch import discard, dispatch
+from flo_server.waiters import Parked
 from flo_core.output import Output  # type: ignore[import-not-found]
 
 log = logging.getLogger("flo_server.protocol")
@@ -267,6 +268,9 @@ class FloProtocol(asyncio.Protocol):
         return dispatch(self.srv, rid, op, payload, self, self.reader.now)
 
     def _start(self, rid: int, coro: Any) -> None:
+        if type(coro) is Parked:
+            coro.start(self, rid)
+            return
         # The loop's create_task, not asyncio.ensure_future: that looks the loop up, and the lookup
         # is a getpid() system call per blocking request (CPython 3.11's running-loop check).
         task = (self.loop or asyncio.get_event_loop()).create_task(self._later(rid, coro))
@@ -278,6 +282,10 @@ class FloProtocol(asyncio.Protocol):
             status, data = await coro
         except asyncio.CancelledError:
             return  # the connection went away
+        self.answer(rid, status, data)
+
+    def answer(self, rid: int, status: int, data: bytes) -> None:
+        """Send the answer of a request that waited (a task's, or a :class:`Parked` one's)."""
         if self.closed:
             return
         _append_reply(self.out, rid, status, data)

@@ -33,6 +33,165 @@ def loop_of(holder: Any) -> asyncio.AbstractEventLoop:
     return loop if loop is not None else asyncio.get_running_loop()
 
 
+class Parked:
+    """A blocking request parked with no task, coroutine or future of its own.
+
+    The action round trip's answer path: a run's invoker and its workers park here, so the
+    write that wakes them costs one loop callback each, not a future, a task step and the
+    coroutines around the handler. :meth:`Waiters.notify` wakes it as it wakes a future.
+
+    ``step(final)`` is the request's own retry. On the loop turn after each wake-up (and when
+    the wait is over, with ``final`` True) it returns the answer's bytes, or None to park again
+    for what is left of the wait (never None when ``final``). What it raises is answered as a
+    refusal. A woken request whose connection closed, or whose step raised, passes the wake-up
+    on to the next waiter of its keys.
+
+    The answer goes to the connection given to :meth:`start` (``conn.answer(rid, status,
+    data)``); a caller that is not a connection awaits the object instead:
+    ``status, data = await parked``.
+    """
+
+    __slots__ = ("_waiters", "_keys", "_wid", "_timer", "_step", "_deadline", "_loop", "_state",
+                 "_answer", "_rid", "_fut", "conn", "metrics", "op")
+
+    _PARKED, _WOKEN, _ANSWERED = 0, 1, 2
+
+    def __init__(self, waiters: "Waiters", keys: list, conn: Any, timeout_s: float, step: Any) -> None:
+        self._waiters, self._keys, self._step = waiters, keys, step
+        self.conn, self.metrics, self.op = conn, None, 0  # (dispatch sets metrics and op)
+        self._loop = loop_of(conn)
+        self._deadline = self._loop.time() + timeout_s
+        self._answer: tuple[int, bytes] | None = None
+        self._rid: int | None = None
+        self._fut: asyncio.Future | None = None
+        self._timer: Any = None
+        self._wid = 0
+        self._park(timeout_s)
+
+    # --- what Waiters.notify / fail_where see: a future's face ---------------------------------
+
+    def done(self) -> bool:
+        return self._state != self._PARKED
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, woken: bool) -> None:
+        """A wake-up (True) or the timer (False): the step runs on the next loop turn."""
+        if self._state == self._PARKED:
+            self._unpark()
+            self._state = self._WOKEN
+            self._loop.call_soon(self._run, woken)
+
+    def set_exception(self, exc: BaseException) -> None:
+        """The request must end with this refusal (a slot moved: ask again elsewhere)."""
+        if self._state == self._PARKED:
+            self._unpark()
+            self._end(_refused(exc))
+
+    def cancel(self) -> None:
+        """Its connection went away: leave without an answer."""
+        if self._state == self._PARKED:
+            self._unpark()
+        self._state = self._ANSWERED
+
+    close = cancel  # a deferred request dropped unstarted (flo_server.dispatch.discard)
+
+    # --- the answer ---------------------------------------------------------------------------
+
+    def start(self, conn: Any, rid: int) -> None:
+        """Answer request ``rid`` on ``conn`` (now, if the answer came already)."""
+        self.conn, self._rid = conn, rid
+        if self._answer is not None:
+            self._deliver()
+        elif self._state != self._ANSWERED:
+            conn.tasks.add(self)
+
+    def __await__(self) -> Any:
+        if self._answer is None and self._state != self._ANSWERED:
+            self._fut = self._loop.create_future()
+            yield from self._fut.__await__()
+        return self._answer
+
+    # --- inside ---------------------------------------------------------------------------------
+
+    def _park(self, timeout_s: float) -> None:
+        w = self._waiters
+        w._ids += 1
+        self._wid = wid = w._ids
+        by_key = w._by_key
+        for k in self._keys:
+            d = by_key.get(k)
+            if d is None:
+                d = by_key[k] = OrderedDict()
+            d[wid] = self
+        w._count += 1
+        self._state = self._PARKED
+        self._timer = self._loop.call_later(timeout_s, self.set_result, False)
+
+    def _unpark(self) -> None:
+        self._timer.cancel()
+        w = self._waiters
+        w._count -= 1
+        wid = self._wid
+        for k in self._keys:
+            d = w._by_key.get(k)
+            if d is not None:
+                d.pop(wid, None)
+                if not d:
+                    del w._by_key[k]
+
+    def _run(self, woken: bool) -> None:
+        if self._state != self._WOKEN:
+            return  # cancelled in between
+        conn = self.conn
+        if conn is not None and getattr(conn, "closed", False):
+            self._state = self._ANSWERED
+            if woken:
+                self._pass_on()
+            return
+        remaining = self._deadline - self._loop.time()
+        try:
+            out = self._step(not woken or remaining <= 0)
+            if out is None:
+                if remaining > 0:
+                    self._park(remaining)
+                    return
+                out = self._step(True)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
+            if woken:
+                self._pass_on()  # refused (e.g. a draining worker): the wake-up is not ours to keep
+            self._end(_refused(e))
+            return
+        self._end((0, out))
+
+    def _pass_on(self) -> None:
+        for k in self._keys:
+            self._waiters.notify(k)
+
+    def _end(self, answer: tuple[int, bytes]) -> None:
+        self._state = self._ANSWERED
+        self._answer = answer
+        m = self.metrics
+        if m is not None:
+            m.record(m.slot_of_op(self.op), answer[0], -1)  # a blocking request's wait is not its service time
+        if self._rid is not None:
+            self._deliver()
+        elif self._fut is not None and not self._fut.done():
+            self._fut.set_result(None)
+
+    def _deliver(self) -> None:
+        conn = self.conn
+        conn.tasks.discard(self)
+        conn.answer(self._rid, *self._answer)
+
+
+def _refused(exc: BaseException) -> tuple[int, bytes]:
+    from flo_server.dispatch import refused  # (dispatch imports the handlers, which import this)
+
+    return refused(exc)
+
+
 def _lapse(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_result(False)
@@ -84,6 +243,20 @@ class Waiters:
                     d.pop(wid, None)
                     if not d:
                         del self._by_key[k]
+
+    def park(self, keys: Iterable[Hashable], conn: Any, timeout_s: float, step: Any) -> Parked:
+        """Park a request until one of ``keys`` is notified or ``timeout_s`` passes, without a task:
+        ``step`` makes its answer (:class:`Parked`). The handler returns what this returns.
+
+        Example (a handler):
+            >>> def step(final):                               # doctest: +SKIP
+            ...     run = store.run(ns, run_id)
+            ...     return answer(run) if run.finished or final else None
+            >>> return srv.waiters.park([("ar", ns, run_id)], req.conn, 30.0, step)  # doctest: +SKIP
+        """
+        if self._count >= self._limit:
+            raise Refusal(Reason.TOO_MANY_WAITERS, "too many blocked requests; retry later")
+        return Parked(self, list(keys), conn, timeout_s, step)
 
     def notify(self, key: Hashable, n: int = 1) -> None:
         """Wake up to ``n`` waiters of ``key``, oldest first (n <= 0: all)."""

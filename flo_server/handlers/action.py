@@ -30,7 +30,7 @@ from flo_server import actions as A
 from flo_server.actions import Run, Worker
 from flo_server.dispatch import Request, handler
 from flo_server.journal import applier
-from flo_server.waiters import loop_of
+from flo_server.waiters import Parked, loop_of
 
 __all__ = ["status_answer", "assignment_answer", "assignments_answer", "BATCH_MARK"]
 
@@ -446,7 +446,7 @@ def action_invoke(srv: Any, req: Request) -> Any:
     run = store.run(ns, run_id)
     if run is None or run.finished:
         return head + _result_of(run, run_id)
-    return _wait_result(srv, req, run_id, wait_ms, head)
+    return _park_result(srv, req, run_id, wait_ms, head)
 
 
 def _run_id_field(run_id: str) -> bytes:
@@ -481,7 +481,7 @@ def action_result(srv: Any, req: Request) -> Any:
     run = srv.actions.run(ns, run_id)
     if run is None or run.finished or wait_ms == 0:
         return _result_of(run, run_id)
-    return _wait_result(srv, req, run_id, wait_ms)
+    return _park_result(srv, req, run_id, wait_ms)
 
 
 def _result_of(run: Run | None, run_id: str) -> bytes:
@@ -490,26 +490,20 @@ def _result_of(run: Run | None, run_id: str) -> bytes:
     return _result_answer(run)
 
 
-async def _wait_result(srv: Any, req: Request, run_id: str, wait_ms: int, head: bytes = b"") -> bytes:
-    # Parks on the run's key directly (not Waiters.poll: nothing is taken, so there is no
-    # wake-up to hand on); looks again first, since a write between the handler's check and
-    # this coroutine's start woke nobody.
-    ns, conn, store = req.ns, req.conn, srv.actions
-    keys = (("ar", ns, run_id),)
-    loop = loop_of(conn)
-    deadline = loop.time() + wait_ms / 1000.0
-    while True:
-        run = store.run(ns, run_id)
-        if run is None or run.finished:
-            break
-        remaining = deadline - loop.time()
-        if remaining <= 0 or (conn is not None and conn.closed):
-            break
-        if not await srv.waiters.wait(keys, conn, remaining):
+def _park_result(srv: Any, req: Request, run_id: str, wait_ms: int, head: bytes = b"") -> Parked:
+    """Park until the run has finished (or the wait is over, then answer its current status):
+    ``head`` + ACTION_RESULT's answer. Nothing is taken, so there is no wake-up to hand on."""
+    ns, store = req.ns, srv.actions
+
+    def step(final: bool) -> bytes | None:
+        if final:
             _settle(srv, srv.now())  # the wait ran out: a lapse may be due that no timer fired yet
-    if run is None:
-        raise Refusal(Reason.NOT_FOUND, f"run {run_id!r} is no longer kept")
-    return head + _result_answer(run)
+        run = store.run(ns, run_id)
+        if run is None:
+            raise Refusal(Reason.NOT_FOUND, f"run {run_id!r} is no longer kept")
+        return head + _result_answer(run) if run.finished or final else None
+
+    return srv.waiters.park((("ar", ns, run_id),), req.conn, wait_ms / 1000.0, step)
 
 
 @handler(Op.ACTION_CANCEL)
@@ -643,11 +637,17 @@ def _admit(srv: Any, ns: str, worker_id: str, now: int) -> dict[str, Any]:
     return w.labels
 
 
-async def _await_run(srv: Any, req: Request, ns: str, worker_id: str, names: list[str], block_ms: int, attempt: Any,
-                     kind: str | None = None) -> bytes:
+def _await_run(srv: Any, req: Request, ns: str, worker_id: str, names: list[str], block_ms: int, attempt: Any,
+               kind: str | None = None) -> Parked:
+    """Park an await until a run it may take is ready (or a drain of its worker); empty when the
+    wait is over. ``attempt`` is tried after every wake-up."""
     keys = [("a", ns, name) if kind is None else ("a", ns, name, kind) for name in names] + [("w", ns, worker_id)]
-    out = await srv.waiters.poll(keys, req.conn, block_ms, attempt)
-    return out or b""
+
+    def step(final: bool) -> bytes | None:
+        out = attempt()
+        return b"" if out is None and final else out
+
+    return srv.waiters.park(keys, req.conn, block_ms / 1000.0, step)
 
 
 def _report_target(srv: Any, req: Request, r: Reader) -> tuple[str, str, str]:
