@@ -54,7 +54,7 @@ class Parked:
     __slots__ = ("_waiters", "_keys", "_wid", "_timer", "_step", "_deadline", "_loop", "_state",
                  "_answer", "_rid", "_fut", "conn", "metrics", "op")
 
-    _PARKED, _WOKEN, _ANSWERED = 0, 1, 2
+    _PARKED, _WOKEN, _ANSWERED, _DROPPED_WOKEN = 0, 1, 2, 3
 
     def __init__(self, waiters: "Waiters", keys: list, conn: Any, timeout_s: float, step: Any) -> None:
         self._waiters, self._keys, self._step = waiters, keys, step
@@ -90,10 +90,13 @@ class Parked:
             self._end(_refused(exc))
 
     def cancel(self) -> None:
-        """Its connection went away: leave without an answer."""
+        """Its connection went away: leave without an answer (a wake-up it got and has not
+        used yet is passed on, by the step's turn)."""
         if self._state == self._PARKED:
             self._unpark()
-        self._state = self._ANSWERED
+            self._state = self._ANSWERED
+        elif self._state == self._WOKEN:
+            self._state = self._DROPPED_WOKEN
 
     close = cancel  # a deferred request dropped unstarted (flo_server.dispatch.discard)
 
@@ -143,7 +146,10 @@ class Parked:
 
     def _run(self, woken: bool) -> None:
         if self._state != self._WOKEN:
-            return  # cancelled in between
+            if self._state == self._DROPPED_WOKEN and woken:
+                self._pass_on()  # dropped after its wake-up: the wake-up is someone else's now
+            self._state = self._ANSWERED
+            return
         conn = self.conn
         if conn is not None and getattr(conn, "closed", False):
             self._state = self._ANSWERED
