@@ -17,6 +17,21 @@ from flo_core._pyframe import FrameError
 from flo_core.spec import Reason
 
 from flo_core.wirefmt cimport grow_by, HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
+from flo_core.wirefmt cimport crc32 as _crc32
+
+
+def crc32(data, unsigned long value=0):
+    """``zlib.crc32(data, value)``, the same number, folded with PCLMULQDQ (flo_core/fastcrc.h):
+    several times faster on big buffers (a snapshot's frames)."""
+    cdef Py_buffer view
+    cdef unsigned long c
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        with nogil:
+            c = _crc32(value, <const unsigned char *>view.buf, <size_t>view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return c
 
 
 cdef _bad(list out, reason, message):

@@ -18,6 +18,7 @@ if not os.environ.get("FLO_PUREPYTHON"):
         from .frame import (  # type: ignore[import-not-found]
             FrameReader,
             append_reply,
+            crc32,
             encode_reply,
             encode_request,
             parse_options,
@@ -32,6 +33,7 @@ if not COMPILED:
     from ._pyframe import (  # noqa: F401
         FrameReader,
         append_reply,
+        crc32,
         encode_reply,
         encode_request,
         parse_options,

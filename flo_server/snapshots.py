@@ -37,12 +37,12 @@ from __future__ import annotations
 import itertools
 import os
 import struct
-import zlib
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import msgpack
 
 from flo_core.kv import KVStore
+from flo_core.wire import crc32  # zlib's CRC-32, folded with PCLMULQDQ when compiled
 from flo_core.pqueue import Queues
 from flo_core.stream import Stream, Streams
 
@@ -83,7 +83,7 @@ class _FrameWriter:
         length = len(prefix) + len(payload)
         if length > MAX_FRAME:
             raise ValueError(f"a snapshot frame of {length} bytes exceeds the limit of {MAX_FRAME}")
-        self.f.write(_FRAME.pack(length, zlib.crc32(payload, zlib.crc32(prefix))))
+        self.f.write(_FRAME.pack(length, crc32(payload, crc32(prefix))))
         self.f.write(prefix)
         self.f.write(payload)
         self.frames += 1
@@ -185,7 +185,7 @@ def write_stores(f: BinaryIO, lsn: int, stores: dict[str, Any],
 
 def write_v1(f: BinaryIO, lsn: int, body: bytes) -> None:
     """The first format: one body (msgpack ``{"lsn", "stores"}``) under one CRC."""
-    f.write(_HEAD_V1.pack(SNAP_MAGIC_V1, lsn, len(body), zlib.crc32(body)))
+    f.write(_HEAD_V1.pack(SNAP_MAGIC_V1, lsn, len(body), crc32(body)))
     f.write(body)
 
 
@@ -202,7 +202,7 @@ def read_v1(data: bytes) -> tuple[int, dict]:
         raise ValueError("bad magic")
     if len(body) != length:
         raise ValueError(f"body is {len(body)} bytes, header says {length}")
-    if zlib.crc32(body) != crc:
+    if crc32(body) != crc:
         raise ValueError("CRC mismatch")
     try:
         doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
@@ -225,7 +225,7 @@ def _frames(f: BinaryIO, where: str, check: bool) -> Iterator[tuple[int, bytes]]
         payload = f.read(length)
         if len(payload) < length:
             raise ValueError(f"{where}: torn: the frame at offset {at} has {len(payload)} of its {length} bytes")
-        if check and zlib.crc32(payload) != crc:
+        if check and crc32(payload) != crc:
             raise ValueError(f"{where}: CRC mismatch in the frame at offset {at}")
         yield at, payload
         at += _FRAME.size + length

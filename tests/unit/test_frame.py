@@ -513,3 +513,12 @@ def test_constants_match_spec() -> None:
 
 def test_doctests() -> None:
     assert doctest.testmod(pyframe).failed == 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 63, 64, 65, 1000, 4096, (1 << 20) + 7])
+def test_crc32_is_zlibs(n: int) -> None:
+    # the snapshot writer and reader checksum with wire.crc32: files stay readable by zlib.crc32
+    data = random.Random(n).randbytes(n)
+    assert wire.crc32(data) == zlib.crc32(data)
+    assert wire.crc32(memoryview(data), 0x1234) == zlib.crc32(data, 0x1234)
+    assert wire.crc32(bytearray(data)) == zlib.crc32(data)
