@@ -65,7 +65,7 @@ class FloProtocol(asyncio.Protocol):
         self.transport: Any = None
         self.loop: Any = None  # the running loop, looked up once (connection_made)
         self.closed = False
-        self.tasks: set = set()  # coroutines of blocking requests
+        self.tasks: set = set()  # blocking requests: their tasks, and Parked ones (cancelled on close)
         self.out = bytearray()
         self.output: Any = None
         self.reader: Any = None

@@ -1,9 +1,11 @@
 """Parked blocking requests (long polls), woken by writes in arrival order.
 
 A waiter is a future keyed by what it waits on (``("q", ns, name)``,
-``("kv", ns, key)``, ...). A write calls :meth:`Waiters.notify`; the woken
-coroutine then retries its own op, so nothing is ever handed to a waiter whose
-connection closed: it checks ``conn.closed`` before it takes anything.
+``("kv", ns, key)``, ...), or a :class:`Parked` request, which needs no task of
+its own (the action round trip's invokes, result waits and worker awaits). A
+write calls :meth:`Waiters.notify`; the woken coroutine (or step) then retries
+its own op, so nothing is ever handed to a waiter whose connection closed: it
+checks ``conn.closed`` before it takes anything.
 
 A wake-up is never lost: a handler checks synchronously, but its parking
 coroutine only starts on a later loop turn, and a notify in between finds no
