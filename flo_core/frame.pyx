@@ -3,7 +3,7 @@
 """Compiled Flo wire v2 codec; same names and behaviour as ``flo_core._pyframe``.
 
 Why Cython here: the reader is touched once per byte and the encoder once per
-answer, so header checks, CRC-32 (zlib's C function) and reassembly run in C
+answer, so header checks, CRC-32 (zlib's, folded with PCLMULQDQ: flo_core/fastcrc.h) and reassembly run in C
 on (pointer, length) views with one bounds check each.
 """
 

@@ -121,30 +121,13 @@ class Parked:
     # --- inside ---------------------------------------------------------------------------------
 
     def _park(self, timeout_s: float) -> None:
-        w = self._waiters
-        w._ids += 1
-        self._wid = wid = w._ids
-        by_key = w._by_key
-        for k in self._keys:
-            d = by_key.get(k)
-            if d is None:
-                d = by_key[k] = OrderedDict()
-            d[wid] = self
-        w._count += 1
+        self._wid = self._waiters._add(self._keys, self)
         self._state = self._PARKED
         self._timer = self._loop.call_later(timeout_s, self.set_result, False)
 
     def _unpark(self) -> None:
         self._timer.cancel()
-        w = self._waiters
-        w._count -= 1
-        wid = self._wid
-        for k in self._keys:
-            d = w._by_key.get(k)
-            if d is not None:
-                d.pop(wid, None)
-                if not d:
-                    del w._by_key[k]
+        self._waiters._remove(self._keys, self._wid)
 
     def _run(self, woken: bool) -> None:
         if self._state != self._WOKEN:
@@ -174,8 +157,7 @@ class Parked:
         self._end((0, out))
 
     def _pass_on(self) -> None:
-        for k in self._keys:
-            self._waiters.notify(k)
+        self._waiters._pass_on(self._keys, self._wid)
 
     def _end(self, answer: tuple[int, bytes]) -> None:
         self._state = self._ANSWERED
@@ -225,12 +207,8 @@ class Waiters:
             raise Refusal(Reason.TOO_MANY_WAITERS, "too many blocked requests; retry later")
         loop = loop_of(conn)
         fut = loop.create_future()
-        self._ids += 1
-        wid = self._ids
         keys = list(keys)
-        for k in keys:
-            self._by_key.setdefault(k, OrderedDict())[wid] = fut
-        self._count += 1
+        wid = self._add(keys, fut)
         # A timer, not asyncio.wait_for(shield(fut)): that costs three more futures, two callbacks
         # and a running-loop lookup (a getpid() system call) per park. A wake-up sets True, the
         # timer False; whichever comes first is the answer. A cancelled task cancels ``fut``, unless
@@ -244,13 +222,30 @@ class Waiters:
             raise
         finally:
             timer.cancel()
-            self._count -= 1
-            for k in keys:
-                d = self._by_key.get(k)
-                if d is not None:
-                    d.pop(wid, None)
-                    if not d:
-                        del self._by_key[k]
+            self._remove(keys, wid)
+
+    def _add(self, keys: list, waiter: Any) -> int:
+        """File ``waiter`` (a future or a :class:`Parked`) under each of ``keys``; its id."""
+        self._ids += 1
+        wid = self._ids
+        by_key = self._by_key
+        for k in keys:
+            d = by_key.get(k)
+            if d is None:
+                d = by_key[k] = OrderedDict()
+            d[wid] = waiter
+        self._count += 1
+        return wid
+
+    def _remove(self, keys: list, wid: int) -> None:
+        self._count -= 1
+        by_key = self._by_key
+        for k in keys:
+            d = by_key.get(k)
+            if d is not None:
+                d.pop(wid, None)
+                if not d:
+                    del by_key[k]
 
     def park(self, keys: Iterable[Hashable], conn: Any, timeout_s: float, step: Any) -> Parked:
         """Park a request until one of ``keys`` is notified or ``timeout_s`` passes, without a task:
