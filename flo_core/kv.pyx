@@ -27,6 +27,7 @@ from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
 from flo_core.wirefmt cimport key_slot
+from flo_core.mpack cimport _mp_array, _mp_bin, _mp_int, _mp_int_size, _mp_uint
 import heapq
 
 
@@ -209,6 +210,158 @@ cdef class Namespace:
 
     def __repr__(self):
         return f"Namespace({self.name!r}, {self.t.used} keys)"
+
+
+@cython.final
+cdef class _InKeyOrder:
+    """A namespace's live entries in key order: the sorted index beside a sorted copy of the fresh
+    pointers - one allocation, no write to the table (a forked snapshot child walks this and must
+    not dirty its pages). A change to the namespace meanwhile raises RuntimeError."""
+
+    cdef Namespace _sp
+    cdef uint64_t _gen
+    cdef size_t _i, _j, _nf
+    cdef kv_ent **_fresh
+
+    def __cinit__(self, Namespace sp):
+        cdef kv_table *t = &sp.t
+        self._sp = sp
+        self._gen = t.gen
+        self._nf = t.n_fresh
+        if self._nf:
+            self._fresh = <kv_ent **>malloc(self._nf * sizeof(kv_ent *))
+            if self._fresh == NULL:
+                raise MemoryError()
+            memcpy(self._fresh, t.fresh, self._nf * sizeof(kv_ent *))
+            qsort(self._fresh, self._nf, sizeof(kv_ent *), kv_ent_cmp)
+
+    def __dealloc__(self):
+        free(self._fresh)
+
+    cdef kv_ent *next(self) except? NULL:
+        """The next entry, or NULL after the last."""
+        cdef kv_table *t = &self._sp.t
+        cdef kv_ent *e
+        if t.gen != self._gen:
+            raise RuntimeError("namespace changed during iteration")
+        while self._i < t.n_sorted and t.sorted[self._i] == NULL:
+            self._i += 1
+        if self._i < t.n_sorted and (self._j >= self._nf or kv_key_cmp(
+                kv_key(t.sorted[self._i]), t.sorted[self._i].klen,
+                kv_key(self._fresh[self._j]), self._fresh[self._j].klen) < 0):
+            e = t.sorted[self._i]
+            self._i += 1
+            return e
+        if self._j < self._nf:
+            e = self._fresh[self._j]
+            self._j += 1
+            return e
+        return NULL
+
+
+cdef inline Py_ssize_t _bin_size(size_t n) noexcept:
+    return (2 if n < 256 else 3 if n < 65536 else 5) + <Py_ssize_t>n
+
+
+cdef inline Py_ssize_t _uint_size(uint64_t v) noexcept:
+    return 1 if v < 128 else 2 if v < 0x100 else 3 if v < 0x10000 else 5 if v < 0x100000000ULL else 9
+
+
+cdef inline Py_ssize_t _array_size(size_t n) noexcept:
+    return 1 if n < 16 else 3 if n < 65536 else 5
+
+
+@cython.final
+cdef class _RowPacker:
+    """:meth:`KVStore.packed_rows`: a namespace's :meth:`KVStore.dump` rows packed by C, batch by batch."""
+
+    cdef _InKeyOrder _order
+    cdef int _depth
+    cdef Py_ssize_t _max_rows
+    cdef kv_ent **_held  # one row's history, newest first (history_depth pointers)
+    cdef kv_ent **_rows  # the current batch's entries (max_rows pointers)
+    cdef kv_ent *_next   # the entry the last batch had no room for
+
+    def __cinit__(self, Namespace sp, int depth, Py_ssize_t max_rows):
+        self._order = _InKeyOrder(sp)
+        self._depth = depth if depth > 0 else 0
+        self._max_rows = max_rows if max_rows > 0 else 1
+        self._held = <kv_ent **>malloc((self._depth + 1) * sizeof(kv_ent *))
+        self._rows = <kv_ent **>malloc(self._max_rows * sizeof(kv_ent *))
+        if self._held == NULL or self._rows == NULL:
+            raise MemoryError()
+        self._next = NULL
+
+    def __dealloc__(self):
+        free(self._held)
+        free(self._rows)
+
+    cdef Py_ssize_t _history(self, kv_ent *e) noexcept:
+        # what _held() shows: up to depth versions below e, into _held newest first
+        cdef Py_ssize_t n = 0
+        cdef kv_ent *h = e.prev
+        while h != NULL and n < self._depth:
+            self._held[n] = h
+            n += 1
+            h = h.prev
+        return n
+
+    cdef Py_ssize_t _row_size(self, kv_ent *e) noexcept:
+        cdef Py_ssize_t i, n = self._history(e)
+        cdef Py_ssize_t size = (1 + _bin_size(e.klen) + _bin_size(e.vlen) + _uint_size(e.version)
+                                + _mp_int_size(e.expires_at) + _mp_int_size(e.written_at) + _array_size(n))
+        for i in range(n):
+            size += (1 + _uint_size(self._held[i].version) + _mp_int_size(self._held[i].written_at)
+                     + _bin_size(self._held[i].vlen))
+        return size
+
+    cdef Py_ssize_t _pack_row(self, uint8_t *b, kv_ent *e) noexcept:
+        cdef Py_ssize_t i, n = self._history(e)
+        cdef Py_ssize_t at = 1
+        cdef kv_ent *h
+        b[0] = 0x96  # [key, value, version, expires_at, written_at, history]
+        at += _mp_bin(b + at, <const uint8_t *>kv_key(e), e.klen)
+        at += _mp_bin(b + at, <const uint8_t *>kv_val(e), e.vlen)
+        at += _mp_uint(b + at, e.version)
+        at += _mp_int(b + at, e.expires_at)
+        at += _mp_int(b + at, e.written_at)
+        at += _mp_array(b + at, n)
+        for i in range(n - 1, -1, -1):  # oldest first
+            h = self._held[i]
+            b[at] = 0x93  # (version, written_at, value)
+            at += 1
+            at += _mp_uint(b + at, h.version)
+            at += _mp_int(b + at, h.written_at)
+            at += _mp_bin(b + at, <const uint8_t *>kv_val(h), h.vlen)
+        return at
+
+    cdef tuple batch(self, Py_ssize_t target):
+        """``(rows, packed)``: the next rows, at least one and then while they stay under ``target``
+        bytes and max_rows; ``(0, b"")`` after the last."""
+        cdef kv_ent *e = self._next if self._next != NULL else self._order.next()
+        cdef Py_ssize_t n = 0, size = 0, row, at = 0
+        cdef bytes out
+        cdef uint8_t *b
+        # pass 1: which rows, and their size (the entries' headers only, no value bytes read)
+        while e != NULL and n < self._max_rows:
+            row = self._row_size(e)
+            if n and size + row > target:
+                break
+            size += row
+            self._rows[n] = e
+            n += 1
+            e = self._order.next()
+        self._next = e
+        if n == 0:
+            return 0, b""
+        # pass 2: the rows, each value copied once, straight from the store
+        out = PyBytes_FromStringAndSize(NULL, size)
+        b = <uint8_t *>PyBytes_AS_STRING(out)
+        for row in range(n):
+            at += self._pack_row(b + at, self._rows[row])
+        if at != size:
+            raise AssertionError(f"packed {at} bytes of {size}")
+        return n, out
 
 
 @cython.final
@@ -658,6 +811,32 @@ cdef class KVStore:
             if e != NULL:
                 out.append(self._row(k, e))
         return out
+
+    def packed_rows(self, str ns, Py_ssize_t target=1 << 20, Py_ssize_t max_rows=8192):
+        """``(count, bytes)`` batches of ``ns``'s :meth:`dump` rows, each row packed as msgpack
+        (``use_bin_type``) would pack it, in key order, concatenated: a batch holds at least one row,
+        then as many as stay under ``target`` bytes and ``max_rows``. Values are copied once, from
+        the store into the batch, with no Python object per row (the snapshot writer's path).
+        The namespace must not change while this is iterated (RuntimeError if it does).
+
+        Example:
+            >>> import msgpack
+            >>> kv = KVStore()
+            >>> _ = kv.set("default", b"k", b"v", 3, 0, 1000)
+            >>> [(n, msgpack.unpackb(b)) for n, b in kv.packed_rows("default")]
+            [(1, [b'k', b'v', 3, 0, 1000, []])]
+        """
+        cdef Namespace sp = self.spaces.get(ns)
+        cdef _RowPacker packer
+        cdef Py_ssize_t n
+        if sp is None:
+            return
+        packer = _RowPacker(sp, self.history_depth, max_rows)
+        while True:
+            n, body = packer.batch(target)
+            if n == 0:
+                return
+            yield n, body
 
     def import_rows(self, str ns, rows):
         """Add :meth:`dump` rows to ``ns``, each replacing what the key held (a slot moved here)."""
