@@ -1,10 +1,14 @@
 """Build the Cython extensions of flo_core: every ``flo_core/*.pyx`` is one extension.
 
+An in-place build (``build_ext --inplace``, what ``make`` runs) also builds the benchmark's C load
+engine (``bench/*.pyx``): the bench runs from the repository and is not part of the package.
+
 ``FLO_DEBUG=1`` builds with line tracing and assertions (bench refuses such a build).
 """
 
 import glob
 import os
+import sys
 
 from setuptools import Extension, setup
 
@@ -15,8 +19,11 @@ def extensions():
     from Cython.Build import cythonize
 
     exts = []
-    for path in sorted(glob.glob("flo_core/*.pyx")):
-        name = "flo_core." + os.path.splitext(os.path.basename(path))[0]
+    paths = sorted(glob.glob("flo_core/*.pyx"))
+    if "--inplace" in sys.argv or "-i" in sys.argv:
+        paths += sorted(glob.glob("bench/*.pyx"))
+    for path in paths:
+        name = os.path.splitext(path)[0].replace("/", ".")
         exts.append(
             Extension(
                 name,

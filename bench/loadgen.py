@@ -46,6 +46,11 @@ from flo_core.wire import FrameError, FrameReader, encode_request
 
 from .workloads import WORKLOADS, Workload, in_namespace, resp_command, stream_append_batch
 
+try:
+    from . import fastload  # the queue cycle in C (bench/fastload.pyx), built in place by `make`
+except ImportError:  # not built: every chained workload runs in Python
+    fastload = None  # type: ignore[assignment]
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -79,6 +84,9 @@ class LoadSpec:
     tls_ca: str = ""
     #: The requests' namespace instead of ``default`` (single-request workloads).
     namespace: str = ""
+    #: Chained workloads: ``auto`` runs a cycle in C (bench/fastload.pyx) where the workload has an
+    #: engine and it is built, ``python`` always in Python (ChainLoad).
+    engine: str = "auto"
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -534,7 +542,10 @@ class ChainLoad(asyncio.Protocol):
         if req is None:
             return "done"
         self.rid += 1
-        out.append(resp_command(req) if self.resp else encode_request(self.rid, req[0], req[1]))  # type: ignore[arg-type]
+        if not self.resp:
+            out.append(encode_request(self.rid, req[0], req[1]))  # type: ignore[index]
+        else:
+            out.append(req if isinstance(req, bytes) else resp_command(req))  # type: ignore[arg-type]
         self.inflight.append((t0, self.rid if not self.resp else 0, step))
         return "sent"
 
@@ -608,6 +619,73 @@ class ChainLoad(asyncio.Protocol):
     connection_lost = FloLoad.connection_lost
 
 
+class FastChainLoad(asyncio.Protocol):
+    """A chained workload whose cycle runs in C (bench/fastload.pyx's FloCycle / RespCycle): this
+    protocol only moves bytes between the socket and the engine, and its counts into the state.
+    Each reply is checked as ChainLoad checks it."""
+
+    def __init__(self, st: _State, window: int, w: Workload, key: bytes, value: bytes, budget: int,
+                 proto: str) -> None:
+        self.st = st
+        fixed = w.chain.resp_fixed if proto == "resp" else w.chain.flo_fixed  # type: ignore[union-attr]
+        engine = fastload.RespCycle if proto == "resp" else fastload.FloCycle
+        self.eng = engine(window, budget, st.lat, *fixed(key, value))  # type: ignore[misc]
+        self.cycles = self.eng.cycles
+        self.cycles.describe = _describe_refusal
+        self.transport: asyncio.Transport | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    @staticmethod
+    def usable(w: Workload, proto: str) -> bool:
+        return fastload is not None and w.chain is not None and (
+            w.chain.resp_fixed if proto == "resp" else w.chain.flo_fixed) is not None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def start(self) -> None:
+        self._flush(self.eng.start())
+
+    def data_received(self, data: bytes) -> None:
+        self.cycles.stop = self.st.stop
+        try:
+            out = self.eng.feed_replies(data)
+        except FrameError as e:
+            self._error(f"bad reply frame: {e.message}")
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self._count()
+        self._flush(out)
+
+    def _count(self) -> None:
+        c, st = self.cycles, self.st
+        if c.completed:
+            st.completed += c.completed
+            c.completed = 0
+        if c.errors:
+            st.errors += c.errors
+            c.errors = 0
+            st.error_sample = st.error_sample or c.error_sample
+        if c.statuses:
+            st.statuses.update(c.statuses)
+            c.statuses.clear()
+
+    def _flush(self, out: bytes) -> None:
+        if out:
+            self.transport.write(out)  # type: ignore[union-attr]
+        elif not self.cycles.inflight:
+            self._finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._count()
+        if self.cycles.inflight:
+            self._error(f"connection lost with {self.cycles.inflight} requests in flight")
+        self._finish()
+
+    _error = FloLoad._error
+    _finish = FloLoad._finish
+
+
 def _describe_refusal(status: int, body: bytes) -> str:
     try:
         name = Status(status).name
@@ -637,8 +715,9 @@ async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: in
         budget = per + (1 if c < total % conns else 0)
         if w.chain is not None and not exact:
             key = spec.key.encode() if spec.key else (w.fixed_key or w.key_prefix + b"%d" % c)
-            proto = await connect(spec, lambda b=budget, key=key: ChainLoad(st, window, w, key,
-                                                                            b"v" * spec.value_size, b, spec.proto))
+            chain = FastChainLoad if spec.engine == "auto" and FastChainLoad.usable(w, spec.proto) else ChainLoad
+            proto = await connect(spec, lambda b=budget, key=key, chain=chain: chain(st, window, w, key,
+                                                                                      b"v" * spec.value_size, b, spec.proto))
             clients.append(proto)  # type: ignore[arg-type]
             continue
         if exact:
@@ -763,6 +842,9 @@ async def run(spec: LoadSpec) -> dict:
         # The load core's busy share over the timed phase (None unless pinned to one core).
         "load_core_busy_pct": st.load_core_busy,
         "timed_out": st.stop,
+        # chained workloads: the cycle ran in C (bench/fastload.pyx) or in Python
+        "engine": None if w.chain is None else (
+            "c" if spec.engine == "auto" and FastChainLoad.usable(w, spec.proto) else "python"),
     }
 
 
@@ -801,6 +883,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--password", default="", help="its password")
     ap.add_argument("--tls-ca", default="", help="connect with TLS, verifying the server against this CA (PEM)")
     ap.add_argument("--namespace", default="", help="the requests' namespace (single-request workloads)")
+    ap.add_argument("--engine", choices=["auto", "python"], default="auto",
+                    help="chained workloads: run the cycle in C where there is an engine (auto), or in Python")
     a = ap.parse_args(argv)
     if a.host not in LOOPBACK:
         ap.error("loopback only: the load generator never targets another machine")
@@ -822,7 +906,7 @@ def main(argv: list[str] | None = None) -> None:
                     total=a.total, max_seconds=a.max_seconds, value_size=a.value_size, keyspace=a.keyspace,
                     pool=a.pool, sequential=a.sequential, key_width=a.key_width,
                     server_pid=a.server_pid, key=a.key, seed_max=a.seed_max, user=a.user, password=a.password,
-                    tls_ca=a.tls_ca, namespace=a.namespace)
+                    tls_ca=a.tls_ca, namespace=a.namespace, engine=a.engine)
     print(json.dumps(run_sync(spec)), flush=True)
 
 

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,7 +35,8 @@ FloBuilder = Callable[[bytes, bytes], tuple[int, bytes]]
 RespBuilder = Callable[[bytes, bytes], list[bytes]]
 #: A chained workload's next request: ``(step, key, value, previous reply) -> request``, or None when the cycle is done.
 FloStep = Callable[[int, bytes, bytes, bytes], "tuple[int, bytes] | None"]
-RespStep = Callable[[int, bytes, bytes, bytes], "list[bytes] | None"]
+#: (A RESP step may return the command already encoded, as bytes.)
+RespStep = Callable[[int, bytes, bytes, bytes], "list[bytes] | bytes | None"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class Chain:
 
     flo: FloStep
     resp: RespStep
+    #: The cycle's requests for bench/fastload.pyx's engines, ``(key, value) -> args`` (FloCycle /
+    #: RespCycle): the load generator runs the cycle in C when these are set and the engine is built.
+    flo_fixed: Callable[[bytes, bytes], tuple] | None = None
+    resp_fixed: Callable[[bytes, bytes], tuple] | None = None
 
 
 #: A request built from a stream record id: ``(stream key, id) -> request``. Flo ids are ``(ts, seq)``, Redis ids ``b"ts-seq"``.
@@ -240,29 +246,53 @@ register(
 )
 
 
+@functools.lru_cache(maxsize=256)
+def flo_queue_cycle(key: bytes, value: bytes) -> tuple[tuple[int, bytes], tuple[int, bytes], tuple[int, bytes]]:
+    """A cycle's fixed requests for ``key`` as ``(op, payload)``: enqueue, dequeue one, and the ack's
+    head (the ack adds the seq), built once: the load generator spends its CPU on the sockets, not
+    on encoding the same bytes again (bench/fastload.pyx's FloCycle takes them too)."""
+    dequeue = _head(key).bytes32(b"").options({Tag.COUNT: (1).to_bytes(4, "little")}).getvalue()
+    return queue_enqueue(key, value), (Op.QUEUE_DEQUEUE, dequeue), (Op.QUEUE_COMPLETE, _head(key).getvalue())
+
+
+_ACK_ONE = (12).to_bytes(4, "little") + (1).to_bytes(4, "little")  # bytes32 of [count u32 = 1][seq u64]
+_NO_OPTIONS = b"\x00\x00"
+
+
 def _queue_step(step: int, key: bytes, value: bytes, prev: bytes) -> tuple[int, bytes] | None:
+    enqueue, dequeue, (ack, head) = flo_queue_cycle(key, value)
     if step == 0:
-        return queue_enqueue(key, value)
+        return enqueue
     if step == 1:
-        return Op.QUEUE_DEQUEUE, _head(key).bytes32(b"").options({Tag.COUNT: (1).to_bytes(4, "little")}).getvalue()
+        return dequeue
     if step == 2:
         # dequeue answer: [count u32] then [seq u64][payload bytes32]...; ack that seq
         if len(prev) < 12 or int.from_bytes(prev[:4], "little") == 0:
             raise LookupError("dequeue returned no message")
-        return Op.QUEUE_COMPLETE, _head(key).bytes32(b"\x01\x00\x00\x00" + prev[4:12]).options({}).getvalue()
+        return ack, head + _ACK_ONE + prev[4:12] + _NO_OPTIONS
     return None
 
 
-def _redis_queue_step(step: int, key: bytes, value: bytes, prev: bytes) -> list[bytes] | None:
+@functools.lru_cache(maxsize=256)
+def redis_queue_cycle(key: bytes, value: bytes) -> tuple[bytes, bytes, bytes]:
+    """The Redis cycle's commands for ``key``, encoded: LPUSH, RPOPLPUSH, and LREM's head."""
+    # LREM's head: the command without its last argument (the value the move returned)
+    lrem = b"*4\r\n" + resp_command([b"LREM", key + b":processing", b"1"])[len(b"*3\r\n"):]
+    return resp_command([b"LPUSH", key, value]), resp_command([b"RPOPLPUSH", key, key + b":processing"]), lrem
+
+
+def _redis_queue_step(step: int, key: bytes, value: bytes, prev: bytes) -> bytes | None:
     # Redis's reliable-queue pattern: push, move to a processing list, remove it from there (the ack).
+    # Encoded RESP (built once per key, as the Flo requests are).
+    push, move, lrem = redis_queue_cycle(key, value)
     if step == 0:
-        return [b"LPUSH", key, value]
+        return push
     if step == 1:
-        return [b"RPOPLPUSH", key, key + b":processing"]
+        return move
     if step == 2:
         if not prev:
             raise LookupError("RPOPLPUSH returned nil")
-        return [b"LREM", key + b":processing", b"1", prev]
+        return lrem + b"$%d\r\n%s\r\n" % (len(prev), prev)
     return None
 
 
@@ -272,7 +302,7 @@ register(
         "enqueue -> dequeue (lease) -> ack, one cycle per op (Redis LPUSH -> RPOPLPUSH -> LREM)",
         flo=queue_enqueue,
         fixed_key=b"queue:cycle",
-        chain=Chain(_queue_step, _redis_queue_step),
+        chain=Chain(_queue_step, _redis_queue_step, flo_queue_cycle, redis_queue_cycle),
         cost=3,
         tags=("queue",),
     )

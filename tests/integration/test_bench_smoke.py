@@ -133,3 +133,64 @@ def test_loopback_only() -> None:
     proc = subprocess.run([sys.executable, "-m", "bench.loadgen", "--host", "10.0.0.1", "--port", "1", "-n", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "loopback only" in proc.stderr
+
+
+def test_queue_cycle_requests_are_what_the_generic_builders_make() -> None:
+    # The cycle's requests are built once per key (and handed to the C engine); they must be the
+    # bytes the general builders make, or the two engines would load the servers differently.
+    from bench.workloads import (Op, Tag, _head, _queue_step, _redis_queue_step, queue_enqueue, resp_command)
+
+    k, v = b"queue:cycle", b"x" * 100
+    assert _queue_step(0, k, v, b"") == queue_enqueue(k, v)
+    count1 = {Tag.COUNT: (1).to_bytes(4, "little")}
+    assert _queue_step(1, k, v, b"") == (Op.QUEUE_DEQUEUE, _head(k).bytes32(b"").options(count1).getvalue())
+    prev = (1).to_bytes(4, "little") + (77).to_bytes(8, "little") + b"rest"
+    ack = _head(k).bytes32(b"\x01\x00\x00\x00" + prev[4:12]).options({}).getvalue()
+    assert _queue_step(2, k, v, prev) == (Op.QUEUE_COMPLETE, ack)
+    with pytest.raises(LookupError):
+        _queue_step(2, k, v, bytes(4))
+    assert _redis_queue_step(0, k, v, b"") == resp_command([b"LPUSH", k, v])
+    assert _redis_queue_step(1, k, v, b"") == resp_command([b"RPOPLPUSH", k, k + b":processing"])
+    assert _redis_queue_step(2, k, v, b"abc") == resp_command([b"LREM", k + b":processing", b"1", b"abc"])
+
+
+def _loadgen(port: int, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench.loadgen", "--port", str(port), *args, "--max-seconds", "20"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.timeout(120)
+def test_the_queue_cycle_runs_in_c_and_in_python_against_flo_and_redis(tmp_path: Path) -> None:
+    import shutil
+
+    from bench import loadgen
+    from bench.servers import Fleet
+
+    assert loadgen.fastload is not None, "bench/fastload.pyx is not built (make builds it in place)"
+    with Fleet(tmp_path) as fleet:
+        servers = [("flo", fleet.start_flo())]
+        if shutil.which("redis-server"):
+            servers.append(("resp", fleet.start_redis()))
+        for proto, sp in servers:
+            for engine in ("auto", "python"):
+                res = _loadgen(sp.port, "--proto", proto, "-w", "queue.cycle", "-c", "3", "-k", "4", "-n", "900",
+                               "--engine", engine)
+                assert res["engine"] == ("c" if engine == "auto" else "python"), res
+                assert res["completed"] == 900 and res["errors"] == 0, res
+                assert res["p50_us"] > 0, res
+        # The queue is left empty: every cycle acked the message it took.
+        if servers[0][0] == "flo":
+            res = _loadgen(servers[0][1].port, "-w", "queue.cycle", "-c", "1", "-k", "1", "-n", "1")
+            assert res["completed"] == 1 and res["errors"] == 0, res
+        # A server that refuses queue ops (the ceiling serves KV only): each failed cycle is counted
+        # as an error, by status, and described the same way by both engines.
+        ceiling = fleet.start_ceiling(max_seconds=60)
+        samples = set()
+        for engine in ("auto", "python"):
+            res = _loadgen(ceiling.port, "-w", "queue.cycle", "-c", "2", "-k", "2", "-n", "50", "--engine", engine)
+            assert res["completed"] == 0 and res["errors"] == 50 and sum(res["error_statuses"].values()) == 50, res
+            assert res["error_sample"].startswith("step 0: status "), res
+            samples.add(res["error_sample"])
+        assert len(samples) == 1, samples
