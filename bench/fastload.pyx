@@ -1,22 +1,25 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The queue cycle's client side in C: the load generator's engine for ``queue.cycle``.
+"""The load generator's client side in C (bench/loadgen.py runs each connection through one engine).
 
-A cycle is three dependent requests (Flo: QUEUE_ENQUEUE -> QUEUE_DEQUEUE of one -> QUEUE_COMPLETE of
-the seq it returned; Redis: LPUSH -> RPOPLPUSH -> LREM of the value it returned), so each reply must
-be read before the next request can be built. In Python that costs the load generator more CPU per
-cycle than it costs either server, and the generator, not the server, was the limit of the cell.
-Here each reply is read and the cycle's next request written in C, into one output buffer per
-connection; the Python protocol of bench/loadgen.py (``FastChainLoad``) only moves bytes between
-the socket and this engine.
+The load generator must never be the limit of a cell. In Python, reading a reply and writing the
+next request cost it more CPU than the reply cost the server on the cells with one request in
+flight per connection and on the queue cycle, so those cells measured the generator. Here each
+reply is read, checked and answered by the next request in C, into one output buffer per
+connection; the Python protocol (``loadgen.FastLoad``) only moves bytes between the socket and
+an engine:
 
-Every reply is still checked: a Flo reply's request id and status, a Redis error or nil, an
-unexpected reply type. A failed cycle is counted as an error and another cycle takes its place.
+- ``FloPool`` / ``RespPool``: single requests sent from a pool of pre-encoded frames, K in flight,
+  replies matched in order (Flo: every reply's request id and status checked; RESP: errors counted,
+  nested arrays skipped whole).
+- ``FloCycle`` / ``RespCycle``: the queue cycle, three dependent requests (Flo QUEUE_ENQUEUE ->
+  QUEUE_DEQUEUE of one -> QUEUE_COMPLETE of the seq it returned; Redis LPUSH -> RPOPLPUSH -> LREM
+  of the value it returned): a failed cycle is counted as an error and another takes its place.
 
-Example (what ``FastChainLoad`` does with each read)::
+Example (what ``FastLoad`` does)::
 
-    >>> eng = FloCycle(16, 1000, [], *flo_queue_cycle(b"queue:cycle", b"x" * 100))  # doctest: +SKIP
-    >>> transport.write(eng.start())                                                # doctest: +SKIP
-    >>> transport.write(eng.feed_replies(data))  # replies in, the next requests out         # doctest: +SKIP
+    >>> eng = FloPool(16, 100_000, lat, frames, 0)    # doctest: +SKIP
+    >>> transport.write(eng.start())                  # doctest: +SKIP
+    >>> transport.write(eng.feed_replies(data))       # replies in, the next requests out  # doctest: +SKIP
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
@@ -26,7 +29,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memchr
 
 from flo_core.frame cimport FrameReader
-from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, frame_crc, ld32, st32, st64, table_hash
+from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, frame_crc, ld32, ld64, st32, st64, table_hash
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
@@ -43,15 +46,15 @@ cdef inline int64_t _now_ns() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
-cdef class _Cycles:
-    """The cycles of one connection: a ring of (start ns, request id, step), one request in flight each."""
+cdef class _Flight:
+    """One connection's requests in flight: a ring of (start ns, request id, step), and its counts."""
 
     cdef int64_t *t0
     cdef uint64_t *rid
     cdef uint8_t *step
     cdef Py_ssize_t cap, head, n
-    cdef public Py_ssize_t budget      # cycles this connection may still start
-    cdef public bint stop              # the timed phase is over: start no new cycles
+    cdef public Py_ssize_t budget      # requests (cycles) this connection may still start
+    cdef public bint stop              # the timed phase is over: start nothing new
     cdef public Py_ssize_t completed   # since the caller last took them
     cdef public Py_ssize_t errors
     cdef public object error_sample    # the first error, as text
@@ -105,11 +108,12 @@ cdef class _Cycles:
             self.error_sample = what[:300]
         return 0
 
-    cdef int refused(self, uint8_t step, uint32_t status, const uint8_t *body, uint32_t n) except -1:
+    cdef int refused(self, str prefix, uint32_t status, const uint8_t *body, uint32_t n) except -1:
+        # a Flo refusal, counted by status; the first one described as the loadgen describes it
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if self.error_sample is not None or self.describe is None:
-            return self.error(f"step {step}: status {status}")
-        return self.error(f"step {step}: {self.describe(status, (<const char *>body)[:n])}")
+            return self.error(f"{prefix}status {status}")
+        return self.error(prefix + self.describe(status, (<const char *>body)[:n]))
 
     cdef uint8_t *room(self, Py_ssize_t n) except NULL:
         """``n`` more bytes at the end of the output buffer."""
@@ -126,7 +130,7 @@ cdef class _Cycles:
 cdef class FloCycle(FrameReader):
     """The Flo queue cycle: replies parsed by ``FrameReader``, each one answered by the next request."""
 
-    cdef public _Cycles cycles
+    cdef public _Flight flight
     cdef bytes _enqueue, _dequeue, _ack_head
     cdef uint32_t _enqueue_op, _dequeue_op, _ack_op
     cdef uint64_t _next_rid
@@ -135,7 +139,7 @@ cdef class FloCycle(FrameReader):
         """``enqueue`` / ``dequeue``: ``(op, payload)`` of the first two requests; ``ack_head``:
         ``(op, the payload's start)`` of the ack (its namespace and key), as bench.workloads builds them."""
         FrameReader.__init__(self, False, 16 * 1024 * 1024 + 65536, False)
-        self.cycles = _Cycles(window, budget, lat)
+        self.flight = _Flight(window, budget, lat)
         self._enqueue_op, self._enqueue = enqueue
         self._dequeue_op, self._dequeue = dequeue
         self._ack_op, self._ack_head = ack_head
@@ -145,7 +149,7 @@ cdef class FloCycle(FrameReader):
                       const uint8_t *b, Py_ssize_t bn) except -1:
         # one request frame (payload a + b) into the output; its reply is expected in this order
         cdef Py_ssize_t n = an + bn
-        cdef uint8_t *h = self.cycles.room(HEADER + n)
+        cdef uint8_t *h = self.flight.room(HEADER + n)
         self._next_rid += 1
         st32(h, MAGIC)
         st32(h + 4, <uint32_t>n)
@@ -159,11 +163,11 @@ cdef class FloCycle(FrameReader):
         if bn:
             memcpy(h + HEADER + an, b, bn)
         st32(h + 16, frame_crc(h, h + HEADER, n))
-        self.cycles.push(t0, self._next_rid, step)
+        self.flight.push(t0, self._next_rid, step)
         return 0
 
     cdef int _start_cycles(self, Py_ssize_t k, int64_t now) except -1:
-        cdef _Cycles c = self.cycles
+        cdef _Flight c = self.flight
         if c.stop:
             return 0
         if k > c.budget:
@@ -176,16 +180,16 @@ cdef class FloCycle(FrameReader):
 
     def start(self):
         """The first cycles' requests (window of them, or the budget)."""
-        self._start_cycles(self.cycles.cap, _now_ns())
-        return self.cycles.take_out()
+        self._start_cycles(self.flight.cap, _now_ns())
+        return self.flight.take_out()
 
     def feed_replies(self, data):
         """Read replies; the requests they lead to (bytes, maybe empty)."""
         self.feed(data)
-        return self.cycles.take_out()
+        return self.flight.take_out()
 
     cdef int _on_frame(self, uint64_t rid, uint32_t code, const uint8_t *payload, uint32_t n, list out) except -1:
-        cdef _Cycles c = self.cycles
+        cdef _Flight c = self.flight
         cdef Py_ssize_t at
         cdef uint8_t step
         cdef int64_t now
@@ -198,7 +202,7 @@ cdef class FloCycle(FrameReader):
             if rid != c.rid[at]:
                 c.error(f"step {step}: reply id {rid}, expected {c.rid[at]}")
             else:
-                c.refused(step, code, payload, n)
+                c.refused(f"step {step}: ", code, payload, n)
             return self._start_cycles(1, _now_ns())  # the cycle is abandoned; start another one
         if step == 0:
             return self._request(c.t0[at], 1, self._dequeue_op, <const uint8_t *>PyBytes_AS_STRING(self._dequeue),
@@ -224,25 +228,25 @@ cdef class FloCycle(FrameReader):
 cdef class RespCycle:
     """The Redis queue cycle (LPUSH -> RPOPLPUSH -> LREM), RESP2 replies read in C."""
 
-    cdef public _Cycles cycles
+    cdef public _Flight flight
     cdef bytes _push, _move, _lrem_head
     cdef bytearray _buf
 
     def __init__(self, Py_ssize_t window, Py_ssize_t budget, list lat, bytes push, bytes move, bytes lrem_head):
         """``push`` / ``move``: the first two commands, encoded; ``lrem_head``: LREM without its last
         argument (the value RPOPLPUSH returned), as bench.workloads builds them."""
-        self.cycles = _Cycles(window, budget, lat)
+        self.flight = _Flight(window, budget, lat)
         self._push, self._move, self._lrem_head = push, move, lrem_head
         self._buf = bytearray()
 
     cdef int _send(self, int64_t t0, uint8_t step, bytes cmd) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(cmd)
-        memcpy(self.cycles.room(n), PyBytes_AS_STRING(cmd), n)
-        self.cycles.push(t0, 0, step)
+        memcpy(self.flight.room(n), PyBytes_AS_STRING(cmd), n)
+        self.flight.push(t0, 0, step)
         return 0
 
     cdef int _start_cycles(self, Py_ssize_t k, int64_t now) except -1:
-        cdef _Cycles c = self.cycles
+        cdef _Flight c = self.flight
         if c.stop:
             return 0
         if k > c.budget:
@@ -253,8 +257,8 @@ cdef class RespCycle:
         return 0
 
     def start(self):
-        self._start_cycles(self.cycles.cap, _now_ns())
-        return self.cycles.take_out()
+        self._start_cycles(self.flight.cap, _now_ns())
+        return self.flight.take_out()
 
     def feed_replies(self, data):
         """Read replies; the commands they lead to (bytes, maybe empty)."""
@@ -267,13 +271,13 @@ cdef class RespCycle:
                 break
             pos += used
         self._buf = bytearray(chunk[pos:]) if pos < n else bytearray()
-        return self.cycles.take_out()
+        return self.flight.take_out()
 
     cdef Py_ssize_t _reply(self, const uint8_t *p, Py_ssize_t n) except -1:
         # one reply at p: the bytes it took, 0 if it is not complete yet
         cdef const uint8_t *eol = <const uint8_t *>memchr(p, 13, n)
         cdef Py_ssize_t line, length = 0, used, i
-        cdef _Cycles c = self.cycles
+        cdef _Flight c = self.flight
         cdef Py_ssize_t at
         cdef uint8_t step
         cdef int64_t now
@@ -319,3 +323,178 @@ cdef class RespCycle:
         else:
             self._send(c.t0[at], 2, self._lrem_head + (<const char *>p)[:used])
         return used
+
+
+cdef class FloPool(FrameReader):
+    """Single Flo requests from a pool of encoded frames, sent in turn; each reply's id and status checked."""
+
+    cdef public _Flight flight
+    cdef list _frames
+    cdef uint64_t *_rids
+    cdef Py_ssize_t _np, _idx, _replies
+
+    def __init__(self, Py_ssize_t window, Py_ssize_t budget, list lat, list frames, Py_ssize_t offset):
+        """``frames``: encoded request frames (their ids are read from them); this connection sends
+        ``budget`` of them in turn from ``offset``, ``window`` in flight."""
+        cdef Py_ssize_t i
+        cdef bytes f
+        FrameReader.__init__(self, False, 16 * 1024 * 1024 + 65536, False)
+        if not frames:
+            raise ValueError("an empty pool")
+        self.flight = _Flight(window, budget, lat)
+        self._frames = frames
+        self._np = len(frames)
+        self._idx = offset % self._np
+        self._rids = <uint64_t *>malloc(self._np * sizeof(uint64_t))
+        if self._rids == NULL:
+            raise MemoryError()
+        for i in range(self._np):
+            f = frames[i]
+            if PyBytes_GET_SIZE(f) < HEADER:
+                raise ValueError("a pool frame shorter than a header")
+            self._rids[i] = ld64(<const uint8_t *>PyBytes_AS_STRING(f) + 8)
+
+    def __dealloc__(self):
+        free(self._rids)
+
+    def start(self):
+        _send_pool(self.flight, self._frames, self._rids, self._np, &self._idx, self.flight.cap)
+        return self.flight.take_out()
+
+    def feed_replies(self, data):
+        """Read replies; the requests that replace them (bytes, maybe empty)."""
+        self._replies = 0
+        self.feed(data)
+        self.flight.completed += self._replies
+        _send_pool(self.flight, self._frames, self._rids, self._np, &self._idx, self._replies)
+        return self.flight.take_out()
+
+    cdef int _on_frame(self, uint64_t rid, uint32_t code, const uint8_t *payload, uint32_t n, list out) except -1:
+        cdef _Flight c = self.flight
+        cdef Py_ssize_t at
+        self._replies += 1
+        if c.n == 0:
+            return c.error("reply without a request")
+        at = c.pop()
+        if rid != c.rid[at]:
+            c.error(f"reply id {rid}, expected {c.rid[at]}")
+        elif code != 0:
+            c.refused("", code, payload, n)
+        c.lat.append(_now_ns() - c.t0[at])
+        return 0
+
+
+cdef class RespPool:
+    """Single RESP commands from a pool of encoded commands; errors counted, any reply skipped whole."""
+
+    cdef public _Flight flight
+    cdef list _frames
+    cdef Py_ssize_t _np, _idx
+    cdef bytearray _buf
+
+    def __init__(self, Py_ssize_t window, Py_ssize_t budget, list lat, list frames, Py_ssize_t offset):
+        if not frames:
+            raise ValueError("an empty pool")
+        self.flight = _Flight(window, budget, lat)
+        self._frames = frames
+        self._np = len(frames)
+        self._idx = offset % self._np
+        self._buf = bytearray()
+
+    def start(self):
+        _send_pool(self.flight, self._frames, NULL, self._np, &self._idx, self.flight.cap)
+        return self.flight.take_out()
+
+    def feed_replies(self, data):
+        """Read replies; the commands that replace them (bytes, maybe empty)."""
+        cdef bytes chunk = bytes(data) if PyByteArray_GET_SIZE(self._buf) == 0 else bytes(self._buf) + data
+        cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(chunk)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(chunk), pos = 0, used, got = 0
+        cdef _Flight c = self.flight
+        cdef int64_t now
+        while pos < n:
+            used = _resp_skip(p + pos, n - pos, 0)
+            if used == 0:
+                break
+            if p[pos] == 45:  # '-' an error reply
+                c.error((<const char *>p)[pos + 1:pos + used - 2].decode("utf-8", "replace"))
+            pos += used
+            got += 1
+        self._buf = bytearray(chunk[pos:]) if pos < n else bytearray()
+        if got:
+            now = _now_ns()
+            for _ in range(got):
+                if c.n == 0:
+                    c.error("reply without a request")
+                    break
+                c.lat.append(now - c.t0[c.pop()])
+            c.completed += got
+            _send_pool(c, self._frames, NULL, self._np, &self._idx, got)
+        return c.take_out()
+
+
+cdef int _send_pool(_Flight c, list frames, const uint64_t *rids, Py_ssize_t np, Py_ssize_t *idx,
+                    Py_ssize_t k) except -1:
+    # up to k more requests from the pool, in turn (fewer when the budget or the phase ends)
+    cdef Py_ssize_t i = idx[0], j, size = 0, n
+    cdef int64_t now
+    cdef uint8_t *out
+    cdef bytes f
+    if c.stop:
+        return 0
+    if k > c.budget:
+        k = c.budget
+    if k <= 0:
+        return 0
+    c.budget -= k
+    for j in range(k):
+        size += PyBytes_GET_SIZE(<bytes>frames[(i + j) % np])
+    out = c.room(size)
+    now = _now_ns()
+    for j in range(k):
+        f = <bytes>frames[i]
+        n = PyBytes_GET_SIZE(f)
+        memcpy(out, PyBytes_AS_STRING(f), n)
+        out += n
+        c.push(now, rids[i] if rids != NULL else 0, 0)
+        i += 1
+        if i == np:
+            i = 0
+    idx[0] = i
+    return 0
+
+
+cdef Py_ssize_t _resp_skip(const uint8_t *p, Py_ssize_t n, int depth) except -1:
+    # the bytes of one complete RESP2 reply at p (arrays with everything in them), 0 if incomplete
+    cdef const uint8_t *eol
+    cdef Py_ssize_t line, used, count, i, u
+    cdef bint neg = False
+    if depth > 32:
+        raise ValueError("a RESP reply nested more than 32 deep")
+    if n < 3:
+        return 0
+    eol = <const uint8_t *>memchr(p, 13, n)
+    if eol == NULL or eol - p + 2 > n:
+        return 0
+    line = eol - p
+    used = line + 2
+    if p[0] != 36 and p[0] != 42:  # + - : one line
+        return used
+    count = 0
+    i = 1
+    if i < line and p[i] == 45:
+        neg = True
+        i += 1
+    while i < line:
+        count = count * 10 + (p[i] - 48)
+        i += 1
+    if neg:  # nil bulk / nil array
+        return used
+    if p[0] == 36:  # '$' bulk: its bytes and CRLF
+        return used + count + 2 if n >= used + count + 2 else 0
+    for i in range(count):  # '*' array
+        u = _resp_skip(p + used, n - used, depth + 1)
+        if u == 0:
+            return 0
+        used += u
+    return used

@@ -84,8 +84,8 @@ class LoadSpec:
     tls_ca: str = ""
     #: The requests' namespace instead of ``default`` (single-request workloads).
     namespace: str = ""
-    #: Chained workloads: ``auto`` runs a cycle in C (bench/fastload.pyx) where the workload has an
-    #: engine and it is built, ``python`` always in Python (ChainLoad).
+    #: ``auto`` runs each connection's closed loop in C (bench/fastload.pyx) where it is built (and,
+    #: for a chained workload, where the workload has an engine); ``python`` always in Python.
     engine: str = "auto"
 
 
@@ -619,37 +619,49 @@ class ChainLoad(asyncio.Protocol):
     connection_lost = FloLoad.connection_lost
 
 
-class FastChainLoad(asyncio.Protocol):
-    """A chained workload whose cycle runs in C (bench/fastload.pyx's FloCycle / RespCycle): this
-    protocol only moves bytes between the socket and the engine, and its counts into the state.
-    Each reply is checked as ChainLoad checks it."""
+class FastLoad(asyncio.Protocol):
+    """One connection driven by an engine of bench/fastload.pyx (the closed loop in C): this protocol
+    only moves bytes between the socket and the engine, and the engine's counts into the state.
+    Every reply is checked as FloLoad / RespLoad / ChainLoad check it."""
 
-    def __init__(self, st: _State, window: int, w: Workload, key: bytes, value: bytes, budget: int,
-                 proto: str) -> None:
+    def __init__(self, st: _State, engine: object) -> None:
         self.st = st
-        fixed = w.chain.resp_fixed if proto == "resp" else w.chain.flo_fixed  # type: ignore[union-attr]
-        engine = fastload.RespCycle if proto == "resp" else fastload.FloCycle
-        self.eng = engine(window, budget, st.lat, *fixed(key, value))  # type: ignore[misc]
-        self.cycles = self.eng.cycles
-        self.cycles.describe = _describe_refusal
+        self.eng = engine
+        self.flight = engine.flight  # type: ignore[attr-defined]
+        self.flight.describe = _describe_refusal
         self.transport: asyncio.Transport | None = None
         self.done = asyncio.get_running_loop().create_future()
 
     @staticmethod
-    def usable(w: Workload, proto: str) -> bool:
-        return fastload is not None and w.chain is not None and (
-            w.chain.resp_fixed if proto == "resp" else w.chain.flo_fixed) is not None
+    def pool(st: _State, window: int, frames: list[bytes], offset: int, budget: int, proto: str) -> "FastLoad":
+        engine = fastload.RespPool if proto == "resp" else fastload.FloPool
+        return FastLoad(st, engine(window, budget, st.lat, frames, offset))
+
+    @staticmethod
+    def chain(st: _State, window: int, w: Workload, key: bytes, value: bytes, budget: int, proto: str) -> "FastLoad":
+        fixed = w.chain.resp_fixed if proto == "resp" else w.chain.flo_fixed  # type: ignore[union-attr]
+        engine = fastload.RespCycle if proto == "resp" else fastload.FloCycle
+        return FastLoad(st, engine(window, budget, st.lat, *fixed(key, value)))  # type: ignore[misc]
+
+    @staticmethod
+    def usable(w: Workload, proto: str, engine: str) -> bool:
+        """Whether a load of ``w`` over ``proto`` runs in C (``engine`` "auto", and an engine is built)."""
+        if engine != "auto" or fastload is None:
+            return False
+        if w.chain is None:
+            return True
+        return (w.chain.resp_fixed if proto == "resp" else w.chain.flo_fixed) is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def start(self) -> None:
-        self._flush(self.eng.start())
+        self._flush(self.eng.start())  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        self.cycles.stop = self.st.stop
+        self.flight.stop = self.st.stop
         try:
-            out = self.eng.feed_replies(data)
+            out = self.eng.feed_replies(data)  # type: ignore[attr-defined]
         except FrameError as e:
             self._error(f"bad reply frame: {e.message}")
             self.transport.close()  # type: ignore[union-attr]
@@ -658,7 +670,7 @@ class FastChainLoad(asyncio.Protocol):
         self._flush(out)
 
     def _count(self) -> None:
-        c, st = self.cycles, self.st
+        c, st = self.flight, self.st
         if c.completed:
             st.completed += c.completed
             c.completed = 0
@@ -673,13 +685,13 @@ class FastChainLoad(asyncio.Protocol):
     def _flush(self, out: bytes) -> None:
         if out:
             self.transport.write(out)  # type: ignore[union-attr]
-        elif not self.cycles.inflight:
+        elif not self.flight.inflight:
             self._finish()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._count()
-        if self.cycles.inflight:
-            self._error(f"connection lost with {self.cycles.inflight} requests in flight")
+        if self.flight.inflight:
+            self._error(f"connection lost with {self.flight.inflight} requests in flight")
         self._finish()
 
     _error = FloLoad._error
@@ -709,13 +721,14 @@ async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: in
     st = _State()
     cls = RespLoad if spec.proto == "resp" else FloLoad
     w = WORKLOADS[spec.workload]
+    fast = FastLoad.usable(w, spec.proto, spec.engine)
     clients: list[FloLoad] = []
     per = total // conns
     for c in range(conns):
         budget = per + (1 if c < total % conns else 0)
         if w.chain is not None and not exact:
             key = spec.key.encode() if spec.key else (w.fixed_key or w.key_prefix + b"%d" % c)
-            chain = FastChainLoad if spec.engine == "auto" and FastChainLoad.usable(w, spec.proto) else ChainLoad
+            chain = FastLoad.chain if fast else ChainLoad
             proto = await connect(spec, lambda b=budget, key=key, chain=chain: chain(st, window, w, key,
                                                                                       b"v" * spec.value_size, b, spec.proto))
             clients.append(proto)  # type: ignore[arg-type]
@@ -727,7 +740,10 @@ async def _phase(spec: LoadSpec, frames: list[bytes], rids: list[int], conns: in
             fr, rd, off = frames, rids, c * 97
         if budget <= 0 or not fr:
             continue
-        proto = await connect(spec, lambda fr=fr, rd=rd, off=off, b=budget: cls(st, window, fr, rd, off, b))
+        if fast:
+            proto = await connect(spec, lambda fr=fr, off=off, b=budget: FastLoad.pool(st, window, fr, off, b, spec.proto))
+        else:
+            proto = await connect(spec, lambda fr=fr, rd=rd, off=off, b=budget: cls(st, window, fr, rd, off, b))
         clients.append(proto)  # type: ignore[arg-type]
     cpu0 = proc_cpu_seconds(spec.server_pid)
     core0 = load_core_ticks()
@@ -842,9 +858,8 @@ async def run(spec: LoadSpec) -> dict:
         # The load core's busy share over the timed phase (None unless pinned to one core).
         "load_core_busy_pct": st.load_core_busy,
         "timed_out": st.stop,
-        # chained workloads: the cycle ran in C (bench/fastload.pyx) or in Python
-        "engine": None if w.chain is None else (
-            "c" if spec.engine == "auto" and FastChainLoad.usable(w, spec.proto) else "python"),
+        # the closed loop ran in C (bench/fastload.pyx) or in Python
+        "engine": "c" if FastLoad.usable(w, spec.proto, spec.engine) else "python",
     }
 
 
@@ -884,7 +899,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tls-ca", default="", help="connect with TLS, verifying the server against this CA (PEM)")
     ap.add_argument("--namespace", default="", help="the requests' namespace (single-request workloads)")
     ap.add_argument("--engine", choices=["auto", "python"], default="auto",
-                    help="chained workloads: run the cycle in C where there is an engine (auto), or in Python")
+                    help="run the closed loop in C where there is an engine (auto), or in Python")
     a = ap.parse_args(argv)
     if a.host not in LOOPBACK:
         ap.error("loopback only: the load generator never targets another machine")
