@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import importlib.util
 import os
 import platform
 import subprocess
@@ -106,6 +107,8 @@ def environment() -> dict:
         "uvloop": _version("uvloop"),
         "msgpack": _version("msgpack"),
         "flo_core_compiled": compiled,
+        # the load generator's closed loop: in C (bench/fastload.pyx) or, where that is not built, Python
+        "loadgen_engine": "c" if importlib.util.find_spec("bench.fastload") is not None else "python",
         "debug_build": bool(debug_build_reasons()),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
