@@ -89,6 +89,15 @@ cdef class _Flight:
     def inflight(self):
         return self.n
 
+    cdef inline Py_ssize_t room_for(self, Py_ssize_t k) noexcept:
+        # how many of k more may start: within the budget and the window (a stray reply never
+        # makes a connection send more than its window)
+        if k > self.budget:
+            k = self.budget
+        if k > self.cap - self.n:
+            k = self.cap - self.n
+        return k if k > 0 else 0
+
     cdef inline void push(self, int64_t t0, uint64_t rid, uint8_t step) noexcept:
         cdef Py_ssize_t at = (self.head + self.n) % self.cap
         self.t0[at] = t0
@@ -170,8 +179,7 @@ cdef class FloCycle(FrameReader):
         cdef _Flight c = self.flight
         if c.stop:
             return 0
-        if k > c.budget:
-            k = c.budget
+        k = c.room_for(k)
         c.budget -= k
         for _ in range(k):
             self._request(now, 0, self._enqueue_op, <const uint8_t *>PyBytes_AS_STRING(self._enqueue),
@@ -249,8 +257,7 @@ cdef class RespCycle:
         cdef _Flight c = self.flight
         if c.stop:
             return 0
-        if k > c.budget:
-            k = c.budget
+        k = c.room_for(k)
         c.budget -= k
         for _ in range(k):
             self._send(now, 0, self._push)
@@ -442,8 +449,7 @@ cdef int _send_pool(_Flight c, list frames, const uint64_t *rids, Py_ssize_t np,
     cdef bytes f
     if c.stop:
         return 0
-    if k > c.budget:
-        k = c.budget
+    k = c.room_for(k)
     if k <= 0:
         return 0
     c.budget -= k
