@@ -5,7 +5,8 @@
  * 16-byte blocks are folded with carry-less multiplication (PCLMULQDQ: four lanes from
  * 64 bytes on), then Barrett-reduced, as in Intel's white paper "Fast CRC Computation
  * for Generic Polynomials Using PCLMULQDQ Instruction"; the last < 16 bytes take one
- * 1 KiB-table step each. Why: zlib 1.2's braided CRC walks 16 KiB of tables, which the
+ * 1 KiB-table step each; from 256 bytes on, CPUs with VPCLMULQDQ fold 16 lanes at once
+ * (flo_crc32_fold_wide; FLO_CRC_NARROW=1 turns that off). Why: zlib 1.2's braided CRC walks 16 KiB of tables, which the
  * KV store's cache misses keep evicting; a GET at K=16 spent 16 % of its time there.
  * CPUs without PCLMULQDQ use zlib for everything.
  */
@@ -14,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <zlib.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -28,6 +30,48 @@
 #define FLO_K5 0x163cd6124ULL /* 64 -> 32 bits */
 #define FLO_P 0x1db710641ULL  /* P(x), reflected */
 #define FLO_MU 0x1f7011641ULL /* floor(x^64 / P(x)), reflected */
+#define FLO_K2048_LO 0x11542778aULL /* fold by 2048 bits (16 lanes: 4 x 512-bit registers) */
+#define FLO_K2048_HI 0x1322d1430ULL
+
+static int flo_crc_wide = 0; /* the CPU has AVX-512F + VPCLMULQDQ (flo_crc_probe) */
+
+/* The first ``n`` bytes (a multiple of 256, >= 256) folded 512 bits at a time across four 512-bit
+ * registers (16 lanes of 128 bits: 256 bytes a step), then into four 128-bit lanes: ``out[0..3]``
+ * is the state the 4-lane loop of flo_crc32_fold would have after the same bytes. ``crc`` already
+ * inverted. Why: VPCLMULQDQ folds four lanes per instruction, and four registers keep the
+ * multiplier busy; a 4 KiB value's CRC takes about a third of the time. */
+__attribute__((target("avx512f,vpclmulqdq,pclmul"))) static void flo_crc32_fold_wide(
+    const uint8_t *p, size_t n, uint32_t crc, __m128i *out) {
+    const __m512i k2048 = _mm512_broadcast_i32x4(_mm_set_epi64x((long long)FLO_K2048_HI, (long long)FLO_K2048_LO));
+    const __m512i k512 = _mm512_broadcast_i32x4(_mm_set_epi64x((long long)FLO_K2, (long long)FLO_K1));
+    __m512i z0, z1, z2, z3;
+#define FLO_FOLD512(x, k, next) \
+    _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128((x), (k), 0x11), _mm512_clmulepi64_epi128((x), (k), 0x00), \
+                              (next), 0x96)
+    z0 = _mm512_xor_si512(_mm512_loadu_si512((const void *)p), _mm512_castsi128_si512(_mm_cvtsi32_si128((int)crc)));
+    z1 = _mm512_loadu_si512((const void *)(p + 64));
+    z2 = _mm512_loadu_si512((const void *)(p + 128));
+    z3 = _mm512_loadu_si512((const void *)(p + 192));
+    p += 256;
+    n -= 256;
+    while (n >= 256) {
+        z0 = FLO_FOLD512(z0, k2048, _mm512_loadu_si512((const void *)p));
+        z1 = FLO_FOLD512(z1, k2048, _mm512_loadu_si512((const void *)(p + 64)));
+        z2 = FLO_FOLD512(z2, k2048, _mm512_loadu_si512((const void *)(p + 128)));
+        z3 = FLO_FOLD512(z3, k2048, _mm512_loadu_si512((const void *)(p + 192)));
+        p += 256;
+        n -= 256;
+    }
+    /* each register's lanes lie 512 bits before the next register's: fold them forward into z3 */
+    z1 = FLO_FOLD512(z0, k512, z1);
+    z2 = FLO_FOLD512(z1, k512, z2);
+    z3 = FLO_FOLD512(z2, k512, z3);
+#undef FLO_FOLD512
+    out[0] = _mm512_extracti32x4_epi32(z3, 0);
+    out[1] = _mm512_extracti32x4_epi32(z3, 1);
+    out[2] = _mm512_extracti32x4_epi32(z3, 2);
+    out[3] = _mm512_extracti32x4_epi32(z3, 3);
+}
 
 /* ``crc`` already inverted (zlib's pre-conditioning); ``n`` >= 16 and a multiple of 16.
  * Returns the CRC before zlib's final inversion. */
@@ -40,6 +84,18 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t flo_crc32_fold(const ui
 #define FLO_FOLD(x, k, next) \
     (_mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128((x), (k), 0x11), _mm_clmulepi64_si128((x), (k), 0x00)), (next)))
 
+    if (n >= 256 && flo_crc_wide) {
+        __m128i lanes[4];
+        size_t wide = n & ~(size_t)255;
+        flo_crc32_fold_wide(p, wide, crc, lanes);
+        p += wide;
+        n -= wide;
+        a = lanes[0];
+        b = lanes[1];
+        c = lanes[2];
+        d = lanes[3];
+        goto four_lanes;
+    }
     a = _mm_xor_si128(_mm_loadu_si128((const __m128i *)p), _mm_cvtsi32_si128((int)crc));
     p += 16;
     n -= 16;
@@ -50,6 +106,7 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t flo_crc32_fold(const ui
         d = _mm_loadu_si128((const __m128i *)(p + 32));
         p += 48;
         n -= 48;
+    four_lanes:
         while (n >= 64) {
             a = FLO_FOLD(a, k12, _mm_loadu_si128((const __m128i *)p));
             b = FLO_FOLD(b, k12, _mm_loadu_si128((const __m128i *)(p + 16)));
@@ -99,6 +156,8 @@ static void flo_crc_probe(void) {
     }
     __builtin_cpu_init();
     flo_crc_folding = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+    flo_crc_wide = flo_crc_folding && __builtin_cpu_supports("avx512f") &&
+                   __builtin_cpu_supports("vpclmulqdq") && !getenv("FLO_CRC_NARROW");
 }
 #endif
 

@@ -522,3 +522,28 @@ def test_crc32_is_zlibs(n: int) -> None:
     assert wire.crc32(data) == zlib.crc32(data)
     assert wire.crc32(memoryview(data), 0x1234) == zlib.crc32(data, 0x1234)
     assert wire.crc32(bytearray(data)) == zlib.crc32(data)
+
+
+@pytest.mark.skipif(cframe is None, reason="needs the compiled codec")
+def test_crc32_wide_and_narrow_folding_are_zlibs() -> None:
+    # From 256 bytes on, CPUs with VPCLMULQDQ fold 16 lanes at once (flo_core/fastcrc.h); every length
+    # to 3 KiB, any alignment and any starting CRC, with that path and without it (FLO_CRC_NARROW=1,
+    # read when the CRC is first used: a fresh interpreter), must be zlib's.
+    import subprocess
+    import sys
+
+    code = (
+        "import random, sys, zlib\n"
+        "from flo_core.wire import crc32\n"
+        "rng = random.Random(11)\n"
+        "blob = rng.randbytes(4096)\n"
+        "bad = [n for n in range(3073) for off in (rng.randrange(64),)\n"
+        "       for init in (rng.randrange(1 << 32),)\n"
+        "       if crc32(blob[off:off + n], init) != zlib.crc32(blob[off:off + n], init)]\n"
+        "print(len(bad), bad[:5])\n"
+    )
+    for env in ({}, {"FLO_CRC_NARROW": "1"}):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[0] == "0", (env, out.stdout)
