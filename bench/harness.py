@@ -443,8 +443,50 @@ def _loadgen(run: Run, port: int, proto: str, workload: str, conns: int, window:
     return res
 
 
+#: Before a load, the page cache's dirty bytes are let down to this (or WRITEBACK_WAIT_S passes).
+WRITEBACK_QUIET_KB = 64 * 1024
+WRITEBACK_WAIT_S = 30.0
+
+
+def _dirty_kb() -> int:
+    """Dirty + Writeback from /proc/meminfo (kB); 0 where there is none."""
+    kb = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(("Dirty:", "Writeback:")):
+                    kb += int(line.split()[1])
+    except (OSError, ValueError):
+        return 0
+    return kb
+
+
+def quiet_writeback(max_s: float = WRITEBACK_WAIT_S) -> float:
+    """Let the page cache write back what earlier loads left dirty; the seconds it took.
+
+    Why: the servers of a run are shared across cells, and a cell of 4 KiB SETs leaves gigabytes of log
+    and snapshots dirty. Their writeback (kernel threads on either core, and the throttling of any
+    writer past the dirty limit) then lands in whichever load runs next, and both servers' rows of
+    later cells moved by half between repetitions. Every load now starts with the disk quiet."""
+    t0 = time.monotonic()
+    if _dirty_kb() < WRITEBACK_QUIET_KB:
+        return 0.0
+    threading.Thread(target=os.sync, daemon=True).start()  # (bounded by the wait below, not joined)
+    while _dirty_kb() >= WRITEBACK_QUIET_KB and time.monotonic() - t0 < max_s:
+        time.sleep(0.05)
+    return round(time.monotonic() - t0, 2)
+
+
 def measure(run: Run, cell: Cell, server: str, sp: ServerProc, key: str = "") -> dict:
-    """One bounded load of ``cell`` against one running server (``key``: the action name of action cells)."""
+    """One bounded load of ``cell`` against one running server (``key``: the action name of action cells),
+    started once the page cache has written back what earlier loads left (:func:`quiet_writeback`)."""
+    waited = quiet_writeback()
+    res = _measure(run, cell, server, sp, key)
+    res["writeback_wait_s"] = waited
+    return res
+
+
+def _measure(run: Run, cell: Cell, server: str, sp: ServerProc, key: str) -> dict:
     b = run.budget
     total = total_for(cell, b)
     if cell.proto == "resp":
