@@ -89,14 +89,19 @@ cdef class _Flight:
     def inflight(self):
         return self.n
 
-    cdef inline Py_ssize_t room_for(self, Py_ssize_t k) noexcept:
-        # how many of k more may start: within the budget and the window (a stray reply never
-        # makes a connection send more than its window)
+    cdef inline Py_ssize_t start_n(self, Py_ssize_t k) noexcept:
+        # how many of k more requests (cycles) start now, taken from the budget: none once the phase
+        # is over, never past the window (a stray reply never makes a connection send more)
+        if self.stop:
+            return 0
         if k > self.budget:
             k = self.budget
         if k > self.cap - self.n:
             k = self.cap - self.n
-        return k if k > 0 else 0
+        if k <= 0:
+            return 0
+        self.budget -= k
+        return k
 
     cdef inline void push(self, int64_t t0, uint64_t rid, uint8_t step) noexcept:
         cdef Py_ssize_t at = (self.head + self.n) % self.cap
@@ -176,12 +181,7 @@ cdef class FloCycle(FrameReader):
         return 0
 
     cdef int _start_cycles(self, Py_ssize_t k, int64_t now) except -1:
-        cdef _Flight c = self.flight
-        if c.stop:
-            return 0
-        k = c.room_for(k)
-        c.budget -= k
-        for _ in range(k):
+        for _ in range(self.flight.start_n(k)):
             self._request(now, 0, self._enqueue_op, <const uint8_t *>PyBytes_AS_STRING(self._enqueue),
                           PyBytes_GET_SIZE(self._enqueue), NULL, 0)
         return 0
@@ -254,12 +254,7 @@ cdef class RespCycle:
         return 0
 
     cdef int _start_cycles(self, Py_ssize_t k, int64_t now) except -1:
-        cdef _Flight c = self.flight
-        if c.stop:
-            return 0
-        k = c.room_for(k)
-        c.budget -= k
-        for _ in range(k):
+        for _ in range(self.flight.start_n(k)):
             self._send(now, 0, self._push)
         return 0
 
@@ -282,29 +277,17 @@ cdef class RespCycle:
 
     cdef Py_ssize_t _reply(self, const uint8_t *p, Py_ssize_t n) except -1:
         # one reply at p: the bytes it took, 0 if it is not complete yet
-        cdef const uint8_t *eol = <const uint8_t *>memchr(p, 13, n)
-        cdef Py_ssize_t line, length = 0, used, i
+        cdef Py_ssize_t used = _resp_skip(p, n, 0)
+        cdef Py_ssize_t line
         cdef _Flight c = self.flight
         cdef Py_ssize_t at
         cdef uint8_t step
         cdef int64_t now
-        cdef bint neg = False
-        if eol == NULL or eol - p + 2 > n:
+        cdef bint nil
+        if used == 0:
             return 0
-        line = eol - p
-        used = line + 2
-        if p[0] == 36:  # '$' bulk: its bytes must have arrived too
-            i = 1
-            if i < line and p[i] == 45:
-                neg = True
-                i += 1
-            while i < line:
-                length = length * 10 + (p[i] - 48)
-                i += 1
-            if not neg:
-                if n < used + length + 2:
-                    return 0
-                used += length + 2
+        line = <const uint8_t *>memchr(p, 13, used) - p
+        nil = p[0] == 36 and line > 1 and p[1] == 45  # "$-1"
         if c.n == 0:
             c.error("reply without a request")
             return used
@@ -324,7 +307,7 @@ cdef class RespCycle:
                 c.lat.append(now - c.t0[at])
                 c.completed += 1
                 self._start_cycles(1, now)
-        elif p[0] != 36 or neg:
+        elif p[0] != 36 or nil:
             c.error("step 1: RPOPLPUSH returned nil")
             self._start_cycles(1, _now_ns())
         else:
@@ -332,40 +315,77 @@ cdef class RespCycle:
         return used
 
 
+cdef class _Pool:
+    """A pool of encoded requests sent in turn from an offset (and, for Flo, each one's request id)."""
+
+    cdef list frames
+    cdef uint64_t *rids  # NULL: no ids (RESP)
+    cdef Py_ssize_t np, idx
+
+    def __cinit__(self, list frames, Py_ssize_t offset, bint with_ids):
+        cdef Py_ssize_t i
+        cdef bytes f
+        if not frames:
+            raise ValueError("an empty pool")
+        self.frames = frames
+        self.np = len(frames)
+        self.idx = offset % self.np
+        self.rids = NULL
+        if with_ids:
+            self.rids = <uint64_t *>malloc(self.np * sizeof(uint64_t))
+            if self.rids == NULL:
+                raise MemoryError()
+            for i in range(self.np):
+                f = frames[i]
+                if PyBytes_GET_SIZE(f) < HEADER:
+                    raise ValueError("a pool frame shorter than a header")
+                self.rids[i] = ld64(<const uint8_t *>PyBytes_AS_STRING(f) + 8)
+
+    def __dealloc__(self):
+        free(self.rids)
+
+    cdef int send(self, _Flight c, Py_ssize_t k) except -1:
+        # up to k more requests, in turn (fewer when the budget or the phase ends, or the window is full)
+        cdef Py_ssize_t i = self.idx, j, size = 0, n
+        cdef int64_t now
+        cdef uint8_t *out
+        cdef bytes f
+        k = c.start_n(k)
+        if k == 0:
+            return 0
+        for j in range(k):
+            size += PyBytes_GET_SIZE(<bytes>self.frames[(i + j) % self.np])
+        out = c.room(size)
+        now = _now_ns()
+        for j in range(k):
+            f = <bytes>self.frames[i]
+            n = PyBytes_GET_SIZE(f)
+            memcpy(out, PyBytes_AS_STRING(f), n)
+            out += n
+            c.push(now, self.rids[i] if self.rids != NULL else 0, 0)
+            i += 1
+            if i == self.np:
+                i = 0
+        self.idx = i
+        return 0
+
+
 cdef class FloPool(FrameReader):
     """Single Flo requests from a pool of encoded frames, sent in turn; each reply's id and status checked."""
 
     cdef public _Flight flight
-    cdef list _frames
-    cdef uint64_t *_rids
-    cdef Py_ssize_t _np, _idx, _replies
+    cdef _Pool _pool
+    cdef Py_ssize_t _replies
 
     def __init__(self, Py_ssize_t window, Py_ssize_t budget, list lat, list frames, Py_ssize_t offset):
         """``frames``: encoded request frames (their ids are read from them); this connection sends
         ``budget`` of them in turn from ``offset``, ``window`` in flight."""
-        cdef Py_ssize_t i
-        cdef bytes f
         FrameReader.__init__(self, False, 16 * 1024 * 1024 + 65536, False)
-        if not frames:
-            raise ValueError("an empty pool")
+        self._pool = _Pool(frames, offset, True)
         self.flight = _Flight(window, budget, lat)
-        self._frames = frames
-        self._np = len(frames)
-        self._idx = offset % self._np
-        self._rids = <uint64_t *>malloc(self._np * sizeof(uint64_t))
-        if self._rids == NULL:
-            raise MemoryError()
-        for i in range(self._np):
-            f = frames[i]
-            if PyBytes_GET_SIZE(f) < HEADER:
-                raise ValueError("a pool frame shorter than a header")
-            self._rids[i] = ld64(<const uint8_t *>PyBytes_AS_STRING(f) + 8)
-
-    def __dealloc__(self):
-        free(self._rids)
 
     def start(self):
-        _send_pool(self.flight, self._frames, self._rids, self._np, &self._idx, self.flight.cap)
+        self._pool.send(self.flight, self.flight.cap)
         return self.flight.take_out()
 
     def feed_replies(self, data):
@@ -373,7 +393,7 @@ cdef class FloPool(FrameReader):
         self._replies = 0
         self.feed(data)
         self.flight.completed += self._replies
-        _send_pool(self.flight, self._frames, self._rids, self._np, &self._idx, self._replies)
+        self._pool.send(self.flight, self._replies)
         return self.flight.take_out()
 
     cdef int _on_frame(self, uint64_t rid, uint32_t code, const uint8_t *payload, uint32_t n, list out) except -1:
@@ -395,21 +415,16 @@ cdef class RespPool:
     """Single RESP commands from a pool of encoded commands; errors counted, any reply skipped whole."""
 
     cdef public _Flight flight
-    cdef list _frames
-    cdef Py_ssize_t _np, _idx
+    cdef _Pool _pool
     cdef bytearray _buf
 
     def __init__(self, Py_ssize_t window, Py_ssize_t budget, list lat, list frames, Py_ssize_t offset):
-        if not frames:
-            raise ValueError("an empty pool")
+        self._pool = _Pool(frames, offset, False)
         self.flight = _Flight(window, budget, lat)
-        self._frames = frames
-        self._np = len(frames)
-        self._idx = offset % self._np
         self._buf = bytearray()
 
     def start(self):
-        _send_pool(self.flight, self._frames, NULL, self._np, &self._idx, self.flight.cap)
+        self._pool.send(self.flight, self.flight.cap)
         return self.flight.take_out()
 
     def feed_replies(self, data):
@@ -436,38 +451,8 @@ cdef class RespPool:
                     break
                 c.lat.append(now - c.t0[c.pop()])
             c.completed += got
-            _send_pool(c, self._frames, NULL, self._np, &self._idx, got)
+            self._pool.send(c, got)
         return c.take_out()
-
-
-cdef int _send_pool(_Flight c, list frames, const uint64_t *rids, Py_ssize_t np, Py_ssize_t *idx,
-                    Py_ssize_t k) except -1:
-    # up to k more requests from the pool, in turn (fewer when the budget or the phase ends)
-    cdef Py_ssize_t i = idx[0], j, size = 0, n
-    cdef int64_t now
-    cdef uint8_t *out
-    cdef bytes f
-    if c.stop:
-        return 0
-    k = c.room_for(k)
-    if k <= 0:
-        return 0
-    c.budget -= k
-    for j in range(k):
-        size += PyBytes_GET_SIZE(<bytes>frames[(i + j) % np])
-    out = c.room(size)
-    now = _now_ns()
-    for j in range(k):
-        f = <bytes>frames[i]
-        n = PyBytes_GET_SIZE(f)
-        memcpy(out, PyBytes_AS_STRING(f), n)
-        out += n
-        c.push(now, rids[i] if rids != NULL else 0, 0)
-        i += 1
-        if i == np:
-            i = 0
-    idx[0] = i
-    return 0
 
 
 cdef Py_ssize_t _resp_skip(const uint8_t *p, Py_ssize_t n, int depth) except -1:

@@ -6,27 +6,27 @@ from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 
 
+cdef inline Py_ssize_t _mp_tagged(uint8_t *b, uint8_t tag, uint64_t v, int w) noexcept:
+    # ``tag`` then the low ``w`` bytes of ``v``, big endian (msgpack's fixed-width ints)
+    cdef int i
+    b[0] = tag
+    for i in range(w):
+        b[1 + i] = <uint8_t>(v >> (8 * (w - 1 - i)))
+    return 1 + w
+
+
 cdef inline Py_ssize_t _mp_uint(uint8_t *b, uint64_t v) noexcept:
     # msgpack unsigned int in the smallest form, as msgpack-python's Packer writes a non-negative int
-    cdef int i, w
     if v < 128:
         b[0] = <uint8_t>v
         return 1
     if v < 0x100:
-        b[0] = 0xcc
-        w = 1
-    elif v < 0x10000:
-        b[0] = 0xcd
-        w = 2
-    elif v < 0x100000000ULL:
-        b[0] = 0xce
-        w = 4
-    else:
-        b[0] = 0xcf
-        w = 8
-    for i in range(w):
-        b[1 + i] = <uint8_t>(v >> (8 * (w - 1 - i)))
-    return 1 + w
+        return _mp_tagged(b, 0xcc, v, 1)
+    if v < 0x10000:
+        return _mp_tagged(b, 0xcd, v, 2)
+    if v < 0x100000000ULL:
+        return _mp_tagged(b, 0xce, v, 4)
+    return _mp_tagged(b, 0xcf, v, 8)
 
 
 cdef inline Py_ssize_t _mp_len(uint8_t *b, Py_ssize_t n, uint8_t fix, uint8_t fix_limit, uint8_t c8,
@@ -89,27 +89,18 @@ cdef inline Py_ssize_t _mp_bin(uint8_t *b, const uint8_t *p, Py_ssize_t n) noexc
 
 cdef inline Py_ssize_t _mp_int(uint8_t *b, int64_t v) noexcept:
     # a signed int: non-negative ones as _mp_uint, negative ones as fixint / int8 / 16 / 32 / 64
-    cdef int i, w
     if v >= 0:
         return _mp_uint(b, <uint64_t>v)
     if v >= -32:
         b[0] = <uint8_t>(v & 0xff)
         return 1
     if v >= -128:
-        b[0] = 0xd0
-        w = 1
-    elif v >= -32768:
-        b[0] = 0xd1
-        w = 2
-    elif v >= -2147483648LL:
-        b[0] = 0xd2
-        w = 4
-    else:
-        b[0] = 0xd3
-        w = 8
-    for i in range(w):
-        b[1 + i] = <uint8_t>((<uint64_t>v) >> (8 * (w - 1 - i)))
-    return 1 + w
+        return _mp_tagged(b, 0xd0, <uint64_t>v, 1)
+    if v >= -32768:
+        return _mp_tagged(b, 0xd1, <uint64_t>v, 2)
+    if v >= -2147483648LL:
+        return _mp_tagged(b, 0xd2, <uint64_t>v, 4)
+    return _mp_tagged(b, 0xd3, <uint64_t>v, 8)
 
 
 cdef inline Py_ssize_t _mp_int_size(int64_t v) noexcept:
