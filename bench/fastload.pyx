@@ -29,22 +29,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memchr
 
 from flo_core.frame cimport FrameReader
-from flo_core.wirefmt cimport HEADER, VERSION, MAGIC, frame_crc, ld32, ld64, st32, st64, table_hash
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec *ts)
-    int CLOCK_MONOTONIC
-
-cdef inline int64_t _now_ns() noexcept nogil:
-    # time.perf_counter_ns() (CLOCK_MONOTONIC on Linux): the Python side starts the clock with it
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
+from flo_core.metrics cimport mono_ns  # time.perf_counter_ns()'s clock: the Python side starts it
+from flo_core.wirefmt cimport HEADER, frame_crc, grow_by, ld32, ld64, request_header, st32
 
 cdef class _Flight:
     """One connection's requests in flight: a ring of (start ns, request id, step), and its counts."""
@@ -131,9 +117,7 @@ cdef class _Flight:
 
     cdef uint8_t *room(self, Py_ssize_t n) except NULL:
         """``n`` more bytes at the end of the output buffer."""
-        cdef Py_ssize_t size = PyByteArray_GET_SIZE(self.out)
-        PyByteArray_Resize(self.out, size + n)
-        return <uint8_t *>PyByteArray_AS_STRING(self.out) + size
+        return grow_by(self.out, n)
 
     cdef bytes take_out(self):
         cdef bytes b = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.out), PyByteArray_GET_SIZE(self.out))
@@ -165,14 +149,7 @@ cdef class FloCycle(FrameReader):
         cdef Py_ssize_t n = an + bn
         cdef uint8_t *h = self.flight.room(HEADER + n)
         self._next_rid += 1
-        st32(h, MAGIC)
-        st32(h + 4, <uint32_t>n)
-        st64(h + 8, self._next_rid)
-        st64(h + 24, table_hash())
-        h[20] = op & 0xFF
-        h[21] = op >> 8
-        h[22] = VERSION
-        h[23] = 0
+        request_header(h, self._next_rid, op, 0, <uint32_t>n)
         memcpy(h + HEADER, a, an)
         if bn:
             memcpy(h + HEADER + an, b, bn)
@@ -188,7 +165,7 @@ cdef class FloCycle(FrameReader):
 
     def start(self):
         """The first cycles' requests (window of them, or the budget)."""
-        self._start_cycles(self.flight.cap, _now_ns())
+        self._start_cycles(self.flight.cap, mono_ns())
         return self.flight.take_out()
 
     def feed_replies(self, data):
@@ -211,7 +188,7 @@ cdef class FloCycle(FrameReader):
                 c.error(f"step {step}: reply id {rid}, expected {c.rid[at]}")
             else:
                 c.refused(f"step {step}: ", code, payload, n)
-            return self._start_cycles(1, _now_ns())  # the cycle is abandoned; start another one
+            return self._start_cycles(1, mono_ns())  # the cycle is abandoned; start another one
         if step == 0:
             return self._request(c.t0[at], 1, self._dequeue_op, <const uint8_t *>PyBytes_AS_STRING(self._dequeue),
                                  PyBytes_GET_SIZE(self._dequeue), NULL, 0)
@@ -219,7 +196,7 @@ cdef class FloCycle(FrameReader):
             # [count u32] then [seq u64][payload bytes32]...: ack that seq, as bytes32 [count 1][seq] and no options
             if n < 12 or ld32(payload) == 0:
                 c.error("step 1: dequeue returned no message")
-                return self._start_cycles(1, _now_ns())
+                return self._start_cycles(1, mono_ns())
             st32(ack, 12)
             st32(ack + 4, 1)
             memcpy(ack + 8, payload + 4, 8)
@@ -227,7 +204,7 @@ cdef class FloCycle(FrameReader):
             ack[17] = 0
             return self._request(c.t0[at], 2, self._ack_op, <const uint8_t *>PyBytes_AS_STRING(self._ack_head),
                                  PyBytes_GET_SIZE(self._ack_head), ack, 18)
-        now = _now_ns()
+        now = mono_ns()
         c.lat.append(now - c.t0[at])
         c.completed += 1
         return self._start_cycles(1, now)
@@ -259,7 +236,7 @@ cdef class RespCycle:
         return 0
 
     def start(self):
-        self._start_cycles(self.flight.cap, _now_ns())
+        self._start_cycles(self.flight.cap, mono_ns())
         return self.flight.take_out()
 
     def feed_replies(self, data):
@@ -295,21 +272,21 @@ cdef class RespCycle:
         step = c.step[at]
         if p[0] == 45:  # '-' error
             c.error(f"step {step}: {(<const char *>p)[1:line].decode('utf-8', 'replace')}")
-            self._start_cycles(1, _now_ns())
+            self._start_cycles(1, mono_ns())
         elif step == 0 or step == 2:
             if p[0] != 58:  # ':' LPUSH / LREM answer an integer
                 c.error(f"step {step}: unexpected reply {(<const char *>p)[:line]!r}")
-                self._start_cycles(1, _now_ns())
+                self._start_cycles(1, mono_ns())
             elif step == 0:
                 self._send(c.t0[at], 1, self._move)
             else:
-                now = _now_ns()
+                now = mono_ns()
                 c.lat.append(now - c.t0[at])
                 c.completed += 1
                 self._start_cycles(1, now)
         elif p[0] != 36 or nil:
             c.error("step 1: RPOPLPUSH returned nil")
-            self._start_cycles(1, _now_ns())
+            self._start_cycles(1, mono_ns())
         else:
             self._send(c.t0[at], 2, self._lrem_head + (<const char *>p)[:used])
         return used
@@ -356,7 +333,7 @@ cdef class _Pool:
         for j in range(k):
             size += PyBytes_GET_SIZE(<bytes>self.frames[(i + j) % self.np])
         out = c.room(size)
-        now = _now_ns()
+        now = mono_ns()
         for j in range(k):
             f = <bytes>self.frames[i]
             n = PyBytes_GET_SIZE(f)
@@ -407,7 +384,7 @@ cdef class FloPool(FrameReader):
             c.error(f"reply id {rid}, expected {c.rid[at]}")
         elif code != 0:
             c.refused("", code, payload, n)
-        c.lat.append(_now_ns() - c.t0[at])
+        c.lat.append(mono_ns() - c.t0[at])
         return 0
 
 
@@ -444,7 +421,7 @@ cdef class RespPool:
             got += 1
         self._buf = bytearray(chunk[pos:]) if pos < n else bytearray()
         if got:
-            now = _now_ns()
+            now = mono_ns()
             for _ in range(got):
                 if c.n == 0:
                     c.error("reply without a request")

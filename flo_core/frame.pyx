@@ -17,6 +17,7 @@ from flo_core._pyframe import FrameError
 from flo_core.spec import Reason
 
 from flo_core.wirefmt cimport grow_by, HEADER, VERSION, MAGIC, table_hash, ld16, ld32, ld64, st32, st64, frame_crc
+from flo_core.wirefmt cimport request_header
 from flo_core.wirefmt cimport crc32 as _crc32
 
 
@@ -132,8 +133,7 @@ def encode_request(uint64_t request_id, uint32_t op, payload, uint32_t flags=0):
     try:
         out = PyBytes_FromStringAndSize(NULL, HEADER + view.len)
         h = <uint8_t *>PyBytes_AS_STRING(out)
-        _write_header(h, request_id, <uint32_t>view.len)
-        h[20] = op & 0xFF; h[21] = op >> 8; h[22] = VERSION; h[23] = flags
+        request_header(h, request_id, op, <uint8_t>flags, <uint32_t>view.len)
         if view.len:
             memcpy(h + HEADER, view.buf, view.len)
         st32(h + 16, frame_crc(h, h + HEADER, view.len))

@@ -45,6 +45,18 @@ cdef inline void st64(uint8_t *p, uint64_t v) noexcept nogil:
     st32(p, <uint32_t>(v & 0xFFFFFFFFU))
     st32(p + 4, <uint32_t>(v >> 32))
 
+cdef inline void request_header(uint8_t *h, uint64_t rid, uint32_t op, uint8_t flags, uint32_t n) noexcept nogil:
+    # a request frame's 32-byte header for an ``n``-byte payload, all but its CRC (bytes 16-19: frame_crc)
+    st32(h, MAGIC)
+    st32(h + 4, n)
+    st64(h + 8, rid)
+    h[20] = op & 0xFF
+    h[21] = op >> 8
+    h[22] = VERSION
+    h[23] = flags
+    st64(h + 24, table_hash())
+
+
 cdef inline uint32_t frame_crc(const uint8_t *hdr, const uint8_t *data, size_t n) noexcept nogil:
     # CRC-32 over header bytes 0-15, 20-31 and the payload (flo-wire-v2 §1.5)
     cdef unsigned long c = crc32(0, hdr, 16)
