@@ -96,4 +96,4 @@ debug: system-deps $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
 
 clean:
-	rm -rf build $(VENV) flo_core/*.c flo_core/*.so bench/*.c bench/*.so *.egg-info
+	rm -rf build $(VENV) flo_core/*.c flo_core/*.so flo_server/*.c flo_server/*.so flo_server/handlers/*.c flo_server/handlers/*.so bench/*.c bench/*.so *.egg-info

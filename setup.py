@@ -3,23 +3,30 @@
 An in-place build (``build_ext --inplace``, what ``make`` runs) also builds the benchmark's C load
 engine (``bench/*.pyx``): the bench runs from the repository and is not part of the package.
 
+The server's hottest pure-Python modules (``flo_core/compiled.py``) are compiled too, from the same
+``.py`` files. A compiled module shadows its ``.py``: after editing one, ``make build``.
+
 ``FLO_DEBUG=1`` builds with line tracing and assertions (bench refuses such a build).
 """
 
 import glob
 import os
+import runpy
 import sys
 
 from setuptools import Extension, setup
 
 DEBUG = bool(os.environ.get("FLO_DEBUG"))
 
+#: Pure-Python modules compiled as they are (read as a file: the package may not import before its build).
+COMPILED_PY = list(runpy.run_path("flo_core/compiled.py")["SOURCES"])
+
 
 def extensions():
     from Cython.Build import cythonize
 
     exts = []
-    paths = sorted(glob.glob("flo_core/*.pyx"))
+    paths = sorted(glob.glob("flo_core/*.pyx")) + COMPILED_PY
     if "--inplace" in sys.argv or "-i" in sys.argv:
         paths += sorted(glob.glob("bench/*.pyx"))
     for path in paths:

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import heapq
 from typing import Any, Hashable, Iterable
 
 from flo_core.errors import Refusal
@@ -53,7 +53,7 @@ class Parked:
     ``status, data = await parked``.
     """
 
-    __slots__ = ("_waiters", "_keys", "_wid", "_timer", "_step", "_deadline", "_loop", "_state",
+    __slots__ = ("_waiters", "_keys", "_wid", "_step", "_deadline", "_loop", "_state",
                  "_answer", "_rid", "_fut", "conn", "metrics", "op")
 
     _PARKED, _WOKEN, _ANSWERED, _DROPPED_WOKEN = 0, 1, 2, 3
@@ -66,7 +66,6 @@ class Parked:
         self._answer: tuple[int, bytes] | None = None
         self._rid: int | None = None
         self._fut: asyncio.Future | None = None
-        self._timer: Any = None
         self._wid = 0
         self._park(timeout_s)
 
@@ -121,12 +120,12 @@ class Parked:
     # --- inside ---------------------------------------------------------------------------------
 
     def _park(self, timeout_s: float) -> None:
+        # (the wait ends at self._deadline: what is left of it after a wake-up is timeout_s)
         self._wid = self._waiters._add(self._keys, self)
         self._state = self._PARKED
-        self._timer = self._loop.call_later(timeout_s, self.set_result, False)
+        self._waiters._time_out_at(self)
 
     def _unpark(self) -> None:
-        self._timer.cancel()
         self._waiters._remove(self._keys, self._wid)
 
     def _run(self, woken: bool) -> None:
@@ -189,10 +188,18 @@ def _lapse(fut: asyncio.Future) -> None:
 
 class Waiters:
     def __init__(self, limit: int = MAX_WAITERS) -> None:
-        self._by_key: dict[Hashable, OrderedDict[int, asyncio.Future]] = {}
+        # key -> {waiter id: future or Parked}, oldest first (a dict keeps insertion order)
+        self._by_key: dict[Hashable, dict[int, Any]] = {}
         self._count = 0
         self._limit = limit
         self._ids = 0
+        # Parked requests' deadlines, (deadline, id, parked), under one loop timer armed for the
+        # earliest: a park costs a heap push, not a loop timer made and cancelled. A woken request's
+        # entry stays behind (skipped when it comes up, pruned when they outnumber the parked).
+        self._deadlines: list[tuple[float, int, Parked]] = []
+        self._timer: Any = None
+        self._timer_at = 0.0
+        self._timer_loop: Any = None
 
     def __len__(self) -> int:
         return self._count
@@ -224,6 +231,35 @@ class Waiters:
             timer.cancel()
             self._remove(keys, wid)
 
+    def _time_out_at(self, parked: Parked) -> None:
+        """End ``parked``'s wait (``set_result(False)``) at its deadline, unless woken before."""
+        heap, at = self._deadlines, parked._deadline
+        if len(heap) > 2 * self._count + 256:
+            heap[:] = [e for e in heap if e[2]._wid == e[1] and e[2]._state == Parked._PARKED]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (at, parked._wid, parked))
+        loop = parked._loop
+        if self._timer is None or at < self._timer_at or loop is not self._timer_loop:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at, self._timer_loop = loop.call_at(at, self._expire), at, loop
+
+    def _expire(self) -> None:
+        """The timer: end every wait whose deadline has come, then arm for the next one."""
+        self._timer = None
+        heap, loop = self._deadlines, self._timer_loop
+        now = loop.time()
+        while heap:
+            at, wid, parked = heap[0]
+            if parked._wid != wid or parked._state != Parked._PARKED:
+                heapq.heappop(heap)  # woken (or parked again, with an entry of its own) since
+            elif at <= now:
+                heapq.heappop(heap)
+                parked.set_result(False)
+            else:
+                self._timer, self._timer_at = loop.call_at(at, self._expire), at
+                return
+
     def _add(self, keys: list, waiter: Any) -> int:
         """File ``waiter`` (a future or a :class:`Parked`) under each of ``keys``; its id."""
         self._ids += 1
@@ -232,7 +268,7 @@ class Waiters:
         for k in keys:
             d = by_key.get(k)
             if d is None:
-                d = by_key[k] = OrderedDict()
+                d = by_key[k] = {}
             d[wid] = waiter
         self._count += 1
         return wid
