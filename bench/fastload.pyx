@@ -30,7 +30,7 @@ from libc.string cimport memcpy, memchr
 
 from flo_core.frame cimport FrameReader
 from flo_core.metrics cimport mono_ns  # time.perf_counter_ns()'s clock: the Python side starts it
-from flo_core.wirefmt cimport HEADER, frame_crc, grow_by, ld32, ld64, request_header, st32
+from flo_core.wirefmt cimport HEADER, frame_crc, grow_by, ld16, ld32, ld64, request_header, st32
 
 cdef class _Flight:
     """One connection's requests in flight: a ring of (start ns, request id, step), and its counts."""
@@ -353,13 +353,18 @@ cdef class FloPool(FrameReader):
     cdef public _Flight flight
     cdef _Pool _pool
     cdef Py_ssize_t _replies
+    cdef int _after_id
 
-    def __init__(self, Py_ssize_t window, Py_ssize_t budget, list lat, list frames, Py_ssize_t offset):
+    def __init__(self, Py_ssize_t window, Py_ssize_t budget, list lat, list frames, Py_ssize_t offset,
+                 int after_id=-1):
         """``frames``: encoded request frames (their ids are read from them); this connection sends
-        ``budget`` of them in turn from ``offset``, ``window`` in flight."""
+        ``budget`` of them in turn from ``offset``, ``window`` in flight. ``after_id`` >= 0: each answer
+        starts with an id (str16) and the byte after it must be this (a run's status: an invoke that
+        waits for its run answers ``[run_id str16][status u8]...``)."""
         FrameReader.__init__(self, False, 16 * 1024 * 1024 + 65536, False)
         self._pool = _Pool(frames, offset, True)
         self.flight = _Flight(window, budget, lat)
+        self._after_id = after_id
 
     def start(self):
         self._pool.send(self.flight, self.flight.cap)
@@ -375,7 +380,7 @@ cdef class FloPool(FrameReader):
 
     cdef int _on_frame(self, uint64_t rid, uint32_t code, const uint8_t *payload, uint32_t n, list out) except -1:
         cdef _Flight c = self.flight
-        cdef Py_ssize_t at
+        cdef Py_ssize_t at, skip
         self._replies += 1
         if c.n == 0:
             return c.error("reply without a request")
@@ -384,6 +389,11 @@ cdef class FloPool(FrameReader):
             c.error(f"reply id {rid}, expected {c.rid[at]}")
         elif code != 0:
             c.refused("", code, payload, n)
+        elif self._after_id >= 0:
+            skip = 2 + ld16(payload) if n >= 2 else n
+            if skip >= n or payload[skip] != self._after_id:
+                # (ChainLoad's wording: workloads._completed)
+                c.error(f"step 1: run not completed: status {(<const char *>payload)[skip:skip + 1].hex() or 'empty'}")
         c.lat.append(mono_ns() - c.t0[at])
         return 0
 

@@ -639,6 +639,9 @@ class FastLoad(asyncio.Protocol):
 
     @staticmethod
     def chain(st: _State, window: int, w: Workload, key: bytes, value: bytes, budget: int, proto: str) -> "FastLoad":
+        if proto != "resp" and w.chain.flo_single is not None:  # type: ignore[union-attr]
+            op, payload, after_id = w.chain.flo_single(key, value)  # type: ignore[union-attr]
+            return FastLoad(st, fastload.FloPool(window, budget, st.lat, [encode_request(1, op, payload)], 0, after_id))
         fixed = w.chain.resp_fixed if proto == "resp" else w.chain.flo_fixed  # type: ignore[union-attr]
         engine = fastload.RespCycle if proto == "resp" else fastload.FloCycle
         return FastLoad(st, engine(window, budget, st.lat, *fixed(key, value)))  # type: ignore[misc]
@@ -650,7 +653,9 @@ class FastLoad(asyncio.Protocol):
             return False
         if w.chain is None:
             return True
-        return (w.chain.resp_fixed if proto == "resp" else w.chain.flo_fixed) is not None
+        if proto == "resp":
+            return w.chain.resp_fixed is not None
+        return w.chain.flo_fixed is not None or w.chain.flo_single is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

@@ -49,6 +49,9 @@ class Chain:
     #: RespCycle): the load generator runs the cycle in C when these are set and the engine is built.
     flo_fixed: Callable[[bytes, bytes], tuple] | None = None
     resp_fixed: Callable[[bytes, bytes], tuple] | None = None
+    #: A cycle of one request, ``(key, value) -> (op, payload, after_id)``: FloPool sends it, and checks
+    #: that the byte after the answer's leading id (str16) is ``after_id`` (what ``flo`` checks).
+    flo_single: Callable[[bytes, bytes], tuple[int, bytes, int]] | None = None
 
 
 #: A request built from a stream record id: ``(stream key, id) -> request``. Flo ids are ``(ts, seq)``, Redis ids ``b"ts-seq"``.
@@ -440,6 +443,11 @@ def _action_call_step(step: int, key: bytes, value: bytes, prev: bytes) -> tuple
     return None
 
 
+def _action_call(key: bytes, value: bytes) -> tuple[int, bytes, int]:
+    """:func:`_action_call_step` as one request for bench/fastload.pyx's FloPool."""
+    return Op.ACTION_INVOKE, _invoke_request(key, value, _RESULT_WAIT), int(RunStatus.COMPLETED)
+
+
 def _action_step(step: int, key: bytes, value: bytes, prev: bytes) -> tuple[int, bytes] | None:
     if step == 0:
         return Op.ACTION_INVOKE, _invoke_request(key, value, {})
@@ -450,14 +458,14 @@ def _action_step(step: int, key: bytes, value: bytes, prev: bytes) -> tuple[int,
     return None
 
 
-for _name, _what, _step in (
+for _name, _what, _step, _single in (
     ("action.roundtrip", "invoke a no-op action and wait for its result in one request (ACTION_INVOKE with "
-     "WAIT_MS, client.action.call) while ActionWorker processes complete it", _action_call_step),
+     "WAIT_MS, client.action.call) while ActionWorker processes complete it", _action_call_step, _action_call),
     ("action.invoke_result", "invoke a no-op action, then wait for its result (ACTION_RESULT): two requests "
-     "per round trip", _action_step),
+     "per round trip", _action_step, None),
 ):
-    register(Workload(_name, _what, fixed_key=b"bench-noop", chain=Chain(_step, lambda *a: None), cost=3,
-                      needs_workers=True, tags=("action",)))
+    register(Workload(_name, _what, fixed_key=b"bench-noop", chain=Chain(_step, lambda *a: None, flo_single=_single),
+                      cost=3, needs_workers=True, tags=("action",)))
 
 
 def resp_command(args: list[bytes]) -> bytes:

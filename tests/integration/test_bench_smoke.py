@@ -195,3 +195,31 @@ def test_the_c_engines_and_python_check_every_reply_against_flo_and_redis(tmp_pa
                 assert res["error_sample"].startswith(prefix), res
                 samples.add(res["error_sample"])
             assert len(samples) == 1, samples
+
+
+@pytest.mark.timeout(120)
+def test_both_engines_check_that_each_action_round_trip_completed_its_run(tmp_path: Path) -> None:
+    # action.roundtrip is one request (an invoke that waits for its run): the C engine sends it from
+    # FloPool and checks the run's status in the answer, as ChainLoad does in Python.
+    from bench import loadgen
+    from bench.servers import Fleet
+
+    assert loadgen.fastload is not None, "bench/fastload.pyx is not built (make builds it in place)"
+    with Fleet(tmp_path) as fleet:
+        sp = fleet.start_flo()
+        workers = fleet.start_action_workers(sp.port, "noop", 2, 60)
+        for engine in ("auto", "python"):
+            res = _loadgen(sp.port, "-w", "action.roundtrip", "--key", "noop", "-c", "4", "-n", "400", "--engine", engine)
+            assert res["engine"] == ("c" if engine == "auto" else "python"), res
+            assert res["completed"] == 400 and res["errors"] == 0, res
+        for w in workers:
+            fleet.stop(w)
+        # No worker left: each invoke's wait (2 s) ends with the run still pending, an error for both.
+        samples = set()
+        for engine in ("auto", "python"):
+            res = _loadgen(sp.port, "-w", "action.roundtrip", "--key", "noop", "-c", "2", "-n", "2", "--engine", engine)
+            assert res["errors"] == 2, res
+            samples.add(res["error_sample"])
+        from flo_core.spec import RunStatus
+
+        assert samples == {f"step 1: run not completed: status {int(RunStatus.PENDING):02x}"}, samples
