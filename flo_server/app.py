@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import logging
 import os
@@ -22,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from flo_core import gctune
 from flo_core.core import now_ms
 from flo_core.errors import FloError
 from flo_core.kv import KVStore
@@ -359,9 +359,8 @@ def serve(config: ServerConfig) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        # Everything recovered is long-lived: keep it out of the collector's scans.
-        gc.collect()
-        gc.freeze()
+        # Everything recovered is long-lived: keep it out of the collector's scans (flo_core.gctune).
+        gctune.settle()
         tls = "" if srv.tls_port is None else (" (TLS)" if srv.tls_port == srv.port else f", TLS on {srv.tls_port}")
         http = "" if srv.http_port is None else f", http on {srv.http_port}"
         print(f"flo-server ready on {config.host}:{srv.port}{tls}{http}", flush=True)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import gc
 import logging
 import mmap
 import os
@@ -48,6 +47,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
+
+from flo_core import gctune
 
 from . import _runtime, ops
 from . import records as R
@@ -270,9 +271,8 @@ class _InstanceRunner:
             self._ready(["error", f"on_session_enter failed: {exc}"])
             sys.exit(12)
         # What exists now (modules, the service and its session data) lives as long as the instance: out of
-        # the cyclic collector's sight, so its full passes walk only what tasks allocate.
-        gc.collect()
-        gc.freeze()
+        # the cyclic collector's sight, so its full passes walk only what tasks allocate (flo_core.gctune).
+        gctune.settle()
         self._ready(["ok", os.getpid()])
         log.info("instance %s serving session %s", self.instance_id, self.session_id)
         return ctx

@@ -31,3 +31,4 @@ def test_every_source_exists_and_the_build_compiles_them_all() -> None:
     # `make build` compiled every one (a module missing from the build would run as Python unseen).
     if compiled.extension_of("flo_core/frame.pyx") is not None:
         assert compiled.not_compiled() == []
+
