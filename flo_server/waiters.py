@@ -67,7 +67,7 @@ class Parked:
         self._rid: int | None = None
         self._fut: asyncio.Future | None = None
         self._wid = 0
-        self._park(timeout_s)
+        self._park()
 
     # --- what Waiters.notify / fail_where see: a future's face ---------------------------------
 
@@ -119,8 +119,8 @@ class Parked:
 
     # --- inside ---------------------------------------------------------------------------------
 
-    def _park(self, timeout_s: float) -> None:
-        # (the wait ends at self._deadline: what is left of it after a wake-up is timeout_s)
+    def _park(self) -> None:
+        """Wait (again, after a wake-up it could not use) until a notify or ``_deadline``."""
         self._wid = self._waiters._add(self._keys, self)
         self._state = self._PARKED
         self._waiters._time_out_at(self)
@@ -145,7 +145,7 @@ class Parked:
             out = self._step(not woken or remaining <= 0)
             if out is None:
                 if remaining > 0:
-                    self._park(remaining)
+                    self._park()
                     return
                 out = self._step(True)
         except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
@@ -179,6 +179,11 @@ def _refused(exc: BaseException) -> tuple[int, bytes]:
     from flo_server.dispatch import refused  # (dispatch imports the handlers, which import this)
 
     return refused(exc)
+
+
+def _waits(entry: tuple[float, int, Parked]) -> bool:
+    """A deadline entry (deadline, id, parked) still stands: that park has been neither woken nor renewed."""
+    return entry[2]._wid == entry[1] and entry[2]._state == Parked._PARKED
 
 
 def _lapse(fut: asyncio.Future) -> None:
@@ -235,7 +240,7 @@ class Waiters:
         """End ``parked``'s wait (``set_result(False)``) at its deadline, unless woken before."""
         heap, at = self._deadlines, parked._deadline
         if len(heap) > 2 * self._count + 256:
-            heap[:] = [e for e in heap if e[2]._wid == e[1] and e[2]._state == Parked._PARKED]
+            heap[:] = [e for e in heap if _waits(e)]
             heapq.heapify(heap)
         heapq.heappush(heap, (at, parked._wid, parked))
         loop = parked._loop
@@ -250,8 +255,8 @@ class Waiters:
         heap, loop = self._deadlines, self._timer_loop
         now = loop.time()
         while heap:
-            at, wid, parked = heap[0]
-            if parked._wid != wid or parked._state != Parked._PARKED:
+            at, _, parked = heap[0]
+            if not _waits(heap[0]):
                 heapq.heappop(heap)  # woken (or parked again, with an entry of its own) since
             elif at <= now:
                 heapq.heappop(heap)
