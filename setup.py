@@ -43,7 +43,12 @@ def extensions():
     directives = {"language_level": "3", "embedsignature": True}
     if DEBUG:
         directives.update(linetrace=True, boundscheck=True, wraparound=True)
-    return cythonize(exts, compiler_directives=directives, quiet=True)
+    # The .py modules keep Python's meaning of their annotations (hints, never checks): what
+    # types them for C is their .pxd beside them (flo_core/compiled.py).
+    as_python = dict(directives, annotation_typing=False)
+    py = [e for e in exts if e.sources[0] in COMPILED_PY]
+    return (cythonize([e for e in exts if e not in py], compiler_directives=directives, quiet=True)
+            + cythonize(py, compiler_directives=as_python, quiet=True))
 
 
 # `make` installs the package editable with FLO_NO_EXT=1 and then builds the extensions in place

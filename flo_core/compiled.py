@@ -47,12 +47,23 @@ def extension_of(source: str) -> str | None:
     return None
 
 
+def declarations(source: str) -> str | None:
+    """The ``.pxd`` beside ``source`` that types its compiled module (its classes become extension
+    types), or None."""
+    pxd = os.path.join(_ROOT, os.path.splitext(source)[0] + ".pxd")
+    return pxd if os.path.exists(pxd) else None
+
+
 def stale() -> list[str]:
-    """The sources edited since their extension was built: an import would run the old code."""
+    """The sources (or their ``.pxd``) edited since their extension was built: an import would run
+    the old code."""
     out = []
     for source in SOURCES:
         ext = extension_of(source)
-        if ext is not None and os.path.getmtime(ext) < os.path.getmtime(os.path.join(_ROOT, source)):
+        if ext is None:
+            continue
+        inputs = [os.path.join(_ROOT, source)] + [p for p in [declarations(source)] if p]
+        if os.path.getmtime(ext) < max(os.path.getmtime(p) for p in inputs):
             out.append(source)
     return out
 

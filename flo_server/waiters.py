@@ -35,6 +35,10 @@ def loop_of(holder: Any) -> asyncio.AbstractEventLoop:
     return loop if loop is not None else asyncio.get_running_loop()
 
 
+#: A Parked request's states (module constants: the compiled module types them, waiters.pxd).
+_PARKED, _WOKEN, _ANSWERED, _DROPPED_WOKEN = 0, 1, 2, 3
+
+
 class Parked:
     """A blocking request parked with no task, coroutine or future of its own.
 
@@ -56,8 +60,6 @@ class Parked:
     __slots__ = ("_waiters", "_keys", "_wid", "_step", "_deadline", "_loop", "_state",
                  "_answer", "_rid", "_fut", "conn", "metrics", "op")
 
-    _PARKED, _WOKEN, _ANSWERED, _DROPPED_WOKEN = 0, 1, 2, 3
-
     def __init__(self, waiters: "Waiters", keys: list, conn: Any, timeout_s: float, step: Any) -> None:
         self._waiters, self._keys, self._step = waiters, keys, step
         self.conn, self.metrics, self.op = conn, None, 0  # (dispatch sets metrics and op)
@@ -72,32 +74,32 @@ class Parked:
     # --- what Waiters.notify / fail_where see: a future's face ---------------------------------
 
     def done(self) -> bool:
-        return self._state != self._PARKED
+        return self._state != _PARKED
 
     def cancelled(self) -> bool:
         return False
 
     def set_result(self, woken: bool) -> None:
         """A wake-up (True) or the timer (False): the step runs on the next loop turn."""
-        if self._state == self._PARKED:
+        if self._state == _PARKED:
             self._unpark()
-            self._state = self._WOKEN
+            self._state = _WOKEN
             self._loop.call_soon(self._run, woken)
 
     def set_exception(self, exc: BaseException) -> None:
         """The request must end with this refusal (a slot moved: ask again elsewhere)."""
-        if self._state == self._PARKED:
+        if self._state == _PARKED:
             self._unpark()
             self._end(_refused(exc))
 
     def cancel(self) -> None:
         """Its connection went away: leave without an answer (a wake-up it got and has not
         used yet is passed on, by the step's turn)."""
-        if self._state == self._PARKED:
+        if self._state == _PARKED:
             self._unpark()
-            self._state = self._ANSWERED
-        elif self._state == self._WOKEN:
-            self._state = self._DROPPED_WOKEN
+            self._state = _ANSWERED
+        elif self._state == _WOKEN:
+            self._state = _DROPPED_WOKEN
 
     close = cancel  # a deferred request dropped unstarted (flo_server.dispatch.discard)
 
@@ -108,11 +110,11 @@ class Parked:
         self.conn, self._rid = conn, rid
         if self._answer is not None:
             self._deliver()
-        elif self._state != self._ANSWERED:
+        elif self._state != _ANSWERED:
             conn.tasks.add(self)
 
     def __await__(self) -> Any:
-        if self._answer is None and self._state != self._ANSWERED:
+        if self._answer is None and self._state != _ANSWERED:
             self._fut = self._loop.create_future()
             yield from self._fut.__await__()
         return self._answer
@@ -122,21 +124,21 @@ class Parked:
     def _park(self) -> None:
         """Wait (again, after a wake-up it could not use) until a notify or ``_deadline``."""
         self._wid = self._waiters._add(self._keys, self)
-        self._state = self._PARKED
+        self._state = _PARKED
         self._waiters._time_out_at(self)
 
     def _unpark(self) -> None:
         self._waiters._remove(self._keys, self._wid)
 
     def _run(self, woken: bool) -> None:
-        if self._state != self._WOKEN:
-            if self._state == self._DROPPED_WOKEN and woken:
+        if self._state != _WOKEN:
+            if self._state == _DROPPED_WOKEN and woken:
                 self._pass_on()  # dropped after its wake-up: the wake-up is someone else's now
-            self._state = self._ANSWERED
+            self._state = _ANSWERED
             return
         conn = self.conn
         if conn is not None and getattr(conn, "closed", False):
-            self._state = self._ANSWERED
+            self._state = _ANSWERED
             if woken:
                 self._pass_on()
             return
@@ -159,7 +161,7 @@ class Parked:
         self._waiters._pass_on(self._keys, self._wid)
 
     def _end(self, answer: tuple[int, bytes]) -> None:
-        self._state = self._ANSWERED
+        self._state = _ANSWERED
         self._answer = answer
         m = self.metrics
         if m is not None:
@@ -183,7 +185,8 @@ def _refused(exc: BaseException) -> tuple[int, bytes]:
 
 def _waits(entry: tuple[float, int, Parked]) -> bool:
     """A deadline entry (deadline, id, parked) still stands: that park has been neither woken nor renewed."""
-    return entry[2]._wid == entry[1] and entry[2]._state == Parked._PARKED
+    parked = entry[2]
+    return parked._wid == entry[1] and parked._state == _PARKED
 
 
 def _lapse(fut: asyncio.Future) -> None:
