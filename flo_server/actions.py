@@ -201,32 +201,51 @@ class ActionDef:
         ]
 
 
-@dataclass(slots=True)
 class Run:
-    """One invocation of an action. ``run_id`` is also the worker's ``task_id``."""
+    """One invocation of an action. ``run_id`` is also the worker's ``task_id``.
 
-    run_id: str
-    ns: str
-    action: str
-    seq: int  # the LSN of the invoke: FIFO order within a priority, list cursor
-    payload: bytes
-    label_sig: str  # "" = any worker
-    priority: int
-    idempotency_key: str | None
-    created_at: int
-    max_attempts: int
-    lease_ms: int
-    status: RunStatus = RunStatus.PENDING
-    attempt: int = 0
-    started_at: int | None = None
-    completed_at: int | None = None
-    output: bytes | None = None
-    outcome: str | None = None
-    error: str | None = None
-    worker_id: str | None = None
-    lease_until: int = 0  # 0 = no lease
-    ready_at: int = 0  # a retry waits until then
-    token: int = 0  # bumped whenever the run is (re)queued or leased: stale heap entries are skipped
+    A plain class, not a dataclass: the compiled build makes it an extension type whose fields
+    are C members (flo_server/actions.pxd), and a dataclass cannot be one.
+    """
+
+    __slots__ = ("run_id", "ns", "action", "seq", "payload", "label_sig", "priority", "idempotency_key",
+                 "created_at", "max_attempts", "lease_ms", "status", "attempt", "started_at", "completed_at",
+                 "output", "outcome", "error", "worker_id", "lease_until", "ready_at", "token")
+
+    def __init__(
+        self,
+        run_id: str,
+        ns: str,
+        action: str,
+        seq: int,  # the LSN of the invoke: FIFO order within a priority, list cursor
+        payload: bytes,
+        label_sig: str,  # "" = any worker
+        priority: int,
+        idempotency_key: str | None,
+        created_at: int,
+        max_attempts: int,
+        lease_ms: int,
+        status: RunStatus = RunStatus.PENDING,
+        attempt: int = 0,
+        started_at: int | None = None,
+        completed_at: int | None = None,
+        output: bytes | None = None,
+        outcome: str | None = None,
+        error: str | None = None,
+        worker_id: str | None = None,
+        lease_until: int = 0,  # 0 = no lease
+        ready_at: int = 0,  # a retry waits until then
+        token: int = 0,  # bumped whenever the run is (re)queued or leased: stale heap entries are skipped
+    ) -> None:
+        self.run_id, self.ns, self.action, self.seq, self.payload = run_id, ns, action, seq, payload
+        self.label_sig, self.priority, self.idempotency_key = label_sig, priority, idempotency_key
+        self.created_at, self.max_attempts, self.lease_ms, self.status = created_at, max_attempts, lease_ms, status
+        self.attempt, self.started_at, self.completed_at = attempt, started_at, completed_at
+        self.output, self.outcome, self.error, self.worker_id = output, outcome, error, worker_id
+        self.lease_until, self.ready_at, self.token = lease_until, ready_at, token
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r}, {self.ns!r}, {self.action!r}, status={self.status.name}, attempt={self.attempt})"
 
     @property
     def finished(self) -> bool:
