@@ -4,6 +4,9 @@
 # and writable from Python as before).
 cimport cython
 
+# (module constants declared here are C globals of the compiled module, not its attributes)
+cdef object _PENDING, _RUNNING, _COMPLETED, _FAILED, _CANCELLED, _TIMED_OUT
+
 
 cdef class Run:
     cdef public str run_id, ns, action

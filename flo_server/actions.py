@@ -112,6 +112,10 @@ WORKER_UNHEALTHY_MS = 90_000  # no heartbeat for this long: unhealthy, refused w
 WORKER_REMOVE_MS = 600_000  # no heartbeat for this long: forgotten (heartbeat -> NOT_FOUND)
 
 FINISHED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT})
+# The statuses as module constants: the compiled build holds them in C globals (actions.pxd),
+# not an attribute lookup on the enum per comparison.
+_PENDING, _RUNNING, _COMPLETED = RunStatus.PENDING, RunStatus.RUNNING, RunStatus.COMPLETED
+_FAILED, _CANCELLED, _TIMED_OUT = RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT
 
 
 def retry_backoff_ms(attempt: int) -> int:
@@ -225,7 +229,7 @@ class Run:
         created_at: int,
         max_attempts: int,
         lease_ms: int,
-        status: RunStatus = RunStatus.PENDING,
+        status: RunStatus = _PENDING,
         attempt: int = 0,
         started_at: int | None = None,
         completed_at: int | None = None,
@@ -404,14 +408,14 @@ class Actions:
         while delays and delays[0][0] <= now:
             _, _, token, rid = heapq.heappop(delays)
             run = self.runs.get(rid)
-            if run is not None and run.token == token and run.status == RunStatus.PENDING:
+            if run is not None and run.token == token and run.status == _PENDING:
                 self._push_ready(run)
                 self.events.append(("ready", run.ns, run.action, 1, bool(run.label_sig)))
         leases = self._leases
         while leases and leases[0][0] <= now:
             lease_until, _, token, rid = heapq.heappop(leases)
             run = self.runs.get(rid)
-            if run is None or run.token != token or run.status != RunStatus.RUNNING:
+            if run is None or run.token != token or run.status != _RUNNING:
                 continue
             self._lapse(run, lease_until)
         expiry = self._worker_expiry
@@ -434,14 +438,14 @@ class Actions:
         note = f"lease expired on attempt {run.attempt}"
         if (run.ns, run.action) not in self.actions:
             run.error = "action deleted"
-            self._finish(run, RunStatus.CANCELLED, lease_until)
+            self._finish(run, _CANCELLED, lease_until)
         elif run.attempt >= run.max_attempts:
             run.error = f"timed out: {note}"
-            self._finish(run, RunStatus.TIMED_OUT, lease_until)
+            self._finish(run, _TIMED_OUT, lease_until)
         else:
             # Taken back at once: it is already a lease late.
             run.error = note
-            run.status = RunStatus.PENDING
+            run.status = _PENDING
             run.lease_until = 0
             run.ready_at = lease_until
             run.token += 1
@@ -482,7 +486,7 @@ class Actions:
             w.holding.discard(run.run_id)
 
     def _finish(self, run: Run, status: RunStatus, now: int) -> None:
-        if run.status == RunStatus.RUNNING:
+        if run.status == _RUNNING:
             self._release_holder(run)
         run.status = status
         run.completed_at = now
@@ -554,9 +558,9 @@ class Actions:
                 del self._actions_per_ns[ns]
         for rid in list(self._by_action.get((ns, name), ())):
             run = self.runs.get(rid)
-            if run is not None and run.status == RunStatus.PENDING:
+            if run is not None and run.status == _PENDING:
                 run.error = "action deleted"
-                self._finish(run, RunStatus.CANCELLED, now)
+                self._finish(run, _CANCELLED, now)
         self._ready.pop((ns, name), None)
         for key in [k for k in self._idem if k[0] == ns and k[1] == name]:
             del self._idem[key]
@@ -584,9 +588,9 @@ class Actions:
         pending = running = 0
         for rid in self._by_action.get((ns, name), ()):
             st = self.runs[rid].status
-            if st == RunStatus.PENDING:
+            if st == _PENDING:
                 pending += 1
-            elif st == RunStatus.RUNNING:
+            elif st == _RUNNING:
                 running += 1
         return pending, running
 
@@ -664,7 +668,7 @@ class Actions:
                 while heap:
                     _, _, token, rid = heap[0]
                     run = self.runs.get(rid)
-                    if run is not None and run.token == token and run.status == RunStatus.PENDING:
+                    if run is not None and run.token == token and run.status == _PENDING:
                         break
                     heapq.heappop(heap)  # stale: taken, cancelled or requeued since
                 if not heap:
@@ -715,7 +719,7 @@ class Actions:
         """The first ``n`` takeable runs of one ready heap (stale entries are dropped; the
         others are put back: the runs stay PENDING until taken)."""
         runs, picked, aside = self.runs, [], []
-        pending = RunStatus.PENDING
+        pending = _PENDING
         pop = heapq.heappop
         while heap and len(picked) < n:
             entry = pop(heap)
@@ -733,13 +737,13 @@ class Actions:
         run :meth:`select` just returned)."""
         self.settle(now)
         run = self.run(ns, run_id)
-        if run is None or run.status != RunStatus.PENDING or run.ready_at > now:
+        if run is None or run.status != _PENDING or run.ready_at > now:
             return None
         a = self.actions.get((ns, run.action))
         if a is not None:
             run.max_attempts = max(a.max_retries, 1)
             run.lease_ms = a.timeout_ms
-        run.status = RunStatus.RUNNING
+        run.status = _RUNNING
         run.attempt += 1
         if run.started_at is None:
             run.started_at = now
@@ -756,7 +760,7 @@ class Actions:
     def holds(self, ns: str, worker_id: str, run_id: str, now: int) -> Run | None:
         """The run if ``worker_id`` holds it at ``now`` (RUNNING, its lease not lapsed)."""
         run = self.run(ns, run_id)
-        if run is None or run.status != RunStatus.RUNNING or run.worker_id != worker_id:
+        if run is None or run.status != _RUNNING or run.worker_id != worker_id:
             return None
         if run.lease_until and run.lease_until <= now:
             return None
@@ -780,7 +784,7 @@ class Actions:
         run.output = output
         run.outcome = outcome
         self._count(ns, worker_id, True)
-        self._finish(run, RunStatus.COMPLETED, now)
+        self._finish(run, _COMPLETED, now)
         return True
 
     def fail(self, now: int, ns: str, worker_id: str, run_id: str, retry: bool, message: str) -> bool:
@@ -794,13 +798,13 @@ class Actions:
         self._count(ns, worker_id, False)
         if retry and run.attempt < run.max_attempts and (ns, run.action) in self.actions:
             self._release_holder(run)
-            run.status = RunStatus.PENDING
+            run.status = _PENDING
             run.lease_until = 0
             run.ready_at = now + retry_backoff_ms(run.attempt)
             run.token += 1
             self._push_delay(run)
         else:
-            self._finish(run, RunStatus.FAILED, now)
+            self._finish(run, _FAILED, now)
         return True
 
     def touch(self, now: int, ns: str, worker_id: str, run_id: str, extend_ms: int) -> bool:
@@ -824,7 +828,7 @@ class Actions:
         if run is None or run.finished:
             return False
         run.error = "cancelled"
-        self._finish(run, RunStatus.CANCELLED, now)
+        self._finish(run, _CANCELLED, now)
         return True
 
     def list_runs(
@@ -969,10 +973,10 @@ class Actions:
             run = Run.from_list(v)
             self.runs[run.run_id] = run
             self._by_action.setdefault((run.ns, run.action), {})[run.run_id] = None
-            if run.status == RunStatus.PENDING:
+            if run.status == _PENDING:
                 self.unfinished += 1
                 self._push_delay(run)  # the next settle makes it takeable once ready_at is due
-            elif run.status == RunStatus.RUNNING:
+            elif run.status == _RUNNING:
                 self.unfinished += 1
                 self._push_lease(run)
                 table = self.workers.get(run.ns)
