@@ -4,8 +4,9 @@ Why: they are the interpreter's share of the action round trip (invoke, park, aw
 answer); compiled, the server spends about a tenth less CPU per round trip. The ``.py`` files stay
 the source and run as they are where nothing was built (``FLO_NO_EXT=1``, no compiler).
 
-Not dispatch.py: :func:`flo_server.dispatch.discard` reads the locals of a coroutine it made, which a
-compiled coroutine does not show.
+Where a class is an extension type in the compiled build, a ``.pxd`` beside its ``.py`` says so
+and types its fields and hot locals (``flo_server/actions.pxd``, ``waiters.pxd``,
+``handlers/action.pxd``); the ``.py`` stays valid, unchanged Python.
 
 A built extension shadows its ``.py``: after editing one, rebuild (``make build``).
 :func:`stale` names the extensions older than their source (tests/unit/test_build.py fails on them).
@@ -24,6 +25,7 @@ import os
 SOURCES = (
     "flo_core/body.py",
     "flo_server/actions.py",
+    "flo_server/dispatch.py",
     "flo_server/handlers/action.py",
     "flo_server/persistence.py",
     "flo_server/protocol.py",

@@ -101,7 +101,7 @@ def dispatch(srv: Any, rid: int, op: int, payload: bytes, conn: Any, now: int) -
             elsewhere = router.route(req, op, payload)  # the one routing check (flo_server.cluster.router)
             if elsewhere is not None:
                 _counted(srv, op, req, conn, None, t0)
-                return _relay(elsewhere)
+                return Answering(None, op, elsewhere)
         out = fn(srv, req)
     except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
         return _counted(srv, op, req, conn, refused(e), t0)
@@ -111,7 +111,7 @@ def dispatch(srv: Any, rid: int, op: int, payload: bytes, conn: Any, now: int) -
     if type(out) is Parked:  # parked without a task: it answers the connection itself
         out.metrics, out.op = srv.metrics, op
         return out
-    return _finish(srv.metrics, op, out)
+    return Answering(srv.metrics, op, out)
 
 
 def _counted(srv: Any, op: int, req: Request | None, conn: Any, answer: tuple[int, bytes] | None,
@@ -139,11 +139,14 @@ def _peer(conn: Any) -> str:
 
 def discard(r: Any) -> None:
     """Drop an answer-to-come that :func:`dispatch` returned, without running it (its connection is
-    closing): closes the handler's coroutine and the ``_finish`` around it, so that neither is
-    collected un-awaited (a RuntimeWarning in the server's log per dropped blocking request)."""
+    closing): closes the handler's coroutine it holds, so that none is collected un-awaited (a
+    RuntimeWarning in the server's log per dropped blocking request)."""
     todo = [r]
     while todo:
         c = todo.pop()
+        if type(c) is Answering:
+            todo.append(c.awaiting)
+            continue
         if inspect.iscoroutine(c) and inspect.getcoroutinestate(c) == inspect.CORO_CREATED:
             todo += [v for v in c.cr_frame.f_locals.values() if inspect.iscoroutine(v)]  # its arguments, not started
         close = getattr(c, "close", None)
@@ -151,22 +154,33 @@ def discard(r: Any) -> None:
             close()
 
 
-async def _finish(m: Any, op: int, coro: Any) -> tuple[int, bytes]:
-    try:
-        answer = 0, await coro
-    except Exception as e:  # noqa: BLE001
-        answer = refused(e)
-    if m is not None:
-        m.record(m.slot_of_op(op), answer[0], -1)  # a blocking request's wait is not its service time
-    return answer
+class Answering:
+    """A request's answer-to-come (a blocking request's, or one another cluster member answers):
+    awaits ``awaiting`` and gives ``(status, data)``, a failure as its refusal, and counts the answer
+    when ``metrics`` is given.
 
+    An object rather than a coroutine: :func:`discard` reaches the handler's coroutine through
+    ``awaiting``, where a compiled coroutine (this module is compiled, flo_core/compiled.py) would
+    not show its locals.
+    """
 
-async def _relay(coro: Any) -> tuple[int, bytes]:
-    """A request another cluster member answers: its answer as it came, or the refusal of a failure to ask."""
-    try:
-        return await coro
-    except Exception as e:  # noqa: BLE001
-        return refused(e)
+    __slots__ = ("metrics", "op", "awaiting")
+
+    def __init__(self, metrics: Any, op: int, awaiting: Any) -> None:
+        self.metrics, self.op, self.awaiting = metrics, op, awaiting
+
+    def __await__(self) -> Any:
+        try:
+            answer = 0, (yield from self.awaiting.__await__())
+        except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
+            answer = refused(e)
+        m = self.metrics
+        if m is not None:
+            m.record(m.slot_of_op(self.op), answer[0], -1)  # a blocking request's wait is not its service time
+        return answer
+
+    def close(self) -> None:
+        discard(self.awaiting)
 
 
 def refused(exc: BaseException) -> tuple[int, bytes]:
