@@ -22,6 +22,9 @@ cdef class Run:
     cdef public long long lease_until, ready_at, token
 
 
+cpdef bint held_by(Run run, worker_id, long long now) except -1
+
+
 cdef class Actions:
     cdef public dict actions, _actions_per_ns, runs, _ready
     cdef public list _delays, _leases
@@ -54,7 +57,7 @@ cdef class Actions:
     cpdef Run select(self, ns, list names, labels, long long now)
     @cython.locals(picked=list, run=Run, heap=list, aside=list)
     cpdef list select_many(self, ns, list names, labels, long long now, Py_ssize_t n)
-    @cython.locals(runs=dict, picked=list, aside=list, run=Run, entry=tuple)
+    @cython.locals(picked=list, aside=list, run=Run, entry=tuple)
     cpdef list _first_of(self, list heap, Py_ssize_t n)
     @cython.locals(run=Run)
     cpdef Run take(self, long long now, ns, worker_id, run_id)

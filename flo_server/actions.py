@@ -54,6 +54,7 @@ __all__ = [
     "retry_backoff_ms",
     "parse_labels",
     "labels_match",
+    "held_by",
     "MAX_ACTION_NAME",
     "MAX_ACTIONS_PER_NAMESPACE",
     "MAX_RUN_INPUT",
@@ -362,6 +363,11 @@ def _worker_labels(metadata: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def held_by(run: Run, worker_id: str, now: int) -> bool:
+    """``worker_id`` holds ``run`` at ``now``: RUNNING, taken by it, its lease not lapsed."""
+    return run.status == _RUNNING and run.worker_id == worker_id and not (run.lease_until and run.lease_until <= now)
+
+
 # --- the store ------------------------------------------------------------------
 
 
@@ -384,10 +390,11 @@ class Actions:
         self.actions: dict[tuple[str, str], ActionDef] = {}
         self._actions_per_ns: dict[str, SortedDict] = {}
         self.runs: dict[str, Run] = {}
-        # (ns, action) -> {label_sig: heap of (priority, seq, token, run_id)}
-        self._ready: dict[tuple[str, str], dict[str, list[tuple[int, int, int, str]]]] = {}
-        self._delays: list[tuple[int, int, int, str]] = []  # (ready_at, seq, token, run_id)
-        self._leases: list[tuple[int, int, int, str]] = []  # (lease_until, seq, token, run_id)
+        # (ns, action) -> {label_sig: heap of (priority, seq, token, run)}. Entries hold the run itself
+        # (no table lookup per look at a heap); (x, seq, token) is unique, so runs are never compared.
+        self._ready: dict[tuple[str, str], dict[str, list[tuple[int, int, int, Run]]]] = {}
+        self._delays: list[tuple[int, int, int, Run]] = []  # (ready_at, seq, token, run)
+        self._leases: list[tuple[int, int, int, Run]] = []  # (lease_until, seq, token, run)
         self._by_action: dict[tuple[str, str], dict[str, None]] = {}  # creation order
         self._idem: dict[tuple[str, str, str], tuple[str, int]] = {}  # -> (run_id, expires_at)
         self._idem_expiry: list[tuple[int, str, str, str]] = []
@@ -406,16 +413,14 @@ class Actions:
         workers are forgotten. Idempotent; invisible to clients."""
         delays = self._delays
         while delays and delays[0][0] <= now:
-            _, _, token, rid = heapq.heappop(delays)
-            run = self.runs.get(rid)
-            if run is not None and run.token == token and run.status == _PENDING:
+            _, _, token, run = heapq.heappop(delays)
+            if run.token == token and run.status == _PENDING:
                 self._push_ready(run)
                 self.events.append(("ready", run.ns, run.action, 1, bool(run.label_sig)))
         leases = self._leases
         while leases and leases[0][0] <= now:
-            lease_until, _, token, rid = heapq.heappop(leases)
-            run = self.runs.get(rid)
-            if run is None or run.token != token or run.status != _RUNNING:
+            lease_until, _, token, run = heapq.heappop(leases)
+            if run.token != token or run.status != _RUNNING:
                 continue
             self._lapse(run, lease_until)
         expiry = self._worker_expiry
@@ -468,14 +473,14 @@ class Actions:
 
     def _push_ready(self, run: Run) -> None:
         heaps = self._ready.setdefault((run.ns, run.action), {})
-        heapq.heappush(heaps.setdefault(run.label_sig, []), (run.priority, run.seq, run.token, run.run_id))
+        heapq.heappush(heaps.setdefault(run.label_sig, []), (run.priority, run.seq, run.token, run))
 
     def _push_delay(self, run: Run) -> None:
-        heapq.heappush(self._delays, (run.ready_at, run.seq, run.token, run.run_id))
+        heapq.heappush(self._delays, (run.ready_at, run.seq, run.token, run))
 
     def _push_lease(self, run: Run) -> None:
         if run.lease_until:
-            heapq.heappush(self._leases, (run.lease_until, run.seq, run.token, run.run_id))
+            heapq.heappush(self._leases, (run.lease_until, run.seq, run.token, run))
 
     def _release_holder(self, run: Run) -> None:
         if run.worker_id is None:
@@ -629,20 +634,11 @@ class Actions:
             return hit
         a = self.actions.get((ns, name))
         run_id = f"act-{lsn:x}"
-        run = Run(
-            run_id=run_id,
-            ns=ns,
-            action=name,
-            seq=lsn,
-            payload=payload,
-            label_sig=labels_sig or "",
-            priority=priority,
-            idempotency_key=idempotency_key,
-            created_at=now,
-            max_attempts=max(a.max_retries, 1) if a is not None else DEFAULT_MAX_ATTEMPTS,
-            lease_ms=a.timeout_ms if a is not None else DEFAULT_TIMEOUT_MS,
-            ready_at=now,
-        )
+        # (positional: a keyword call to the compiled class builds a dict per run)
+        run = Run(run_id, ns, name, lsn, payload, labels_sig or "", priority, idempotency_key, now,
+                  max(a.max_retries, 1) if a is not None else DEFAULT_MAX_ATTEMPTS,
+                  a.timeout_ms if a is not None else DEFAULT_TIMEOUT_MS)
+        run.ready_at = now
         self.runs[run_id] = run
         self.unfinished += 1
         self._by_action.setdefault((ns, name), {})[run_id] = None
@@ -658,7 +654,7 @@ class Actions:
         """The run a worker with ``labels`` awaiting ``names`` would take now:
         lowest priority value first, then oldest. Does not take it."""
         self.settle(now)
-        best: tuple[int, int, int, str] | None = None
+        best: tuple[int, int, int, Run] | None = None
         for name in names:
             heaps = self._ready.get((ns, name))
             if not heaps:
@@ -666,9 +662,8 @@ class Actions:
             for sig in list(heaps):
                 heap = heaps[sig]
                 while heap:
-                    _, _, token, rid = heap[0]
-                    run = self.runs.get(rid)
-                    if run is not None and run.token == token and run.status == _PENDING:
+                    _, _, token, run = heap[0]
+                    if run.token == token and run.status == _PENDING:
                         break
                     heapq.heappop(heap)  # stale: taken, cancelled or requeued since
                 if not heap:
@@ -680,7 +675,7 @@ class Actions:
                     best = heap[0]
             if not heaps:
                 del self._ready[(ns, name)]
-        return self.runs[best[3]] if best is not None else None
+        return best[3] if best is not None else None
 
     def select_many(self, ns: str, names: list[str], labels: dict[str, Any], now: int, n: int) -> list[Run]:
         """The first ``n`` runs :meth:`select` would return if each were taken in turn
@@ -699,7 +694,7 @@ class Actions:
             if heaps is not None and len(heaps) == 1 and "" in heaps:
                 # Only unlabelled runs of one action (the common case): its one heap, in order.
                 return self._first_of(heaps[""], n)
-        aside: list[tuple[tuple[str, str], str, tuple[int, int, int, str]]] = []
+        aside: list[tuple[tuple[str, str], str, tuple[int, int, int, Run]]] = []
         try:
             while len(picked) < n:
                 run = self.select(ns, names, labels, now)
@@ -715,16 +710,16 @@ class Actions:
                 heapq.heappush(self._ready.setdefault(key, {}).setdefault(sig, []), entry)
         return picked
 
-    def _first_of(self, heap: list[tuple[int, int, int, str]], n: int) -> list[Run]:
+    def _first_of(self, heap: list[tuple[int, int, int, Run]], n: int) -> list[Run]:
         """The first ``n`` takeable runs of one ready heap (stale entries are dropped; the
         others are put back: the runs stay PENDING until taken)."""
-        runs, picked, aside = self.runs, [], []
+        picked, aside = [], []
         pending = _PENDING
         pop = heapq.heappop
         while heap and len(picked) < n:
             entry = pop(heap)
-            run = runs.get(entry[3])
-            if run is not None and run.token == entry[2] and run.status == pending:
+            run = entry[3]
+            if run.token == entry[2] and run.status == pending:
                 picked.append(run)
                 aside.append(entry)
         for entry in aside:
@@ -760,11 +755,7 @@ class Actions:
     def holds(self, ns: str, worker_id: str, run_id: str, now: int) -> Run | None:
         """The run if ``worker_id`` holds it at ``now`` (RUNNING, its lease not lapsed)."""
         run = self.run(ns, run_id)
-        if run is None or run.status != _RUNNING or run.worker_id != worker_id:
-            return None
-        if run.lease_until and run.lease_until <= now:
-            return None
-        return run
+        return run if run is not None and held_by(run, worker_id, now) else None
 
     def _count(self, ns: str, worker_id: str, completed: bool) -> None:
         table = self.workers.get(ns)

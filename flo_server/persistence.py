@@ -34,9 +34,9 @@ the newest two are kept, segments wholly below the older one are deleted.
 Start-up = newest valid snapshot (every frame's CRC and the trailer checked before any store is
 touched) + replay of the log after it.
 
-Example:
+Example (inside a running loop):
     >>> from flo_server.persistence import open_journal    # doctest: +SKIP
-    >>> srv.journal = open_journal(srv, srv.config)         # inside a running loop
+    >>> srv.journal = open_journal(srv, srv.config)         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -399,7 +399,7 @@ class DiskJournal:
 
     Example:
         >>> j = DiskJournal(srv, "./data", policy="always")    # doctest: +SKIP
-        >>> lsn = j.append("kv.set", (now, "default", b"k", b"v", 0))
+        >>> lsn = j.append("kv.set", (now, "default", b"k", b"v", 0))  # doctest: +SKIP
     """
 
     durable = True

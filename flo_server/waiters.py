@@ -15,7 +15,7 @@ cancelled, its attempt refused) hands it to the next waiter.
 
 Example:
     >>> w = Waiters()                                   # doctest: +SKIP
-    >>> woke = await w.wait([("q", "default", "tasks")], conn, timeout_s=1.0)
+    >>> woke = await w.wait([("q", "default", "tasks")], conn, timeout_s=1.0)  # doctest: +SKIP
 """
 
 from __future__ import annotations

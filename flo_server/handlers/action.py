@@ -671,7 +671,7 @@ def _holder_refusal(srv: Any, ns: str, worker_id: str, action: str, run_id: str,
     run = store.run(ns, run_id)
     if run is None or run.action != action:
         return Refusal(Reason.NOT_FOUND, f"no run {run_id!r} of action {action!r}")
-    if store.holds(ns, worker_id, run_id, now) is None:
+    if not A.held_by(run, worker_id, now):
         why = run.status.name.lower() if run.finished else f"held by {run.worker_id!r}, attempt {run.attempt}"
         if run.status == RunStatus.PENDING:
             why = "taken back (lease lapsed or retried)"

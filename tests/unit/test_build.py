@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import pytest
 
@@ -32,3 +33,25 @@ def test_every_source_exists_and_the_build_compiles_them_all() -> None:
     if compiled.extension_of("flo_core/frame.pyx") is not None:
         assert compiled.not_compiled() == []
 
+
+
+@pytest.mark.parametrize("source", [s for s in compiled.SOURCES if s != "flo_server/handlers/action.py"])
+def test_the_python_source_itself_passes_its_doctests(source: str) -> None:
+    # Where nothing was built the .py runs: load it from its file (not the extension that
+    # shadows it) and run its examples. (handlers/action.py is left out: a second copy of it would
+    # register its handlers twice.)
+    import doctest
+    import importlib.util
+
+    package, _, base = compiled.module_name(source).rpartition(".")
+    name = f"{package}._as_python_{base}"  # in its package: its relative imports resolve
+    spec = importlib.util.spec_from_file_location(name, os.path.join(compiled._ROOT, source))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # (dataclasses look their module up there)
+    try:
+        spec.loader.exec_module(mod)
+        assert mod.__file__.endswith(".py")
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    finally:
+        del sys.modules[name]
+    assert result.failed == 0
