@@ -101,7 +101,7 @@ def dispatch(srv: Any, rid: int, op: int, payload: bytes, conn: Any, now: int) -
             elsewhere = router.route(req, op, payload)  # the one routing check (flo_server.cluster.router)
             if elsewhere is not None:
                 _counted(srv, op, req, conn, None, t0)
-                return Answering(None, op, elsewhere)
+                return Answering(None, op, elsewhere, relayed=True)
         out = fn(srv, req)
     except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
         return _counted(srv, op, req, conn, refused(e), t0)
@@ -155,23 +155,25 @@ def discard(r: Any) -> None:
 
 
 class Answering:
-    """A request's answer-to-come (a blocking request's, or one another cluster member answers):
-    awaits ``awaiting`` and gives ``(status, data)``, a failure as its refusal, and counts the answer
-    when ``metrics`` is given.
+    """A request's answer-to-come: awaits ``awaiting`` and gives ``(status, data)``, a failure as its
+    refusal. A blocking handler's ``awaiting`` gives the OK data, and the answer is counted in
+    ``metrics``; a relayed request's (``relayed``: another cluster member answers) gives the whole
+    ``(status, data)`` it came with.
 
     An object rather than a coroutine: :func:`discard` reaches the handler's coroutine through
     ``awaiting``, where a compiled coroutine (this module is compiled, flo_core/compiled.py) would
     not show its locals.
     """
 
-    __slots__ = ("metrics", "op", "awaiting")
+    __slots__ = ("metrics", "op", "awaiting", "relayed")
 
-    def __init__(self, metrics: Any, op: int, awaiting: Any) -> None:
-        self.metrics, self.op, self.awaiting = metrics, op, awaiting
+    def __init__(self, metrics: Any, op: int, awaiting: Any, relayed: bool = False) -> None:
+        self.metrics, self.op, self.awaiting, self.relayed = metrics, op, awaiting, relayed
 
     def __await__(self) -> Any:
         try:
-            answer = 0, (yield from self.awaiting.__await__())
+            out = yield from self.awaiting.__await__()
+            answer = out if self.relayed else (0, out)
         except Exception as e:  # noqa: BLE001 - every failure becomes a refusal
             answer = refused(e)
         m = self.metrics
