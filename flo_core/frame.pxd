@@ -8,6 +8,7 @@ cdef class FrameReader:
     cdef bint _check_crc
     cdef uint32_t _max
 
+    cpdef list feed(self, data)
     cdef Py_ssize_t _parse(self, const uint8_t *p, Py_ssize_t n, list out) except -1
     # one complete, checked frame; the base class appends (id, code, payload) to ``out``
     cdef int _on_frame(self, uint64_t rid, uint32_t code, const uint8_t *payload, uint32_t n, list out) except -1

@@ -59,7 +59,8 @@ cdef class FrameReader:
     def buffered(self):
         return PyByteArray_GET_SIZE(self._buf) - self._start
 
-    def feed(self, data):
+    cpdef list feed(self, data):
+        # (cpdef: the compiled request loops feed every read through a C call, not a Python one)
         cdef Py_buffer view
         cdef list out = []
         cdef Py_ssize_t have = PyByteArray_GET_SIZE(self._buf) - self._start

@@ -532,21 +532,30 @@ class DiskJournal:
 
     def append(self, kind: str, args: tuple | list) -> int:
         """Log ``(kind, args)``; returns its LSN. Refuses (WRITES_STOPPED) while the log fails or is closed."""
-        if self.failed is not None or self.closed or self._fenced is not None:
-            if self.failed is not None:
-                raise self.failed.refusal()
-            if self._fenced is not None:
-                raise Refusal(Reason.WRITES_STOPPED, f"writes stopped: {self._fenced}")
+        w = self.writer
+        if not w.accepting or w.fence_at_ms:  # (accepting: not failed, closed or fenced; the setters keep it)
+            self._refuse_if_stopped()
+        payload = pack_record(kind, args)
+        try:
+            lsn = w.append(RECORD_WRITE, payload)
+        except ValueError as e:
+            raise Refusal(Reason.FIELD_TOO_LONG, str(e)) from None
+        if not w.flush_scheduled:  # (flush_soon, inline: one append per invoke)
+            w.flush_scheduled = True
+            self.loop.call_soon(self._flush_now)
+        return lsn
+
+    def _refuse_if_stopped(self) -> None:
+        """Why a write is refused now (the log failed, this member is fenced, the log is closed, the
+        leader's lease ran out), raised; nothing when it may go on."""
+        if self.failed is not None:
+            raise self.failed.refusal()
+        if self._fenced is not None:
+            raise Refusal(Reason.WRITES_STOPPED, f"writes stopped: {self._fenced}")
+        if self.closed:
             raise Refusal(Reason.WRITES_STOPPED, "writes stopped: the log is closed (the server is stopping)")
         if self.writer.fence_at_ms and now_ms() >= self.writer.fence_at_ms:
             raise Refusal(Reason.WRITES_STOPPED, "writes stopped: this leader's lease has run out")
-        payload = pack_record(kind, args)
-        try:
-            lsn = self.writer.append(RECORD_WRITE, payload)
-        except ValueError as e:
-            raise Refusal(Reason.FIELD_TOO_LONG, str(e)) from None
-        self.flush_soon()
-        return lsn
 
     def raw_writer(self) -> Any:
         """The LogWriter for the C request loops (ServerCore, RespCore), or None.
