@@ -714,12 +714,11 @@ class Actions:
         """The first ``n`` takeable runs of one ready heap (stale entries are dropped; the
         others are put back: the runs stay PENDING until taken)."""
         picked, aside = [], []
-        pending = _PENDING
         pop = heapq.heappop
         while heap and len(picked) < n:
             entry = pop(heap)
             run = entry[3]
-            if run.token == entry[2] and run.status == pending:
+            if run.token == entry[2] and run.status == _PENDING:
                 picked.append(run)
                 aside.append(entry)
         for entry in aside:

@@ -540,9 +540,7 @@ class DiskJournal:
             lsn = w.append(RECORD_WRITE, payload)
         except ValueError as e:
             raise Refusal(Reason.FIELD_TOO_LONG, str(e)) from None
-        if not w.flush_scheduled:  # (flush_soon, inline: one append per invoke)
-            w.flush_scheduled = True
-            self.loop.call_soon(self._flush_now)
+        self.flush_soon()
         return lsn
 
     def _refuse_if_stopped(self) -> None:
