@@ -708,7 +708,10 @@ class DiskJournal:
             if pid == 0:  # the child: write the snapshot, then leave without any cleanup of the parent's
                 code = 1
                 try:
-                    os.nice(10)  # background work: the serving process comes first on a shared core
+                    # Not niced: the parent pays a copy-on-write fault for each page it touches while the
+                    # child lives, so a child that ends soon costs it least. At nice 10 on the serving
+                    # core, a 400 MB snapshot took 7.6 s instead of 0.8 s, and 4 KiB SETs cost 22 µs
+                    # instead of 12 µs each meanwhile (bench, kv.set K=1 4 KiB).
                     gc.disable()  # fewer copied pages
                     write_snapshot(self.data_dir, lsn, self.srv.stores)
                     code = 0

@@ -62,7 +62,7 @@ async def crash_and_recover(point: str, data_dir: Path) -> str:
         async with FloClient(sp.endpoint, timeout_ms=30_000) as c:
             finished = await oracle.run(c, ROUNDS[spec.phase])
             if spec.phase == "run":
-                # A loaded box lags the (niced) snapshot child, whose points come after it: go on,
+                # A loaded box lags the snapshot child, whose points come after it: go on,
                 # 20 rounds at a time, until the point fires or RUN_MORE_S has passed.
                 more_until, done = time.monotonic() + RUN_MORE_S, ROUNDS["run"]
                 while finished and time.monotonic() < more_until:
