@@ -232,10 +232,14 @@ def _from_segments(srv: Any, from_lsn: int, max_bytes: int) -> bytes | None:
         return None
     limit = srv.journal.writer.flushed_lsn
     out = bytearray()
-    for lsn, kind, payload in reader:
-        if lsn > limit or (out and len(out) + HDR + len(payload) > max_bytes):
-            break
-        out += frame_record(lsn, kind, payload)
+    try:
+        for lsn, kind, payload in reader:
+            if lsn > limit or (out and len(out) + HDR + len(payload) > max_bytes):
+                break
+            out += frame_record(lsn, kind, payload)
+    except FileNotFoundError:  # the snapshot thread removed that segment meanwhile (DiskJournal)
+        if not out:
+            return None
     return bytes(out)
 
 
