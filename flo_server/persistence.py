@@ -210,6 +210,36 @@ def _write_bytes(f: Any, data: bytes) -> None:
     f.write(memoryview(data)[half:])
 
 
+class _WritebackAsWritten:
+    """A snapshot's temp file that starts the kernel's writeback of every ``every`` bytes written.
+
+    Why: written whole and then fsynced, a 400 MB snapshot's data went to disk in one burst, and
+    ext4's journal commit waited for it (data=ordered); every metadata call of the serving loop -
+    the log's fallocate of its zero room - waited behind that commit, up to 86-127 ms (4 KiB SETs
+    under perf trace). Redis writes its RDB and AOF rewrites the same way, fsyncing as it goes.
+    """
+
+    def __init__(self, f: Any, every: int = 8 * 1024 * 1024) -> None:
+        self._f, self._every, self._pending, self._done = f, every, 0, 0
+
+    def write(self, data: Any) -> int:
+        n = self._f.write(data)
+        self._pending += len(data)
+        if self._pending >= self._every:
+            self._f.flush()
+            # DONTNEED on dirty pages starts their writeback without waiting for it
+            os.posix_fadvise(self._f.fileno(), self._done, self._pending, os.POSIX_FADV_DONTNEED)
+            self._done += self._pending
+            self._pending = 0
+        return n
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+
 def _install_snapshot(data_dir: str, lsn: int, fill: Callable[[Any], None], keep: int = SNAPSHOTS_KEPT) -> str:
     """``fill(file)`` writes the snapshot at ``lsn``: temp file + fsync + rename + directory fsync,
     so a crash leaves either the old set of snapshots or the new one, never half a file.
@@ -222,7 +252,7 @@ def _install_snapshot(data_dir: str, lsn: int, fill: Callable[[Any], None], keep
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb", buffering=1 << 20) as f:
-            fill(f)
+            fill(_WritebackAsWritten(f))
             f.flush()
             if faults.ACTIVE:
                 faults.crash("snap.before_fsync")
