@@ -493,6 +493,8 @@ class DiskJournal:
         self.syncs = 0
         self.snapshots = 0
         self.last_snapshot_seconds = 0.0
+        self.last_snapshot_at = 0.0  # wall-clock time of the last snapshot in place (LASTSAVE)
+        self._snapshot_again = False  # BGSAVE SCHEDULE during a snapshot: one more once it is done
 
     # --- the interface the write path uses -------------------------------------------
 
@@ -764,6 +766,7 @@ class DiskJournal:
             self.snapshot_failures += 1
             self.last_snapshot_error = str(exc)
             log.error("snapshot at LSN %d failed: %s; the log and the older snapshots are untouched", lsn, exc)
+            self._scheduled_snapshot()
             return
         self.last_snapshot_error = None
         floor = self._snapshot_installed(lsn)
@@ -778,6 +781,12 @@ class DiskJournal:
         self._snapshot_inflight = None
         removed = [] if fut.cancelled() else fut.result()
         self._snapshot_finished(lsn, time.monotonic() - t0, removed)
+        self._scheduled_snapshot()
+
+    def _scheduled_snapshot(self) -> None:
+        if self._snapshot_again and not self.closed:
+            self._snapshot_again = False
+            self.snapshot_in_background()
 
     def _after_snapshot(self, lsn: int, seconds: float) -> None:
         """The synchronous tail of a snapshot (snapshot_now): old segments dropped on this thread."""
@@ -807,7 +816,32 @@ class DiskJournal:
     def _snapshot_finished(self, lsn: int, seconds: float, removed: list) -> None:
         self.snapshots += 1
         self.last_snapshot_seconds = seconds
+        self.last_snapshot_at = time.time()
         log.info("snapshot at LSN %d in %.3fs; %d old segment(s) removed", lsn, seconds, len(removed))
+
+    def snapshot_in_background(self, again: bool = False) -> str:
+        """Start a snapshot now, as Redis's BGSAVE, instead of when the log has grown enough.
+
+        Returns ``"started"``; ``"current"`` when nothing was written since the last snapshot;
+        ``"running"`` when one is in progress (that one stands), or with ``again`` ``"scheduled"``:
+        another starts once it is done (BGSAVE SCHEDULE). Called between requests, like the
+        snapshot a flush starts: every appended record has been applied.
+
+        Example:
+            >>> srv.journal.snapshot_in_background()   # doctest: +SKIP
+            'started'
+        """
+        if self.closed:
+            raise RuntimeError("the log is closed")
+        if self._snapshot_inflight is not None:
+            if not again:
+                return "running"
+            self._snapshot_again = True
+            return "scheduled"
+        if self.snapshot_lsn == self.writer.last_lsn:
+            return "current"
+        self._start_snapshot()
+        return "started"
 
     def snapshot_now(self) -> str | None:
         """Take a snapshot synchronously (clean shutdown, tests); returns its path or None if nothing changed."""
@@ -836,6 +870,8 @@ class DiskJournal:
             "storage_failures": self.storage_failures, "storage_retries": self.storage_retries,
             "snapshot_failures": self.snapshot_failures, "last_snapshot_error": self.last_snapshot_error,
             "snapshot_in_progress": self._snapshot_inflight is not None,
+            "last_snapshot_at": self.last_snapshot_at,
+            "snapshot_scheduled": self._snapshot_again,
         }
 
     def close(self, snapshot: bool = True) -> None:

@@ -999,6 +999,59 @@ def cmd_config(s: RespSession, argv: list, out: bytearray) -> None:
         raise _unknown_subcommand(argv)
 
 
+# --- snapshots (Redis's RDB commands; flo-server's snapshot also compacts its log, as an AOF rewrite) ---
+
+NO_DATA_DIR = "ERR flo-server runs without a data directory (--no-persist): there is nowhere to save"
+SAVE_RUNNING = "ERR Background save already in progress"
+_SAVE_ANSWERS = {"started": b"Background saving started", "scheduled": b"Background saving scheduled",
+                 "current": b"Background saving skipped: nothing was written since the last snapshot"}
+
+
+def _disk_journal(s: RespSession) -> Any:
+    journal = s.srv.journal
+    if not hasattr(journal, "snapshot_in_background"):
+        raise RespError(NO_DATA_DIR)
+    return journal
+
+
+@command("bgsave", -1, "admin", group="server")
+def cmd_bgsave(s: RespSession, argv: list, out: bytearray) -> None:
+    """BGSAVE [SCHEDULE]: snapshot the stores now in a forked child; the log behind it is dropped.
+
+    Like Redis: refused while a snapshot runs, unless SCHEDULE asks for another once it is done."""
+    if len(argv) > 2 or (len(argv) == 2 and _upper(argv[1]) != b"SCHEDULE"):
+        raise RespError(SYNTAX)
+    journal = _disk_journal(s)
+    state = journal.snapshot_in_background(again=len(argv) == 2)
+    if state == "running":
+        raise RespError(SAVE_RUNNING)
+    add_simple(out, _SAVE_ANSWERS[state])
+
+
+@command("bgrewriteaof", 1, "admin", group="server")
+def cmd_bgrewriteaof(s: RespSession, argv: list, out: bytearray) -> None:
+    """Compact the log: in flo-server that is a snapshot (BGSAVE), after which older segments go."""
+    state = _disk_journal(s).snapshot_in_background(again=True)
+    add_simple(out, _SAVE_ANSWERS[state].replace(b"saving", b"append only file rewriting"))
+
+
+@command("save", 1, "admin", group="server")
+def cmd_save(s: RespSession, argv: list, out: bytearray) -> None:
+    """Snapshot synchronously: the server serves nothing else until the snapshot is on disk (as Redis)."""
+    journal = _disk_journal(s)
+    if journal.stats()["snapshot_in_progress"]:
+        raise RespError(SAVE_RUNNING)
+    journal.snapshot_now()
+    add_ok(out)
+
+
+@command("lastsave", 1, "admin fast", group="server")
+def cmd_lastsave(s: RespSession, argv: list, out: bytearray) -> None:
+    """Unix time of the last snapshot put in place (the server's start until there is one)."""
+    at = getattr(s.srv.journal, "last_snapshot_at", 0.0) or s.srv.started_at
+    add_int(out, int(at))
+
+
 @command("info", -1, "", group="server")
 def cmd_info(s: RespSession, argv: list, out: bytearray) -> None:
     """INFO [section ...]: server, clients, memory, persistence, stats, replication, keyspace (Redis's fields
@@ -1054,6 +1107,11 @@ def _info_sections(s: RespSession) -> dict[str, list]:
             ("flo_last_lsn", info.get("last_lsn", 0)), ("flo_log_bytes_appended", journal.get("bytes_appended", 0)),
             ("flo_log_segments", journal.get("segments", 0)), ("flo_fsyncs", fsyncs),
             ("rdb_saves", journal.get("snapshots", 0)),
+            ("rdb_bgsave_in_progress", int(bool(journal.get("snapshot_in_progress")))),
+            ("rdb_changes_since_last_save", max(0, info.get("last_lsn", 0) - (journal.get("snapshot_lsn") or 0))),
+            ("rdb_last_save_time", int(journal.get("last_snapshot_at") or srv.started_at)),
+            ("aof_rewrite_in_progress", int(bool(journal.get("snapshot_in_progress")))),
+            ("aof_rewrite_scheduled", int(bool(journal.get("snapshot_scheduled")))),
             ("rdb_last_bgsave_status", "err" if journal.get("last_snapshot_error") else "ok"),
             ("flo_storage_failures", journal.get("storage_failures", 0)),
             ("rdb_last_bgsave_time_sec", round(journal.get("last_snapshot_seconds") or 0, 3)),

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import recv_until
+from tests.helpers import recv_until, wait_until
 
 pytestmark = [
     pytest.mark.conformance,
@@ -41,6 +41,9 @@ def test_round_trips(server: str) -> None:
     assert cli(server, "EXISTS", "in3") == "0\n"
     assert cli(server, "HELLO", "3", resp3=True).startswith("server redis\nversion ")
     assert cli(server, "DBSIZE") == "4\n"  # greeting, n, l, s (in3 lives in db 3)
+    assert cli(server, "BGSAVE") == "Background saving started\n"
+    wait_until(lambda: "rdb_bgsave_in_progress:0" in cli(server, "INFO", "persistence"), timeout=10)
+    assert cli(server, "BGSAVE") == "Background saving skipped: nothing was written since the last snapshot\n"
 
 
 def test_pipe_mode_and_inline(server: str) -> None:

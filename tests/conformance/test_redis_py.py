@@ -65,6 +65,74 @@ def test_connection_commands(r: redis.Redis) -> None:
         r.execute_command("AUTH", "x")
 
 
+def _saved(r: redis.Redis, saves: int) -> bool:
+    info = r.info("persistence")
+    return info["rdb_saves"] >= saves and info["rdb_bgsave_in_progress"] == 0 and info["aof_rewrite_scheduled"] == 0
+
+
+def test_bgsave_save_lastsave_bgrewriteaof(r: redis.Redis, server_proc) -> None:
+    from flo_server.persistence import list_snapshots
+
+    r.mset({f"k{i}": b"v" * 100 for i in range(1000)})
+    before = r.info("persistence")
+    assert before["rdb_changes_since_last_save"] >= 1 and before["rdb_bgsave_in_progress"] == 0
+    started_at = r.lastsave()
+    assert r.bgsave() is True
+    wait_until(lambda: _saved(r, before["rdb_saves"] + 1), timeout=10)
+    after = r.info("persistence")
+    assert after["rdb_changes_since_last_save"] == 0
+    assert after["rdb_last_bgsave_status"] == "ok"
+    assert list_snapshots(str(server_proc.data_dir))[0][0] == after["flo_snapshot_lsn"] >= 1
+    assert r.lastsave() >= started_at
+    # Nothing written since: a second BGSAVE has nothing to do, and says so rather than failing.
+    assert r.execute_command("BGSAVE") is True  # (redis-py reads any status reply of BGSAVE as True)
+    assert r.info("persistence")["rdb_saves"] == after["rdb_saves"]
+    # SCHEDULE and BGREWRITEAOF (the log's compaction is a snapshot) each make one more.
+    r.set("k1", b"changed")
+    assert r.bgsave(schedule=True) is True
+    wait_until(lambda: _saved(r, after["rdb_saves"] + 1), timeout=10)
+    r.set("k2", b"changed")
+    assert r.bgrewriteaof() is True
+    wait_until(lambda: _saved(r, after["rdb_saves"] + 2), timeout=10)
+    # SAVE returns once the snapshot is on disk.
+    r.set("k3", b"changed")
+    assert r.save() is True
+    last = r.info("persistence")
+    assert last["rdb_saves"] == after["rdb_saves"] + 3 and last["rdb_changes_since_last_save"] == 0
+    assert list_snapshots(str(server_proc.data_dir))[0][0] == last["flo_snapshot_lsn"]
+
+
+def test_bgsave_during_a_snapshot_is_refused_unless_scheduled(r: redis.Redis) -> None:
+    r.mset({f"k{i}": b"v" * 100 for i in range(1000)})
+    saves = r.info("persistence")["rdb_saves"]
+    # One pipeline: the server reads it in one go, so the later commands meet the snapshot the first started.
+    p = r.pipeline(transaction=False)
+    p.execute_command("BGSAVE")
+    p.execute_command("BGSAVE")  # (redis-py's bgsave() adds SCHEDULE unless told schedule=False)
+    p.save()
+    p.set("k1", b"changed")  # after the first snapshot's LSN: the scheduled one has something to save
+    p.execute_command("BGSAVE", "SCHEDULE")
+    first, again, save, _, scheduled = p.execute(raise_on_error=False)
+    assert first is True
+    for refused in (again, save):
+        assert isinstance(refused, redis.ResponseError) and "Background save already in progress" in str(refused)
+    assert scheduled is True
+    wait_until(lambda: _saved(r, saves + 2), timeout=10)
+    assert r.info("persistence")["rdb_changes_since_last_save"] == 0
+
+
+def test_bgsave_without_a_data_directory_is_refused(make_server) -> None:
+    sp = make_server("--no-persist")
+    c = redis.Redis(*_hp(sp.endpoint), socket_timeout=10)
+    try:
+        for cmd in ("BGSAVE", "SAVE", "BGREWRITEAOF"):
+            with pytest.raises(redis.ResponseError, match="without a data directory"):
+                c.execute_command(cmd)
+        assert c.lastsave() is not None
+    finally:
+        c.close()
+
+
 def test_unknown_command_wording(r: redis.Redis) -> None:
     with pytest.raises(redis.ResponseError) as e:
         r.execute_command("NOSUCH", "a", "b")

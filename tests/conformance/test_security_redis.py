@@ -111,6 +111,9 @@ def test_database_and_key_patterns(secured):
     assert app.get("user:2") is None  # the refused MSET wrote nothing
     with pytest.raises(redis.exceptions.NoPermissionError, match="run the 'flushall' command"):
         app.flushall()
+    for cmd in ("BGSAVE", "SAVE", "BGREWRITEAOF", "LASTSAVE"):  # snapshots are an administrator's
+        with pytest.raises(redis.exceptions.NoPermissionError, match=f"run the '{cmd.lower()}' command"):
+            app.execute_command(cmd)
     db0 = r(secured, "app")
     with pytest.raises(redis.exceptions.NoPermissionError, match="this user has no permissions to run the 'get' command"):
         db0.get("user:1")
