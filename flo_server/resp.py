@@ -1056,9 +1056,10 @@ def cmd_lastsave(s: RespSession, argv: list, out: bytearray) -> None:
 def cmd_info(s: RespSession, argv: list, out: bytearray) -> None:
     """INFO [section ...]: server, clients, memory, persistence, stats, replication, keyspace (Redis's fields
     where flo-server has the fact, flo_* fields for its own)."""
-    sections = _info_sections(s)
     wanted = {a.decode("utf-8", "replace").lower() for a in argv[1:]}
-    if not wanted or wanted & {"all", "everything", "default"}:
+    everything = not wanted or bool(wanted & {"all", "everything", "default"})
+    sections = _info_sections(s, keyspace=everything or "keyspace" in wanted)
+    if everything:
         wanted = set(sections)
     lines = []
     for name, rows in sections.items():
@@ -1070,7 +1071,9 @@ def cmd_info(s: RespSession, argv: list, out: bytearray) -> None:
     add_bulk(out, "\r\n".join(lines).encode())
 
 
-def _info_sections(s: RespSession) -> dict[str, list]:
+def _info_sections(s: RespSession, keyspace: bool = True) -> dict[str, list]:
+    """INFO's sections; ``keyspace`` only when asked for: it counts every key (15 % of a core
+    when a client polled ``INFO persistence`` every 10 ms over 100k keys)."""
     from flo_server.metrics import rss_bytes
 
     srv = s.srv
@@ -1128,13 +1131,14 @@ def _info_sections(s: RespSession) -> dict[str, list]:
         ],
         "replication": [("role", "master"), ("connected_slaves", 0)],
     }
-    keyspace = []
-    for db in range(NUM_DATABASES):
-        n = _dbsize(s, db_namespace(db))
-        if n:
-            expires = srv.kv.count(db_namespace(db), s.now, True)
-            keyspace.append((f"db{db}", f"keys={n},expires={expires},avg_ttl=0"))
-    sections["keyspace"] = keyspace
+    if keyspace:
+        rows = []
+        for db in range(NUM_DATABASES):
+            n = _dbsize(s, db_namespace(db))
+            if n:
+                expires = srv.kv.count(db_namespace(db), s.now, True)
+                rows.append((f"db{db}", f"keys={n},expires={expires},avg_ttl=0"))
+        sections["keyspace"] = rows
     return sections
 
 
