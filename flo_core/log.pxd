@@ -32,6 +32,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
     int pthread_cond_init(pthread_cond_t *c, const void *attr)
     int pthread_cond_destroy(pthread_cond_t *c)
@@ -102,7 +103,7 @@ cdef class LogWriter:
     # one record from C (ServerCore's fast path); same checks as append()
     cdef uint64_t append_c(self, uint8_t kind, const uint8_t *payload, Py_ssize_t n) except 0
     cdef int _open_segment(self, uint64_t first_lsn, bint create) except -1
-    cdef int _rotate(self, uint64_t first_lsn) except -1
+    cdef int _rotate(self, uint64_t first_lsn, bint wait) except -1
     cdef int _stop_syncer(self) except -1
     cdef int _zero_ahead(self, uint64_t need) except -1
 

@@ -746,13 +746,20 @@ cdef class LogWriter:
         self.synced_size = 0
         return 0
 
-    cdef int _rotate(self, uint64_t first_lsn) except -1:
+    cdef int _rotate(self, uint64_t first_lsn, bint wait) except -1:
+        """Close the open segment durably and open the next; 1 when done, 0 when ``wait`` is
+        false and the syncer is in an fdatasync (it holds fd_mu): the caller writes on into
+        the old segment and rotates at a later flush. Why: waiting for that fdatasync held the
+        loop up to 40 ms (4 KiB SETs, perf trace: 85 ms of futex waits in 4 s)."""
         cdef int fd, e = 0
         # The old segment is made durable before the new one exists, so only
         # the newest segment can ever have a torn tail. Each step can fail (disk full,
         # I/O error) and be retried: a closed old segment (_fd < 0) is not closed again.
-        with nogil:
-            pthread_mutex_lock(&self._ss.fd_mu)
+        if wait:
+            with nogil:
+                pthread_mutex_lock(&self._ss.fd_mu)
+        elif pthread_mutex_trylock(&self._ss.fd_mu) != 0:
+            return 0
         try:
             fd = self._fd
             if fd >= 0:
@@ -782,7 +789,7 @@ cdef class LogWriter:
             self._open_segment(first_lsn, True)
         finally:
             pthread_mutex_unlock(&self._ss.fd_mu)
-        return 0
+        return 1
 
     def append(self, int kind, bytes payload):
         """Queue one record; returns its LSN. No syscall."""
@@ -833,8 +840,11 @@ cdef class LogWriter:
                      or self.segment_size + total > 2 * self.segment_bytes)):
             # Rotation fsyncs the old segment on this thread; the journal syncs a full
             # segment in the background first (rotation_due), so this sync is short.
-            # (_fd < 0: a rotation failed after closing the old segment; finish it.)
-            self._rotate(self._pending_first_lsn)
+            # It waits for a running fdatasync only when it must: the old segment is
+            # closed already (_fd < 0: a rotation failed after closing it; finish it),
+            # or twice its size.
+            self._rotate(self._pending_first_lsn,
+                         self._fd < 0 or self.segment_size + total > 2 * self.segment_bytes)
         fd = self._fd
         if self.segment_size + total > self._zeroed:
             self._zero_ahead(self.segment_size + total)
