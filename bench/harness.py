@@ -50,7 +50,7 @@ from flo_core.wire import FrameReader, encode_request
 
 from . import cluster_bench, report
 from .environment import debug_build_reasons, environment
-from .redis_runner import ensure_redis, info_memory, redis_benchmark, resp_call, speaks_resp
+from .redis_runner import ensure_redis, info_memory, info_section, redis_benchmark, resp_call, speaks_resp
 from .servers import HOST, REPO, Fleet, ServerProc, cpu_layout
 from .workloads import WORKLOADS
 
@@ -499,9 +499,8 @@ def compact_log(sp: ServerProc, max_s: float = COMPACT_WAIT_S) -> float | None:
         if resp_call(sp.port, b"BGREWRITEAOF").startswith("-"):
             return None
         while time.monotonic() - t0 < max_s:
-            fields = dict(line.partition(":")[::2] for line in resp_call(sp.port, b"INFO", b"persistence").splitlines())
-            if fields.get("aof_rewrite_in_progress", "0").strip() == "0" and \
-                    fields.get("aof_rewrite_scheduled", "0").strip() == "0":
+            fields = info_section(sp.port, b"persistence")
+            if fields.get("aof_rewrite_in_progress", "0") == "0" and fields.get("aof_rewrite_scheduled", "0") == "0":
                 break
             time.sleep(0.05)
     except (OSError, TimeoutError, ValueError):

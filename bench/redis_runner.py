@@ -84,14 +84,19 @@ def speaks_resp(port: int) -> bool:
         return False
 
 
+def info_section(port: int, section: bytes) -> dict[str, str]:
+    """The fields of one ``INFO`` section, as text (``info_section(port, b"persistence")``)."""
+    out: dict[str, str] = {}
+    for line in resp_call(port, b"INFO", section).splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            out[k] = v.strip()
+    return out
+
+
 def info_memory(port: int) -> dict[str, int]:
     """The integer fields of ``INFO memory`` (used_memory, used_memory_rss, ...)."""
-    out: dict[str, int] = {}
-    for line in resp_call(port, b"INFO", b"memory").splitlines():
-        k, _, v = line.partition(":")
-        if v.strip().isdigit():
-            out[k] = int(v)
-    return out
+    return {k: int(v) for k, v in info_section(port, b"memory").items() if v.isdigit()}
 
 
 def redis_benchmark(port: int, args: tuple[str, ...], *, total: int, conns: int, pipeline: int, value_size: int,

@@ -819,6 +819,16 @@ class DiskJournal:
         self.last_snapshot_at = time.time()
         log.info("snapshot at LSN %d in %.3fs; %d old segment(s) removed", lsn, seconds, len(removed))
 
+    @property
+    def snapshot_in_progress(self) -> bool:
+        """A snapshot is being written, or the old segments behind it removed."""
+        return self._snapshot_inflight is not None
+
+    @property
+    def last_save_time(self) -> float:
+        """Unix time of the last snapshot put in place, the server's start until there is one (LASTSAVE)."""
+        return self.last_snapshot_at or self.srv.started_at
+
     def snapshot_in_background(self, again: bool = False) -> str:
         """Start a snapshot now, as Redis's BGSAVE, instead of when the log has grown enough.
 
@@ -833,7 +843,7 @@ class DiskJournal:
         """
         if self.closed:
             raise RuntimeError("the log is closed")
-        if self._snapshot_inflight is not None:
+        if self.snapshot_in_progress:
             if not again:
                 return "running"
             self._snapshot_again = True
@@ -869,8 +879,8 @@ class DiskJournal:
             "storage_failing_seconds": round(time.monotonic() - self.failed.since, 3) if self.failed else 0,
             "storage_failures": self.storage_failures, "storage_retries": self.storage_retries,
             "snapshot_failures": self.snapshot_failures, "last_snapshot_error": self.last_snapshot_error,
-            "snapshot_in_progress": self._snapshot_inflight is not None,
-            "last_snapshot_at": self.last_snapshot_at,
+            "snapshot_in_progress": self.snapshot_in_progress,
+            "last_save_time": self.last_save_time,
             "snapshot_scheduled": self._snapshot_again,
         }
 

@@ -1039,7 +1039,7 @@ def cmd_bgrewriteaof(s: RespSession, argv: list, out: bytearray) -> None:
 def cmd_save(s: RespSession, argv: list, out: bytearray) -> None:
     """Snapshot synchronously: the server serves nothing else until the snapshot is on disk (as Redis)."""
     journal = _disk_journal(s)
-    if journal.stats()["snapshot_in_progress"]:
+    if journal.snapshot_in_progress:
         raise RespError(SAVE_RUNNING)
     journal.snapshot_now()
     add_ok(out)
@@ -1048,8 +1048,7 @@ def cmd_save(s: RespSession, argv: list, out: bytearray) -> None:
 @command("lastsave", 1, "admin fast", group="server")
 def cmd_lastsave(s: RespSession, argv: list, out: bytearray) -> None:
     """Unix time of the last snapshot put in place (the server's start until there is one)."""
-    at = getattr(s.srv.journal, "last_snapshot_at", 0.0) or s.srv.started_at
-    add_int(out, int(at))
+    add_int(out, int(getattr(s.srv.journal, "last_save_time", s.srv.started_at)))
 
 
 @command("info", -1, "", group="server")
@@ -1112,7 +1111,7 @@ def _info_sections(s: RespSession, keyspace: bool = True) -> dict[str, list]:
             ("rdb_saves", journal.get("snapshots", 0)),
             ("rdb_bgsave_in_progress", int(bool(journal.get("snapshot_in_progress")))),
             ("rdb_changes_since_last_save", max(0, info.get("last_lsn", 0) - (journal.get("snapshot_lsn") or 0))),
-            ("rdb_last_save_time", int(journal.get("last_snapshot_at") or srv.started_at)),
+            ("rdb_last_save_time", int(journal.get("last_save_time", srv.started_at))),
             ("aof_rewrite_in_progress", int(bool(journal.get("snapshot_in_progress")))),
             ("aof_rewrite_scheduled", int(bool(journal.get("snapshot_scheduled")))),
             ("rdb_last_bgsave_status", "err" if journal.get("last_snapshot_error") else "ok"),
